@@ -1,0 +1,70 @@
+# tokenbench: which engine serves this model best on this hardware, by how much, at what cost,
+# and how sure are we?  Run `snakemake --cores 1` (or `make run`).
+#
+# Data path scheme (all relative to the working directory):
+#   data/models/{model}/manifest.json                 resolve_model: files, sha256, MFU figures
+#   data/engines/{engine}/probe.json                  probe_engine: binary, version, sha256
+#   data/runs/{engine}/{model}/{load}/requests.parquet   run_load_test: one row per request sent
+#   data/runs/{engine}/{model}/{load}/telemetry.parquet  run_load_test: raw telemetry samples
+#   data/runs/{engine}/{model}/{load}/run.json        run_load_test: phases, command, provenance
+#   data/merged/{engine}/{model}/{load}/timeline.parquet   merge_telemetry
+#   data/metrics/{engine}/{model}/{load}/metrics.json (+ windows.parquet)   compute_metrics
+#   data/analysis/summary.parquet                     summarize_metrics: one row per cell x phase
+#   data/analysis/saturation/{engine}/{model}.json    fit_saturation (users sweep)
+#   data/charts/*.vl.json                             plot_*: Vega-Lite specs
+#   site/docs/*.md, site/mkdocs.yml                   render_pages
+#   site/public/index.html                            build_site: the report
+#   logs/{rule}/...                                   one log per job; server logs and request
+#                                                     journals live here and survive failures
+import os
+import sys
+
+SCRIPTS = os.path.join(workflow.basedir, "workflow", "scripts")
+# A checkout works without `pip install -e .`: put the package on the path of every job.
+os.environ["PYTHONPATH"] = SCRIPTS + os.pathsep + os.environ.get("PYTHONPATH", "")
+sys.path.insert(0, SCRIPTS)
+
+from tokenbench.config import ConfigError, validate, cells as config_cells
+
+# The default config, unless --configfile names others: those *replace* it rather than being
+# merged into it (a merged config would silently keep the default's loads and models).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+try:
+    CFG = validate(config, "config")
+except ConfigError as exc:
+    raise WorkflowError(str(exc))
+
+ENGINES = list(CFG.engines)
+MODELS = list(CFG.models)
+LOADS = list(CFG.loads)
+CELLS = config_cells(CFG)
+
+
+def pkg(*modules):
+    """Package modules a rule's script uses: Snakemake does not track imports, so list them."""
+    return [os.path.join(SCRIPTS, "tokenbench", m) for m in modules]
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/engine.smk"
+include: "workflow/rules/load_test.smk"
+include: "workflow/rules/telemetry.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/charts.smk"
+include: "workflow/rules/site.smk"
+
+
+rule all:
+    input:
+        "site/public/index.html",
+    default_target: True
+
+
+onsuccess:
+    if os.path.exists("site/public/index.html"):
+        print(f"\ntokenbench report: {os.path.abspath('site/public/index.html')}\n")

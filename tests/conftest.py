@@ -1,0 +1,85 @@
+import asyncio
+import os
+import shutil
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FakeServer:
+    """tokenbench.fake_server running on a background event loop, on loopback."""
+
+    def __init__(self, behaviour):
+        from aiohttp import web
+
+        from tokenbench.fake_server import make_app
+
+        self.port = _free_port()
+        self.app = make_app(behaviour)
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(self.app)
+        ready = threading.Event()
+
+        def serve():
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(self.runner.setup())
+            site = web.TCPSite(self.runner, "127.0.0.1", self.port)
+            self.loop.run_until_complete(site.start())
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def requests(self):
+        from tokenbench.fake_server import STATE
+
+        return self.app[STATE]["requests"]
+
+    def close(self):
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def fake_server():
+    servers = []
+
+    def start(**kw):
+        from tokenbench.fake_server import Behaviour
+
+        s = FakeServer(Behaviour(**kw))
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def llama_server_available():
+    return shutil.which("llama-server") is not None or (ROOT / ".venv" / "bin" / "llama-server").exists()
+
+
+@pytest.fixture(scope="session")
+def repo_root():
+    return ROOT

@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""A fake engine executable: behaves like a real server at the process level.
+
+    fake_engine.py --port P [--ready-after S] [--die-after S] [--ignore-sigterm] [--spawn-child]
+
+It serves /health (503 until ready, then 200) and the streaming API (tokenbench.fake_server),
+can crash before becoming ready, can ignore SIGTERM (so teardown must escalate to SIGKILL) and
+can fork a child that must not be orphaned.
+"""
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "workflow", "scripts"))
+
+from aiohttp import web  # noqa: E402
+
+from tokenbench.fake_server import Behaviour, make_app  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--ready-after", type=float, default=0.3)
+    ap.add_argument("--die-after", type=float, default=None)
+    ap.add_argument("--ignore-sigterm", action="store_true")
+    ap.add_argument("--spawn-child", action="store_true")
+    a = ap.parse_args()
+    print(f"fake engine starting on {a.host}:{a.port}", flush=True)
+    if a.ignore_sigterm:
+        signal.signal(signal.SIGTERM, lambda *_: print("ignoring SIGTERM", flush=True))
+    if a.spawn_child:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        print(f"child pid {child.pid}", flush=True)
+    if a.die_after is not None:
+        time.sleep(a.die_after)
+        print("fatal: out of memory (simulated)", flush=True)
+        sys.exit(3)
+    t0 = time.monotonic()
+    app = make_app(Behaviour(tokens=4))
+
+    @web.middleware
+    async def not_ready_yet(request, handler):
+        if request.path == "/health" and time.monotonic() - t0 < a.ready_after:
+            return web.json_response({"status": "loading model"}, status=503)
+        return await handler(request)
+
+    app.middlewares.append(not_ready_yet)
+    web.run_app(app, host=a.host, port=a.port, print=None, handle_signals=not a.ignore_sigterm)
+
+
+if __name__ == "__main__":
+    main()

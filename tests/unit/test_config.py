@@ -1,0 +1,83 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tokenbench.config import ConfigError, canonical_hash, cell_settings, cells, load_config, validate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def raw():
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def test_default_config_is_valid_and_expands_cells(raw):
+    cfg = validate(raw)
+    assert cells(cfg) == [("llamacpp", "smollm2-135m", l) for l in ["three_phase", "users-1", "users-4", "users-16"]]
+
+
+def test_every_shipped_config_validates():
+    for path in (ROOT / "config").glob("*.yaml"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda r: r["loads"]["users-4"]["phases"][1].update(users=0), "loads.users-4.phases.1.closed.users"),
+    (lambda r: r["loads"]["users-4"]["phases"][1].update(mode="burst"), "loads.users-4.phases.1"),
+    (lambda r: r["engines"]["llamacpp"].update(kind="nope"), "engines.llamacpp.kind"),
+    (lambda r: r["engines"]["llamacpp"].update(thread=2), "engines.llamacpp.thread"),
+    (lambda r: r["models"]["smollm2-135m"].pop("file"), "models.smollm2-135m"),
+    (lambda r: r["sweep"]["loads"].append("users-99"), "sweep"),
+    (lambda r: r["loads"]["three_phase"]["phases"].append({"name": "warmup", "mode": "idle", "duration_s": 1}),
+     "loads.three_phase.phases"),
+])
+def test_bad_config_names_the_key_to_fix(raw, mutate, key):
+    mutate(raw)
+    with pytest.raises(ConfigError) as exc:
+        validate(raw, "config.yaml")
+    assert key in str(exc.value)
+
+
+def test_hub_model_needs_a_pinned_revision(raw):
+    raw["models"]["m"] = {"source": "hub", "repo_id": "org/model", "revision": "main"}
+    with pytest.raises(ConfigError, match="not pinned"):
+        validate(raw)
+    raw["models"]["m"]["revision"] = "a" * 40
+    validate(raw)
+
+
+def test_sweep_load_must_have_closed_steady_phase(raw):
+    raw["sweep"]["loads"] = ["three_phase", "users-1"]
+    validate(raw)  # three_phase's last steady phase is closed-loop stress
+    raw["loads"]["three_phase"]["phases"][-1] = {"name": "stress", "mode": "poisson", "rate_rps": 1, "duration_s": 5}
+    with pytest.raises(ConfigError, match="closed-loop"):
+        validate(raw)
+
+
+def test_cell_settings_change_only_for_the_changed_load(raw):
+    cfg = validate(raw)
+    before = {l: canonical_hash(cell_settings(cfg, "llamacpp", "smollm2-135m", l)) for l in cfg.loads}
+    raw2 = copy.deepcopy(raw)
+    raw2["loads"]["users-4"]["phases"][1]["duration_s"] = 31
+    cfg2 = validate(raw2)
+    after = {l: canonical_hash(cell_settings(cfg2, "llamacpp", "smollm2-135m", l)) for l in cfg2.loads}
+    assert [l for l in before if before[l] != after[l]] == ["users-4"]
+
+
+def test_load_request_override(raw):
+    raw["loads"]["users-1"]["request"] = {"max_tokens": 8}
+    cfg = validate(raw)
+    assert cell_settings(cfg, "llamacpp", "smollm2-135m", "users-1")["request"]["max_tokens"] == 8
+    assert cell_settings(cfg, "llamacpp", "smollm2-135m", "users-4")["request"]["max_tokens"] == 64
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("study: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)

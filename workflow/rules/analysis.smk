@@ -1,0 +1,46 @@
+rule compute_metrics:
+    """Per-phase metrics of one cell: throughput, latency percentiles, MFU, energy, cost."""
+    output:
+        metrics="data/metrics/{engine}/{model}/{load}/metrics.json",
+        windows="data/metrics/{engine}/{model}/{load}/windows.parquet",
+    input:
+        requests="data/runs/{engine}/{model}/{load}/requests.parquet",
+        timeline="data/merged/{engine}/{model}/{load}/timeline.parquet",
+        run="data/runs/{engine}/{model}/{load}/run.json",
+        model="data/models/{model}/manifest.json",
+        code=pkg("metrics.py", "merge.py", "hardware.py", "records.py", "data/hardware.yaml"),
+    params:
+        hardware=lambda wc: CFG.hardware.model_dump(),
+    log:
+        "logs/compute_metrics/{engine}/{model}/{load}.log",
+    script:
+        "../scripts/compute_metrics.py"
+
+
+rule summarize_metrics:
+    """One table, one row per (engine, model, load, phase), for charts and pages."""
+    output:
+        "data/analysis/summary.parquet",
+    input:
+        metrics=cell_paths("metrics", "metrics.json"),
+        code=pkg("metrics.py", "records.py"),
+    log:
+        "logs/summarize_metrics.log",
+    script:
+        "../scripts/summarize_metrics.py"
+
+
+rule fit_saturation:
+    """Michaelis-Menten fit of throughput over the users sweep, with its degrees of freedom."""
+    output:
+        "data/analysis/saturation/{engine}/{model}.json",
+    input:
+        metrics=lambda wc: [f"data/metrics/{wc.engine}/{wc.model}/{l}/metrics.json" for l in sweep_loads()],
+        code=pkg("fit.py", "records.py"),
+    params:
+        loads=sweep_loads(),
+        phases=[(CFG.sweep.phase or sweep_phase(CFG.loads[l]).name) for l in sweep_loads()],
+    log:
+        "logs/fit_saturation/{engine}/{model}.log",
+    script:
+        "../scripts/fit_saturation.py"

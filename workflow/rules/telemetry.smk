@@ -1,0 +1,14 @@
+rule merge_telemetry:
+    """Telemetry onto the request timeline: rates from counters, phase per sample, in-flight
+    requests and output tokens/s at each sample."""
+    output:
+        "data/merged/{engine}/{model}/{load}/timeline.parquet",
+    input:
+        requests="data/runs/{engine}/{model}/{load}/requests.parquet",
+        telemetry="data/runs/{engine}/{model}/{load}/telemetry.parquet",
+        run="data/runs/{engine}/{model}/{load}/run.json",
+        code=pkg("merge.py", "records.py"),
+    log:
+        "logs/merge_telemetry/{engine}/{model}/{load}.log",
+    script:
+        "../scripts/merge_telemetry.py"

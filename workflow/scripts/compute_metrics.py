@@ -1,0 +1,12 @@
+"""Snakemake wrapper for rule compute_metrics."""
+from tokenbench import records
+from tokenbench.joblog import to_log
+from tokenbench.metrics import compute_metrics
+
+log = to_log(snakemake.log[0])
+run = records.read_json(snakemake.input.run)
+doc, windows = compute_metrics(records.read_table(snakemake.input.requests), records.read_table(snakemake.input.timeline),
+                               run, records.read_json(snakemake.input.model), snakemake.params.hardware)
+records.write_json(doc, snakemake.output.metrics, "metrics", run["provenance"])
+records.write_table(windows, snakemake.output.windows, "windows", run["provenance"], {"cell": run["cell"]})
+log.info("metrics for %s: %d phases", run["cell"], len(doc["phases"]))

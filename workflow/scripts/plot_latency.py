@@ -1,0 +1,9 @@
+"""Snakemake wrapper for rule plot_latency."""
+from tokenbench import records
+from tokenbench.charts import plot_latency, save
+from tokenbench.joblog import to_log
+
+to_log(snakemake.log[0])
+summary = records.read_table(snakemake.input.summary)
+sweep = summary[summary["load"].isin(snakemake.params.loads) & ~summary["warmup"] & (summary["mode"] == "closed")]
+save(plot_latency(sweep), snakemake.output[0])

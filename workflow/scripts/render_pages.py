@@ -1,0 +1,16 @@
+"""Snakemake wrapper for rule render_pages."""
+from pathlib import Path
+
+from tokenbench.joblog import to_log
+from tokenbench.pages import render_pages
+
+to_log(snakemake.log[0])
+render_pages(
+    study=snakemake.params.study,
+    config_hash=snakemake.params.config_hash,
+    metric_paths=list(snakemake.input.metrics),
+    run_paths=list(snakemake.input.runs),
+    fit_paths=list(snakemake.input.fits),
+    chart_paths={name: snakemake.input[name] for name in snakemake.params.charts},
+    out_dir=str(Path(snakemake.output.mkdocs).parent),
+)

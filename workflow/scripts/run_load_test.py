@@ -1,0 +1,16 @@
+"""Snakemake wrapper for rule run_load_test."""
+from tokenbench.joblog import to_log
+from tokenbench.loadtest import run_load_test
+
+log = to_log(snakemake.log.job)
+doc = run_load_test(
+    settings=snakemake.params.settings,
+    model_manifest=snakemake.input.model,
+    engine_probe=snakemake.input.engine,
+    out_requests=snakemake.output.requests,
+    out_telemetry=snakemake.output.telemetry,
+    out_run=snakemake.output.run,
+    server_log=snakemake.log.server,
+    journal=snakemake.log.journal,
+)
+log.info("load test done: %s", doc["client"])

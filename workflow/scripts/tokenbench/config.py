@@ -1,0 +1,239 @@
+"""Config schema, validation and per-cell resolution.
+
+A *cell* is one (engine, model, load) combination: one server launch and one load test. The
+Snakefile expands cells from the validated config; each rule gets only the slice of config it
+needs through ``params`` so that a change reruns exactly its downstream cells.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+Name = Annotated[str, Field(pattern=NAME_RE)]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message names the key to fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------------------- models
+class ModelSpec(_Strict):
+    source: Literal["package", "local", "hub"]
+    # source: package -> a file shipped inside an installed Python package (no hub access)
+    package: str | None = None
+    file: str | None = None
+    # source: local -> a path on disk (file or directory)
+    path: str | None = None
+    # source: hub -> huggingface_hub.snapshot_download, revision pinned
+    repo_id: str | None = None
+    revision: str | None = None
+    allow_patterns: list[str] | None = None
+    served_name: str | None = None  # the "model" field sent in requests; default: the model key
+
+    @model_validator(mode="after")
+    def _check_source(self):
+        need = {"package": ("package", "file"), "local": ("path",), "hub": ("repo_id", "revision")}
+        missing = [k for k in need[self.source] if getattr(self, k) in (None, "")]
+        if missing:
+            raise ValueError(f"source '{self.source}' needs {', '.join(missing)}")
+        if self.source == "hub" and not re.fullmatch(r"[0-9a-f]{40}|v?[0-9][\w.\-]*", self.revision):
+            raise ValueError(
+                f"revision '{self.revision}' is not pinned: give a 40-hex commit sha or a version tag"
+            )
+        return self
+
+
+# ----------------------------------------------------------------------------- engines
+class EngineSpec(_Strict):
+    kind: Literal["llama.cpp"]
+    binary: str = "llama-server"
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)  # 0: pick a free port at launch
+    threads: int | None = Field(None, ge=1)
+    parallel: int = Field(4, ge=1)  # server-side slots (max concurrent sequences)
+    ctx_per_slot: int = Field(1024, ge=64)
+    ready_timeout_s: float = Field(120, gt=0)
+    stop_grace_s: float = Field(10, gt=0)
+    extra_args: list[str] = []
+
+
+# ----------------------------------------------------------------------------- loads
+class _Phase(_Strict):
+    name: Name
+    warmup: bool = False  # excluded from steady-state figures
+    timeout_s: float = Field(120, gt=0)  # per request
+    drain_timeout_s: float = Field(120, ge=0)  # wait for in-flight requests after the phase ends
+
+
+class PoissonPhase(_Phase):
+    mode: Literal["poisson"]
+    rate_rps: float = Field(gt=0)
+    duration_s: float = Field(gt=0)
+    max_concurrency: int | None = Field(None, ge=1)
+
+
+class IdlePhase(_Phase):
+    mode: Literal["idle"]
+    duration_s: float = Field(gt=0)
+
+
+class ClosedPhase(_Phase):
+    mode: Literal["closed"]
+    users: int = Field(ge=1)
+    duration_s: float = Field(gt=0)
+
+
+Phase = Annotated[Union[PoissonPhase, IdlePhase, ClosedPhase], Field(discriminator="mode")]
+
+
+class RequestSpec(_Strict):
+    endpoint: Literal["chat", "completions"] = "chat"
+    max_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.7, ge=0)
+    ignore_eos: bool = True
+    prompts: Literal["builtin"] = "builtin"
+    system_prompt: str | None = None
+    seed: int = 0
+
+
+class LoadSpec(_Strict):
+    description: str = ""
+    phases: list[Phase] = Field(min_length=1)
+    request: RequestSpec | None = None  # overrides the top-level `request` block
+
+    @field_validator("phases")
+    @classmethod
+    def _unique_phase_names(cls, phases):
+        names = [p.name for p in phases]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"phase names must be unique within a load: {dupes}")
+        if all(p.mode == "idle" for p in phases):
+            raise ValueError("a load needs at least one phase that sends requests")
+        return phases
+
+
+class SweepSpec(_Strict):
+    x: Literal["users"] = "users"
+    loads: list[Name] = Field(min_length=2)
+    phase: Name | None = None  # the phase to read in each load; default: its last non-warmup phase
+
+
+class HardwareSpec(_Strict):
+    name: str = "auto"  # a key of hardware.yaml, or "auto" (detect GPU via NVML, else the CPU)
+    price_usd_per_hour: float | None = Field(None, ge=0)
+    electricity_usd_per_kwh: float | None = Field(None, ge=0)
+
+
+class TelemetrySpec(_Strict):
+    interval_s: float = Field(0.05, gt=0, le=10)  # 20 Hz, as in the seed reports
+
+
+class StudySpec(_Strict):
+    title: str
+    description: str = ""
+
+
+class Config(_Strict):
+    study: StudySpec
+    hardware: HardwareSpec = HardwareSpec()
+    telemetry: TelemetrySpec = TelemetrySpec()
+    request: RequestSpec = RequestSpec()
+    models: dict[Name, ModelSpec] = Field(min_length=1)
+    engines: dict[Name, EngineSpec] = Field(min_length=1)
+    loads: dict[Name, LoadSpec] = Field(min_length=1)
+    sweep: SweepSpec | None = None
+
+    @model_validator(mode="after")
+    def _check_refs(self):
+        if self.sweep:
+            unknown = [l for l in self.sweep.loads if l not in self.loads]
+            if unknown:
+                raise ValueError(f"sweep.loads names unknown loads {unknown}; known: {sorted(self.loads)}")
+            for lname in self.sweep.loads:
+                phases = self.loads[lname].phases
+                if self.sweep.phase:
+                    match = [p for p in phases if p.name == self.sweep.phase]
+                    if not match:
+                        raise ValueError(f"sweep.phase '{self.sweep.phase}' is not a phase of load '{lname}'")
+                    ph = match[0]
+                else:
+                    ph = sweep_phase(self.loads[lname])
+                if ph is None or ph.mode != "closed":
+                    raise ValueError(
+                        f"load '{lname}' in the users sweep needs a closed-loop steady phase to read"
+                    )
+        return self
+
+
+def sweep_phase(load: LoadSpec):
+    """The phase a sweep reads from a load: its last non-warmup phase that sends requests."""
+    for ph in reversed(load.phases):
+        if not ph.warmup and ph.mode != "idle":
+            return ph
+    return None
+
+
+def _fmt_loc(loc) -> str:
+    return ".".join(str(x) for x in loc)
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a raw config dict; raise ConfigError naming each key to fix."""
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{source}: empty or not a mapping")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = _fmt_loc(err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  - {loc or '(top level)'}: {msg}")
+        raise ConfigError(f"{source} is invalid; fix these keys:\n" + "\n".join(lines)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return validate(raw, str(path))
+
+
+def canonical_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON form: the same settings hash the same on every machine."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def cell_settings(cfg: Config, engine: str, model: str, load: str) -> dict[str, Any]:
+    """Everything that determines one load test's numbers, as plain JSON-able data."""
+    load_spec = cfg.loads[load]
+    request = (load_spec.request or cfg.request).model_dump()
+    return {
+        "engine": {"name": engine, **cfg.engines[engine].model_dump()},
+        "model": {"name": model, **cfg.models[model].model_dump()},
+        "load": {"name": load, "phases": [p.model_dump() for p in load_spec.phases]},
+        "request": request,
+        "telemetry": cfg.telemetry.model_dump(),
+    }
+
+
+def cells(cfg: Config) -> list[tuple[str, str, str]]:
+    return [(e, m, l) for e in cfg.engines for m in cfg.models for l in cfg.loads]

@@ -1,0 +1,102 @@
+"""A fast, scriptable fake OpenAI-compatible streaming server (for tests and client benchmarks).
+
+It streams ``tokens`` content chunks per request with an injected time-to-first-token and
+inter-token latency (zero by default), then a usage chunk and ``[DONE]``. Failure modes let
+tests prove that the client records every request: ``fail_after`` drops the connection mid-stream,
+``status`` answers an HTTP error, ``no_usage`` omits the usage chunk.
+
+    python -m tokenbench.fake_server --port 8000 --tokens 64 --ttft-ms 20 --itl-ms 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from dataclasses import dataclass
+
+from aiohttp import web
+
+STATE = web.AppKey("state", dict)  # request counter, read by tests
+
+@dataclass
+class Behaviour:
+    tokens: int = 16
+    ttft_ms: float = 0.0
+    itl_ms: float = 0.0
+    status: int = 200
+    fail_after: int | None = None  # close the connection after this many content chunks
+    no_usage: bool = False
+    usage_on_finish_chunk: bool = False  # usage on the finish chunk instead of a choices: [] chunk
+    role_chunk: bool = True  # send an empty role-only delta first, as vLLM and llama.cpp do
+
+
+def _chunk(obj) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def make_app(b: Behaviour) -> web.Application:
+    state = {"requests": 0}
+
+    async def health(_req):
+        return web.json_response({"status": "ok"})
+
+    async def completions(req: web.Request):
+        state["requests"] += 1
+        body = await req.json()
+        if b.status != 200:
+            return web.json_response({"error": {"message": "injected failure"}}, status=b.status)
+        chat = req.path.endswith("/chat/completions")
+        n = min(b.tokens, int(body.get("max_tokens") or b.tokens))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(req)
+        base = {"id": f"fake-{state['requests']}", "object": "chat.completion.chunk" if chat else "text_completion",
+                "model": body.get("model", "fake")}
+        if chat and b.role_chunk:
+            await resp.write(_chunk({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}))
+        if b.ttft_ms:
+            await asyncio.sleep(b.ttft_ms / 1000)
+        usage = {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": 8 + n}
+        for i in range(n):
+            if i and b.itl_ms:
+                await asyncio.sleep(b.itl_ms / 1000)
+            if b.fail_after is not None and i >= b.fail_after:
+                req.transport.close()  # abrupt disconnect, as when a server dies
+                return resp
+            last = i == n - 1
+            choice = {"index": 0, "finish_reason": "length" if last else None}
+            if chat:
+                choice["delta"] = {"content": f"t{i} "}
+            else:
+                choice["text"] = f"t{i} "
+            obj = {**base, "choices": [choice]}
+            if last and b.usage_on_finish_chunk and not b.no_usage:
+                obj["usage"] = usage
+            await resp.write(_chunk(obj))
+        if not b.no_usage and not b.usage_on_finish_chunk:
+            await resp.write(_chunk({**base, "choices": [], "usage": usage}))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_post("/v1/completions", completions)
+    app[STATE] = state
+    return app
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m tokenbench.fake_server")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--ttft-ms", type=float, default=0.0)
+    ap.add_argument("--itl-ms", type=float, default=0.0)
+    a = ap.parse_args(argv)
+    web.run_app(make_app(Behaviour(a.tokens, a.ttft_ms, a.itl_ms)), host=a.host, port=a.port, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""One cell's load test: launch the server, sample telemetry, run the load, tear down, record."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import engines, hardware, provenance, records
+from .config import canonical_hash
+from .loadgen import LoadTest, session_factory
+from .prompts import PromptStream, load_prompts, prompt_set_hash
+from .server import Server, free_port
+
+REQUEST_COLUMNS = {  # column -> pandas dtype; timestamps are int ns on CLOCK_MONOTONIC
+    "request_id": "int64", "phase": "string", "user": "int64", "prompt_id": "string",
+    "scheduled_ns": "int64", "sent_ns": "int64", "headers_ns": "Int64", "first_byte_ns": "Int64",
+    "first_token_ns": "Int64", "end_ns": "Int64", "chunk_ns": "object", "prompt_tokens": "Int64",
+    "output_tokens": "Int64", "output_tokens_source": "string", "output_chars": "int64",
+    "finish_reason": "string", "status": "string", "http_status": "Int64", "error": "string",
+}
+
+
+class Interrupted(Exception):
+    pass
+
+
+def records_frame(recs) -> pd.DataFrame:
+    df = pd.DataFrame([asdict(r) for r in recs], columns=list(REQUEST_COLUMNS))
+    return df.astype(REQUEST_COLUMNS)
+
+
+class Telemetry:
+    """The sampler subprocess (``python -m tokenbench.telemetry``)."""
+
+    def __init__(self, out: Path, interval_s: float, pid: int | None):
+        self.out = out
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tokenbench.telemetry", "--out", str(out), "--interval", str(interval_s)]
+            + (["--pid", str(pid)] if pid else []),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        line = self.proc.stdout.readline().strip()  # blocks until the first sample is taken
+        if line != "ready":
+            err = self.proc.stderr.read()
+            raise RuntimeError(f"telemetry sampler failed to start: {err[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_load_test(settings: dict[str, Any], model_manifest: str, engine_probe: str,
+                  out_requests: str, out_telemetry: str, out_run: str,
+                  server_log: str, journal: str) -> dict[str, Any]:
+    """Run one (engine, model, load) cell and write its records. Returns the run document."""
+    manifest = records.read_json(model_manifest)
+    probe = records.read_json(engine_probe)
+    espec = dict(settings["engine"])
+    eng = engines.engine(espec["kind"])
+    espec["binary"] = probe["binary"]
+    espec["served_name"] = manifest["served_name"]
+    port = espec["port"] or free_port(espec["host"])
+    command = eng.build_command(espec, manifest["path"], port)
+    request = settings["request"]
+    prompts = load_prompts(request["prompts"])
+    phases = settings["load"]["phases"]
+
+    anchor = {"wall_ns": time.time_ns(), "monotonic_ns": time.monotonic_ns()}
+    tel_tmp = Path(out_telemetry).with_suffix(".raw.parquet")
+    Path(journal).parent.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {
+        "cell": {"engine": espec["name"], "model": manifest["name"], "load": settings["load"]["name"]},
+        "settings": settings,
+        "server_command": [provenance.scrub(c) for c in command],
+        "clock": {"timestamps": "CLOCK_MONOTONIC ns (time.monotonic_ns)", "anchor": anchor},
+        "complete": False,
+        "hardware": hardware.describe("auto"),  # detected where the load runs; peaks resolved later
+    }
+
+    def _on_term(*_):
+        raise Interrupted("SIGTERM")
+
+    old_term = signal.signal(signal.SIGTERM, _on_term)
+    server = Server(command, server_log, espec["host"], port, eng.health_path)
+    telemetry = None
+    test = None
+    try:
+        server.start()
+        telemetry = Telemetry(tel_tmp, settings["telemetry"]["interval_s"], server.proc.pid)
+        t_launch_ns = time.monotonic_ns()
+        doc["server_ready_s"] = server.wait_ready(espec["ready_timeout_s"])
+        doc["server_ready_ns"] = time.monotonic_ns()
+        doc["server_launch_ns"] = t_launch_ns
+        with open(journal, "w") as jf:
+            factory = session_factory(server.base_url, eng.route_prefix, manifest["served_name"], request,
+                                      set(eng.capabilities))
+            test = LoadTest(factory, PromptStream(prompts, request["seed"], settings["load"]["name"]),
+                            journal=jf, seed=request["seed"])
+            asyncio.run(test.run(phases))
+        exit_during = server.proc.poll()
+        doc["server_exited_during_run"] = exit_during is not None
+        doc["complete"] = True
+    except (KeyboardInterrupt, Interrupted) as exc:
+        doc["interrupted"] = type(exc).__name__
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        doc["server_stop"] = server.stop(espec["stop_grace_s"])
+        if telemetry is not None:
+            telemetry.stop()
+        _write_outputs(doc, test, settings, manifest, probe, prompts, tel_tmp,
+                       out_requests, out_telemetry, out_run)
+    return doc
+
+
+def _write_outputs(doc, test, settings, manifest, probe, prompts, tel_tmp, out_requests, out_telemetry, out_run):
+    prov = provenance.block(
+        config_hash=canonical_hash(settings),
+        engine={k: probe.get(k) for k in ("kind", "version", "version_commit", "binary_sha256")},
+        model={"name": manifest["name"], "sha256": manifest["sha256"], "source": manifest["source"]},
+        prompt_set_sha256=prompt_set_hash(prompts),
+    )
+    recs = test.records if test else []
+    doc["phases"] = [asdict(m) for m in test.marks] if test else []
+    lag = sorted(test.loop_lag_ns) if test else []
+    doc["client"] = {
+        "event_loop_lag_p99_ms": lag[int(0.99 * (len(lag) - 1))] / 1e6 if lag else None,
+        "event_loop_lag_max_ms": lag[-1] / 1e6 if lag else None,
+        "requests_sent": len(recs),
+        "status_counts": pd.Series([r.status for r in recs], dtype="string").value_counts().to_dict(),
+    }
+    extra = {"complete": doc["complete"], "cell": doc["cell"]}
+    records.write_table(records_frame(recs), out_requests, "requests", prov, extra)
+    if tel_tmp.exists():
+        tel = pd.read_parquet(tel_tmp)
+        tel_tmp.unlink()
+    else:
+        tel = pd.DataFrame({"t_ns": pd.Series(dtype="int64"), "device": pd.Series(dtype="string")})
+    records.write_table(tel, out_telemetry, "telemetry", prov, extra)
+    records.write_json(doc, out_run, "run", prov)
+    json.dumps(doc, default=str)  # fail loudly here, not in a later stage, if doc is not serialisable

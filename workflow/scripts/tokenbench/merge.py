@@ -1,0 +1,93 @@
+"""Merge telemetry onto the request timeline, per phase.
+
+Raw telemetry keeps cumulative counters (CPU seconds, joules); here they become rates between
+consecutive samples, every sample gets the phase it falls in, and the request side adds what the
+client saw at that instant: requests in flight and output tokens per second.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+OUTSIDE = ("startup", "teardown")  # before the first phase / after the last phase drained
+
+
+def phase_of(t_ns: np.ndarray, marks: list[dict[str, Any]]) -> np.ndarray:
+    """A phase runs from its start to the next phase's start (its drain included)."""
+    out = np.full(len(t_ns), OUTSIDE[0], dtype=object)
+    if not marks:
+        return out
+    for i, m in enumerate(marks):
+        stop = marks[i + 1]["start_ns"] if i + 1 < len(marks) else m["drained_ns"]
+        out[(t_ns >= m["start_ns"]) & (t_ns < stop)] = m["name"]
+    out[t_ns >= marks[-1]["drained_ns"]] = OUTSIDE[1]
+    return out
+
+
+def token_times(requests: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Every content chunk's arrival time and the output tokens it carried.
+
+    The server's usage count is spread evenly over a request's chunks (llama.cpp and most engines
+    stream one token per chunk; engines that batch tokens per chunk are weighted correctly).
+    """
+    ok = requests[requests["status"] == "ok"]
+    times, weights = [], []
+    for chunks, n_tok in zip(ok["chunk_ns"], ok["output_tokens"]):
+        if chunks is None or len(chunks) == 0:
+            continue
+        arr = np.asarray(chunks, dtype=np.int64)
+        times.append(arr)
+        weights.append(np.full(len(arr), (n_tok if pd.notna(n_tok) else len(arr)) / len(arr)))
+    if not times:
+        return np.array([], dtype=np.int64), np.array([], dtype=float)
+    t = np.concatenate(times)
+    w = np.concatenate(weights)
+    order = np.argsort(t, kind="stable")
+    return t[order], w[order]
+
+
+def inflight_at(t_ns: np.ndarray, requests: pd.DataFrame) -> np.ndarray:
+    sent = np.sort(requests["sent_ns"].to_numpy(dtype=np.int64))
+    ends = requests["end_ns"].astype("Float64").fillna(np.inf).to_numpy(dtype=float)
+    ends = np.sort(ends)
+    return np.searchsorted(sent, t_ns, side="right") - np.searchsorted(ends, t_ns, side="right")
+
+
+def rate_from_counter(df: pd.DataFrame, col: str, scale: float = 1.0) -> pd.Series:
+    dt = df["t_ns"].diff() / 1e9
+    dv = df[col].diff()
+    rate = dv / dt * scale
+    rate[(dv < 0)] = np.nan  # counter wrap or reset: drop the sample, do not invent a value
+    return rate
+
+
+def merge_telemetry(requests: pd.DataFrame, telemetry: pd.DataFrame, run: dict[str, Any],
+                    window_s: float = 1.0) -> pd.DataFrame:
+    marks = run.get("phases") or []
+    cores = run["provenance"]["host"]["cpu_cores"]
+    t0 = marks[0]["start_ns"] if marks else (int(telemetry["t_ns"].min()) if len(telemetry) else 0)
+    parts = []
+    for device, df in telemetry.groupby("device", sort=True):
+        df = df.sort_values("t_ns").reset_index(drop=True).copy()
+        if device == "cpu":
+            df["cpu_util_pct"] = rate_from_counter(df, "cpu_busy_s", 100.0 / cores)
+            if df["server_cpu_s"].notna().any():
+                df["server_cpu_util_pct"] = rate_from_counter(df, "server_cpu_s", 100.0 / cores)
+            if "energy_j" in df and df["energy_j"].notna().any():
+                df["power_w"] = rate_from_counter(df, "energy_j")
+        parts.append(df)
+    tl = pd.concat(parts, ignore_index=True) if parts else telemetry.copy()
+    t = tl["t_ns"].to_numpy(dtype=np.int64)
+    tl["t_s"] = (t - t0) / 1e9
+    tl["phase"] = phase_of(t, marks)
+    tl["inflight"] = inflight_at(t, requests) if len(requests) else 0
+    tok_t, tok_w = token_times(requests)
+    cum = np.concatenate([[0.0], np.cumsum(tok_w)])
+    w_ns = int(window_s * 1e9)
+    hi = np.searchsorted(tok_t, t, side="right")
+    lo = np.searchsorted(tok_t, t - w_ns, side="right")
+    tl["output_tok_s"] = (cum[hi] - cum[lo]) / window_s  # trailing 1-second window
+    return tl.sort_values(["t_ns", "device"]).reset_index(drop=True)

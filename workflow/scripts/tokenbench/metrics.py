@@ -1,0 +1,262 @@
+"""Metrics of one cell, per phase. Each metric is defined once, here (and quoted on the site).
+
+Definitions (all from the raw per-request records, timestamps on one monotonic clock):
+- TTFT: first *content* token minus actual send. Open-loop phases also report TTFT from the
+  scheduled send (queueing in the client included) as ``ttft_sched``.
+- first byte: first response body byte minus actual send (kept to show how far it is from TTFT).
+- E2E: end of the response minus actual send.
+- TPOT: (E2E - TTFT) / (output_tokens - 1), per request with at least 2 output tokens.
+- ITL: gaps between consecutive content chunks of a request, pooled over requests.
+- output_tokens: the server's usage count (``stream_options.include_usage``); chunk count only
+  where the server sends no usage (and then labelled so).
+- output throughput: output tokens that *arrived* inside the phase's issuing window divided by
+  the window length (steady state: the ramp-down drain is excluded).
+- request throughput: requests of the phase that finished ok inside the window / window length.
+- success rate: ok requests / requests sent in the phase.
+- MFU: output throughput x 2 x parameters / peak FLOP/s (decode FLOPs only; prefill excluded).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .merge import token_times
+
+PCTS = (50, 90, 95, 99)
+WINDOW_S = 5.0  # per-window aggregates, as BentoML's study reports every 5 s
+
+
+def dist(values) -> dict[str, Any]:
+    """Summary of a sample: n, mean, std and percentiles (linear interpolation), or Nones."""
+    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], dtype=float)
+    out: dict[str, Any] = {"n": int(v.size)}
+    if v.size == 0:
+        out.update(mean=None, std=None, min=None, max=None, **{f"p{p}": None for p in PCTS})
+        return out
+    out.update(mean=float(v.mean()), std=float(v.std(ddof=1)) if v.size > 1 else None,
+               min=float(v.min()), max=float(v.max()),
+               **{f"p{p}": float(np.percentile(v, p)) for p in PCTS})
+    return out
+
+
+def request_latencies(req: pd.DataFrame) -> pd.DataFrame:
+    ok = req[req["status"] == "ok"].copy()
+    ms = lambda a, b: (ok[a].astype("Float64") - ok[b].astype("Float64")) / 1e6  # noqa: E731
+    ok["ttft_ms"] = ms("first_token_ns", "sent_ns")
+    ok["ttft_sched_ms"] = ms("first_token_ns", "scheduled_ns")
+    ok["first_byte_ms"] = ms("first_byte_ns", "sent_ns")
+    ok["e2e_ms"] = ms("end_ns", "sent_ns")
+    ok["send_lag_ms"] = ms("sent_ns", "scheduled_ns")
+    n = ok["output_tokens"].astype("Float64")
+    ok["tpot_ms"] = ((ok["e2e_ms"] - ok["ttft_ms"]) / (n - 1)).where(n > 1)
+    return ok
+
+
+def itl_ms(ok: pd.DataFrame) -> np.ndarray:
+    gaps = [np.diff(np.asarray(c, dtype=np.int64)) for c in ok["chunk_ns"] if c is not None and len(c) > 1]
+    return np.concatenate(gaps) / 1e6 if gaps else np.array([])
+
+
+def windows(req: pd.DataFrame, mark: dict[str, Any], window_s: float = WINDOW_S) -> pd.DataFrame:
+    """Output tokens and finished requests per fixed window of the phase's issuing interval."""
+    start, end = mark["start_ns"], mark["end_ns"]
+    w = int(window_s * 1e9)
+    n = max(1, int((end - start) // w))
+    edges = start + np.arange(n + 1) * w
+    tok_t, tok_w = token_times(req)
+    tok = np.histogram(tok_t, bins=edges, weights=tok_w)[0] if len(tok_t) else np.zeros(n)
+    ends = req.loc[req["status"] == "ok", "end_ns"].dropna().to_numpy(dtype=np.int64)
+    done = np.histogram(ends, bins=edges)[0] if len(ends) else np.zeros(n)
+    return pd.DataFrame({
+        "phase": mark["name"], "window": np.arange(n), "start_s": (edges[:-1] - start) / 1e9,
+        "output_tok_s": tok / window_s, "requests_per_s": done / window_s,
+    })
+
+
+def telemetry_summary(tl: pd.DataFrame, phase: str) -> dict[str, Any]:
+    t = tl[tl["phase"] == phase]
+    out: dict[str, Any] = {}
+
+    def mean(col, dev=None):
+        s = t[col] if dev is None else t.loc[t["device"] == dev, col]
+        s = s.dropna() if col in t else pd.Series(dtype=float)
+        return float(s.mean()) if len(s) else None
+
+    def peak(col):
+        s = t[col].dropna() if col in t else pd.Series(dtype=float)
+        return float(s.max()) if len(s) else None
+
+    for col in ("cpu_util_pct", "server_cpu_util_pct"):
+        if col in t:
+            out[col] = mean(col, "cpu")
+    if "server_rss_bytes" in t:
+        v = peak("server_rss_bytes")
+        out["server_rss_peak_mb"] = v / 2**20 if v is not None else None
+    gpu = t[t["device"].str.startswith("gpu")] if len(t) else t
+    if len(gpu):
+        out["gpu_util_pct"] = float(gpu["gpu_util_pct"].mean())
+        out["gpu_mem_used_peak_mb"] = float(gpu["gpu_mem_used_bytes"].max()) / 2**20
+        out["temp_max_c"] = float(gpu["temp_c"].max())
+        out["sm_clock_mean_mhz"] = float(gpu["sm_clock_mhz"].mean())
+    out["power_w"], out["energy_j"], out["power_source"] = _power(t)
+    out["telemetry_samples"] = int(len(t))
+    return out
+
+
+def _power(t: pd.DataFrame) -> tuple[float | None, float | None, str | None]:
+    """Mean power and energy over a phase: NVML (sum over GPUs) if present, else RAPL, else None."""
+    gpu = t[t["device"].str.startswith("gpu")] if len(t) else t
+    if len(gpu) and "energy_j" in gpu and gpu["energy_j"].notna().any():
+        e = sum(g["energy_j"].max() - g["energy_j"].min() for _, g in gpu.groupby("device"))
+        dur = (gpu["t_ns"].max() - gpu["t_ns"].min()) / 1e9
+        return (e / dur if dur > 0 else None), float(e), "nvml energy counter"
+    if len(gpu) and "power_w" in gpu and gpu["power_w"].notna().any():
+        p = float(gpu.groupby("t_ns")["power_w"].sum().mean())
+        dur = (gpu["t_ns"].max() - gpu["t_ns"].min()) / 1e9
+        return p, p * dur, "nvml power samples"
+    cpu = t[t["device"] == "cpu"] if len(t) else t
+    if len(cpu) and "energy_j" in cpu and cpu["energy_j"].notna().sum() > 1:
+        e = float(cpu["energy_j"].max() - cpu["energy_j"].min())
+        dur = (cpu["t_ns"].max() - cpu["t_ns"].min()) / 1e9
+        return (e / dur if dur > 0 else None), e, "RAPL package energy"
+    return None, None, None
+
+
+def resolve_peak(detected: dict[str, Any], hardware_name: str) -> dict[str, Any]:
+    from .hardware import hardware_table
+
+    if hardware_name in ("auto", "cpu"):
+        return {"peak_flops": detected.get("peak_flops"), "peak_note": detected.get("peak_note"),
+                "accelerator": detected.get("accelerator")}
+    spec = hardware_table()["gpus"][hardware_name]
+    return {"peak_flops": spec["peak_fp16_tflops"] * 1e12, "accelerator": hardware_name,
+            "peak_note": f"datasheet: {spec['peak_fp16_tflops']} TFLOP/s dense FP16 ({spec['source']}); set by hardware.name"}
+
+
+def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], params: int | None,
+                  peak: dict[str, Any], hw_cfg: dict[str, Any]) -> dict[str, Any]:
+    name = mark["name"]
+    pr = req[req["phase"] == name]
+    dur = (mark["end_ns"] - mark["start_ns"]) / 1e9
+    m: dict[str, Any] = {"phase": name, "mode": mark["mode"], "warmup": mark["warmup"],
+                         "target": mark["target"], "duration_s": dur,
+                         "drain_s": (mark["drained_ns"] - mark["end_ns"]) / 1e9}
+    m.update(telemetry_summary(tl, name))
+    if mark["mode"] == "idle":
+        m["requests_sent"] = int(len(pr))
+        return m
+    ok = request_latencies(pr)
+    counts = pr["status"].value_counts().to_dict()
+    m["requests_sent"] = int(len(pr))
+    m["status_counts"] = {k: int(v) for k, v in counts.items()}
+    m["success_rate"] = len(ok) / len(pr) if len(pr) else None
+    tok_t, tok_w = token_times(pr)
+    in_win = (tok_t >= mark["start_ns"]) & (tok_t < mark["end_ns"])
+    m["output_tokens_in_window"] = float(tok_w[in_win].sum())
+    m["output_tok_s"] = m["output_tokens_in_window"] / dur if dur > 0 else None
+    ends = ok["end_ns"].to_numpy(dtype=np.int64)
+    m["request_rps"] = float(((ends >= mark["start_ns"]) & (ends < mark["end_ns"])).sum() / dur)
+    m["achieved_send_rps"] = float(len(pr) / dur)
+    m["output_tokens_total"] = int(ok["output_tokens"].sum()) if len(ok) else 0
+    m["output_tokens_source"] = sorted(ok["output_tokens_source"].dropna().unique().tolist())
+    m["prompt_tokens_mean"] = float(ok["prompt_tokens"].astype("Float64").mean()) if ok["prompt_tokens"].notna().any() else None
+    for col in ("ttft_ms", "first_byte_ms", "e2e_ms", "tpot_ms"):
+        m[col] = dist(ok[col].astype(float).tolist())
+    if mark["mode"] == "poisson":
+        m["ttft_sched_ms"] = dist(ok["ttft_sched_ms"].astype(float).tolist())
+        m["send_lag_ms"] = dist(((pr["sent_ns"] - pr["scheduled_ns"]) / 1e6).astype(float).tolist())
+    m["itl_ms"] = dist(itl_ms(ok).tolist())
+    # per-request decode rate (seed 002's "per-request tok/s"): 1000 / TPOT
+    m["decode_tok_s_per_request"] = dist((1000.0 / ok["tpot_ms"]).astype(float).tolist())
+    w = windows(pr, mark)
+    m["window_output_tok_s"] = dist(w["output_tok_s"].tolist())
+
+    # ---- efficiency: measured where the inputs are measured, estimated where they are not
+    tps = m["output_tok_s"]
+    if params and peak.get("peak_flops") and tps is not None:
+        m["mfu_pct"] = tps * 2 * params / peak["peak_flops"] * 100
+    else:
+        m["mfu_pct"] = None
+    if m.get("power_w") and m.get("energy_j"):
+        # tokens per joule over the phase window, energy from the same window
+        m["tok_per_j"] = m["output_tokens_in_window"] / (m["power_w"] * dur) if m["power_w"] else None
+        kwh_per_mtok = (m["power_w"] / tps) * 1e6 / 3.6e6 if tps else None
+        m["energy_kwh_per_mtok"] = kwh_per_mtok
+        price = hw_cfg.get("electricity_usd_per_kwh")
+        m["energy_usd_per_mtok"] = kwh_per_mtok * price if (kwh_per_mtok is not None and price is not None) else None
+    else:
+        m["tok_per_j"] = m["energy_kwh_per_mtok"] = m["energy_usd_per_mtok"] = None
+    hourly = hw_cfg.get("price_usd_per_hour")
+    m["usd_per_mtok"] = hourly / (tps * 3600) * 1e6 if (hourly is not None and tps) else None
+    return m
+
+
+LABELS = {
+    "output_tok_s": "measured", "request_rps": "measured", "ttft_ms": "measured", "e2e_ms": "measured",
+    "tpot_ms": "measured", "itl_ms": "measured", "success_rate": "measured",
+    "cpu_util_pct": "measured", "gpu_util_pct": "measured",
+}
+
+
+def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], manifest: dict[str, Any],
+                    hw_cfg: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
+    params = manifest["figures"].get("parameters")
+    peak = resolve_peak(run["hardware"], hw_cfg.get("name", "auto"))
+    phases = [phase_metrics(req, tl, mk, params, peak, hw_cfg) for mk in run["phases"]]
+    win = [windows(req[req["phase"] == mk["name"]], mk) for mk in run["phases"] if mk["mode"] != "idle"]
+    labels = dict(LABELS)
+    labels["mfu_pct"] = "estimated" if not run["hardware"].get("peak_measured") else "measured"
+    any_power = any(p.get("power_source") for p in phases)
+    labels["power_w"] = "measured" if any_power else "not available"
+    labels["tok_per_j"] = "measured" if any_power else "not available"
+    labels["usd_per_mtok"] = "estimated" if hw_cfg.get("price_usd_per_hour") is not None else "not available"
+    doc = {
+        "cell": run["cell"],
+        "complete": run["complete"],
+        "hardware": {**peak, "detected": run["hardware"].get("accelerator"), "cpu": run["hardware"]["cpu"]},
+        "model": {"name": manifest["name"], "parameters": params, "quantization": manifest["figures"].get("quantization")},
+        "labels": labels,
+        "definitions": __doc__,
+        "server_ready_s": run.get("server_ready_s"),
+        "client": run.get("client"),
+        "phases": phases,
+    }
+    return doc, (pd.concat(win, ignore_index=True) if win else pd.DataFrame())
+
+
+SUMMARY_FIELDS = {  # summary column -> (phase metric key, sub-key or None)
+    "output_tok_s": ("output_tok_s", None), "request_rps": ("request_rps", None),
+    "success_rate": ("success_rate", None), "requests_sent": ("requests_sent", None),
+    "ttft_p50_ms": ("ttft_ms", "p50"), "ttft_p95_ms": ("ttft_ms", "p95"), "ttft_p99_ms": ("ttft_ms", "p99"),
+    "ttft_mean_ms": ("ttft_ms", "mean"),
+    "e2e_p50_ms": ("e2e_ms", "p50"), "e2e_p99_ms": ("e2e_ms", "p99"), "e2e_mean_ms": ("e2e_ms", "mean"),
+    "tpot_p50_ms": ("tpot_ms", "p50"), "tpot_p99_ms": ("tpot_ms", "p99"),
+    "itl_p50_ms": ("itl_ms", "p50"), "itl_p99_ms": ("itl_ms", "p99"),
+    "window_tok_s_std": ("window_output_tok_s", "std"), "windows": ("window_output_tok_s", "n"),
+    "mfu_pct": ("mfu_pct", None), "power_w": ("power_w", None), "tok_per_j": ("tok_per_j", None),
+    "usd_per_mtok": ("usd_per_mtok", None), "cpu_util_pct": ("cpu_util_pct", None),
+    "server_cpu_util_pct": ("server_cpu_util_pct", None), "gpu_util_pct": ("gpu_util_pct", None),
+}
+
+
+def summarize_metrics(docs: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (engine, model, load, phase) with the headline figures, for charts and pages."""
+    rows = []
+    for d in docs:
+        for ph in d["phases"]:
+            row = {**d["cell"], "phase": ph["phase"], "mode": ph["mode"], "warmup": ph["warmup"],
+                   "users": ph["target"].get("users"), "rate_rps": ph["target"].get("rate_rps"),
+                   "duration_s": ph["duration_s"], "complete": d["complete"]}
+            for col, (key, sub) in SUMMARY_FIELDS.items():
+                v = ph.get(key)
+                row[col] = v.get(sub) if (sub and isinstance(v, dict)) else (None if sub else v)
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    for col in SUMMARY_FIELDS:
+        if col in df:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    return df

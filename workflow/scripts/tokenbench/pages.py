@@ -1,0 +1,268 @@
+"""Render the report's markdown pages from results. No number on a page is typed by hand."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from . import metrics as metrics_mod
+
+CHARTS_JS = """\
+// Embed every tokenbench chart on the page (specs are inlined, so this works from file:// too).
+document.addEventListener("DOMContentLoaded", function () {
+  document.querySelectorAll(".tb-chart").forEach(function (el) {
+    var spec = (window.TB_SPECS || {})[el.dataset.spec];
+    if (!spec) { el.textContent = "chart spec missing: " + el.dataset.spec; return; }
+    vegaEmbed(el, spec, {actions: {export: true, source: true, compiled: false, editor: false}, renderer: "svg"})
+      .catch(function (err) { el.textContent = "chart failed to render: " + err; });
+  });
+});
+"""
+
+CSS = """\
+.tb-chart { overflow-x: auto; margin: 1em 0; }
+.tb-est { color: var(--md-accent-fg-color, #c05); font-weight: bold; }
+.md-typeset table:not([class]) { font-size: .7rem; }
+"""
+
+
+def fmt(v, digits: int = 1, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and (math.isnan(v) or math.isinf(v))):
+        return "n/a"
+    if pct:
+        return f"{100 * v:.{digits}f} %"
+    if isinstance(v, (int,)) or (isinstance(v, float) and abs(v) >= 1000):
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def chart_html(name: str, spec: dict[str, Any]) -> str:
+    blob = json.dumps(spec, separators=(",", ":")).replace("</", "<\\/")
+    return (f'<div class="tb-chart" data-spec="{html.escape(name)}"></div>\n'
+            f'<script>window.TB_SPECS=window.TB_SPECS||{{}};window.TB_SPECS["{name}"]={blob};</script>\n')
+
+
+def table(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return "_no rows_\n"
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+EST = '<span class="tb-est" title="estimated: see Methodology">†</span>'
+
+
+def _target(ph: dict[str, Any]) -> str:
+    t = ph["target"]
+    if "users" in t:
+        return f"{t['users']} users"
+    if "rate_rps" in t:
+        return f"Poisson {t['rate_rps']:g} req/s"
+    return "idle"
+
+
+def phase_rows(doc: dict[str, Any]) -> list[dict[str, str]]:
+    labels = doc["labels"]
+    mfu_h = "MFU" + (f" {EST}" if labels["mfu_pct"] == "estimated" else "")
+    rows = []
+    for ph in doc["phases"]:
+        get = lambda k, s=None: (ph.get(k) or {}).get(s) if s else ph.get(k)  # noqa: E731
+        rows.append({
+            "phase": ph["phase"] + (" (warmup)" if ph["warmup"] else ""),
+            "load": _target(ph),
+            "duration (s)": fmt(ph["duration_s"]),
+            "sent": fmt(ph.get("requests_sent"), 0),
+            "success": fmt(ph.get("success_rate"), 1, pct=True),
+            "output tok/s": fmt(get("output_tok_s")),
+            "TTFT p50 / p95 (ms)": f"{fmt(get('ttft_ms', 'p50'))} / {fmt(get('ttft_ms', 'p95'))}",
+            "E2E p50 / p99 (ms)": f"{fmt(get('e2e_ms', 'p50'))} / {fmt(get('e2e_ms', 'p99'))}",
+            "TPOT p50 (ms)": fmt(get("tpot_ms", "p50"), 2),
+            mfu_h: fmt(ph.get("mfu_pct"), 3) + (" %" if ph.get("mfu_pct") is not None else ""),
+            "CPU busy (%)": fmt(ph.get("cpu_util_pct")),
+            "power (W)": fmt(ph.get("power_w")),
+        })
+    return rows
+
+
+def fit_rows(fits: list[dict[str, Any]]) -> list[dict[str, str]]:
+    rows = []
+    for f in fits:
+        fit = f["fit"]
+        ci = lambda c: f"[{fmt(c[0])}, {fmt(c[1])}]" if c else "not estimable"  # noqa: E731
+        rows.append({
+            "engine · model": f"{f['engine']} · {f['model']}",
+            "points": str(fit["points"]), "dof": str(fit["dof"]),
+            "Vmax (tok/s)": fmt(fit["vmax"]), "Vmax 95 % CI": ci(fit.get("vmax_ci95")),
+            "K (users)": fmt(fit["k"], 2), "K 95 % CI": ci(fit.get("k_ci95")),
+            "R²": fmt(fit.get("r2"), 4),
+        })
+    return rows
+
+
+def _steady(doc):
+    return [p for p in doc["phases"] if not p["warmup"] and p["mode"] != "idle"]
+
+
+def render_index(study: dict[str, Any], docs: list[dict[str, Any]], fits: list[dict[str, Any]],
+                 specs: dict[str, dict]) -> str:
+    hw = docs[0]["hardware"] if docs else {}
+    lines = [f"# {study['title']}\n", study.get("description", "") + "\n"]
+    lines.append(
+        f"Measured on **{hw.get('detected') or 'unknown hardware'}** "
+        f"({(hw.get('cpu') or {}).get('name', '')}, {(hw.get('cpu') or {}).get('cores', '?')} cores). "
+        f"Every figure below is computed from the recorded per-request and telemetry data of this run; "
+        f"{EST} marks an estimate, *n/a* a figure the data cannot carry. Definitions: [Methodology](methodology.md).\n")
+    incomplete = [d["cell"] for d in docs if not d["complete"]]
+    if incomplete:
+        lines.append('!!! warning "Incomplete runs"\n    ' + ", ".join(
+            f"{c['engine']}/{c['model']}/{c['load']}" for c in incomplete) + " did not finish; their figures cover what was recorded.\n")
+    lines.append("## Steady-state results\n")
+    rows = []
+    for d in docs:
+        for ph in _steady(d):
+            rows.append({
+                "engine": d["cell"]["engine"], "model": d["cell"]["model"], "load": d["cell"]["load"],
+                "phase": ph["phase"], "offered": _target(ph),
+                "output tok/s": fmt(ph.get("output_tok_s")),
+                "req/s": fmt(ph.get("request_rps"), 2),
+                "TTFT p50 / p95 (ms)": f"{fmt((ph.get('ttft_ms') or {}).get('p50'))} / {fmt((ph.get('ttft_ms') or {}).get('p95'))}",
+                "E2E p99 (ms)": fmt((ph.get("e2e_ms") or {}).get("p99")),
+                "success": fmt(ph.get("success_rate"), 1, pct=True),
+                f"MFU {EST}": fmt(ph.get("mfu_pct"), 3) + (" %" if ph.get("mfu_pct") is not None else ""),
+                "tok/J": fmt(ph.get("tok_per_j"), 2),
+                f"$ / M tok {EST}": fmt(ph.get("usd_per_mtok"), 2),
+            })
+    lines.append(table(rows))
+    if docs:
+        labels = docs[0]["labels"]
+        lines.append(f"\nMFU peak: {hw.get('peak_note') or 'unknown'}. Power: {labels['power_w']}. "
+                     f"Cost per million tokens: {labels['usd_per_mtok']} (from the configured hourly price).\n")
+    if "throughput" in specs:
+        lines.append("## Throughput and saturation\n")
+        lines.append(chart_html("throughput", specs["throughput"]))
+        lines.append(table(fit_rows(fits)))
+        for f in fits:
+            for note in f["fit"]["notes"]:
+                lines.append(f"- **{f['engine']} · {f['model']}**: {note}")
+        lines.append("")
+    if "latency" in specs:
+        lines.append("## Latency vs users\n")
+        lines.append(chart_html("latency", specs["latency"]))
+    lines.append("\nPer-run detail and telemetry timelines: [Runs](runs.md). What produced these numbers: [Provenance](provenance.md).\n")
+    return "\n".join(lines)
+
+
+def render_runs(docs: list[dict[str, Any]], runs: list[dict[str, Any]], specs: dict[str, dict]) -> str:
+    lines = ["# Runs\n", "One section per load test: every phase, then the telemetry timeline with phases shaded.\n"]
+    for d, r in zip(docs, runs):
+        c = d["cell"]
+        key = f"{c['engine']}.{c['model']}.{c['load']}"
+        lines.append(f"## {c['engine']} · {c['model']} · {c['load']}\n")
+        client = d.get("client") or {}
+        status = ", ".join(f"{k}: {v}" for k, v in sorted((client.get("status_counts") or {}).items())) or "none"
+        lines.append(f"Server ready after {fmt(d.get('server_ready_s'), 2)} s. Requests sent: "
+                     f"{client.get('requests_sent', 0)} ({status}). Client event-loop lag p99: "
+                     f"{fmt(client.get('event_loop_lag_p99_ms'), 2)} ms. "
+                     f"Run complete: {'yes' if d['complete'] else '**no**'}.\n")
+        lines.append(table(phase_rows(d)))
+        if f"timeline.{key}" in specs:
+            lines.append(chart_html(f"timeline.{key}", specs[f"timeline.{key}"]))
+        lines.append("Server command:\n\n```\n" + " ".join(r["server_command"]) + "\n```\n")
+    return "\n".join(lines)
+
+
+def render_methodology(docs: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
+    lines = ["# Methodology\n", "## Metric definitions\n",
+             "These are the definitions the code applies (quoted from `tokenbench/metrics.py`):\n",
+             "```text\n" + metrics_mod.__doc__.strip() + "\n```\n",
+             "## Labels\n",
+             f"- *measured*: computed from recorded request timestamps, server usage counts or telemetry samples.\n"
+             f"- {EST} *estimated*: depends on a figure that was not measured in this run (a datasheet or "
+             "ISA-derived peak FLOP/s, a configured price).\n"
+             "- *n/a*: the data cannot carry this figure (no power sensor readable, no configured price, too few points).\n",
+             "## Loads\n"]
+    seen = set()
+    for r in runs:
+        load = r["settings"]["load"]
+        if load["name"] in seen:
+            continue
+        seen.add(load["name"])
+        lines.append(f"### {load['name']}\n")
+        lines.append(table([{k: str(v) for k, v in p.items()} for p in load["phases"]]))
+        req = r["settings"]["request"]
+        lines.append("Request: " + ", ".join(f"`{k}={v}`" for k, v in req.items()) + "\n")
+    lines.append("## Hardware peaks\n")
+    for d in docs[:1]:
+        lines.append(f"- {d['hardware'].get('peak_note')}\n")
+    lines.append("## Server commands\n")
+    for r in runs:
+        c = r["cell"]
+        lines.append(f"- **{c['engine']}** ({c['model']}, {c['load']}): `{' '.join(r['server_command'])}`")
+    return "\n".join(lines) + "\n"
+
+
+def render_provenance(runs: list[dict[str, Any]], config_hash: str) -> str:
+    lines = ["# Provenance\n", f"Whole-config sha256: `{config_hash}`\n"]
+    for r in runs:
+        c = r["cell"]
+        lines.append(f"## {c['engine']} · {c['model']} · {c['load']}\n")
+        lines.append("```yaml\n" + yaml.safe_dump(r["provenance"], sort_keys=False) + "```\n")
+    return "\n".join(lines)
+
+
+def mkdocs_config(study: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "site_name": study["title"],
+        "docs_dir": "docs",
+        "site_dir": "public",
+        "use_directory_urls": False,  # pages open straight from disk (file://)
+        "theme": {"name": "material", "font": False, "features": ["content.code.copy"]},  # no web fonts
+        "plugins": ["search"],
+        "markdown_extensions": ["tables", "admonition", "attr_list", "md_in_html", "toc"],
+        "extra_javascript": ["assets/vega-bundle.js", "assets/charts.js"],
+        "extra_css": ["assets/tokenbench.css"],
+        "nav": [{"Results": "index.md"}, {"Runs": "runs.md"}, {"Methodology": "methodology.md"},
+                {"Provenance": "provenance.md"}],
+    }
+
+
+def render_pages(study: dict[str, Any], config_hash: str, metric_paths: list[str], run_paths: list[str],
+                 fit_paths: list[str], chart_paths: dict[str, str], out_dir: str) -> list[str]:
+    from .records import read_json
+
+    docs = [read_json(p) for p in metric_paths]
+    runs = [read_json(p) for p in run_paths]
+    fits = [read_json(p) for p in fit_paths]
+    specs = {name: json.loads(Path(p).read_text()) for name, p in chart_paths.items()}
+    out = Path(out_dir)
+    (out / "docs" / "assets").mkdir(parents=True, exist_ok=True)
+    pages = {
+        "index.md": render_index(study, docs, fits, specs),
+        "runs.md": render_runs(docs, runs, specs),
+        "methodology.md": render_methodology(docs, runs),
+        "provenance.md": render_provenance(runs, config_hash),
+    }
+    written = []
+    for name, text in pages.items():
+        (out / "docs" / name).write_text(text)
+        written.append(str(out / "docs" / name))
+    (out / "docs" / "assets" / "charts.js").write_text(CHARTS_JS)
+    (out / "docs" / "assets" / "tokenbench.css").write_text(CSS)
+    (out / "mkdocs.yml").write_text(yaml.safe_dump(mkdocs_config(study), sort_keys=False))
+    return written
+
+
+def write_vega_bundle(path: str | Path) -> None:
+    """vega + vega-lite + vega-embed in one file, from vl-convert (no CDN: the site works offline)."""
+    import vl_convert as vlc
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(vlc.javascript_bundle())

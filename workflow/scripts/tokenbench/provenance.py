@@ -1,0 +1,88 @@
+"""Provenance: what produced a result, precisely enough to reproduce or distrust it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from . import SCHEMA_VERSION, __version__
+
+PACKAGES = ("aiohttp", "pandas", "pyarrow", "numpy", "scipy", "altair", "snakemake",
+            "nvidia-ml-py", "psutil", "mkdocs", "mkdocs-material", "gguf", "huggingface-hub")
+
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "API_KEY")
+
+
+def git_sha(repo: str | Path | None = None) -> str | None:
+    repo = Path(repo or Path(__file__).resolve().parent)
+    try:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not sha:
+        return None
+    return sha + ("-dirty" if dirty else "")
+
+
+def package_versions(names=PACKAGES) -> dict[str, str | None]:
+    out = {}
+    for n in names:
+        try:
+            out[n] = version(n)
+        except PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def host() -> dict[str, Any]:
+    from .hardware import cpu_info
+    from .telemetry import nvml_devices
+
+    cpu = cpu_info()
+    return {
+        "hostname_hash": _short_hash(platform.node()),  # no raw hostnames in published data
+        "os": platform.platform(),
+        "cpu": cpu["name"],
+        "cpu_cores": cpu["cores"],
+        "gpus": [g["name"] for g in nvml_devices()],
+    }
+
+
+def _short_hash(s: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(s.encode()).hexdigest()[:12]
+
+
+def block(config_hash: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The provenance block every results file carries."""
+    return {
+        "tool": "tokenbench",
+        "tool_version": __version__,
+        "git_sha": git_sha(),
+        "schema_version": SCHEMA_VERSION,
+        "config_hash": config_hash,
+        "created_unix_ns": time.time_ns(),
+        "python": platform.python_version(),
+        "packages": package_versions(),
+        "host": host(),
+        **extra,
+    }
+
+
+def scrub(text: str, env: dict[str, str] | None = None) -> str:
+    """Replace the values of secret environment variables in text before it is stored."""
+    env = os.environ if env is None else env
+    for k in SECRET_ENV:
+        v = env.get(k)
+        if v and len(v) >= 4:
+            text = text.replace(v, f"<{k}>")
+    return text

@@ -1,0 +1,25 @@
+"""Build the static site with mkdocs-material."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+class SiteError(RuntimeError):
+    pass
+
+
+def build_site(mkdocs_yml: str, log_path: str | None = None) -> Path:
+    cfg = Path(mkdocs_yml)
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--clean", "-f", str(cfg)],
+                          capture_output=True, text=True)
+    if log_path:
+        Path(log_path).write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SiteError(f"mkdocs build failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    index = cfg.parent / "public" / "index.html"
+    if not index.is_file():
+        raise SiteError(f"mkdocs build produced no {index}")
+    return index
