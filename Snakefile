@@ -20,8 +20,8 @@ import os
 import sys
 
 SCRIPTS = os.path.join(workflow.basedir, "workflow", "scripts")
-# A checkout works without `pip install -e .`: put the package on the path of every job.
-os.environ["PYTHONPATH"] = SCRIPTS + os.pathsep + os.environ.get("PYTHONPATH", "")
+# The package is importable from this checkout without installing it: here, and in every script
+# job (Snakemake puts a script's own directory, workflow/scripts, on its sys.path).
 sys.path.insert(0, SCRIPTS)
 
 from tokenbench.config import ConfigError, validate, cells as config_cells
@@ -42,11 +42,6 @@ ENGINES = list(CFG.engines)
 MODELS = list(CFG.models)
 LOADS = list(CFG.loads)
 CELLS = config_cells(CFG)
-
-
-def pkg(*modules):
-    """Package modules a rule's script uses: Snakemake does not track imports, so list them."""
-    return [os.path.join(SCRIPTS, "tokenbench", m) for m in modules]
 
 
 include: "workflow/rules/common.smk"

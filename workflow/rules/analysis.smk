@@ -13,6 +13,8 @@ rule compute_metrics:
         hardware=lambda wc: CFG.hardware.model_dump(),
     log:
         "logs/compute_metrics/{engine}/{model}/{load}.log",
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/compute_metrics.py"
 
@@ -26,6 +28,8 @@ rule summarize_metrics:
         code=pkg("metrics.py", "records.py"),
     log:
         "logs/summarize_metrics.log",
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/summarize_metrics.py"
 
@@ -42,5 +46,7 @@ rule fit_saturation:
         phases=[(CFG.sweep.phase or sweep_phase(CFG.loads[l]).name) for l in sweep_loads()],
     log:
         "logs/fit_saturation/{engine}/{model}.log",
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/fit_saturation.py"

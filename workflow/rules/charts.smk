@@ -8,6 +8,8 @@ rule plot_timeline:
         code=pkg("charts.py", "records.py"),
     log:
         "logs/plot_timeline/{engine}.{model}.{load}.log",
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/plot_timeline.py"
 
@@ -24,6 +26,8 @@ rule plot_throughput:
         loads=sweep_loads(),
     log:
         "logs/plot_throughput.log",
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/plot_throughput.py"
 
@@ -39,5 +43,7 @@ rule plot_latency:
         loads=sweep_loads(),
     log:
         "logs/plot_latency.log",
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/plot_latency.py"

@@ -1,5 +1,11 @@
-# Helpers shared by the rule files: per-cell config slices, handed to scripts through params.
+# Helpers shared by all stages: per-cell config slices (handed to scripts through params) and
+# the package modules each script imports (Snakemake does not track imports, so inputs list them).
 from tokenbench.config import cell_settings, canonical_hash, sweep_phase
+
+
+def pkg(*modules):
+    """Paths of package modules, to list among a job's inputs."""
+    return [os.path.join(SCRIPTS, "tokenbench", m) for m in modules]
 
 
 def settings_of(wc):
@@ -12,3 +18,11 @@ def cell_paths(stage, name):
 
 def sweep_loads():
     return list(CFG.sweep.loads) if CFG.sweep else []
+
+
+def chart_inputs():
+    charts = {f"timeline.{e}.{m}.{l}": f"data/charts/timeline/{e}.{m}.{l}.vl.json" for e, m, l in CELLS}
+    if CFG.sweep:
+        charts["throughput"] = "data/charts/throughput.vl.json"
+        charts["latency"] = "data/charts/latency.vl.json"
+    return charts

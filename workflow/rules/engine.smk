@@ -9,5 +9,7 @@ rule probe_engine:
         binary=lambda wc: CFG.engines[wc.engine].binary,
     log:
         "logs/probe_engine/{engine}.log",
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/probe_engine.py"

@@ -18,5 +18,7 @@ rule run_load_test:
         job="logs/run_load_test/{engine}/{model}/{load}.log",
         server="logs/run_load_test/{engine}/{model}/{load}.server.log",
         journal="logs/run_load_test/{engine}/{model}/{load}.requests.jsonl",
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/run_load_test.py"

@@ -9,5 +9,7 @@ rule resolve_model:
         spec=lambda wc: CFG.models[wc.model].model_dump(),
     log:
         "logs/resolve_model/{model}.log",
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/resolve_model.py"

@@ -1,11 +1,3 @@
-def chart_inputs():
-    charts = {f"timeline.{e}.{m}.{l}": f"data/charts/timeline/{e}.{m}.{l}.vl.json" for e, m, l in CELLS}
-    if CFG.sweep:
-        charts["throughput"] = "data/charts/throughput.vl.json"
-        charts["latency"] = "data/charts/latency.vl.json"
-    return charts
-
-
 rule render_pages:
     """Markdown pages generated from the results (no number typed by hand) and the mkdocs config."""
     output:
@@ -24,6 +16,8 @@ rule render_pages:
         charts=list(chart_inputs()),
     log:
         "logs/render_pages.log",
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/render_pages.py"
 
@@ -36,6 +30,8 @@ rule bundle_vega:
         code=pkg("pages.py"),
     log:
         "logs/bundle_vega.log",
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/bundle_vega.py"
 
@@ -51,5 +47,7 @@ rule build_site:
         code=pkg("site.py"),
     log:
         "logs/build_site.log",
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/build_site.py"

@@ -10,5 +10,7 @@ rule merge_telemetry:
         code=pkg("merge.py", "records.py"),
     log:
         "logs/merge_telemetry/{engine}/{model}/{load}.log",
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/merge_telemetry.py"

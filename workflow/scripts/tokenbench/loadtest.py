@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -43,10 +44,12 @@ class Telemetry:
 
     def __init__(self, out: Path, interval_s: float, pid: int | None):
         self.out = out
+        pkg_parent = str(Path(__file__).resolve().parents[1])  # so the child imports this tokenbench
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")]))}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tokenbench.telemetry", "--out", str(out), "--interval", str(interval_s)]
             + (["--pid", str(pid)] if pid else []),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         line = self.proc.stdout.readline().strip()  # blocks until the first sample is taken
         if line != "ready":

@@ -1,0 +1,134 @@
+"""The real Snakefile against the real llama-server, on config/smoke.yaml (about 2 minutes)."""
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.snakemake_util import ROOT, planned_jobs, snakemake
+from tokenbench.records import read_json, read_meta, read_table
+
+pytestmark = pytest.mark.e2e
+SMOKE = ROOT / "config" / "smoke.yaml"
+CELLS = ["three_phase", "users-1", "users-4"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    if not (shutil.which("llama-server") or (Path(sys.executable).parent / "llama-server").exists()):
+        pytest.skip("llama-server is not built: run `make setup`")
+    wd = tmp_path_factory.mktemp("e2e")
+    out = snakemake(wd, configfile=SMOKE)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    assert f"tokenbench report: {wd / 'site' / 'public' / 'index.html'}" in out.stdout + out.stderr
+    return wd
+
+
+def cell(wd, load):
+    return wd / "data" / "runs" / "llamacpp" / "smollm2-135m" / load
+
+
+def finite(x):
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+@pytest.mark.parametrize("load", CELLS)
+def test_every_request_recorded_with_timestamps_in_order(run_dir, load):
+    req = read_table(cell(run_dir, load) / "requests.parquet")
+    run = read_json(cell(run_dir, load) / "run.json")
+    metrics = read_json(run_dir / "data" / "metrics" / "llamacpp" / "smollm2-135m" / load / "metrics.json")
+    assert run["complete"] and len(req) == run["client"]["requests_sent"] > 0
+    assert len(req) == sum(p.get("requests_sent", 0) for p in metrics["phases"])
+    assert req["request_id"].is_unique
+    assert (req["status"] == "ok").all(), req.loc[req.status != "ok", ["status", "error"]]
+    # ignore_eos: every request decodes exactly max_tokens, counted by the server's usage
+    assert (req["output_tokens"] == 16).all() and (req["output_tokens_source"] == "usage").all()
+    for _, r in req.iterrows():
+        ch = list(r["chunk_ns"])
+        assert r["sent_ns"] <= r["first_byte_ns"] <= r["first_token_ns"] == ch[0] <= ch[-1] <= r["end_ns"]
+        assert ch == sorted(ch)
+    meta = read_meta(cell(run_dir, load) / "requests.parquet")
+    manifest = read_json(run_dir / "data" / "models" / "smollm2-135m" / "manifest.json")
+    assert meta["provenance"]["model"]["sha256"] == manifest["sha256"]
+    assert meta["provenance"]["engine"]["binary_sha256"] and meta["provenance"]["config_hash"]
+
+
+def test_three_phase_shape(run_dir):
+    run = read_json(cell(run_dir, "three_phase") / "run.json")
+    assert [p["name"] for p in run["phases"]] == ["warmup", "cooldown", "stress"]
+    req = read_table(cell(run_dir, "three_phase") / "requests.parquet")
+    assert set(req["phase"]) == {"warmup", "stress"}  # nothing sent in the idle cooldown
+    tl = read_table(run_dir / "data" / "merged" / "llamacpp" / "smollm2-135m" / "three_phase" / "timeline.parquet")
+    cpu = tl[tl.device == "cpu"]
+    for p in run["phases"]:
+        rate = (cpu.phase == p["name"]).sum() / ((p["end_ns"] - p["start_ns"]) / 1e9)
+        assert rate > 10, (p["name"], rate)  # ~20 Hz telemetry through every phase
+    # the server works during load and idles during the cooldown
+    busy = cpu.groupby("phase")["server_cpu_util_pct"].mean()
+    assert busy["stress"] > 3 * busy["cooldown"]
+    assert (cpu.loc[cpu.phase == "cooldown", "inflight"] == 0).all()
+
+
+def test_metrics_are_finite_and_labelled(run_dir):
+    for load in CELLS:
+        doc = read_json(run_dir / "data" / "metrics" / "llamacpp" / "smollm2-135m" / load / "metrics.json")
+        for ph in doc["phases"]:
+            if ph["mode"] == "idle":
+                continue
+            for key in ("output_tok_s", "request_rps", "success_rate", "mfu_pct", "usd_per_mtok"):
+                assert finite(ph[key]), (load, ph["phase"], key, ph[key])
+            for key in ("ttft_ms", "e2e_ms", "tpot_ms", "itl_ms"):
+                assert finite(ph[key]["p50"]) and ph[key]["p50"] <= ph[key]["p99"]
+            assert ph["output_tok_s"] > 0 and ph["success_rate"] == 1.0
+        assert doc["labels"]["mfu_pct"] == "estimated" and doc["labels"]["output_tok_s"] == "measured"
+
+
+def test_saturation_fit_reports_its_degrees_of_freedom(run_dir):
+    fit = read_json(run_dir / "data" / "analysis" / "saturation" / "llamacpp" / "smollm2-135m.json")["fit"]
+    assert fit["points"] == 2 and fit["dof"] == 0 and fit["vmax_se"] is None
+    assert any("no uncertainty" in n for n in fit["notes"])
+
+
+def test_site_pages_contain_the_charts_and_no_nan(run_dir):
+    public = run_dir / "site" / "public"
+    index = (public / "index.html").read_text()
+    runs = (public / "runs.html").read_text()
+    for name in ("throughput", "latency"):
+        assert f'data-spec="{name}"' in index and f'window.TB_SPECS["{name}"]=' in index
+    for load in CELLS:
+        assert f'window.TB_SPECS["timeline.llamacpp.smollm2-135m.{load}"]=' in runs
+    assert "assets/vega-bundle.js" in index and (public / "assets" / "vega-bundle.js").stat().st_size > 100_000
+    for page in ("index.html", "runs.html", "methodology.html", "provenance.html"):
+        text = (public / page).read_text()
+        assert ">nan<" not in text.lower() and "NaN" not in text.split("<script")[0]
+    summary = read_table(run_dir / "data" / "analysis" / "summary.parquet")
+    stress = summary[(summary.load == "three_phase") & (summary.phase == "stress")].iloc[0]
+    assert f"{stress.output_tok_s:.1f}" in index  # the page shows the computed figure
+    spec = json.loads(index.split('window.TB_SPECS["throughput"]=')[1].split(";</script>")[0].replace("<\\/", "</"))
+    assert spec["$schema"].startswith("https://vega.github.io/schema/vega-lite/")
+
+
+def test_no_change_reruns_nothing(run_dir):
+    out = snakemake(run_dir, "-n", configfile=SMOKE)
+    assert out.returncode == 0, out.stderr
+    assert "Nothing to be done" in out.stdout + out.stderr, out.stdout[-2000:]
+
+
+def test_changed_load_reruns_only_its_cell_and_downstream(run_dir, tmp_path):
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["loads"]["users-4"]["phases"][0]["duration_s"] = 5
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    out = snakemake(run_dir, "-n", configfile=changed)
+    assert out.returncode == 0, out.stderr
+    jobs = planned_jobs(out.stdout)
+    per_cell = {(r, w.get("load")) for r, w in jobs if "load" in w}
+    assert per_cell == {("run_load_test", "users-4"), ("merge_telemetry", "users-4"),
+                        ("compute_metrics", "users-4"), ("plot_timeline", "users-4")}
+    rules = {r for r, _ in jobs}
+    assert rules == {"run_load_test", "merge_telemetry", "compute_metrics", "plot_timeline", "summarize_metrics",
+                     "fit_saturation", "plot_throughput", "plot_latency", "render_pages", "build_site", "all"}

@@ -1,0 +1,130 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from tokenbench.loadtest import REQUEST_COLUMNS
+from tokenbench.merge import inflight_at, merge_telemetry, phase_of, rate_from_counter, token_times
+from tokenbench.metrics import compute_metrics, dist, phase_metrics, summarize_metrics, windows
+
+S = 1_000_000_000
+MS = 1_000_000
+
+
+def req(i, phase, sent, ttft_ms, n, itl_ms, status="ok", usage=True, scheduled=None):
+    first = sent + int(ttft_ms * MS)
+    chunks = [first + int(k * itl_ms * MS) for k in range(n)] if status == "ok" else []
+    return {"request_id": i, "phase": phase, "user": 0, "prompt_id": "p", "scheduled_ns": scheduled or sent,
+            "sent_ns": sent, "headers_ns": sent + MS, "first_byte_ns": sent + MS,
+            "first_token_ns": first if chunks else None, "end_ns": (chunks[-1] if chunks else sent) + MS,
+            "chunk_ns": chunks, "prompt_tokens": 10, "output_tokens": (n if usage else None) if status == "ok" else None,
+            "output_tokens_source": "usage" if status == "ok" else None, "output_chars": n * 3,
+            "finish_reason": "length", "status": status, "http_status": 200 if status == "ok" else 500, "error": None}
+
+
+def frame(rows):
+    return pd.DataFrame(rows, columns=list(REQUEST_COLUMNS)).astype(REQUEST_COLUMNS)
+
+
+MARK = {"name": "steady", "mode": "closed", "warmup": False, "start_ns": 0, "end_ns": 10 * S,
+        "drained_ns": 11 * S, "target": {"users": 2, "duration_s": 10}}
+
+
+def test_latency_definitions_on_known_timestamps():
+    # 10 requests: TTFT 100 ms, 11 tokens 20 ms apart -> E2E = 100 + 200 + 1 ms, TPOT = 20.1 ms
+    df = frame([req(i, "steady", i * S, 100, 11, 20) for i in range(10)])
+    m = phase_metrics(df, pd.DataFrame({"t_ns": [], "device": [], "phase": []}), MARK, params=1_000_000,
+                      peak={"peak_flops": 1e12}, hw_cfg={"price_usd_per_hour": 3.6})
+    assert m["ttft_ms"]["p50"] == pytest.approx(100) and m["ttft_ms"]["n"] == 10
+    assert m["e2e_ms"]["mean"] == pytest.approx(301)
+    assert m["tpot_ms"]["p50"] == pytest.approx(20.1)
+    assert m["itl_ms"]["p99"] == pytest.approx(20) and m["itl_ms"]["n"] == 100
+    assert m["output_tok_s"] == pytest.approx(11.0)  # 110 tokens inside the 10 s window
+    assert m["success_rate"] == 1.0 and m["request_rps"] == pytest.approx(1.0)
+    # MFU = 11 tok/s * 2 * 1e6 / 1e12 ; cost = 3.6 $/h / (11 tok/s * 3600) * 1e6
+    assert m["mfu_pct"] == pytest.approx(11 * 2e6 / 1e12 * 100)
+    assert m["usd_per_mtok"] == pytest.approx(3.6 / (11 * 3600) * 1e6)
+    assert m["tok_per_j"] is None  # no power was measured: no energy figure
+
+
+def test_mfu_matches_seed_000_arithmetic():
+    # seed 000: 1515.6 tok/s x 2 x 8.03e9 / 149.7e12 = 16.26 %
+    n = 15156  # tokens in a 10 s window
+    df = frame([req(0, "steady", 0, 0, n, 10_000 / n)])
+    m = phase_metrics(df, pd.DataFrame({"t_ns": [], "device": [], "phase": []}), MARK, 8.03e9, {"peak_flops": 149.7e12}, {})
+    assert m["output_tok_s"] == pytest.approx(1515.6)
+    assert m["mfu_pct"] == pytest.approx(16.26, abs=0.01)
+
+
+def test_failed_requests_count_in_success_rate_not_in_latency():
+    rows = [req(0, "steady", 0, 100, 5, 10), req(1, "steady", S, 0, 0, 0, status="http_error"),
+            req(2, "steady", 2 * S, 0, 0, 0, status="disconnect")]
+    m = phase_metrics(frame(rows), pd.DataFrame({"t_ns": [], "device": [], "phase": []}), MARK, None, {}, {})
+    assert m["success_rate"] == pytest.approx(1 / 3)
+    assert m["ttft_ms"]["n"] == 1 and m["status_counts"] == {"ok": 1, "http_error": 1, "disconnect": 1}
+    assert m["mfu_pct"] is None and m["usd_per_mtok"] is None
+
+
+def test_tokens_after_window_end_do_not_count():
+    # one request whose 10 tokens straddle the end of the window (9.5 s .. 10.4 s)
+    df = frame([req(0, "steady", int(9.4 * S), 100, 10, 100)])
+    tok_t, tok_w = token_times(df)
+    assert tok_w.sum() == 10
+    m = phase_metrics(df, pd.DataFrame({"t_ns": [], "device": [], "phase": []}), MARK, None, {}, {})
+    assert m["output_tokens_in_window"] == 5 and m["output_tok_s"] == pytest.approx(0.5)
+
+
+def test_usage_count_is_spread_over_chunks():
+    r = req(0, "steady", 0, 0, 4, 10)
+    r["output_tokens"] = 8  # an engine that sends 2 tokens per chunk
+    t, w = token_times(frame([r]))
+    assert list(w) == [2, 2, 2, 2]
+
+
+def test_windows_and_summary():
+    df = frame([req(i, "steady", i * S, 0, 10, 10) for i in range(10)])
+    w = windows(df, MARK, 5.0)
+    assert list(w.output_tok_s) == [10.0, 10.0] and list(w.requests_per_s) == [1.0, 1.0]
+
+
+def test_phase_of_and_inflight():
+    marks = [{"name": "a", "start_ns": 0, "end_ns": 5, "drained_ns": 6},
+             {"name": "b", "start_ns": 6, "end_ns": 10, "drained_ns": 12}]
+    t = np.array([-1, 0, 5, 6, 11, 12])
+    assert list(phase_of(t, marks)) == ["startup", "a", "a", "b", "b", "teardown"]
+    df = frame([req(0, "a", 0, 0, 1, 0), req(1, "a", 2, 0, 1, 0)])  # end = sent + 1 ms
+    assert list(inflight_at(np.array([1, 3, 2 * MS]), df)) == [1, 2, 0]
+
+
+def test_counter_rates_drop_wraps():
+    df = pd.DataFrame({"t_ns": [0, S, 2 * S, 3 * S], "energy_j": [0.0, 100.0, 5.0, 105.0]})
+    r = rate_from_counter(df, "energy_j")
+    assert r.iloc[1] == 100 and np.isnan(r.iloc[2]) and r.iloc[3] == 100
+
+
+def test_merge_and_compute_with_gpu_energy():
+    marks = [MARK]
+    tel = pd.DataFrame({"t_ns": np.arange(0, 10 * S + 1, S // 2), "device": "gpu0"})
+    tel["energy_j"] = tel["t_ns"] / S * 250.0  # 250 W
+    tel["power_w"] = 250.0
+    tel["gpu_util_pct"], tel["gpu_mem_used_bytes"], tel["temp_c"], tel["sm_clock_mhz"] = 90.0, 2**30, 60.0, 1400.0
+    cpu = pd.DataFrame({"t_ns": np.arange(0, 10 * S + 1, S // 2), "device": "cpu"})
+    cpu["cpu_busy_s"] = cpu["t_ns"] / S * 1.0  # one of 2 cores busy -> 50 %
+    cpu["server_cpu_s"], cpu["server_rss_bytes"], cpu["mem_used_bytes"], cpu["energy_j"] = cpu["cpu_busy_s"], 2**28, 2**30, None
+    df = frame([req(i, "steady", i * S, 0, 10, 10) for i in range(10)])
+    run = {"phases": marks, "provenance": {"host": {"cpu_cores": 2}}, "cell": {"engine": "e", "model": "m", "load": "l"},
+           "complete": True, "hardware": {"accelerator": "A40", "peak_flops": 149.7e12, "peak_note": "datasheet", "cpu": {}}}
+    tl = merge_telemetry(df, pd.concat([tel, cpu]), run)
+    assert tl.loc[tl.device == "cpu", "cpu_util_pct"].dropna().mean() == pytest.approx(50)
+    doc, win = compute_metrics(df, tl, run, {"name": "m", "figures": {"parameters": 1e9}}, {"name": "auto"})
+    ph = doc["phases"][0]
+    assert ph["power_w"] == pytest.approx(250) and ph["power_source"] == "nvml energy counter"
+    assert ph["tok_per_j"] == pytest.approx(10 / 250)
+    assert doc["labels"]["power_w"] == "measured" and doc["labels"]["mfu_pct"] == "estimated"
+    s = summarize_metrics([doc])
+    assert s.loc[0, "output_tok_s"] == pytest.approx(10) and s.loc[0, "users"] == 2
+
+
+def test_dist_handles_empty_and_nan():
+    assert dist([])["p50"] is None
+    d = dist([1.0, float("nan"), 3.0])
+    assert d["n"] == 2 and d["mean"] == 2.0
