@@ -51,9 +51,9 @@ def chart_html(name: str, spec: dict[str, Any]) -> str:
 def table(rows: list[dict[str, str]]) -> str:
     if not rows:
         return "_no rows_\n"
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(k for r in rows for k in r))  # union of keys, first-seen order
     out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    out += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(out) + "\n"
 
 
@@ -63,7 +63,7 @@ EST = '<span class="tb-est" title="estimated: see Methodology">†</span>'
 def _target(ph: dict[str, Any]) -> str:
     t = ph["target"]
     if "users" in t:
-        return f"{t['users']} users"
+        return f"{t['users']} user{'s' if t['users'] != 1 else ''}"
     if "rate_rps" in t:
         return f"Poisson {t['rate_rps']:g} req/s"
     return "idle"
@@ -116,7 +116,7 @@ def render_index(study: dict[str, Any], docs: list[dict[str, Any]], fits: list[d
     hw = docs[0]["hardware"] if docs else {}
     lines = [f"# {study['title']}\n", study.get("description", "") + "\n"]
     lines.append(
-        f"Measured on **{hw.get('detected') or 'unknown hardware'}** "
+        f"Measured on **{(hw.get('detected') or 'unknown hardware').replace('cpu', 'CPU')}** "
         f"({(hw.get('cpu') or {}).get('name', '')}, {(hw.get('cpu') or {}).get('cores', '?')} cores). "
         f"Every figure below is computed from the recorded per-request and telemetry data of this run; "
         f"{EST} marks an estimate, *n/a* a figure the data cannot carry. Definitions: [Methodology](methodology.md).\n")
@@ -196,7 +196,7 @@ def render_methodology(docs: list[dict[str, Any]], runs: list[dict[str, Any]]) -
             continue
         seen.add(load["name"])
         lines.append(f"### {load['name']}\n")
-        lines.append(table([{k: str(v) for k, v in p.items()} for p in load["phases"]]))
+        lines.append(table([{k: ("" if v is None else str(v)) for k, v in p.items()} for p in load["phases"]]))
         req = r["settings"]["request"]
         lines.append("Request: " + ", ".join(f"`{k}={v}`" for k, v in req.items()) + "\n")
     lines.append("## Hardware peaks\n")
