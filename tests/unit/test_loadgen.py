@@ -113,6 +113,8 @@ def test_idle_phase_sends_nothing_and_phases_are_marked(fake_server):
     assert names == ["w", "idle", "s"]
     assert not [r for r in test.records if r.phase == "idle"]
     idle = test.marks[1]
+    w = test.marks[0]
+    assert (w.end_ns - w.start_ns) / 1e9 == pytest.approx(0.3, abs=0.015)  # full duration, not the last arrival
     assert (idle.end_ns - idle.start_ns) / 1e9 == pytest.approx(0.3, abs=0.05)
     # phases run in order, the drain of one before the start of the next
     assert test.marks[0].drained_ns <= idle.start_ns <= idle.end_ns <= test.marks[2].start_ns

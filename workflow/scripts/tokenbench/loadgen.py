@@ -248,6 +248,7 @@ class LoadTest:
                 task = spawn(rec, text)
                 if sem is not None:
                     task.add_done_callback(lambda _t: sem.release())
+            await _sleep_until(end)  # the phase lasts its full duration, not until its last arrival
         elif mode == "closed":
             target["users"] = ph["users"]
 

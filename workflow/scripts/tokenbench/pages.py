@@ -26,6 +26,7 @@ document.addEventListener("DOMContentLoaded", function () {
 """
 
 CSS = """\
+.md-grid { max-width: 1500px; }
 .tb-chart { overflow-x: auto; margin: 1em 0; }
 .tb-est { color: var(--md-accent-fg-color, #c05); font-weight: bold; }
 .md-typeset table:not([class]) { font-size: .7rem; }
@@ -76,7 +77,8 @@ def phase_rows(doc: dict[str, Any]) -> list[dict[str, str]]:
     for ph in doc["phases"]:
         get = lambda k, s=None: (ph.get(k) or {}).get(s) if s else ph.get(k)  # noqa: E731
         rows.append({
-            "phase": ph["phase"] + (" (warmup)" if ph["warmup"] else ""),
+            "phase": ph["phase"],
+            "steady state": "no (warmup)" if ph["warmup"] else ("no (idle)" if ph["mode"] == "idle" else "yes"),
             "load": _target(ph),
             "duration (s)": fmt(ph["duration_s"]),
             "sent": fmt(ph.get("requests_sent"), 0),
