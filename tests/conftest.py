@@ -21,7 +21,7 @@ def _free_port():
 class FakeServer:
     """tokenbench.fake_server running on a background event loop, on loopback."""
 
-    def __init__(self, behaviour):
+    def __init__(self, behaviour, keepalive_timeout=75.0):
         from aiohttp import web
 
         from tokenbench.fake_server import make_app
@@ -29,7 +29,7 @@ class FakeServer:
         self.port = _free_port()
         self.app = make_app(behaviour)
         self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(self.app)
+        self.runner = web.AppRunner(self.app, keepalive_timeout=keepalive_timeout)
         ready = threading.Event()
 
         def serve():
@@ -64,10 +64,10 @@ class FakeServer:
 def fake_server():
     servers = []
 
-    def start(**kw):
+    def start(keepalive_timeout=75.0, **kw):
         from tokenbench.fake_server import Behaviour
 
-        s = FakeServer(Behaviour(**kw))
+        s = FakeServer(Behaviour(**kw), keepalive_timeout)
         servers.append(s)
         return s
 

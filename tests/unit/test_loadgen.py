@@ -135,3 +135,25 @@ def test_completions_endpoint(fake_server):
     srv = fake_server(tokens=3)
     test, _ = run(srv.url, [phase(users=1, duration_s=0.01)], request={**REQ, "endpoint": "completions"})
     assert test.records[0].status == "ok" and len(test.records[0].chunk_ns) == 3
+
+
+def test_idle_gap_longer_than_server_keepalive_loses_nothing(fake_server):
+    # the server closes idle keep-alive connections after 0.5 s (llama-server: 5 s); the idle phase
+    # outlasts that, and the next phase must not reuse a connection the server already closed
+    srv = fake_server(tokens=2, keepalive_timeout=0.5)
+    test, _ = run(srv.url, [phase("a", users=4, duration_s=0.3),
+                            {"name": "idle", "mode": "idle", "duration_s": 2.6, "warmup": False},
+                            phase("b", users=4, duration_s=0.3)])
+    assert {r.status for r in test.records} == {"ok"}, [r.error for r in test.records if r.status != "ok"][:3]
+    assert len(test.records) == srv.requests
+
+
+def test_connection_closed_by_server_after_response_is_replaced_not_lost(fake_server):
+    # llama-server was seen closing keep-alive connections right after a streamed response; a request
+    # written to such a connection never reaches the server and is resent once on a fresh one
+    srv = fake_server(tokens=2, close_after_response=True)
+    test, _ = run(srv.url, [phase(users=4, duration_s=0.5)])
+    assert {r.status for r in test.records} == {"ok"}, [r.error for r in test.records if r.status != "ok"][:3]
+    assert len(test.records) == srv.requests
+    assert all(r.attempts in (1, 2) for r in test.records)
+    assert any(r.attempts == 2 for r in test.records)  # the stale-connection path was exercised

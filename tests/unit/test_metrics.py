@@ -18,7 +18,8 @@ def req(i, phase, sent, ttft_ms, n, itl_ms, status="ok", usage=True, scheduled=N
             "first_token_ns": first if chunks else None, "end_ns": (chunks[-1] if chunks else sent) + MS,
             "chunk_ns": chunks, "prompt_tokens": 10, "output_tokens": (n if usage else None) if status == "ok" else None,
             "output_tokens_source": "usage" if status == "ok" else None, "output_chars": n * 3,
-            "finish_reason": "length", "status": status, "http_status": 200 if status == "ok" else 500, "error": None}
+            "finish_reason": "length", "status": status, "http_status": 200 if status == "ok" else 500, "error": None,
+            "attempts": 1}
 
 
 def frame(rows):

@@ -29,6 +29,7 @@ class Behaviour:
     no_usage: bool = False
     usage_on_finish_chunk: bool = False  # usage on the finish chunk instead of a choices: [] chunk
     role_chunk: bool = True  # send an empty role-only delta first, as vLLM and llama.cpp do
+    close_after_response: bool = False  # drop the keep-alive connection after each response, unannounced
 
 
 def _chunk(obj) -> bytes:
@@ -77,6 +78,8 @@ def make_app(b: Behaviour) -> web.Application:
             await resp.write(_chunk({**base, "choices": [], "usage": usage}))
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
+        if b.close_after_response:
+            req.transport.close()
         return resp
 
     app = web.Application()

@@ -25,7 +25,16 @@ from .prompts import PromptStream
 
 now_ns = time.monotonic_ns
 
+# Idle pooled connections are dropped after this long. Servers close idle keep-alive connections
+# themselves (llama-server's cpp-httplib after 5 s); reusing one the server already closed fails
+# with "Can not write request body" before the request reaches the server.
+KEEPALIVE_S = 2.0
+
 STATUSES = ("ok", "http_error", "timeout", "disconnect", "protocol_error", "cancelled")
+
+
+class _NoResponse(Exception):
+    """The connection failed before any response byte arrived."""
 
 
 @dataclass
@@ -49,6 +58,7 @@ class RequestRecord:
     status: str = "cancelled"
     http_status: int | None = None
     error: str | None = None
+    attempts: int = 0  # transport attempts: 2 when a pooled connection the server had closed was replaced
 
 
 @dataclass
@@ -74,6 +84,7 @@ class Client:
         self.model = served_model
         self.request = request
         self.caps = capabilities
+        self._fresh: aiohttp.ClientSession | None = None
         if self.endpoint not in self.caps:
             raise ValueError(f"engine does not serve the '{self.endpoint}' endpoint")
 
@@ -98,11 +109,38 @@ class Client:
 
     async def send(self, rec: RequestRecord, prompt: str, timeout_s: float) -> RequestRecord:
         body = self.payload(prompt)
+        rec.sent_ns = now_ns()
+        while True:
+            rec.attempts += 1
+            try:
+                # a resend goes over a new connection: the pool may hold more stale ones
+                session = self.session if rec.attempts == 1 else self._fresh_session()
+                return await self._attempt(session, rec, body, timeout_s)
+            except _NoResponse as exc:
+                # The connection dropped before a single response byte. On a pooled keep-alive
+                # connection this is the server having closed it (llama-server does so right after
+                # some streamed responses): resend once on a fresh connection, as browsers do for
+                # a reused socket (RFC 9112 9.3.1). A second failure is recorded as it happened.
+                if rec.attempts == 1:
+                    continue
+                rec.end_ns, rec.status, rec.error = now_ns(), "disconnect", str(exc.__cause__ or exc)[:300]
+                return rec
+
+    def _fresh_session(self) -> aiohttp.ClientSession:
+        if self._fresh is None:
+            self._fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
+                                                headers=self.session.headers, auto_decompress=False)
+        return self._fresh
+
+    async def close(self) -> None:
+        if self._fresh is not None:
+            await self._fresh.close()
+
+    async def _attempt(self, session, rec: RequestRecord, body: dict[str, Any], timeout_s: float) -> RequestRecord:
         chat = self.endpoint == "chat"
         timeout = aiohttp.ClientTimeout(total=timeout_s)
-        rec.sent_ns = now_ns()
         try:
-            async with self.session.post(self.url, json=body, timeout=timeout) as resp:
+            async with session.post(self.url, json=body, timeout=timeout) as resp:
                 rec.headers_ns = now_ns()
                 rec.http_status = resp.status
                 if resp.status != 200:
@@ -152,6 +190,10 @@ class Client:
                 rec.status = "ok"
         except asyncio.TimeoutError:
             rec.end_ns, rec.status, rec.error = now_ns(), "timeout", f"no complete response within {timeout_s:g} s"
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if rec.headers_ns is None and not isinstance(exc, aiohttp.ClientConnectorError):
+                raise _NoResponse(f"{type(exc).__name__}: {exc}") from exc
+            rec.end_ns, rec.status, rec.error = now_ns(), "disconnect", f"{type(exc).__name__}: {exc}"[:300]
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             rec.end_ns, rec.status, rec.error = now_ns(), "disconnect", f"{type(exc).__name__}: {exc}"[:300]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -289,12 +331,14 @@ def session_factory(base_url: str, route_prefix: str, served_model: str, request
     class _Ctx:
         async def __aenter__(self):
             self.session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None),
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, keepalive_timeout=KEEPALIVE_S),
                 headers=headers, auto_decompress=False,
             )
-            return Client(self.session, base_url, route_prefix, served_model, request, capabilities)
+            self.client = Client(self.session, base_url, route_prefix, served_model, request, capabilities)
+            return self.client
 
         async def __aexit__(self, *exc):
+            await self.client.close()
             await self.session.close()
 
     return _Ctx

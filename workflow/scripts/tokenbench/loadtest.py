@@ -27,6 +27,7 @@ REQUEST_COLUMNS = {  # column -> pandas dtype; timestamps are int ns on CLOCK_MO
     "first_token_ns": "Int64", "end_ns": "Int64", "chunk_ns": "object", "prompt_tokens": "Int64",
     "output_tokens": "Int64", "output_tokens_source": "string", "output_chars": "int64",
     "finish_reason": "string", "status": "string", "http_status": "Int64", "error": "string",
+    "attempts": "int64",
 }
 
 
