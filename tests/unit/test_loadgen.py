@@ -157,3 +157,97 @@ def test_connection_closed_by_server_after_response_is_replaced_not_lost(fake_se
     assert len(test.records) == srv.requests
     assert all(r.attempts in (1, 2) for r in test.records)
     assert any(r.attempts == 2 for r in test.records)  # the stale-connection path was exercised
+
+
+# ---------------------------------------------------------------- load modes
+import random
+import statistics
+
+from tokenbench.loadgen import arrival_offsets, trace_schedule
+
+
+def _gaps(mode, rate, burstiness=1.0, n=20000):
+    gen = arrival_offsets(mode, rate, burstiness, random.Random(1))
+    offs = [next(gen)[0] / 1e9 for _ in range(n)]
+    return [b - a for a, b in zip([0.0] + offs, offs)]
+
+
+@pytest.mark.parametrize("mode, burstiness, cv", [("poisson", 1.0, 1.0), ("gamma", 0.25, 2.0), ("gamma", 4.0, 0.5),
+                                                  ("constant", 1.0, 0.0)])
+def test_arrival_processes_have_the_right_rate_and_burstiness(mode, burstiness, cv):
+    g = _gaps(mode, 100.0, burstiness)
+    assert statistics.fmean(g) == pytest.approx(0.01, rel=0.03)
+    assert statistics.pstdev(g) / statistics.fmean(g) == pytest.approx(cv, abs=0.06)
+
+
+def test_constant_arrivals_do_not_drift():
+    gen = arrival_offsets("constant", 3.0, 1.0, random.Random(0))
+    offs = [next(gen)[0] for _ in range(30000)]
+    assert offs[-1] == 10_000 * 10**9  # 30000 arrivals at 3/s end at exactly 10 000 s
+    assert offs[2] == 1_000_000_000
+
+
+def test_fixed_request_count_phases(fake_server):
+    srv = fake_server(tokens=2)
+    test, _ = run(srv.url, [phase("c", users=3, requests=7), phase("o", "constant", rate_rps=200, requests=9)])
+    by = {m.name: [r for r in test.records if r.phase == m.name] for m in test.marks}
+    assert len(by["c"]) == 7 and len(by["o"]) == 9 and srv.requests == 16
+
+
+def test_ramp_spreads_user_starts_and_think_time_spaces_requests(fake_server):
+    srv = fake_server(tokens=2)
+    test, _ = run(srv.url, [phase(users=4, duration_s=0.8, ramp_s=0.6, think_s=0.2)])
+    start = test.marks[0].start_ns
+    first = {u: min(r.sent_ns for r in test.records if r.user == u) - start for u in range(4)}
+    for u in range(4):
+        assert first[u] / 1e9 == pytest.approx(0.15 * u, abs=0.03)
+    u0 = sorted((r.sent_ns, r.end_ns) for r in test.records if r.user == 0)
+    assert all((b[0] - a[1]) / 1e9 >= 0.19 for a, b in zip(u0, u0[1:]))
+    assert test.marks[0].target == {"duration_s": 0.8, "users": 4, "ramp_s": 0.6, "think_s": 0.2}
+
+
+def test_trace_replay_keeps_schedule_and_output_lengths(fake_server, tmp_path):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("\n".join(json.dumps(r) for r in [
+        {"timestamp": 100.0, "prompt": "a", "output_tokens": 3},
+        {"timestamp": 100.5, "prompt": "b", "output_tokens": 5},
+        {"timestamp": 100.2, "prompt": "c"}]))
+    assert [o for o, _ in trace_schedule(str(trace), 2.0)] == [0, 100_000_000, 250_000_000]
+    srv = fake_server(tokens=8)
+    test, _ = run(srv.url, [{"name": "t", "mode": "trace", "path": str(trace), "time_scale": 1.0,
+                             "warmup": False, "timeout_s": 5, "drain_timeout_s": 5}])
+    recs = sorted(test.records, key=lambda r: r.scheduled_ns)
+    assert [r.output_tokens for r in recs] == [3, 8, 5]  # 8: no output_tokens in the row -> the load's cap
+    assert [r.max_tokens for r in recs] == [3, 8, 5]
+    offs = [(r.scheduled_ns - test.marks[0].start_ns) / 1e6 for r in recs]
+    assert offs == pytest.approx([0, 200, 500], abs=1)
+
+
+def test_bad_trace_row_names_the_line(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"timestamp": 1, "prompt": "a"}\n{"prompt": "b"}\n')
+    with pytest.raises(ValueError, match=r"t.jsonl:2: a trace row needs 'timestamp'"):
+        trace_schedule(str(trace))
+
+
+def test_open_loop_concurrency_cap_queues_and_latency_from_schedule_shows_it(fake_server):
+    srv = fake_server(tokens=2, ttft_ms=100)
+    test, _ = run(srv.url, [phase("o", "constant", rate_rps=50, duration_s=0.4, max_concurrency=2)])
+    lags = sorted((r.sent_ns - r.scheduled_ns) / 1e6 for r in test.records)
+    assert lags[-1] > 100  # later arrivals waited for a free slot
+    assert test.marks[0].target["max_concurrency"] == 2
+
+
+def test_sweep_runs_sync_max_then_rates_and_stops_when_saturated(fake_server):
+    # the server generates at most 2 requests at once, ~50 ms each: ~40 req/s capacity
+    srv = fake_server(tokens=5, itl_ms=10, capacity=2)
+    test, _ = run(srv.url, [{"name": "sw", "mode": "sweep", "step_duration_s": 0.6, "max_users": 8, "rates": 6,
+                             "arrivals": "constant", "saturation_ratio": 0.9, "warmup": False,
+                             "timeout_s": 5, "drain_timeout_s": 5}])
+    names = [m.name for m in test.marks]
+    assert names[:3] == ["sw-sync", "sw-max", "sw-r1"]
+    sync, peak = test.marks[0].target["measured_rps"], test.marks[1].target["measured_rps"]
+    assert 10 < sync < 30 and peak > 1.3 * sync  # 1 user: ~20 req/s; 8 users: the 2 slots are full
+    rates = [m.target["rate_rps"] for m in test.marks[2:]]
+    assert rates == sorted(rates) and all(sync < r < peak for r in rates)
+    assert len(rates) <= 6

@@ -19,7 +19,7 @@ def req(i, phase, sent, ttft_ms, n, itl_ms, status="ok", usage=True, scheduled=N
             "chunk_ns": chunks, "prompt_tokens": 10, "output_tokens": (n if usage else None) if status == "ok" else None,
             "output_tokens_source": "usage" if status == "ok" else None, "output_chars": n * 3,
             "finish_reason": "length", "status": status, "http_status": 200 if status == "ok" else 500, "error": None,
-            "attempts": 1}
+            "attempts": 1, "max_tokens": None}
 
 
 def frame(rows):
@@ -129,3 +129,45 @@ def test_dist_handles_empty_and_nan():
     assert dist([])["p50"] is None
     d = dist([1.0, float("nan"), 3.0])
     assert d["n"] == 2 and d["mean"] == 2.0
+
+
+def _phase(rows, mark=MARK, slo=None, rules=None, lag=None):
+    return phase_metrics(frame(rows), pd.DataFrame({"t_ns": [], "device": [], "phase": []}), mark, None, {}, {},
+                         slo, rules, lag)
+
+
+def test_goodput_counts_requests_meeting_every_slo():
+    # TTFT 100 ms for even ids, 900 ms for odd ids; TPOT 20 ms for all
+    rows = [req(i, "steady", i * S // 2, 100 if i % 2 == 0 else 900, 5, 20) for i in range(18)]
+    m = _phase(rows, slo={"ttft_ms": 500, "tpot_ms": 50, "e2e_ms": None})
+    assert m["slo_attainment"] == pytest.approx(0.5)
+    assert m["goodput_rps"] == pytest.approx(9 / 10)
+    assert m["goodput_tok_s"] == pytest.approx(9 * 5 / 10)
+    tight = _phase(rows, slo={"ttft_ms": 500, "tpot_ms": 10})
+    assert tight["goodput_rps"] == 0
+    none = _phase(rows, slo={})
+    assert none["slo_attainment"] == 1.0 and none["slo"] == {}
+
+
+def test_validity_names_each_failed_check():
+    rules = {"min_duration_s": 20, "min_requests": 50, "max_error_rate": 0.01, "max_send_lag_p99_ms": 5,
+             "max_loop_lag_p99_ms": 10, "min_rate_ratio": 0.98}
+    rows = [req(i, "steady", i * S, 10, 3, 5) for i in range(9)] + [req(9, "steady", 9 * S, 0, 0, 0, status="timeout")]
+    m = _phase(rows, rules=rules, lag={"p99_ms": 30.0, "max_ms": 40.0})
+    fails = " | ".join(m["validity"]["failed_checks"])
+    assert not m["validity"]["valid"]
+    for text in ("min_duration_s 20", "min_requests 50", "error rate 10.0%", "event-loop lag p99 30.00 ms"):
+        assert text in fails
+    ok = _phase(rows[:9], rules={**rules, "min_duration_s": 5, "min_requests": 5}, lag={"p99_ms": 1.0})
+    assert ok["validity"] == {"valid": True, "failed_checks": [], "event_loop_lag_p99_ms": 1.0}
+
+
+def test_open_loop_rate_and_send_lag_checks():
+    mark = {**MARK, "mode": "constant", "target": {"rate_rps": 2.0, "duration_s": 10}}
+    # 10 requests in 10 s against a 2/s target, each sent 12 ms late
+    rows = [req(i, "steady", i * S + 12 * MS, 10, 3, 5, scheduled=i * S) for i in range(10)]
+    m = _phase(rows, mark, rules={"min_rate_ratio": 0.98, "max_send_lag_p99_ms": 5})
+    assert m["send_lag_ms"]["p99"] == pytest.approx(12)
+    assert m["ttft_sched_ms"]["p50"] == pytest.approx(22)
+    fails = " | ".join(m["validity"]["failed_checks"])
+    assert "50.0% of target 2/s" in fails and "send lag p99 12.00 ms" in fails

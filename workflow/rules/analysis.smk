@@ -11,6 +11,8 @@ rule compute_metrics:
         code=pkg("metrics.py", "merge.py", "hardware.py", "records.py", "data/hardware.yaml"),
     params:
         hardware=lambda wc: CFG.hardware.model_dump(),
+        slo=lambda wc: CFG.slo.model_dump(),
+        validity=lambda wc: CFG.validity.model_dump(),
     log:
         "logs/compute_metrics/{engine}/{model}/{load}.log",
     conda:

@@ -6,7 +6,8 @@ from tokenbench.metrics import compute_metrics
 log = to_log(snakemake.log[0])
 run = records.read_json(snakemake.input.run)
 doc, windows = compute_metrics(records.read_table(snakemake.input.requests), records.read_table(snakemake.input.timeline),
-                               run, records.read_json(snakemake.input.model), snakemake.params.hardware)
+                               run, records.read_json(snakemake.input.model), snakemake.params.hardware,
+                               snakemake.params.slo, snakemake.params.validity)
 records.write_json(doc, snakemake.output.metrics, "metrics", run["provenance"])
 records.write_table(windows, snakemake.output.windows, "windows", run["provenance"], {"cell": run["cell"]})
 log.info("metrics for %s: %d phases", run["cell"], len(doc["phases"]))

@@ -77,11 +77,33 @@ class _Phase(_Strict):
     drain_timeout_s: float = Field(120, ge=0)  # wait for in-flight requests after the phase ends
 
 
-class PoissonPhase(_Phase):
-    mode: Literal["poisson"]
+class _Bounded(_Phase):
+    """A phase that sends requests: it runs for duration_s, or until it has sent `requests`."""
+    duration_s: float | None = Field(None, gt=0)
+    requests: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_bound(self):
+        if (self.duration_s is None) == (self.requests is None):
+            raise ValueError("give exactly one of duration_s or requests")
+        return self
+
+
+class OpenPhase(_Bounded):
+    mode: Literal["poisson", "gamma", "constant"]
     rate_rps: float = Field(gt=0)
-    duration_s: float = Field(gt=0)
+    burstiness: float = Field(1.0, gt=0)  # gamma shape: 1 = Poisson, < 1 burstier, > 1 smoother
     max_concurrency: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _burstiness_only_for_gamma(self):
+        if self.mode != "gamma" and self.burstiness != 1.0:
+            raise ValueError(f"burstiness applies to mode 'gamma', not '{self.mode}'")
+        return self
+
+
+# Kept for readers of the old name.
+PoissonPhase = OpenPhase
 
 
 class IdlePhase(_Phase):
@@ -89,13 +111,38 @@ class IdlePhase(_Phase):
     duration_s: float = Field(gt=0)
 
 
-class ClosedPhase(_Phase):
+class ClosedPhase(_Bounded):
     mode: Literal["closed"]
     users: int = Field(ge=1)
-    duration_s: float = Field(gt=0)
+    ramp_s: float = Field(0.0, ge=0)  # users start spread evenly over this many seconds
+    think_s: float = Field(0.0, ge=0)  # a user's pause between its requests
+
+    @model_validator(mode="after")
+    def _ramp_inside(self):
+        if self.duration_s is not None and self.ramp_s >= self.duration_s:
+            raise ValueError(f"ramp_s ({self.ramp_s}) must be shorter than duration_s ({self.duration_s})")
+        return self
 
 
-Phase = Annotated[Union[PoissonPhase, IdlePhase, ClosedPhase], Field(discriminator="mode")]
+class TracePhase(_Phase):
+    mode: Literal["trace"]
+    path: str  # JSONL rows: {"timestamp": s, "prompt": str[, "output_tokens": n]}
+    time_scale: float = Field(1.0, gt=0)  # 2 replays twice as fast
+    max_concurrency: int | None = Field(None, ge=1)
+    requests: int | None = Field(None, ge=1)  # replay only the first N rows
+
+
+class SweepPhase(_Phase):
+    """GuideLLM's sweep: synchronous, throughput, then `rates` interpolated open-loop rates."""
+    mode: Literal["sweep"]
+    step_duration_s: float = Field(gt=0)
+    max_users: int = Field(64, ge=2)  # concurrency of the throughput step
+    rates: int = Field(5, ge=1)
+    arrivals: Literal["poisson", "constant"] = "poisson"
+    saturation_ratio: float = Field(0.95, gt=0, le=1)  # stop once achieved < ratio x target
+
+
+Phase = Annotated[Union[OpenPhase, IdlePhase, ClosedPhase, TracePhase, SweepPhase], Field(discriminator="mode")]
 
 
 class RequestSpec(_Strict):
@@ -137,6 +184,23 @@ class HardwareSpec(_Strict):
     electricity_usd_per_kwh: float | None = Field(None, ge=0)
 
 
+class SloSpec(_Strict):
+    """Goodput counts the requests that meet every bound given (DistServe's definition)."""
+    ttft_ms: float | None = Field(None, gt=0)
+    tpot_ms: float | None = Field(None, gt=0)
+    e2e_ms: float | None = Field(None, gt=0)
+
+
+class ValiditySpec(_Strict):
+    """When a phase's figures can be trusted (MLPerf LoadGen style); a failed check is reported."""
+    min_duration_s: float = Field(10, ge=0)
+    min_requests: int = Field(20, ge=0)
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_send_lag_p99_ms: float = Field(10, gt=0)  # open loop: actual minus scheduled send
+    max_loop_lag_p99_ms: float = Field(20, gt=0)  # the client's event loop must keep up
+    min_rate_ratio: float = Field(0.98, gt=0, le=1)  # open loop: achieved / target send rate
+
+
 class TelemetrySpec(_Strict):
     interval_s: float = Field(0.05, gt=0, le=10)  # 20 Hz, as in the seed reports
 
@@ -150,6 +214,8 @@ class Config(_Strict):
     study: StudySpec
     hardware: HardwareSpec = HardwareSpec()
     telemetry: TelemetrySpec = TelemetrySpec()
+    slo: SloSpec = SloSpec()
+    validity: ValiditySpec = ValiditySpec()
     request: RequestSpec = RequestSpec()
     models: dict[Name, ModelSpec] = Field(min_length=1)
     engines: dict[Name, EngineSpec] = Field(min_length=1)

@@ -30,6 +30,7 @@ class Behaviour:
     usage_on_finish_chunk: bool = False  # usage on the finish chunk instead of a choices: [] chunk
     role_chunk: bool = True  # send an empty role-only delta first, as vLLM and llama.cpp do
     close_after_response: bool = False  # drop the keep-alive connection after each response, unannounced
+    capacity: int | None = None  # at most this many requests generate at once; the rest queue (saturation)
 
 
 def _chunk(obj) -> bytes:
@@ -38,11 +39,18 @@ def _chunk(obj) -> bytes:
 
 def make_app(b: Behaviour) -> web.Application:
     state = {"requests": 0}
+    slots = asyncio.Semaphore(b.capacity) if b.capacity else None
 
     async def health(_req):
         return web.json_response({"status": "ok"})
 
     async def completions(req: web.Request):
+        if slots is None:
+            return await _completions(req)
+        async with slots:
+            return await _completions(req)
+
+    async def _completions(req: web.Request):
         state["requests"] += 1
         body = await req.json()
         if b.status != 200:

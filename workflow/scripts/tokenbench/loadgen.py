@@ -59,6 +59,7 @@ class RequestRecord:
     http_status: int | None = None
     error: str | None = None
     attempts: int = 0  # transport attempts: 2 when a pooled connection the server had closed was replaced
+    max_tokens: int | None = None  # per-request output cap (trace / dataset rows); None: the load's
 
 
 @dataclass
@@ -88,11 +89,11 @@ class Client:
         if self.endpoint not in self.caps:
             raise ValueError(f"engine does not serve the '{self.endpoint}' endpoint")
 
-    def payload(self, prompt: str) -> dict[str, Any]:
+    def payload(self, prompt: str, max_tokens: int | None = None) -> dict[str, Any]:
         r = self.request
         body: dict[str, Any] = {
             "model": self.model,
-            "max_tokens": r["max_tokens"],
+            "max_tokens": max_tokens or r["max_tokens"],
             "temperature": r["temperature"],
             "stream": True,
         }
@@ -108,7 +109,8 @@ class Client:
         return body
 
     async def send(self, rec: RequestRecord, prompt: str, timeout_s: float) -> RequestRecord:
-        body = self.payload(prompt)
+        rec.max_tokens = rec.max_tokens or self.request["max_tokens"]  # record what was asked for
+        body = self.payload(prompt, rec.max_tokens)
         rec.sent_ns = now_ns()
         while True:
             rec.attempts += 1
@@ -204,8 +206,31 @@ class Client:
         return rec
 
 
+def loop_lag_by_phase(lag: list[tuple[int, int]], marks: list[PhaseMark]) -> dict[str, dict[str, float]]:
+    """p99 and max event-loop lag (ms) inside each phase's window, and over the whole run."""
+    def summary(vals):
+        vals = sorted(vals)
+        return {"p99_ms": vals[int(0.99 * (len(vals) - 1))] / 1e6, "max_ms": vals[-1] / 1e6} if vals else None
+    out = {m.name: summary([v for t, v in lag if m.start_ns <= t < m.drained_ns]) for m in marks}
+    out["(run)"] = summary([v for _, v in lag])
+    return out
+
+
 class LoadTest:
-    """Runs the phases of one load (sequentially) and keeps every request's record."""
+    """Runs the phases of one load (sequentially) and keeps every request's record.
+
+    Phase modes:
+    - ``closed``: N users, each sending its next request when the previous one ends (plus optional
+      think time); users start spread evenly over ``ramp_s``.
+    - ``poisson`` / ``gamma`` / ``constant``: open-loop arrivals at ``rate_rps`` (gamma with shape
+      ``burstiness``: 1 is Poisson, < 1 burstier, > 1 smoother), optional concurrency cap. Each
+      request's scheduled send time is kept, so latency can be read from the schedule too.
+    - ``idle``: nothing sent (the seeds' cooldown valley).
+    - ``trace``: replay (timestamp, prompt[, output_tokens]) rows from a JSONL file.
+    - ``sweep``: GuideLLM's profile: synchronous (1 user), then throughput (``max_users``), then
+      ``rates`` open-loop rates interpolated between the two, stopping once over-saturated.
+    A phase runs for ``duration_s`` or until it has sent ``requests`` requests; then it drains.
+    """
 
     def __init__(self, client_factory, prompts: PromptStream, journal: TextIO | None = None, seed: int = 0):
         self.client_factory = client_factory
@@ -216,11 +241,11 @@ class LoadTest:
         self.marks: list[PhaseMark] = []
         self._next_id = 0
         self._inflight: set[asyncio.Task] = set()
-        self.loop_lag_ns: list[int] = []
+        self.loop_lag: list[tuple[int, int]] = []  # (time, lag) in ns
 
-    def _new(self, phase: str, user: int, scheduled_ns: int) -> tuple[RequestRecord, str]:
-        p = self.prompts.next()
-        rec = RequestRecord(self._next_id, phase, user, p["id"], scheduled_ns)
+    def _new(self, phase: str, user: int, scheduled_ns: int, item: dict[str, Any] | None = None):
+        p = item or self.prompts.next()
+        rec = RequestRecord(self._next_id, phase, user, p["id"], scheduled_ns, max_tokens=p.get("max_tokens"))
         self._next_id += 1
         self.records.append(rec)
         return rec, p["text"]
@@ -241,81 +266,189 @@ class LoadTest:
         while True:
             t0 = now_ns()
             await asyncio.sleep(period_ns / 1e9)
-            self.loop_lag_ns.append(now_ns() - t0 - period_ns)
+            t = now_ns()
+            self.loop_lag.append((t, t - t0 - period_ns))
 
     async def run(self, phases: list[dict[str, Any]]) -> None:
         async with self.client_factory() as client:
             monitor = asyncio.create_task(self._lag_monitor())
             try:
                 for ph in phases:
-                    await self._phase(client, ph)
+                    if ph["mode"] == "sweep":
+                        await self._sweep(client, ph)
+                    else:
+                        await self._phase(client, ph)
             finally:
                 monitor.cancel()
                 if self._inflight:  # interrupted: cancel what is in flight; each records "cancelled"
-                    for t in self._inflight:
+                    for t in list(self._inflight):
                         t.cancel()
                     await asyncio.gather(*self._inflight, return_exceptions=True)
 
-    async def _phase(self, client: Client, ph: dict[str, Any]) -> None:
+    # ------------------------------------------------------------------ phases
+    async def _phase(self, client: Client, ph: dict[str, Any]) -> PhaseMark:
         mode, name = ph["mode"], ph["name"]
         start = now_ns()
-        end = start + int(ph["duration_s"] * 1e9)
+        end = start + int(ph["duration_s"] * 1e9) if ph.get("duration_s") else None
+        budget = ph.get("requests")  # fixed request count, or None
         tasks: set[asyncio.Task] = set()
+        sent = 0
 
         def spawn(rec, text):
+            nonlocal sent
+            sent += 1
             t = asyncio.create_task(self._one(client, rec, text, ph["timeout_s"]))
             tasks.add(t)
             self._inflight.add(t)
             t.add_done_callback(self._inflight.discard)
             return t
 
-        target: dict[str, Any] = {"duration_s": ph["duration_s"]}
+        def more(t_ns: int) -> bool:
+            return (end is None or t_ns < end) and (budget is None or sent < budget)
+
+        target: dict[str, Any] = {k: ph[k] for k in ("duration_s", "requests") if ph.get(k) is not None}
         if mode == "idle":
             await _sleep_until(end)
-        elif mode == "poisson":
-            rate = ph["rate_rps"]
-            target["rate_rps"] = rate
+        elif mode in ("poisson", "gamma", "constant", "trace"):
             cap = ph.get("max_concurrency")
             sem = asyncio.Semaphore(cap) if cap else None
-            rng = random.Random(f"{self.seed}:{name}:arrivals")
-            t_sched = start
-            while True:
-                t_sched += int(rng.expovariate(rate) * 1e9)
-                if t_sched >= end:
+            if mode == "trace":
+                schedule = trace_schedule(ph["path"], ph.get("time_scale", 1.0))
+                target.update(trace=ph["path"], requests=len(schedule))
+                budget = len(schedule) if budget is None else min(budget, len(schedule))
+            else:
+                rate = ph["rate_rps"]
+                target.update(rate_rps=rate, arrivals=mode)
+                if mode == "gamma":
+                    target["burstiness"] = ph.get("burstiness", 1.0)
+                schedule = arrival_offsets(mode, rate, ph.get("burstiness", 1.0),
+                                           random.Random(f"{self.seed}:{name}:arrivals"))
+            if cap:
+                target["max_concurrency"] = cap
+            for offset, item in schedule:
+                t_sched = start + offset
+                if not more(t_sched):
                     break
                 await _sleep_until(t_sched)
                 if sem is not None:
-                    await sem.acquire()
-                rec, text = self._new(name, -1, t_sched)
+                    await sem.acquire()  # the wait is queueing: latency from the schedule shows it
+                rec, text = self._new(name, -1, t_sched, item)
                 task = spawn(rec, text)
                 if sem is not None:
                     task.add_done_callback(lambda _t: sem.release())
-            await _sleep_until(end)  # the phase lasts its full duration, not until its last arrival
+            if end is not None:
+                await _sleep_until(end)  # the phase lasts its full duration, not until its last arrival
         elif mode == "closed":
-            target["users"] = ph["users"]
+            users, ramp, think = ph["users"], ph.get("ramp_s", 0.0), ph.get("think_s", 0.0)
+            target.update(users=users, ramp_s=ramp, think_s=think)
+            done = asyncio.Event()
 
             async def user(u: int) -> None:
-                while now_ns() < end:
+                await _sleep_until(start + int(ramp * 1e9 * u / users))
+                while more(now_ns()):
                     rec, text = self._new(name, u, now_ns())
                     await asyncio.shield(spawn(rec, text))
+                    if think:
+                        await asyncio.sleep(think)
+                if budget is not None and sent >= budget:
+                    done.set()
 
-            users = [asyncio.create_task(user(u)) for u in range(ph["users"])]
+            workers = [asyncio.create_task(user(u)) for u in range(users)]
             try:
-                await _sleep_until(end)
+                if end is not None:
+                    await _sleep_until(end)
+                else:
+                    await done.wait()
             finally:
-                for u in users:
-                    u.cancel()
-                await asyncio.gather(*users, return_exceptions=True)
+                for w in workers:
+                    w.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
         else:  # pragma: no cover - the config schema rejects it first
             raise ValueError(f"unknown phase mode {mode!r}")
         stopped = now_ns()
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=ph["drain_timeout_s"] or None)
+            _, pending = await asyncio.wait(tasks, timeout=ph["drain_timeout_s"] or None)
             for t in pending:
                 t.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-        self.marks.append(PhaseMark(name, mode, bool(ph.get("warmup")), start, stopped, now_ns(), target))
+        mark = PhaseMark(name, mode, bool(ph.get("warmup")), start, stopped, now_ns(), target)
+        self.marks.append(mark)
+        return mark
+
+    def _completion_rate(self, mark: PhaseMark) -> float:
+        """Requests of a phase that finished ok inside its window, per second."""
+        dur = (mark.end_ns - mark.start_ns) / 1e9
+        n = sum(1 for r in self.records if r.phase == mark.name and r.status == "ok"
+                and r.end_ns is not None and r.end_ns < mark.end_ns)
+        return n / dur if dur > 0 else 0.0
+
+    async def _sweep(self, client: Client, ph: dict[str, Any]) -> None:
+        """GuideLLM-style sweep: synchronous, throughput, then interpolated rates until saturated."""
+        base = {k: ph[k] for k in ("timeout_s", "drain_timeout_s", "warmup")}
+        step = {"duration_s": ph["step_duration_s"]}
+        name = ph["name"]
+        sync = await self._phase(client, {**base, **step, "name": f"{name}-sync", "mode": "closed", "users": 1})
+        peak = await self._phase(client, {**base, **step, "name": f"{name}-max", "mode": "closed",
+                                          "users": ph["max_users"]})
+        r_sync, r_max = self._completion_rate(sync), self._completion_rate(peak)
+        sync.target["measured_rps"], peak.target["measured_rps"] = r_sync, r_max
+        n = ph["rates"]
+        for i in range(1, n + 1):
+            rate = r_sync + (r_max - r_sync) * i / (n + 1)
+            if rate <= 0:
+                break
+            mark = await self._phase(client, {**base, **step, "name": f"{name}-r{i}", "mode": ph["arrivals"],
+                                              "rate_rps": rate})
+            achieved = self._completion_rate(mark)
+            mark.target["measured_rps"] = achieved
+            if achieved < ph["saturation_ratio"] * rate:
+                mark.target["saturated"] = True  # the server no longer keeps up: stop the sweep
+                break
+
+
+def arrival_offsets(mode: str, rate: float, burstiness: float, rng: random.Random):
+    """Endless (offset_ns, None) arrivals: Poisson, gamma (shape = burstiness) or constant.
+
+    Constant arrivals are k / rate exactly (no accumulated rounding); random ones accumulate
+    their gaps in float seconds and are rounded to ns once."""
+    t = 0.0
+    k = 0
+    while True:
+        k += 1
+        if mode == "constant":
+            t = k / rate
+        elif mode == "gamma":
+            t += rng.gammavariate(burstiness, 1.0 / (rate * burstiness))
+        else:
+            t += rng.expovariate(rate)
+        yield round(t * 1e9), None
+
+
+def trace_schedule(path: str, time_scale: float = 1.0) -> list[tuple[int, dict[str, Any]]]:
+    """Rows of a JSONL trace: {"timestamp": s, "prompt": str[, "output_tokens": n][, "id": str]}.
+
+    Timestamps are relative to the first row and divided by time_scale (2 replays twice as fast)."""
+    rows = []
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                ts = float(row["timestamp"])
+                text = row["prompt"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{lineno}: a trace row needs 'timestamp' (seconds) and 'prompt' ({exc})") from None
+            item = {"id": str(row.get("id", f"trace-{lineno}")), "text": text}
+            if row.get("output_tokens") is not None:
+                item["max_tokens"] = int(row["output_tokens"])
+            rows.append((ts, item))
+    if not rows:
+        raise ValueError(f"{path}: empty trace")
+    rows.sort(key=lambda r: r[0])
+    t0 = rows[0][0]
+    return [(int((ts - t0) / time_scale * 1e9), item) for ts, item in rows]
 
 
 async def _sleep_until(t_ns: int) -> None:

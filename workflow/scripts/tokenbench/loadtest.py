@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import engines, hardware, provenance, records
 from .config import canonical_hash
-from .loadgen import LoadTest, session_factory
+from .loadgen import LoadTest, loop_lag_by_phase, session_factory
 from .prompts import PromptStream, load_prompts, prompt_set_hash
 from .server import Server, free_port
 
@@ -27,7 +27,7 @@ REQUEST_COLUMNS = {  # column -> pandas dtype; timestamps are int ns on CLOCK_MO
     "first_token_ns": "Int64", "end_ns": "Int64", "chunk_ns": "object", "prompt_tokens": "Int64",
     "output_tokens": "Int64", "output_tokens_source": "string", "output_chars": "int64",
     "finish_reason": "string", "status": "string", "http_status": "Int64", "error": "string",
-    "attempts": "int64",
+    "attempts": "int64", "max_tokens": "Int64",
 }
 
 
@@ -140,10 +140,12 @@ def _write_outputs(doc, test, settings, manifest, probe, prompts, tel_tmp, out_r
     )
     recs = test.records if test else []
     doc["phases"] = [asdict(m) for m in test.marks] if test else []
-    lag = sorted(test.loop_lag_ns) if test else []
+    lag = loop_lag_by_phase(test.loop_lag, test.marks) if test else {}
+    run_lag = lag.get("(run)") or {}
     doc["client"] = {
-        "event_loop_lag_p99_ms": lag[int(0.99 * (len(lag) - 1))] / 1e6 if lag else None,
-        "event_loop_lag_max_ms": lag[-1] / 1e6 if lag else None,
+        "event_loop_lag_p99_ms": run_lag.get("p99_ms"),
+        "event_loop_lag_max_ms": run_lag.get("max_ms"),
+        "event_loop_lag_by_phase": {k: v for k, v in lag.items() if k != "(run)"},
         "requests_sent": len(recs),
         "status_counts": pd.Series([r.status for r in recs], dtype="string").value_counts().to_dict(),
     }

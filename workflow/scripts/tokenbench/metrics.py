@@ -13,6 +13,13 @@ Definitions (all from the raw per-request records, timestamps on one monotonic c
   the window length (steady state: the ramp-down drain is excluded).
 - request throughput: requests of the phase that finished ok inside the window / window length.
 - success rate: ok requests / requests sent in the phase.
+- goodput: requests of the phase that finished ok inside the window *and* met every SLO bound
+  configured (``slo:`` TTFT / TPOT / E2E), per second; their output tokens per second too.
+- send lag (open loop): actual minus scheduled send; the client's event-loop lag is how late a
+  10 ms timer fires. Both bound the timing error the client itself adds.
+- validity: a phase is valid when it ran long enough, sent enough requests, kept errors under
+  the bound, the client kept up (send lag, event-loop lag) and, open loop, the achieved send rate
+  met the target. Each failed check is reported by name.
 - MFU: output throughput x 2 x parameters / peak FLOP/s (decode FLOPs only; prefill excluded).
 """
 
@@ -27,6 +34,7 @@ import pandas as pd
 from .merge import token_times
 
 PCTS = (50, 90, 95, 99)
+OPEN_LOOP = ("poisson", "gamma", "constant", "trace")
 WINDOW_S = 5.0  # per-window aggregates, as BentoML's study reports every 5 s
 
 
@@ -137,8 +145,52 @@ def resolve_peak(detected: dict[str, Any], hardware_name: str) -> dict[str, Any]
             "peak_note": f"datasheet: {spec['peak_fp16_tflops']} TFLOP/s dense FP16 ({spec['source']}); set by hardware.name"}
 
 
+def goodput(ok: pd.DataFrame, mark: dict[str, Any], slo: dict[str, Any]) -> dict[str, Any]:
+    bounds = {k: v for k, v in (slo or {}).items() if v is not None}
+    dur = (mark["end_ns"] - mark["start_ns"]) / 1e9
+    in_win = (ok["end_ns"] >= mark["start_ns"]) & (ok["end_ns"] < mark["end_ns"])
+    meets = in_win.copy()
+    for key, col in (("ttft_ms", "ttft_ms"), ("tpot_ms", "tpot_ms"), ("e2e_ms", "e2e_ms")):
+        if key in bounds:
+            meets &= (ok[col] <= bounds[key]).fillna(key == "tpot_ms")  # 1-token requests have no TPOT
+    n_meet = int(meets.sum())
+    return {
+        "slo": bounds,
+        "goodput_rps": n_meet / dur if dur > 0 else None,
+        "goodput_tok_s": float(ok.loc[meets, "output_tokens"].sum()) / dur if dur > 0 else None,
+        "slo_attainment": n_meet / int(in_win.sum()) if int(in_win.sum()) else None,
+    }
+
+
+def validity(m: dict[str, Any], rules: dict[str, Any], loop_lag: dict[str, Any] | None) -> dict[str, Any]:
+    """MLPerf-LoadGen-style checks of one phase; each failure names the check and the numbers."""
+    r = rules or {}
+    fails = []
+    if m["duration_s"] < r.get("min_duration_s", 0):
+        fails.append(f"ran {m['duration_s']:.1f} s < min_duration_s {r['min_duration_s']:g}")
+    if m["requests_sent"] < r.get("min_requests", 0):
+        fails.append(f"sent {m['requests_sent']} requests < min_requests {r['min_requests']}")
+    err = 1 - m["success_rate"] if m.get("success_rate") is not None else None
+    if err is not None and err > r.get("max_error_rate", 1):
+        fails.append(f"error rate {err:.1%} > max_error_rate {r['max_error_rate']:.1%}")
+    lag = (m.get("send_lag_ms") or {}).get("p99")
+    if lag is not None and lag > r.get("max_send_lag_p99_ms", float("inf")):
+        fails.append(f"send lag p99 {lag:.2f} ms > {r['max_send_lag_p99_ms']:g} ms (client or concurrency cap behind schedule)")
+    ll = (loop_lag or {}).get("p99_ms")
+    if ll is not None and ll > r.get("max_loop_lag_p99_ms", float("inf")):
+        fails.append(f"client event-loop lag p99 {ll:.2f} ms > {r['max_loop_lag_p99_ms']:g} ms (client is a bottleneck)")
+    target = m["target"].get("rate_rps")
+    if target and m["mode"] in OPEN_LOOP and not m["target"].get("max_concurrency"):
+        ratio = m["achieved_send_rps"] / target
+        m["rate_ratio"] = ratio
+        if ratio < r.get("min_rate_ratio", 0):
+            fails.append(f"achieved send rate {m['achieved_send_rps']:.2f}/s is {ratio:.1%} of target {target:g}/s")
+    return {"valid": not fails, "failed_checks": fails, "event_loop_lag_p99_ms": ll}
+
+
 def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], params: int | None,
-                  peak: dict[str, Any], hw_cfg: dict[str, Any]) -> dict[str, Any]:
+                  peak: dict[str, Any], hw_cfg: dict[str, Any], slo: dict[str, Any] | None = None,
+                  rules: dict[str, Any] | None = None, loop_lag: dict[str, Any] | None = None) -> dict[str, Any]:
     name = mark["name"]
     pr = req[req["phase"] == name]
     dur = (mark["end_ns"] - mark["start_ns"]) / 1e9
@@ -166,7 +218,7 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
     m["prompt_tokens_mean"] = float(ok["prompt_tokens"].astype("Float64").mean()) if ok["prompt_tokens"].notna().any() else None
     for col in ("ttft_ms", "first_byte_ms", "e2e_ms", "tpot_ms"):
         m[col] = dist(ok[col].astype(float).tolist())
-    if mark["mode"] == "poisson":
+    if mark["mode"] in OPEN_LOOP:
         m["ttft_sched_ms"] = dist(ok["ttft_sched_ms"].astype(float).tolist())
         m["send_lag_ms"] = dist(((pr["sent_ns"] - pr["scheduled_ns"]) / 1e6).astype(float).tolist())
     m["itl_ms"] = dist(itl_ms(ok).tolist())
@@ -174,6 +226,8 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
     m["decode_tok_s_per_request"] = dist((1000.0 / ok["tpot_ms"]).astype(float).tolist())
     w = windows(pr, mark)
     m["window_output_tok_s"] = dist(w["output_tok_s"].tolist())
+    m.update(goodput(ok, mark, slo))
+    m["validity"] = validity(m, rules, loop_lag)
 
     # ---- efficiency: measured where the inputs are measured, estimated where they are not
     tps = m["output_tok_s"]
@@ -203,10 +257,14 @@ LABELS = {
 
 
 def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], manifest: dict[str, Any],
-                    hw_cfg: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
+                    hw_cfg: dict[str, Any], slo: dict[str, Any] | None = None,
+                    rules: dict[str, Any] | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
     params = manifest["figures"].get("parameters")
     peak = resolve_peak(run["hardware"], hw_cfg.get("name", "auto"))
-    phases = [phase_metrics(req, tl, mk, params, peak, hw_cfg) for mk in run["phases"]]
+    lag = (run.get("client") or {}).get("event_loop_lag_by_phase") or {}
+    phases = [phase_metrics(req, tl, mk, params, peak, hw_cfg, slo, rules, lag.get(mk["name"]))
+              for mk in run["phases"]]
+    steady = [p for p in phases if not p["warmup"] and p["mode"] != "idle"]
     win = [windows(req[req["phase"] == mk["name"]], mk) for mk in run["phases"] if mk["mode"] != "idle"]
     labels = dict(LABELS)
     labels["mfu_pct"] = "estimated" if not run["hardware"].get("peak_measured") else "measured"
@@ -222,6 +280,7 @@ def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], ma
         "labels": labels,
         "definitions": __doc__,
         "server_ready_s": run.get("server_ready_s"),
+        "valid": all(p["validity"]["valid"] for p in steady) and run["complete"],
         "client": run.get("client"),
         "phases": phases,
     }
@@ -240,6 +299,7 @@ SUMMARY_FIELDS = {  # summary column -> (phase metric key, sub-key or None)
     "mfu_pct": ("mfu_pct", None), "power_w": ("power_w", None), "tok_per_j": ("tok_per_j", None),
     "usd_per_mtok": ("usd_per_mtok", None), "cpu_util_pct": ("cpu_util_pct", None),
     "server_cpu_util_pct": ("server_cpu_util_pct", None), "gpu_util_pct": ("gpu_util_pct", None),
+    "goodput_rps": ("goodput_rps", None), "slo_attainment": ("slo_attainment", None),
 }
 
 
@@ -250,7 +310,8 @@ def summarize_metrics(docs: list[dict[str, Any]]) -> pd.DataFrame:
         for ph in d["phases"]:
             row = {**d["cell"], "phase": ph["phase"], "mode": ph["mode"], "warmup": ph["warmup"],
                    "users": ph["target"].get("users"), "rate_rps": ph["target"].get("rate_rps"),
-                   "duration_s": ph["duration_s"], "complete": d["complete"]}
+                   "duration_s": ph["duration_s"], "complete": d["complete"],
+                   "valid": (ph.get("validity") or {}).get("valid")}
             for col, (key, sub) in SUMMARY_FIELDS.items():
                 v = ph.get(key)
                 row[col] = v.get(sub) if (sub and isinstance(v, dict)) else (None if sub else v)

@@ -88,10 +88,19 @@ def phase_rows(doc: dict[str, Any]) -> list[dict[str, str]]:
             "E2E p50 / p99 (ms)": f"{fmt(get('e2e_ms', 'p50'))} / {fmt(get('e2e_ms', 'p99'))}",
             "TPOT p50 (ms)": fmt(get("tpot_ms", "p50"), 2),
             mfu_h: fmt(ph.get("mfu_pct"), 3) + (" %" if ph.get("mfu_pct") is not None else ""),
+            "goodput (req/s)": fmt(ph.get("goodput_rps"), 2),
             "CPU busy (%)": fmt(ph.get("cpu_util_pct")),
             "power (W)": fmt(ph.get("power_w")),
+            "valid": _valid(ph),
         })
     return rows
+
+
+def _valid(ph: dict[str, Any]) -> str:
+    v = ph.get("validity")
+    if v is None:
+        return ""
+    return "yes" if v["valid"] else "**no**: " + "; ".join(v["failed_checks"])
 
 
 def fit_rows(fits: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -138,11 +147,22 @@ def render_index(study: dict[str, Any], docs: list[dict[str, Any]], fits: list[d
                 "TTFT p50 / p95 (ms)": f"{fmt((ph.get('ttft_ms') or {}).get('p50'))} / {fmt((ph.get('ttft_ms') or {}).get('p95'))}",
                 "E2E p99 (ms)": fmt((ph.get("e2e_ms") or {}).get("p99")),
                 "success": fmt(ph.get("success_rate"), 1, pct=True),
+                "SLO met": fmt(ph.get("slo_attainment"), 0, pct=True),
                 f"MFU {EST}": fmt(ph.get("mfu_pct"), 3) + (" %" if ph.get("mfu_pct") is not None else ""),
                 "tok/J": fmt(ph.get("tok_per_j"), 2),
                 f"$ / M tok {EST}": fmt(ph.get("usd_per_mtok"), 2),
+                "valid": "yes" if (ph.get("validity") or {}).get("valid") else "no",
             })
     lines.append(table(rows))
+    invalid = [(d["cell"], ph) for d in docs for ph in _steady(d) if not (ph.get("validity") or {}).get("valid", True)]
+    if invalid:
+        lines.append('\n!!! warning "Figures that failed a validity check"\n' + "\n".join(
+            f"    - {c['engine']}/{c['model']}/{c['load']} {ph['phase']}: " + "; ".join(ph["validity"]["failed_checks"])
+            for c, ph in invalid) + "\n")
+    slo = next((ph.get("slo") for d in docs for ph in _steady(d) if ph.get("slo") is not None), None)
+    if slo:
+        lines.append("SLO met: share of requests finished in the window that met " +
+                     ", ".join(f"{k.removesuffix('_ms').upper()} ≤ {v:g} ms" for k, v in slo.items()) + ".\n")
     if docs:
         labels = docs[0]["labels"]
         lines.append(f"\nMFU peak: {hw.get('peak_note') or 'unknown'}. Power: {labels['power_w']}. "
