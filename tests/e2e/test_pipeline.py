@@ -132,3 +132,50 @@ def test_changed_load_reruns_only_its_cell_and_downstream(run_dir, tmp_path):
     rules = {r for r, _ in jobs}
     assert rules == {"run_load_test", "merge_telemetry", "compute_metrics", "plot_timeline", "summarize_metrics",
                      "fit_saturation", "plot_throughput", "plot_latency", "render_pages", "build_site", "all"}
+
+
+def test_sigterm_mid_run_keeps_every_sent_request_and_leaves_no_server(run_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    from tests.snakemake_util import env
+
+    code = f"""
+import sys
+sys.path.insert(0, {str(ROOT / "workflow" / "scripts")!r})
+from tokenbench.config import cell_settings, load_config
+from tokenbench.loadtest import run_load_test
+s = cell_settings(load_config({str(SMOKE)!r}), "llamacpp", "smollm2-135m", "users-4")
+s["load"]["phases"] = [dict(s["load"]["phases"][0], duration_s=300)]
+run_load_test(s, {str(run_dir / "data/models/smollm2-135m/manifest.json")!r},
+              {str(run_dir / "data/engines/llamacpp/probe.json")!r},
+              {str(tmp_path / "out/requests.parquet")!r}, {str(tmp_path / "out/telemetry.parquet")!r},
+              {str(tmp_path / "out/run.json")!r}, {str(tmp_path / "cell.server.log")!r},
+              {str(tmp_path / "cell.requests.jsonl")!r})
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    journal = tmp_path / "cell.requests.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not journal.exists() or len(journal.read_text().splitlines()) < 4):
+        time.sleep(0.2)
+    assert journal.exists(), proc.stdout.read() if proc.poll() is not None else "no journal"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "load test interrupted" in out
+    assert not (tmp_path / "out" / "requests.parquet").exists()
+    partial = tmp_path / "cell.interrupted"
+    req = read_table(partial / "requests.parquet")
+    run = read_json(partial / "run.json")
+    assert run["complete"] is False and read_meta(partial / "requests.parquet")["complete"] is False
+    lines = [json.loads(l) for l in journal.read_text().splitlines()]
+    assert sorted(l["request_id"] for l in lines) == sorted(req["request_id"]) == list(range(len(req)))
+    assert set(req["status"]) <= {"ok", "cancelled"} and "cancelled" in set(req["status"])
+    time.sleep(0.5)
+    pid = run["server_pid"]
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert run["server_stop"]["port_released"]

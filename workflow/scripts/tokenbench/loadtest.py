@@ -104,6 +104,7 @@ def run_load_test(settings: dict[str, Any], model_manifest: str, engine_probe: s
     test = None
     try:
         server.start()
+        doc["server_pid"] = server.proc.pid
         telemetry = Telemetry(tel_tmp, settings["telemetry"]["interval_s"], server.proc.pid)
         t_launch_ns = time.monotonic_ns()
         doc["server_ready_s"] = server.wait_ready(espec["ready_timeout_s"])
@@ -114,13 +115,17 @@ def run_load_test(settings: dict[str, Any], model_manifest: str, engine_probe: s
                                       set(eng.capabilities))
             test = LoadTest(factory, PromptStream(prompts, request["seed"], settings["load"]["name"]),
                             journal=jf, seed=request["seed"])
-            asyncio.run(test.run(phases))
+            asyncio.run(_cancellable(test.run(phases)))
+            signal.signal(signal.SIGTERM, _on_term)  # the event loop's handlers are gone with it
         exit_during = server.proc.poll()
         doc["server_exited_during_run"] = exit_during is not None
         doc["complete"] = True
-    except (KeyboardInterrupt, Interrupted) as exc:
+    except (KeyboardInterrupt, Interrupted, asyncio.CancelledError) as exc:
+        # Snakemake removes a failed job's outputs: what was measured goes next to the journal
         doc["interrupted"] = type(exc).__name__
-        raise
+        partial = Path(journal).with_name(Path(journal).name.split(".")[0] + ".interrupted")
+        out_requests, out_telemetry, out_run = (str(partial / n) for n in ("requests.parquet", "telemetry.parquet", "run.json"))
+        raise Interrupted(f"load test interrupted; what it measured is in {partial}") from None
     finally:
         signal.signal(signal.SIGTERM, old_term)
         doc["server_stop"] = server.stop(espec["stop_grace_s"])
@@ -129,6 +134,19 @@ def run_load_test(settings: dict[str, Any], model_manifest: str, engine_probe: s
         _write_outputs(doc, test, settings, manifest, probe, prompts, tel_tmp,
                        out_requests, out_telemetry, out_run)
     return doc
+
+
+async def _cancellable(coro):
+    """Run coro; SIGTERM or SIGINT cancels it, so every in-flight request records 'cancelled'."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(coro)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 def _write_outputs(doc, test, settings, manifest, probe, prompts, tel_tmp, out_requests, out_telemetry, out_run):
