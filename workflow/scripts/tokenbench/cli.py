@@ -13,7 +13,29 @@ def main(argv=None) -> int:
     v.add_argument("config")
     b = sub.add_parser("build-engine", help="build llama-server from source (cached) into DEST")
     b.add_argument("--dest", required=True)
+    r = sub.add_parser("run", help="one load test against a running OpenAI-compatible endpoint",
+                       description="Phases run in the order given, e.g. --profile poisson:rate_rps=2,duration_s=20,warmup=true "
+                                   "--profile idle:duration_s=10 --profile closed:users=8,duration_s=60")
+    r.add_argument("--endpoint", required=True, help="base URL, e.g. http://127.0.0.1:8080 (loopback only by default)")
+    r.add_argument("--model", required=True, help="the model name the server serves")
+    r.add_argument("--profile", action="append", default=[], help="MODE:key=value,... (repeat for more phases)")
+    r.add_argument("--config", help="take the phases from this config's --load instead of --profile")
+    r.add_argument("--load", help="load name in --config")
+    r.add_argument("--out", required=True, help="directory for requests.parquet, run.json, metrics.json")
+    r.add_argument("--route-prefix", default="/v1")
+    r.add_argument("--endpoint-type", choices=["chat", "completions"], default="chat")
+    r.add_argument("--max-tokens", type=int, default=64)
+    r.add_argument("--temperature", type=float, default=0.7)
+    r.add_argument("--ignore-eos", action="store_true", help="send ignore_eos (only if the server accepts it)")
+    r.add_argument("--no-stream-usage", action="store_true", help="the server rejects stream_options")
+    r.add_argument("--system-prompt")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--api-key-env", help="name of the environment variable holding the API key")
+    r.add_argument("--allow-remote", action="store_true", help="allow a non-loopback endpoint you are entitled to load")
+    r.add_argument("--quiet", action="store_true", help="no progress line")
     args = ap.parse_args(argv)
+    if args.cmd == "run":
+        return _run(args)
     if args.cmd == "validate":
         from .config import ConfigError, cells, load_config
 
@@ -30,6 +52,35 @@ def main(argv=None) -> int:
 
         return build_main(["--dest", args.dest])
     return 1
+
+
+def _run(args) -> int:
+    from .config import ConfigError, load_config
+    from .endpoint_run import parse_profile, run_endpoint, summary_lines
+
+    try:
+        if args.config:
+            cfg = load_config(args.config)
+            if args.load not in cfg.loads:
+                raise ConfigError(f"--load {args.load!r} is not a load of {args.config}; it has {sorted(cfg.loads)}")
+            phases = [p.model_dump() for p in cfg.loads[args.load].phases]
+        else:
+            if not args.profile:
+                raise ConfigError("give at least one --profile (or --config and --load)")
+            phases = [parse_profile(p, i) for i, p in enumerate(args.profile)]
+        caps = {"chat", "completions"} | (set() if args.no_stream_usage else {"stream_usage"})
+        if args.ignore_eos:
+            caps.add("ignore_eos")
+        request = {"endpoint": args.endpoint_type, "max_tokens": args.max_tokens, "temperature": args.temperature,
+                   "ignore_eos": args.ignore_eos, "system_prompt": args.system_prompt, "seed": args.seed}
+        metrics = run_endpoint(args.endpoint, args.model, phases, request, args.out, args.route_prefix, caps,
+                               args.api_key_env, args.allow_remote, progress=None if args.quiet else sys.stderr)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(summary_lines(metrics)))
+    print(f"records: {args.out}/requests.parquet  metrics: {args.out}/metrics.json")
+    return 0 if metrics["complete"] else 1
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ def make_app(b: Behaviour) -> web.Application:
 
     async def _completions(req: web.Request):
         state["requests"] += 1
+        state["authorization"] = req.headers.get("Authorization")
         body = await req.json()
         if b.status != 200:
             return web.json_response({"error": {"message": "injected failure"}}, status=b.status)

@@ -242,6 +242,7 @@ class LoadTest:
         self._next_id = 0
         self._inflight: set[asyncio.Task] = set()
         self.loop_lag: list[tuple[int, int]] = []  # (time, lag) in ns
+        self.current: dict[str, Any] | None = None  # the phase running now (for progress displays)
 
     def _new(self, phase: str, user: int, scheduled_ns: int, item: dict[str, Any] | None = None):
         p = item or self.prompts.next()
@@ -288,6 +289,7 @@ class LoadTest:
     # ------------------------------------------------------------------ phases
     async def _phase(self, client: Client, ph: dict[str, Any]) -> PhaseMark:
         mode, name = ph["mode"], ph["name"]
+        self.current = ph
         start = now_ns()
         end = start + int(ph["duration_s"] * 1e9) if ph.get("duration_s") else None
         budget = ph.get("requests")  # fixed request count, or None

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from tokenbench.cli import main
+from tokenbench.config import ConfigError
+from tokenbench.endpoint_run import check_loopback, parse_profile, run_endpoint
+from tokenbench.records import read_json, read_meta, read_table
+
+
+def test_parse_profile_validates_against_the_phase_schema():
+    p = parse_profile("gamma:rate_rps=5,burstiness=0.5,duration_s=10,warmup=true", 0)
+    assert p["mode"] == "gamma" and p["rate_rps"] == 5 and p["burstiness"] == 0.5 and p["warmup"] is True
+    assert p["name"] == "gamma0"
+    with pytest.raises(ConfigError, match="users"):
+        parse_profile("closed:users=0,duration_s=1", 1)
+    with pytest.raises(ConfigError, match="exactly one of duration_s or requests"):
+        parse_profile("closed:users=2", 1)
+    with pytest.raises(ConfigError, match="not key=value"):
+        parse_profile("closed:users", 1)
+
+
+@pytest.mark.parametrize("url", ["http://10.1.2.3:8000", "http://192.168.0.5", "http://example.com:80"])
+def test_non_loopback_endpoints_are_refused(url):
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        check_loopback(url, allow_remote=False)
+    check_loopback(url, allow_remote=True)
+
+
+def test_loopback_forms_are_accepted():
+    for url in ("http://127.0.0.1:8000", "http://127.0.0.5", "http://localhost:1", "http://[::1]:8000"):
+        check_loopback(url, allow_remote=False)
+
+
+def test_run_endpoint_writes_records_and_metrics(fake_server, tmp_path, monkeypatch):
+    srv = fake_server(tokens=6, ttft_ms=5)
+    monkeypatch.setenv("MY_KEY", "sk-test-secret")
+    phases = [parse_profile("constant:rate_rps=40,duration_s=0.5", 0), parse_profile("closed:users=3,requests=9", 1)]
+    m = run_endpoint(srv.url, "fake", phases, {"max_tokens": 6}, str(tmp_path), api_key_env="MY_KEY",
+                     slo={"ttft_ms": 1000}, progress=None)
+    req = read_table(tmp_path / "requests.parquet")
+    assert len(req) == srv.requests and (req.status == "ok").all()
+    from tokenbench.fake_server import STATE
+
+    assert srv.app[STATE]["authorization"] == "Bearer sk-test-secret"
+    assert [p["phase"] for p in m["phases"]] == ["constant0", "closed1"]
+    assert m["phases"][1]["requests_sent"] == 9 and m["phases"][0]["slo_attainment"] == 1.0
+    assert read_meta(tmp_path / "requests.parquet")["complete"] is True
+    for f in ("requests.parquet", "run.json", "metrics.json", "requests.jsonl"):
+        assert "sk-test-secret" not in (tmp_path / f).read_bytes().decode(errors="replace")
+    assert read_json(tmp_path / "run.json")["complete"] is True
+
+
+def test_cli_run_prints_a_summary(fake_server, tmp_path, capsys):
+    srv = fake_server(tokens=4)
+    rc = main(["run", "--endpoint", srv.url, "--model", "fake", "--out", str(tmp_path), "--quiet",
+               "--profile", "closed:users=2,requests=4"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "closed0" in out and "valid" in out
+    assert main(["run", "--endpoint", srv.url, "--model", "f", "--out", str(tmp_path)]) == 2

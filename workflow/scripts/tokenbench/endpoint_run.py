@@ -1,0 +1,153 @@
+"""One load test against an already-running OpenAI-compatible endpoint, outside Snakemake.
+
+``tokenbench run --endpoint http://127.0.0.1:8080 --model m --profile closed:users=4,duration_s=30``
+drives the same load generator, records and metrics as the pipeline, with a progress line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from . import hardware, provenance, records
+from .config import ConfigError, Phase, RequestSpec, canonical_hash
+from .loadgen import LoadTest, loop_lag_by_phase, session_factory
+from .loadtest import _cancellable, records_frame
+from .merge import merge_telemetry
+from .metrics import compute_metrics
+from .prompts import PromptStream, load_prompts, prompt_set_hash
+
+_PHASE = TypeAdapter(Phase)
+
+
+def parse_profile(spec: str, index: int) -> dict[str, Any]:
+    """'closed:users=4,duration_s=30' -> a validated phase dict (name defaults to mode + index)."""
+    mode, _, rest = spec.partition(":")
+    fields: dict[str, Any] = {"mode": mode.strip(), "name": f"{mode.strip()}{index}"}
+    for kv in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = kv.partition("=")
+        if not eq:
+            raise ConfigError(f"--profile {spec!r}: '{kv}' is not key=value")
+        fields[key.strip()] = value.strip()
+    try:
+        return _PHASE.validate_python(fields).model_dump()
+    except ValidationError as exc:
+        errs = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"--profile {spec!r}: {errs}") from None
+
+
+def check_loopback(url: str, allow_remote: bool) -> urllib.parse.ParseResult:
+    u = urllib.parse.urlparse(url)
+    if u.scheme != "http" or not u.hostname:
+        raise ConfigError(f"--endpoint {url!r}: give an http://host:port URL")
+    host = u.hostname
+    try:
+        loop = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loop = host == "localhost"
+    if not loop and not allow_remote:
+        raise ConfigError(f"--endpoint {url!r} is not a loopback address; load tests send traffic only to "
+                          "127.0.0.0/8 or ::1 unless you pass --allow-remote for a server you are entitled to load")
+    return u
+
+
+async def _progress(test: LoadTest, out, every_s: float = 0.5) -> None:
+    t0 = time.monotonic()
+    last_tok, last_t = 0, t0
+    while True:
+        await asyncio.sleep(every_s)
+        now = time.monotonic()
+        recs = test.records
+        done = [r for r in recs if r.end_ns is not None]
+        ok = sum(1 for r in done if r.status == "ok")
+        tok = sum(len(r.chunk_ns) for r in recs)
+        rate = (tok - last_tok) / (now - last_t)
+        last_tok, last_t = tok, now
+        ph = test.current or {}
+        out.write(f"\r[{ph.get('name', '-')}] {now - t0:6.1f} s  sent {len(recs)}  ok {ok}  "
+                  f"errors {len(done) - ok}  in flight {len(recs) - len(done)}  chunks/s {rate:7.1f}   ")
+        out.flush()
+
+
+def run_endpoint(endpoint: str, model: str, phases: list[dict[str, Any]], request: dict[str, Any], out_dir: str,
+                 route_prefix: str = "/v1", capabilities: set[str] | None = None, api_key_env: str | None = None,
+                 allow_remote: bool = False, slo: dict | None = None, validity: dict | None = None,
+                 progress=sys.stderr) -> dict[str, Any]:
+    check_loopback(endpoint, allow_remote)
+    caps = capabilities or {"chat", "completions", "stream_usage"}
+    headers = None
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is not set")
+        headers = {"Authorization": f"Bearer {key}"}
+    req = RequestSpec.model_validate(request).model_dump()
+    prompts = load_prompts(req["prompts"])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"endpoint": endpoint, "model": model, "load": {"name": "cli", "phases": phases}, "request": req}
+    doc: dict[str, Any] = {"cell": {"engine": "endpoint", "model": model, "load": "cli"}, "settings": settings,
+                           "server_command": [f"(external endpoint {endpoint})"], "complete": False,
+                           "clock": {"timestamps": "CLOCK_MONOTONIC ns", "anchor": {"wall_ns": time.time_ns(),
+                                                                                    "monotonic_ns": time.monotonic_ns()}},
+                           "hardware": hardware.describe("auto")}
+    with open(out / "requests.jsonl", "w") as jf:
+        test = LoadTest(session_factory(endpoint, route_prefix, model, req, caps, headers),
+                        PromptStream(prompts, req["seed"], "cli"), journal=jf, seed=req["seed"])
+
+        async def main():
+            bar = asyncio.create_task(_progress(test, progress)) if progress else None
+            try:
+                await test.run(phases)
+            finally:
+                if bar:
+                    bar.cancel()
+                    progress.write("\n")
+
+        try:
+            asyncio.run(_cancellable(main()))
+            doc["complete"] = True
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            doc["interrupted"] = True
+    prov = provenance.block(config_hash=canonical_hash(settings), prompt_set_sha256=prompt_set_hash(prompts))
+    doc["phases"] = [m.__dict__ for m in test.marks]
+    lag = loop_lag_by_phase(test.loop_lag, test.marks)
+    doc["client"] = {"event_loop_lag_p99_ms": (lag.get("(run)") or {}).get("p99_ms"),
+                     "event_loop_lag_by_phase": {k: v for k, v in lag.items() if k != "(run)"},
+                     "requests_sent": len(test.records)}
+    doc["provenance"] = prov
+    req_df = records_frame(test.records)
+    records.write_table(req_df, out / "requests.parquet", "requests", prov, {"complete": doc["complete"]})
+    records.write_json({k: v for k, v in doc.items() if k != "provenance"}, out / "run.json", "run", prov)
+    import pandas as pd
+
+    tl = merge_telemetry(req_df, pd.DataFrame({"t_ns": pd.Series(dtype="int64"), "device": pd.Series(dtype="string")}), doc)
+    metrics, _ = compute_metrics(req_df, tl, doc, {"name": model, "figures": {}}, {"name": "auto"}, slo, validity)
+    records.write_json(metrics, out / "metrics.json", "metrics", prov)
+    return metrics
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    from .pages import fmt
+
+    head = f"{'phase':<12} {'sent':>6} {'ok %':>6} {'tok/s':>9} {'req/s':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'E2E p99':>9}  valid"
+    lines = [head]
+    for ph in metrics["phases"]:
+        if ph["mode"] == "idle":
+            lines.append(f"{ph['phase']:<12} {'(idle)':>6}")
+            continue
+        g = lambda k, s: (ph.get(k) or {}).get(s)  # noqa: E731
+        v = ph.get("validity") or {}
+        lines.append(f"{ph['phase']:<12} {ph['requests_sent']:>6} {fmt(ph.get('success_rate'), 1, pct=True):>6} "
+                     f"{fmt(ph.get('output_tok_s')):>9} {fmt(ph.get('request_rps'), 2):>7} {fmt(g('ttft_ms', 'p50')):>9} "
+                     f"{fmt(g('ttft_ms', 'p99')):>9} {fmt(g('tpot_ms', 'p50'), 2):>9} {fmt(g('e2e_ms', 'p99')):>9}  "
+                     + ("yes" if v.get("valid") else "no: " + "; ".join(v.get("failed_checks", []))))
+    return lines
