@@ -52,7 +52,7 @@ def test_injected_timing_is_measured(fake_server):
     test, _ = run(srv.url, [phase(users=1, duration_s=0.01)])
     r = test.records[0]
     gaps = [(b - a) / 1e6 for a, b in zip(r.chunk_ns, r.chunk_ns[1:])]
-    assert all(9 <= g < 25 for g in gaps), gaps
+    assert all(9 <= g < 50 for g in gaps), gaps
     assert 29 <= (r.first_token_ns - r.sent_ns) / 1e6 < 60
 
 
@@ -152,7 +152,7 @@ def test_connection_closed_by_server_after_response_is_replaced_not_lost(fake_se
     # llama-server was seen closing keep-alive connections right after a streamed response; a request
     # written to such a connection never reaches the server and is resent once on a fresh one
     srv = fake_server(tokens=2, close_after_response=True)
-    test, _ = run(srv.url, [phase(users=4, duration_s=0.5)])
+    test, _ = run(srv.url, [phase(users=6, duration_s=1.0)])
     assert {r.status for r in test.records} == {"ok"}, [r.error for r in test.records if r.status != "ok"][:3]
     assert len(test.records) == srv.requests
     assert all(r.attempts in (1, 2) for r in test.records)

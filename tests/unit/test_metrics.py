@@ -19,7 +19,7 @@ def req(i, phase, sent, ttft_ms, n, itl_ms, status="ok", usage=True, scheduled=N
             "chunk_ns": chunks, "prompt_tokens": 10, "output_tokens": (n if usage else None) if status == "ok" else None,
             "output_tokens_source": "usage" if status == "ok" else None, "output_chars": n * 3,
             "finish_reason": "length", "status": status, "http_status": 200 if status == "ok" else 500, "error": None,
-            "attempts": 1, "max_tokens": None}
+            "attempts": 1, "max_tokens": None, "output_text": "x" * n, "client_output_tokens": None}
 
 
 def frame(rows):

@@ -145,12 +145,38 @@ class SweepPhase(_Phase):
 Phase = Annotated[Union[OpenPhase, IdlePhase, ClosedPhase, TracePhase, SweepPhase], Field(discriminator="mode")]
 
 
+class FilePrompts(_Strict):
+    file: str  # .jsonl or .csv
+    column: str = "prompt"
+    output_column: str | None = None  # per-request max_tokens from this column
+    limit: int | None = Field(None, ge=1)
+
+
+class DatasetPrompts(_Strict):
+    dataset: Literal["dolly", "sharegpt"]  # databricks-dolly-15k, ShareGPT (Vicuna, cleaned split)
+    revision: str = "main"  # the resolved commit sha is recorded in provenance
+    limit: int | None = Field(1000, ge=1)
+
+
+class SyntheticSpec(_Strict):
+    input_tokens: int = Field(ge=1)  # exact prompt length in the model's tokenizer
+    count: int = Field(64, ge=1)  # distinct prompts (no shared prefix beyond chance)
+
+
+class SyntheticPrompts(_Strict):
+    synthetic: SyntheticSpec
+
+
+PromptSource = Union[Literal["builtin"], FilePrompts, DatasetPrompts, SyntheticPrompts]
+
+
 class RequestSpec(_Strict):
     endpoint: Literal["chat", "completions"] = "chat"
     max_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.7, ge=0)
     ignore_eos: bool = True
-    prompts: Literal["builtin"] = "builtin"
+    prompts: PromptSource = "builtin"
+    client_token_count: bool = True  # re-tokenize outputs where the engine can tokenize; report mismatches
     system_prompt: str | None = None
     seed: int = 0
 

@@ -90,7 +90,7 @@ def run_endpoint(endpoint: str, model: str, phases: list[dict[str, Any]], reques
             raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is not set")
         headers = {"Authorization": f"Bearer {key}"}
     req = RequestSpec.model_validate(request).model_dump()
-    prompts = load_prompts(req["prompts"])
+    prompts, prompt_source = load_prompts(req["prompts"], None, req["seed"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"endpoint": endpoint, "model": model, "load": {"name": "cli", "phases": phases}, "request": req}

@@ -59,7 +59,7 @@ CATALOG: dict[str, Engine] = {
         health_path="/health",  # 503 while loading, 200 {"status":"ok"} when ready
         route_prefix="/v1",
         metrics_path="/metrics",
-        capabilities=frozenset({"chat", "completions", "stream_usage", "ignore_eos"}),
+        capabilities=frozenset({"chat", "completions", "stream_usage", "ignore_eos", "tokenize"}),
         log_patterns=(r"prompt eval time", r"eval time", r"slot .* released", r"error"),
     ),
 }

@@ -60,6 +60,8 @@ class RequestRecord:
     error: str | None = None
     attempts: int = 0  # transport attempts: 2 when a pooled connection the server had closed was replaced
     max_tokens: int | None = None  # per-request output cap (trace / dataset rows); None: the load's
+    output_text: str = ""  # the streamed content, joined
+    client_output_tokens: int | None = None  # output_text re-tokenized by the model's tokenizer
 
 
 @dataclass
@@ -141,6 +143,7 @@ class Client:
     async def _attempt(self, session, rec: RequestRecord, body: dict[str, Any], timeout_s: float) -> RequestRecord:
         chat = self.endpoint == "chat"
         timeout = aiohttp.ClientTimeout(total=timeout_s)
+        parts: list[str] = []  # content received, kept whatever way the request ends
         try:
             async with session.post(self.url, json=body, timeout=timeout) as resp:
                 rec.headers_ns = now_ns()
@@ -178,7 +181,7 @@ class Client:
                         text = (ch.get("delta") or {}).get("content") if chat else ch.get("text")
                         if text:
                             rec.chunk_ns.append(t)
-                            rec.output_chars += len(text)
+                            parts.append(text)
                             if rec.first_token_ns is None:
                                 rec.first_token_ns = t
                         if ch.get("finish_reason"):
@@ -203,6 +206,9 @@ class Client:
         except asyncio.CancelledError:
             rec.end_ns, rec.status, rec.error = now_ns(), "cancelled", "run interrupted"
             raise
+        finally:
+            rec.output_text = "".join(parts)
+            rec.output_chars = len(rec.output_text)
         return rec
 
 

@@ -19,6 +19,7 @@ from . import engines, hardware, provenance, records
 from .config import canonical_hash
 from .loadgen import LoadTest, loop_lag_by_phase, session_factory
 from .prompts import PromptStream, load_prompts, prompt_set_hash
+from .tokenizer import EngineTokenizer
 from .server import Server, free_port
 
 REQUEST_COLUMNS = {  # column -> pandas dtype; timestamps are int ns on CLOCK_MONOTONIC
@@ -27,7 +28,7 @@ REQUEST_COLUMNS = {  # column -> pandas dtype; timestamps are int ns on CLOCK_MO
     "first_token_ns": "Int64", "end_ns": "Int64", "chunk_ns": "object", "prompt_tokens": "Int64",
     "output_tokens": "Int64", "output_tokens_source": "string", "output_chars": "int64",
     "finish_reason": "string", "status": "string", "http_status": "Int64", "error": "string",
-    "attempts": "int64", "max_tokens": "Int64",
+    "attempts": "int64", "max_tokens": "Int64", "output_text": "string", "client_output_tokens": "Int64",
 }
 
 
@@ -67,6 +68,13 @@ class Telemetry:
             self.proc.wait()
 
 
+def count_output_tokens(recs, tokenizer) -> None:
+    """Client-side output token counts: each ok response's text through the model's tokenizer."""
+    ok = [r for r in recs if r.status == "ok"]
+    for r, n in zip(ok, tokenizer.count_many([r.output_text for r in ok])):
+        r.client_output_tokens = n
+
+
 def run_load_test(settings: dict[str, Any], model_manifest: str, engine_probe: str,
                   out_requests: str, out_telemetry: str, out_run: str,
                   server_log: str, journal: str) -> dict[str, Any]:
@@ -80,7 +88,6 @@ def run_load_test(settings: dict[str, Any], model_manifest: str, engine_probe: s
     port = espec["port"] or free_port(espec["host"])
     command = eng.build_command(espec, manifest["path"], port)
     request = settings["request"]
-    prompts = load_prompts(request["prompts"])
     phases = settings["load"]["phases"]
 
     anchor = {"wall_ns": time.time_ns(), "monotonic_ns": time.monotonic_ns()}
@@ -102,6 +109,7 @@ def run_load_test(settings: dict[str, Any], model_manifest: str, engine_probe: s
     server = Server(command, server_log, espec["host"], port, eng.health_path)
     telemetry = None
     test = None
+    prompts: list = []
     try:
         server.start()
         doc["server_pid"] = server.proc.pid
@@ -110,6 +118,8 @@ def run_load_test(settings: dict[str, Any], model_manifest: str, engine_probe: s
         doc["server_ready_s"] = server.wait_ready(espec["ready_timeout_s"])
         doc["server_ready_ns"] = time.monotonic_ns()
         doc["server_launch_ns"] = t_launch_ns
+        tokenizer = EngineTokenizer(server.base_url) if "tokenize" in eng.capabilities else None
+        prompts, doc["prompt_source"] = load_prompts(request["prompts"], tokenizer, request["seed"])
         with open(journal, "w") as jf:
             factory = session_factory(server.base_url, eng.route_prefix, manifest["served_name"], request,
                                       set(eng.capabilities))
@@ -117,6 +127,8 @@ def run_load_test(settings: dict[str, Any], model_manifest: str, engine_probe: s
                             journal=jf, seed=request["seed"])
             asyncio.run(_cancellable(test.run(phases)))
             signal.signal(signal.SIGTERM, _on_term)  # the event loop's handlers are gone with it
+        if tokenizer is not None and request.get("client_token_count", True):
+            count_output_tokens(test.records, tokenizer)
         exit_during = server.proc.poll()
         doc["server_exited_during_run"] = exit_during is not None
         doc["complete"] = True

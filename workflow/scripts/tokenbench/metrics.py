@@ -8,7 +8,9 @@ Definitions (all from the raw per-request records, timestamps on one monotonic c
 - TPOT: (E2E - TTFT) / (output_tokens - 1), per request with at least 2 output tokens.
 - ITL: gaps between consecutive content chunks of a request, pooled over requests.
 - output_tokens: the server's usage count (``stream_options.include_usage``); chunk count only
-  where the server sends no usage (and then labelled so).
+  where the server sends no usage (and then labelled so). Where the engine can tokenize, the
+  streamed text is re-tokenized by the model's own tokenizer (client count) and the share of
+  requests whose two counts differ is reported (detokenize-retokenize is not always one-to-one).
 - output throughput: output tokens that *arrived* inside the phase's issuing window divided by
   the window length (steady state: the ramp-down drain is excluded).
 - request throughput: requests of the phase that finished ok inside the window / window length.
@@ -145,6 +147,17 @@ def resolve_peak(detected: dict[str, Any], hardware_name: str) -> dict[str, Any]
             "peak_note": f"datasheet: {spec['peak_fp16_tflops']} TFLOP/s dense FP16 ({spec['source']}); set by hardware.name"}
 
 
+def token_count_check(ok: pd.DataFrame) -> dict[str, Any]:
+    """Server usage count vs the client's re-tokenization of the streamed text, where available."""
+    if "client_output_tokens" not in ok or not ok["client_output_tokens"].notna().any():
+        return {"token_count_checked": 0, "token_count_mismatch_rate": None, "token_count_mean_diff": None}
+    both = ok[ok["client_output_tokens"].notna() & ok["output_tokens"].notna()]
+    diff = both["client_output_tokens"].astype(float) - both["output_tokens"].astype(float)
+    return {"token_count_checked": int(len(both)),
+            "token_count_mismatch_rate": float((diff != 0).mean()) if len(both) else None,
+            "token_count_mean_diff": float(diff.mean()) if len(both) else None}
+
+
 def goodput(ok: pd.DataFrame, mark: dict[str, Any], slo: dict[str, Any]) -> dict[str, Any]:
     bounds = {k: v for k, v in (slo or {}).items() if v is not None}
     dur = (mark["end_ns"] - mark["start_ns"]) / 1e9
@@ -215,6 +228,7 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
     m["achieved_send_rps"] = float(len(pr) / dur)
     m["output_tokens_total"] = int(ok["output_tokens"].sum()) if len(ok) else 0
     m["output_tokens_source"] = sorted(ok["output_tokens_source"].dropna().unique().tolist())
+    m.update(token_count_check(ok))
     m["prompt_tokens_mean"] = float(ok["prompt_tokens"].astype("Float64").mean()) if ok["prompt_tokens"].notna().any() else None
     for col in ("ttft_ms", "first_byte_ms", "e2e_ms", "tpot_ms"):
         m[col] = dist(ok[col].astype(float).tolist())
