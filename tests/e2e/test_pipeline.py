@@ -84,6 +84,9 @@ def test_metrics_are_finite_and_labelled(run_dir):
             for key in ("ttft_ms", "e2e_ms", "tpot_ms", "itl_ms"):
                 assert finite(ph[key]["p50"]) and ph[key]["p50"] <= ph[key]["p99"]
             assert ph["output_tok_s"] > 0 and ph["success_rate"] == 1.0
+            # llama.cpp can tokenize: every ok response was re-counted with the model's tokenizer
+            assert ph["token_count_checked"] == ph["status_counts"]["ok"]
+            assert 0 <= ph["token_count_mismatch_rate"] <= 1
         assert doc["labels"]["mfu_pct"] == "estimated" and doc["labels"]["output_tok_s"] == "measured"
 
 
@@ -179,3 +182,25 @@ run_load_test(s, {str(run_dir / "data/models/smollm2-135m/manifest.json")!r},
     pid = run["server_pid"]
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert run["server_stop"]["port_released"]
+
+
+def test_engine_tokenizer_builds_exact_length_synthetic_prompts(run_dir, tmp_path):
+    import requests as http
+
+    from tokenbench.prompts import synthetic_prompts
+    from tokenbench.server import Server, free_port
+    from tokenbench.tokenizer import EngineTokenizer
+
+    manifest = read_json(run_dir / "data/models/smollm2-135m/manifest.json")
+    probe = read_json(run_dir / "data/engines/llamacpp/probe.json")
+    port = free_port()
+    with Server([probe["binary"], "--model", manifest["path"], "--port", str(port), "--threads", "2",
+                 "--ctx-size", "512"], tmp_path / "s.log", "127.0.0.1", port) as srv:
+        srv.wait_ready(60)
+        tok = EngineTokenizer(srv.base_url)
+        items = synthetic_prompts(tok, 37, 4, seed=1)
+        assert all(len(tok.encode(i["text"])) == 37 for i in items) and len({i["text"] for i in items}) == 4
+        # the server agrees: a completions request for each prompt counts 37 prompt tokens (+ BOS if it adds one)
+        for it in items[:2]:
+            r = http.post(srv.base_url + "/v1/completions", json={"prompt": it["text"], "max_tokens": 1}).json()
+            assert r["usage"]["prompt_tokens"] in (37, 38)

@@ -89,6 +89,7 @@ def phase_rows(doc: dict[str, Any]) -> list[dict[str, str]]:
             "TPOT p50 (ms)": fmt(get("tpot_ms", "p50"), 2),
             mfu_h: fmt(ph.get("mfu_pct"), 3) + (" %" if ph.get("mfu_pct") is not None else ""),
             "goodput (req/s)": fmt(ph.get("goodput_rps"), 2),
+            "token count mismatch": fmt(ph.get("token_count_mismatch_rate"), 1, pct=True),
             "CPU busy (%)": fmt(ph.get("cpu_util_pct")),
             "power (W)": fmt(ph.get("power_w")),
             "valid": _valid(ph),
