@@ -162,12 +162,18 @@ def test_validity_names_each_failed_check():
     assert ok["validity"] == {"valid": True, "failed_checks": [], "event_loop_lag_p99_ms": 1.0}
 
 
-def test_open_loop_rate_and_send_lag_checks():
+def test_open_loop_delivery_and_send_lag_checks():
     mark = {**MARK, "mode": "constant", "target": {"rate_rps": 2.0, "duration_s": 10}}
-    # 10 requests in 10 s against a 2/s target, each sent 12 ms late
+    # 10 arrivals scheduled 1 s apart, each sent 12 ms late: delivered on time, but lagging
     rows = [req(i, "steady", i * S + 12 * MS, 10, 3, 5, scheduled=i * S) for i in range(10)]
     m = _phase(rows, mark, rules={"min_rate_ratio": 0.98, "max_send_lag_p99_ms": 5})
     assert m["send_lag_ms"]["p99"] == pytest.approx(12)
     assert m["ttft_sched_ms"]["p50"] == pytest.approx(22)
+    assert m["schedule_rps"] == 1.0 and m["rate_ratio"] == pytest.approx(0.5) and m["delivered_ratio"] == 1.0
     fails = " | ".join(m["validity"]["failed_checks"])
-    assert "50.0% of target 2/s" in fails and "send lag p99 12.00 ms" in fails
+    assert "send lag p99 12.00 ms" in fails and "fell behind" not in fails
+    # the last 3 arrivals were sent after the window closed: the client fell behind its schedule
+    late = rows[:7] + [req(i, "steady", 10 * S + i * MS, 10, 3, 5, scheduled=i * S) for i in range(7, 10)]
+    m2 = _phase(late, mark, rules={"min_rate_ratio": 0.98})
+    assert m2["delivered_ratio"] == pytest.approx(0.7)
+    assert "sent 70.0% of its scheduled arrivals" in " ".join(m2["validity"]["failed_checks"])
