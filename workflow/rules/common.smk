@@ -12,6 +12,17 @@ def settings_of(wc):
     return cell_settings(CFG, wc.engine, wc.model, wc.load)
 
 
+def load_files(wc):
+    """Files a cell's load reads (trace replays, prompt files): inputs, so editing one reruns it.
+    Relative paths are relative to the working directory."""
+    settings = settings_of(wc)
+    files = [p["path"] for p in settings["load"]["phases"] if p["mode"] == "trace"]
+    prompts = settings["request"]["prompts"]
+    if isinstance(prompts, dict) and "file" in prompts:
+        files.append(prompts["file"])
+    return files
+
+
 def cell_paths(stage, name):
     return [f"data/{stage}/{e}/{m}/{l}/{name}" for e, m, l in CELLS]
 

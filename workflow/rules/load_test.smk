@@ -7,6 +7,7 @@ rule run_load_test:
     input:
         model="data/models/{model}/manifest.json",
         engine="data/engines/{engine}/probe.json",
+        load_files=load_files,
         code=pkg("loadtest.py", "loadgen.py", "server.py", "engines.py", "telemetry.py", "prompts.py",
                  "hardware.py", "records.py", "provenance.py", "config.py", "data/prompts.jsonl",
                  "data/hardware.yaml"),
