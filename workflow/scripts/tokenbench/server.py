@@ -196,7 +196,7 @@ class Server:
 
     def __init__(self, command: list[str], log_path: str | Path, host: str, port: int,
                  health_path: str = "/health", env: dict[str, str] | None = None,
-                 nvml=None, gpu_tolerance_mib: float = 256.0):
+                 nvml=None, gpu_tolerance_mib: float = 256.0, gpu_return_timeout_s: float = 30.0):
         self.command = command
         self.log_path = Path(log_path)
         self.host, self.port = host, port
@@ -204,6 +204,7 @@ class Server:
         self.env = env
         self.nvml = nvml
         self.gpu_tolerance_mib = gpu_tolerance_mib
+        self.gpu_return_timeout_s = gpu_return_timeout_s
         self.gpu_baseline: list[int] | None = None
         self.proc: subprocess.Popen | None = None
         self.ready_s: float | None = None
@@ -268,7 +269,8 @@ class Server:
         _signal_group(self.proc.pid, signal.SIGKILL)
         group_gone = _wait_group_gone(self.proc.pid, 5.0)
         released = _wait_port_released(self.host, self.port, 5.0)
-        gpu = wait_gpu_memory_returned(self.gpu_baseline, self.nvml, self.gpu_tolerance_mib)
+        gpu = wait_gpu_memory_returned(self.gpu_baseline, self.nvml, self.gpu_tolerance_mib,
+                                       self.gpu_return_timeout_s)
         self._log.write(f"# tokenbench: server stopped ({how}), exit code {self.proc.returncode}, "
                         f"port released: {released}, GPU memory: {gpu}\n".encode())
         self._log.close()
