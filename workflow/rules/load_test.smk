@@ -20,6 +20,8 @@ rule run_load_test:
         server="logs/run_load_test/{engine}/{model}/{load}.server.log",
         journal="logs/run_load_test/{engine}/{model}/{load}.requests.jsonl",
     conda:
-        "../envs/tokenbench.yaml"
+        engine_conda_env
+    container:
+        engine_container
     script:
         "../scripts/run_load_test.py"

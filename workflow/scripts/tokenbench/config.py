@@ -341,3 +341,11 @@ def pairs(cfg: Config) -> list[tuple[str, str]]:
     for e, m, _ in cells(cfg):
         seen[(e, m)] = None
     return list(seen)
+
+
+def engine_env_file(kind: str) -> str:
+    """The conda env file (relative to the repo root) a job that runs engine ``kind`` uses under
+    ``--sdm conda``: tokenbench's dependencies plus the engine. llama.cpp is built by `make setup`
+    and an external endpoint runs elsewhere, so both use tokenbench's own env."""
+    name = {"llama.cpp": "tokenbench", "external": "tokenbench"}.get(kind, kind)
+    return f"workflow/envs/{name}.yaml"
