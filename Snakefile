@@ -6,6 +6,7 @@
 #   data/engines/{engine}/probe.json                  probe_engine: binary, version, sha256
 #   data/runs/{engine}/{model}/{load}/requests.parquet   run_load_test: one row per request sent
 #   data/runs/{engine}/{model}/{load}/telemetry.parquet  run_load_test: raw telemetry samples
+#   data/runs/{engine}/{model}/{load}/engine_metrics.parquet  run_load_test: engine /metrics samples
 #   data/runs/{engine}/{model}/{load}/run.json        run_load_test: phases, command, provenance
 #   data/merged/{engine}/{model}/{load}/timeline.parquet   merge_telemetry
 #   data/metrics/{engine}/{model}/{load}/metrics.json (+ windows.parquet)   compute_metrics

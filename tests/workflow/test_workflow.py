@@ -113,3 +113,16 @@ def test_every_engine_kind_has_an_env_file_with_its_engine():
         deps = str(env["dependencies"])
         assert wanted[kind] in deps and "aiohttp" in deps and "pandas" in deps, kind
     assert "engine_conda_env" in (ROOT / "workflow" / "rules" / "load_test.smk").read_text()
+
+
+def test_local_profile_dry_runs_with_one_load_test_at_a_time(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--workflow-profile", "workflow/profiles/local",
+                          "--configfile", "config/smoke.yaml", "-d", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    prof = yaml.safe_load((ROOT / "workflow" / "profiles" / "local" / "config.yaml").read_text())
+    assert prof["resources"] == ["load_test=1"]
+    for name, plugin_key in (("slurm", "gpu_model"), ("kubernetes", "gpu_manufacturer")):
+        p = yaml.safe_load((ROOT / "workflow" / "profiles" / name / "config.yaml").read_text())
+        assert p["executor"] == name and p["set-resources"]["run_load_test"]["gpu"] == 1
+        assert plugin_key in p["set-resources"]["run_load_test"]
