@@ -58,6 +58,15 @@ def main():
         return await handler(request)
 
     app.middlewares.append(not_ready_yet)
+
+    @web.middleware
+    async def slot_log(request, handler):  # llama-server logs a line when a slot finishes a request
+        resp = await handler(request)
+        if request.path.endswith("completions"):
+            print(f"slot 0 released (fake, {request.path})", flush=True)
+        return resp
+
+    app.middlewares.append(slot_log)
     web.run_app(app, host=a.host, port=a.port, print=None, handle_signals=not a.ignore_sigterm)
 
 

@@ -57,6 +57,9 @@ def test_fake_engine_cell_scrapes_engine_metrics(tmp_path):
     assert doc["complete"] and doc["server_stop"]["stopped"] == "SIGTERM" and doc["server_stop"]["group_gone"]
     assert doc["server_command"][1:5] == ["--model", str(tmp_path / "model.gguf"), "--alias", "m"]
     assert "--metrics" in doc["server_command"]
+    lines = doc["engine_log_lines"]  # the catalog's llama.cpp patterns picked the slot lines out of the log
+    assert lines and all("slot 0 released" in l for l in lines)
+    assert len(lines) <= len(pd.read_parquet(paths["out_requests"]))  # one per finished request
     em = records.read_table(paths["out_engine_metrics"])
     meta = records.read_meta(paths["out_engine_metrics"])
     assert meta["kind"] == "engine_metrics" and meta["scrape"]["scrapes_ok"] >= 3

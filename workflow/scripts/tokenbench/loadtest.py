@@ -19,7 +19,7 @@ from . import engines, hardware, promscrape, provenance, records
 from .config import canonical_hash
 from .loadgen import LoadTest, session_factory
 from .prompts import PromptStream, load_prompts, prompt_set_hash
-from .server import Server, free_port, gpu_idle_check, pick_port, wait_endpoint_ready
+from .server import Server, free_port, gpu_idle_check, grep_log, pick_port, wait_endpoint_ready
 
 REQUEST_COLUMNS = {  # column -> pandas dtype; timestamps are int ns on CLOCK_MONOTONIC
     "request_id": "int64", "phase": "string", "user": "int64", "prompt_id": "string",
@@ -188,6 +188,7 @@ def run_load_test(settings: dict[str, Any], model_manifest: str, engine_probe: s
                 doc["engine_metrics"] = scraper.summary()
             if server is not None:
                 doc["server_stop"] = server.stop(espec["stop_grace_s"])
+                doc["engine_log_lines"] = [provenance.scrub(l) for l in grep_log(server_log, eng.log_patterns)]
             if telemetry is not None:
                 telemetry.stop()
             _write_outputs(doc, test, settings, manifest, probe, prompts, tel_tmp,

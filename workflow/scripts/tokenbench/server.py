@@ -154,6 +154,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def grep_log(path: str | Path, patterns, limit: int = 200) -> list[str]:
+    """The last ``limit`` log lines matching any of the engine's patterns (its own throughput and
+    KV-cache lines, errors), kept with the run."""
+    import re
+
+    pats = [re.compile(p) for p in patterns]
+    if not pats:
+        return []
+    try:
+        with open(path, errors="replace") as fh:
+            hits = deque((line.rstrip("\n") for line in fh if any(p.search(line) for p in pats)), maxlen=limit)
+    except OSError:
+        return []
+    return list(hits)
+
+
 def tail(path: str | Path, n: int = 20) -> str:
     try:
         with open(path, errors="replace") as fh:
