@@ -6,6 +6,7 @@
 #   data/engines/{engine}/probe.json                  probe_engine: binary, version, sha256
 #   data/runs/{engine}/{model}/{load}/requests.parquet   run_load_test: one row per request sent
 #   data/runs/{engine}/{model}/{load}/telemetry.parquet  run_load_test: raw telemetry samples
+#   data/runs/{engine}/{model}/{load}/engine_metrics.parquet  run_load_test: engine /metrics samples
 #   data/runs/{engine}/{model}/{load}/run.json        run_load_test: phases, command, provenance
 #   data/merged/{engine}/{model}/{load}/timeline.parquet   merge_telemetry
 #   data/metrics/{engine}/{model}/{load}/metrics.json (+ windows.parquet)   compute_metrics
@@ -24,7 +25,7 @@ SCRIPTS = os.path.join(workflow.basedir, "workflow", "scripts")
 # job (Snakemake puts a script's own directory, workflow/scripts, on its sys.path).
 sys.path.insert(0, SCRIPTS)
 
-from tokenbench.config import ConfigError, validate, cells as config_cells
+from tokenbench.config import ConfigError, validate, cells as config_cells, pairs as config_pairs
 
 # The default config, unless --configfile names others: those *replace* it rather than being
 # merged into it (a merged config would silently keep the default's loads and models).
@@ -42,6 +43,15 @@ ENGINES = list(CFG.engines)
 MODELS = list(CFG.models)
 LOADS = list(CFG.loads)
 CELLS = config_cells(CFG)
+PAIRS = config_pairs(CFG)  # (engine, model) pairs: an engine may serve only some models
+
+# HF_TOKEN is needed only to download gated hub models. Snakemake's `envvars:` makes a variable
+# *required* (the run stops if it is unset), so it is declared only when a config uses a hub
+# model and is not in offline mode; the offline default (a package-shipped model) needs none.
+if any(m.source == "hub" for m in CFG.models.values()) and os.environ.get("HF_HUB_OFFLINE", "") not in ("1", "true", "yes"):
+
+    envvars:
+        "HF_TOKEN",
 
 
 include: "workflow/rules/common.smk"

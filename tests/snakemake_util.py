@@ -11,7 +11,11 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 def env():
     bindir = str(Path(sys.executable).parent)  # llama-server is installed next to python in the venv
-    return {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    # Script jobs must import *this checkout's* tokenbench, even when the venv has another
+    # checkout installed in editable mode (a shared venv across git worktrees): Snakemake only
+    # appends workflow/scripts to a script's sys.path, so an installed copy would win.
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT / "workflow" / "scripts"), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), "PYTHONPATH": pythonpath}
 
 
 def snakemake(workdir, *args, configfile=None, timeout=1800):

@@ -2,8 +2,12 @@
 """A fake engine executable: behaves like a real server at the process level.
 
     fake_engine.py --port P [--ready-after S] [--die-after S] [--ignore-sigterm] [--spawn-child]
+                   [--tokens N] [--itl-ms MS] [other engine flags, ignored]
 
-It serves /health (503 until ready, then 200) and the streaming API (tokenbench.fake_server),
+It serves /health (503 until ready, then 200), the streaming API and a llama-server-shaped
+Prometheus /metrics (tokenbench.fake_server). It accepts a real engine's command line (unknown
+flags such as --model/--alias/--parallel are ignored), so run_load_test can launch it in place of
+llama-server through a wrapper script,
 can crash before becoming ready, can ignore SIGTERM (so teardown must escalate to SIGKILL) and
 can fork a child that must not be orphaned.
 """
@@ -30,8 +34,11 @@ def main():
     ap.add_argument("--die-after", type=float, default=None)
     ap.add_argument("--ignore-sigterm", action="store_true")
     ap.add_argument("--spawn-child", action="store_true")
-    a = ap.parse_args()
-    print(f"fake engine starting on {a.host}:{a.port}", flush=True)
+    ap.add_argument("--tokens", type=int, default=4)
+    ap.add_argument("--itl-ms", type=float, default=0.0)
+    a, ignored = ap.parse_known_args()
+    print(f"fake engine starting on {a.host}:{a.port} pid {os.getpid()} pgid {os.getpgid(0)}"
+          + (f" (ignoring {' '.join(ignored)})" if ignored else ""), flush=True)
     if a.ignore_sigterm:
         signal.signal(signal.SIGTERM, lambda *_: print("ignoring SIGTERM", flush=True))
     if a.spawn_child:
@@ -42,7 +49,7 @@ def main():
         print("fatal: out of memory (simulated)", flush=True)
         sys.exit(3)
     t0 = time.monotonic()
-    app = make_app(Behaviour(tokens=4))
+    app = make_app(Behaviour(tokens=a.tokens, itl_ms=a.itl_ms))
 
     @web.middleware
     async def not_ready_yet(request, handler):
@@ -51,6 +58,15 @@ def main():
         return await handler(request)
 
     app.middlewares.append(not_ready_yet)
+
+    @web.middleware
+    async def slot_log(request, handler):  # llama-server logs a line when a slot finishes a request
+        resp = await handler(request)
+        if request.path.endswith("completions"):
+            print(f"slot 0 released (fake, {request.path})", flush=True)
+        return resp
+
+    app.middlewares.append(slot_log)
     web.run_app(app, host=a.host, port=a.port, print=None, handle_signals=not a.ignore_sigterm)
 
 

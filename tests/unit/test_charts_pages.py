@@ -80,3 +80,27 @@ def test_chart_html_escapes_script_end():
 def test_fmt():
     assert pages.fmt(None) == "n/a" and pages.fmt(float("nan")) == "n/a"
     assert pages.fmt(1234.5) == "1,234" and pages.fmt(0.5, 1, pct=True) == "50.0 %"
+
+
+def test_methodology_lists_resolved_commands_per_engine_and_no_secrets(monkeypatch):
+    from tokenbench import engines, provenance
+
+    secret = "hf_secret_value_1234567890"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    spec = {"name": "mlc", "binary": "mlc_llm", "host": "127.0.0.1", "served_name": "m", "max_batch": 64,
+            "max_context": 4096}
+    cmd = engines.engine("mlc-llm").build_command(spec, "/models/Llama-3-8B-q0f16-MLC", 8000)
+    load = {"name": "l", "phases": [{"name": "s", "mode": "closed", "users": 1, "duration_s": 1}]}
+    run_mlc = {"cell": {"engine": "mlc", "model": "m", "load": "l"}, "server_command": cmd,
+               "server_env": {"HF_TOKEN": secret, "CUDA_VISIBLE_DEVICES": "0"},
+               "settings": {"engine": {"kind": "mlc-llm"}, "load": load, "request": {"max_tokens": 8}}}
+    run_ext = {"cell": {"engine": "theirs", "model": "m", "load": "l"}, "server_command": ["(external endpoint)"],
+               "endpoint": {"external": True, "base_url": "http://127.0.0.1:9000", "api_key_env": "THEIR_KEY"},
+               "settings": {"engine": {"kind": "external"}, "load": load, "request": {"max_tokens": 8}}}
+    text = pages.render_methodology([{"hardware": {"peak_note": "x"}}], [run_mlc, run_ext])
+    # copy-pastable: the ;-separated overrides are quoted as one argument
+    assert ("`CUDA_VISIBLE_DEVICES=0 HF_TOKEN='<HF_TOKEN>' mlc_llm serve /models/Llama-3-8B-q0f16-MLC --mode server "
+            "--host 127.0.0.1 --port 8000 --overrides 'max_num_sequence=64;context_window_size=4096'`") in text
+    assert "**mlc** (mlc-llm; m, l)" in text
+    assert "**theirs** (external endpoint; m, l): `http://127.0.0.1:9000`, API key from `$THEIR_KEY` (not recorded)" in text
+    assert secret not in text

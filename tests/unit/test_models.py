@@ -76,3 +76,26 @@ def test_hub_failure_offline_names_the_fix(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(models.ModelError, match="not in the local cache and HF_HUB_OFFLINE is set"):
         models.hub_download("org/m", "a" * 40)
+
+
+def test_placeholder_revision_is_refused_with_the_fix():
+    from tokenbench.models import ModelError, hub_download
+
+    with pytest.raises(ModelError, match="is a placeholder, not a real commit"):
+        hub_download("casperhansen/llama-3-70b-instruct-awq", "0" * 40)
+
+
+def test_mlc_build_figures(tmp_path):
+    import json
+
+    from tokenbench.models import resolve_model
+
+    (tmp_path / "mlc-chat-config.json").write_text(json.dumps({
+        "model_type": "llama", "quantization": "q4f16_1", "context_window_size": 8192,
+        "model_config": {"num_hidden_layers": 80, "hidden_size": 8192, "intermediate_size": 28672,
+                         "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256}}))
+    (tmp_path / "params_shard_0.bin").write_bytes(b"\0" * 64)
+    man = resolve_model("m", {"source": "local", "path": str(tmp_path)})
+    f = man["figures"]
+    assert (f["format"], f["layers"], f["kv_heads"], f["vocab_size"], f["context_length"]) == ("mlc", 80, 8, 128256, 8192)
+    assert f["parameters"] is None and "packed" in f["parameters_source"] and f["bytes_per_param"] == 0.5

@@ -56,3 +56,73 @@ def test_request_record_schema_matches_the_parquet_columns():
     assert [f.name for f in dataclasses.fields(RequestRecord)] == list(REQUEST_COLUMNS)
     ts = [c for c in REQUEST_COLUMNS if c.endswith("_ns")]
     assert all(REQUEST_COLUMNS[c] in ("int64", "Int64", "object") for c in ts)
+
+
+def seed_dry_run(tmp_path, name, **env):
+    import os
+
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(ROOT / "config" / name),
+           "-d", str(tmp_path)]
+    e = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE")}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**e, **env})
+
+
+def test_seed_a40_config_validates_and_dry_runs(tmp_path):
+    from tokenbench.config import load_config
+
+    cfg = load_config(ROOT / "config" / "seed-a40-llama3-8b.yaml")
+    assert {e.kind for e in cfg.engines.values()} == {"lmdeploy", "sglang", "vllm", "bentoml-vllm"}
+    assert cfg.engines["lmdeploy-pytorch"].backend == "pytorch"
+    stress = cfg.loads["three_phase"].phases
+    assert [(p.mode, getattr(p, "rate_rps", None) or getattr(p, "users", None), p.duration_s) for p in stress] == [
+        ("poisson", 8, 20), ("idle", None, 10), ("closed", 50, 220)]
+    out = seed_dry_run(tmp_path, "seed-a40-llama3-8b.yaml", HF_TOKEN="hf_dummy_for_dry_run")
+    assert out.returncode == 0, out.stderr
+    counts = job_counts(out.stdout)
+    assert counts["run_load_test"] == 4 * 4 and counts["fit_saturation"] == 4 and counts["probe_engine"] == 4
+
+
+def test_seed_a100_config_validates_and_dry_runs(tmp_path):
+    from tokenbench.config import cells, load_config
+
+    cfg = load_config(ROOT / "config" / "seed-a100-llama3.yaml")
+    assert {e.kind for e in cfg.engines.values()} == {"vllm", "lmdeploy", "mlc-llm", "trtllm", "tgi"}
+    assert all(len(l.phases) == 2 and l.phases[1].duration_s == 300 and l.phases[0].duration_s == 20
+               for l in cfg.loads.values())
+    out = seed_dry_run(tmp_path, "seed-a100-llama3.yaml", HF_HUB_OFFLINE="1")  # offline: no HF_TOKEN needed
+    assert out.returncode == 0, out.stderr
+    counts = job_counts(out.stdout)
+    assert counts["run_load_test"] == len(cells(cfg)) == 5 * 2 * 3 and counts["fit_saturation"] == 10
+
+
+def test_hub_config_requires_hf_token_unless_offline(tmp_path):
+    out = seed_dry_run(tmp_path, "seed-a40-llama3-8b.yaml")
+    assert out.returncode != 0 and "HF_TOKEN" in out.stdout + out.stderr
+
+
+def test_every_engine_kind_has_an_env_file_with_its_engine():
+    import typing
+
+    from tokenbench.config import EngineKind, engine_env_file
+
+    wanted = {"vllm": "vllm", "sglang": "sglang", "lmdeploy": "lmdeploy", "trtllm": "tensorrt_llm",
+              "mlc-llm": "mlc-llm", "bentoml-vllm": "bentoml", "llama.cpp": "aiohttp", "external": "aiohttp",
+              "tgi": "aiohttp"}  # TGI: a container image provides the engine
+    for kind in typing.get_args(EngineKind):
+        env = yaml.safe_load((ROOT / engine_env_file(kind)).read_text())
+        deps = str(env["dependencies"])
+        assert wanted[kind] in deps and "aiohttp" in deps and "pandas" in deps, kind
+    assert "engine_conda_env" in (ROOT / "workflow" / "rules" / "load_test.smk").read_text()
+
+
+def test_local_profile_dry_runs_with_one_load_test_at_a_time(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--workflow-profile", "workflow/profiles/local",
+                          "--configfile", "config/smoke.yaml", "-d", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    prof = yaml.safe_load((ROOT / "workflow" / "profiles" / "local" / "config.yaml").read_text())
+    assert prof["resources"] == ["load_test=1"]
+    for name, plugin_key in (("slurm", "gpu_model"), ("kubernetes", "gpu_manufacturer")):
+        p = yaml.safe_load((ROOT / "workflow" / "profiles" / name / "config.yaml").read_text())
+        assert p["executor"] == name and p["set-resources"]["run_load_test"]["gpu"] == 1
+        assert plugin_key in p["set-resources"]["run_load_test"]

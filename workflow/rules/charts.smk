@@ -20,7 +20,7 @@ rule plot_throughput:
         "data/charts/throughput.vl.json",
     input:
         summary="data/analysis/summary.parquet",
-        fits=expand("data/analysis/saturation/{engine}/{model}.json", engine=ENGINES, model=MODELS) if CFG.sweep else [],
+        fits=[f"data/analysis/saturation/{e}/{m}.json" for e, m in PAIRS] if CFG.sweep else [],
         code=pkg("charts.py", "fit.py", "records.py"),
     params:
         loads=sweep_loads(),

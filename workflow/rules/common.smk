@@ -1,6 +1,6 @@
 # Helpers shared by all stages: per-cell config slices (handed to scripts through params) and
 # the package modules each script imports (Snakemake does not track imports, so inputs list them).
-from tokenbench.config import cell_settings, canonical_hash, sweep_phase
+from tokenbench.config import cell_settings, canonical_hash, engine_env_file, sweep_phase
 
 
 def pkg(*modules):
@@ -37,3 +37,14 @@ def chart_inputs():
         charts["throughput"] = "data/charts/throughput.vl.json"
         charts["latency"] = "data/charts/latency.vl.json"
     return charts
+
+
+def engine_conda_env(wc):
+    """Per-engine software: workflow/envs/<kind>.yaml (tokenbench's dependencies plus the engine),
+    used with `--sdm conda`; without it (plain-PATH mode) the engine is whatever is on PATH."""
+    return os.path.join(workflow.basedir, engine_env_file(CFG.engines[wc.engine].kind))
+
+
+def engine_container(wc):
+    """engines.<name>.container, used with `--sdm apptainer` (None: run on the host)."""
+    return CFG.engines[wc.engine].container

@@ -10,6 +10,8 @@ rule probe_engine:
     log:
         "logs/probe_engine/{engine}.log",
     conda:
-        "../envs/tokenbench.yaml"
+        engine_conda_env
+    container:
+        engine_container
     script:
         "../scripts/probe_engine.py"

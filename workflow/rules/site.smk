@@ -8,7 +8,7 @@ rule render_pages:
         unpack(lambda wc: chart_inputs()),
         metrics=cell_paths("metrics", "metrics.json"),
         runs=cell_paths("runs", "run.json"),
-        fits=expand("data/analysis/saturation/{engine}/{model}.json", engine=ENGINES, model=MODELS) if CFG.sweep else [],
+        fits=[f"data/analysis/saturation/{e}/{m}.json" for e, m in PAIRS] if CFG.sweep else [],
         code=pkg("pages.py", "metrics.py", "records.py"),
     params:
         study=CFG.study.model_dump(),

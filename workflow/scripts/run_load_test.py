@@ -10,6 +10,7 @@ doc = run_load_test(
     out_requests=snakemake.output.requests,
     out_telemetry=snakemake.output.telemetry,
     out_run=snakemake.output.run,
+    out_engine_metrics=snakemake.output.engine_metrics,
     server_log=snakemake.log.server,
     journal=snakemake.log.journal,
 )

@@ -56,17 +56,79 @@ class ModelSpec(_Strict):
 
 
 # ----------------------------------------------------------------------------- engines
+EngineKind = Literal["llama.cpp", "vllm", "sglang", "lmdeploy", "tgi", "trtllm", "mlc-llm", "bentoml-vllm", "external"]
+ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+RENAMED = {"parallel": "max_batch", "ctx_per_slot": "max_context"}
+
+
 class EngineSpec(_Strict):
-    kind: Literal["llama.cpp"]
-    binary: str = "llama-server"
+    """One engine to benchmark: its kind (a catalog entry) and normalised settings.
+
+    The normalised settings map onto each engine's own flags (tokenbench.engines); a setting the
+    engine cannot express is an error naming this key. ``None`` means the engine's default.
+    """
+    kind: EngineKind
+    binary: str | None = None  # default: the catalog's (llama-server, vllm, lmdeploy, python3 for sglang, ...)
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535)  # 0: pick a free port at launch
-    threads: int | None = Field(None, ge=1)
-    parallel: int = Field(4, ge=1)  # server-side slots (max concurrent sequences)
-    ctx_per_slot: int = Field(1024, ge=64)
+    # normalised settings
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] | None = None
+    max_context: int | None = Field(None, ge=16)  # tokens per sequence (prompt + output)
+    max_batch: int | None = Field(None, ge=1)  # sequences run at once (server-side concurrency)
+    kv_cache_fraction: float | None = Field(None, gt=0, le=1)
+    tensor_parallel: int | None = Field(None, ge=1)
+    quantization: str | None = None
+    backend: str | None = None  # lmdeploy: turbomind | pytorch; trtllm: pytorch | tensorrt
+    threads: int | None = Field(None, ge=1)  # llama.cpp only
+    extra_args: list[str] = []
+    env: dict[str, str] = {}  # extra environment for the engine process (no secrets: they are recorded)
+    models: list[Name] | None = None  # the models this engine serves; default: all
+    # watching it
+    metrics_paths: list[str] | None = None  # override the catalog's Prometheus paths ([] disables)
+    metrics_interval_s: float = Field(1.0, gt=0, le=60)
     ready_timeout_s: float = Field(120, gt=0)
     stop_grace_s: float = Field(10, gt=0)
-    extra_args: list[str] = []
+    container: str | None = None  # image for `--sdm apptainer`; conda env: workflow/envs/<kind>.yaml
+    # external endpoints (kind: external): someone else's server
+    url: str | None = None
+    api_key_env: str | None = Field(None, pattern=ENV_NAME_RE)  # the NAME of an env var holding the key
+    allow_remote: bool = False  # load tests send traffic to loopback only unless this is true
+    route_prefix: str | None = None
+    health_path: str | None = None
+    capabilities: list[Literal["chat", "completions", "stream_usage", "ignore_eos"]] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict):
+            old = [k for k in RENAMED if k in data]
+            if old:
+                raise ValueError("renamed keys: " + ", ".join(f"{k} -> {RENAMED[k]} (max_context is per sequence)" for k in old))
+        return data
+
+    @model_validator(mode="after")
+    def _check_engine(self):
+        from .engines import CATALOG
+
+        if self.kind == "external":
+            if not self.url:
+                raise ValueError("kind 'external' needs url (the server's base URL, e.g. http://127.0.0.1:8000)")
+            if not re.match(r"^https?://[^/\s]+", self.url):
+                raise ValueError(f"url {self.url!r} is not an http(s) URL")
+            from urllib.parse import urlsplit
+
+            host = urlsplit(self.url).hostname or ""
+            if not self.allow_remote and host not in ("127.0.0.1", "localhost", "::1"):
+                raise ValueError(f"url host {host!r} is not loopback; load tests send traffic only to loopback "
+                                 f"unless allow_remote: true is set for this engine")
+        else:
+            bad = [k for k in ("url", "api_key_env", "route_prefix", "health_path", "capabilities")
+                   if getattr(self, k) not in (None, [])]
+            if bad:
+                raise ValueError(f"{', '.join(bad)} only apply to kind 'external'")
+            if self.binary is None:
+                self.binary = CATALOG[self.kind].default_binary
+        return self
 
 
 # ----------------------------------------------------------------------------- loads
@@ -231,6 +293,13 @@ class TelemetrySpec(_Strict):
     interval_s: float = Field(0.05, gt=0, le=10)  # 20 Hz, as in the seed reports
 
 
+class PreflightSpec(_Strict):
+    gpu_idle: bool = True  # refuse to launch on a GPU that another process is using
+    max_gpu_util_pct: float = Field(5.0, ge=0, le=100)
+    max_foreign_gpu_mib: float = Field(256.0, ge=0)  # memory other processes may hold
+    gpu_memory_tolerance_mib: float = Field(256.0, ge=0)  # teardown: memory back within this
+
+
 class StudySpec(_Strict):
     title: str
     description: str = ""
@@ -242,6 +311,7 @@ class Config(_Strict):
     telemetry: TelemetrySpec = TelemetrySpec()
     slo: SloSpec = SloSpec()
     validity: ValiditySpec = ValiditySpec()
+    preflight: PreflightSpec = PreflightSpec()
     request: RequestSpec = RequestSpec()
     models: dict[Name, ModelSpec] = Field(min_length=1)
     engines: dict[Name, EngineSpec] = Field(min_length=1)
@@ -250,6 +320,26 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _check_refs(self):
+        from .engines import EngineError, check_settings, engine as catalog_engine
+
+        for name, e in self.engines.items():
+            try:
+                check_settings(e.kind, e.model_dump(), name)
+            except EngineError as exc:
+                raise ValueError(str(exc)) from None
+            unknown = [m for m in (e.models or []) if m not in self.models]
+            if unknown:
+                raise ValueError(f"engines.{name}.models: unknown models {unknown}; known: {sorted(self.models)}")
+            caps = set(e.capabilities or catalog_engine(e.kind).capabilities)
+            for where, req in [("request", self.request)] + [(f"loads.{l}.request", ld.request)
+                                                             for l, ld in self.loads.items() if ld.request]:
+                if req.ignore_eos and "ignore_eos" not in caps:
+                    raise ValueError(f"{where}.ignore_eos: engine '{name}' ({e.kind}) cannot honour ignore_eos, so its "
+                                     f"outputs would not have fixed lengths; set ignore_eos: false for this study")
+                if req.endpoint not in caps:
+                    raise ValueError(f"{where}.endpoint: engine '{name}' ({e.kind}) does not serve '{req.endpoint}'")
+        if not cells(self):
+            raise ValueError("no (engine, model, load) cell to run: check engines.<name>.models")
         if self.sweep:
             unknown = [l for l in self.sweep.loads if l not in self.loads]
             if unknown:
@@ -293,7 +383,10 @@ def validate(raw: dict[str, Any], source: str = "config") -> Config:
         for err in exc.errors():
             loc = _fmt_loc(err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  - {loc or '(top level)'}: {msg}")
+            if not loc and re.match(r"^[\w.-]+: ", msg):  # a cross-key check that names its own key
+                lines.append(f"  - {msg}")
+            else:
+                lines.append(f"  - {loc or '(top level)'}: {msg}")
         raise ConfigError(f"{source} is invalid; fix these keys:\n" + "\n".join(lines)) from None
 
 
@@ -324,8 +417,27 @@ def cell_settings(cfg: Config, engine: str, model: str, load: str) -> dict[str, 
         "load": {"name": load, "phases": [p.model_dump() for p in load_spec.phases]},
         "request": request,
         "telemetry": cfg.telemetry.model_dump(),
+        "preflight": cfg.preflight.model_dump(),
     }
 
 
 def cells(cfg: Config) -> list[tuple[str, str, str]]:
-    return [(e, m, l) for e in cfg.engines for m in cfg.models for l in cfg.loads]
+    """(engine, model, load) cells: every load for each model an engine serves."""
+    return [(e, m, l) for e, spec in cfg.engines.items() for m in cfg.models
+            if spec.models is None or m in spec.models for l in cfg.loads]
+
+
+def pairs(cfg: Config) -> list[tuple[str, str]]:
+    """(engine, model) pairs that have cells."""
+    seen: dict[tuple[str, str], None] = {}
+    for e, m, _ in cells(cfg):
+        seen[(e, m)] = None
+    return list(seen)
+
+
+def engine_env_file(kind: str) -> str:
+    """The conda env file (relative to the repo root) a job that runs engine ``kind`` uses under
+    ``--sdm conda``: tokenbench's dependencies plus the engine. llama.cpp is built by `make setup`
+    and an external endpoint runs elsewhere, so both use tokenbench's own env."""
+    name = {"llama.cpp": "tokenbench", "external": "tokenbench"}.get(kind, kind)
+    return f"workflow/envs/{name}.yaml"

@@ -1,7 +1,29 @@
-"""The engine catalog: how to launch, probe and talk to each inference engine.
+"""The engine catalog: how to launch, probe, talk to and watch each inference engine.
 
-Each entry is written against the engine's real CLI. The vertical slice ships llama.cpp's
-``llama-server``; later engines add entries of the same shape.
+One entry per engine kind. Each maps tokenbench's *normalised settings* onto that engine's own
+flags, written against the CLI of its current release; the source file each flag was read from is
+cited next to the entry. A normalised setting an engine cannot express is a config error naming
+the engine and the key (see :func:`check_settings`), never silently dropped.
+
+Normalised settings (all optional except where noted; ``None`` means "the engine's default"):
+
+========================  ==================================================================
+``dtype``                 weights/activations dtype: auto | float16 | bfloat16 | float32
+``max_context``           longest sequence (prompt + output) one request may use, in tokens
+``max_batch``             most sequences the engine runs at once (its concurrency limit)
+``kv_cache_fraction``     the engine's memory-fraction knob for the KV cache. Engines define it
+                          differently (fraction of *total* GPU memory for weights + KV on vLLM,
+                          SGLang, TGI, MLC; fraction of *free memory after weights* on LMDeploy
+                          and TensorRT-LLM): each entry's docstring says which, and the resolved
+                          command on the site shows the flag it became.
+``tensor_parallel``       tensor-parallel size (GPUs per server)
+``quantization``          the engine's quantization method name (awq, gptq, fp8, ...)
+``backend``               LMDeploy: turbomind | pytorch; TensorRT-LLM: pytorch | tensorrt
+``threads``               llama.cpp only: CPU threads
+========================  ==================================================================
+
+plus ``model`` (a path from the model stage), ``served_name``, ``host``, ``port`` and
+``extra_args`` (appended verbatim).
 """
 
 from __future__ import annotations
@@ -15,52 +37,382 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+NORMALISED = ("dtype", "max_context", "max_batch", "kv_cache_fraction", "tensor_parallel",
+              "quantization", "backend", "threads")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+ENGINE_DIR = Path(__file__).resolve().parents[2] / "engines"  # workflow/engines
+
 
 class EngineError(RuntimeError):
     pass
 
 
 @dataclass(frozen=True)
+class Launch:
+    """What to run: argv, extra environment variables."""
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Engine:
     kind: str
-    build_command: Callable[[dict[str, Any], str, int], list[str]]
-    version_command: Callable[[str], list[str]]
+    default_binary: str | None
+    build: Callable[[dict[str, Any], str, int], Launch] | None  # (spec, model_path, port)
+    version_command: Callable[[str], list[str]] | None
+    supports: frozenset  # the normalised settings it can express
+    unsupported_why: dict[str, str] = field(default_factory=dict)
     health_path: str = "/health"
+    health_expect: str = "HTTP 200 (a JSON body's status, if any, must be ok/healthy/ready)"
     route_prefix: str = "/v1"
-    metrics_path: str | None = None
+    metrics_paths: tuple[str, ...] = ()
     capabilities: frozenset = field(default_factory=frozenset)
     log_patterns: tuple[str, ...] = ()
+    metric_names: tuple[str, ...] = ()  # Prometheus samples worth keeping (regexes)
+    request_model: Callable[[str, str], str] = lambda served, path: served  # "model" field to send
+    sources: tuple[str, ...] = ()
+    needs_aux_port: bool = False  # a second port (e.g. TGI's separate Prometheus listener)
+    choices: dict[str, tuple] = field(default_factory=dict)  # values a setting may take here
+
+    def build_command(self, spec: dict[str, Any], model_path: str, port: int) -> list[str]:
+        """The argv alone (kept for callers that only need the command)."""
+        return self.launch(spec, model_path, port).argv
+
+    def launch(self, spec: dict[str, Any], model_path: str, port: int) -> Launch:
+        if self.build is None:
+            raise EngineError(f"engine kind {self.kind!r} is not launched by tokenbench")
+        check_settings(self.kind, spec, spec.get("name", "<name>"))
+        out = self.build(spec, model_path, port)
+        return Launch(out.argv + [str(a) for a in (spec.get("extra_args") or [])], out.env)
+
+    @property
+    def metrics_path(self) -> str | None:  # the vertical slice's single-path accessor
+        return self.metrics_paths[0] if self.metrics_paths else None
 
 
-def _llamacpp_command(spec: dict[str, Any], model_path: str, port: int) -> list[str]:
-    cmd = [
-        spec["binary"],
-        "--model", model_path,
-        "--alias", spec["served_name"],
-        "--host", spec["host"],
-        "--port", str(port),
-        "--parallel", str(spec["parallel"]),
-        # llama-server splits --ctx-size evenly across its slots
-        "--ctx-size", str(spec["parallel"] * spec["ctx_per_slot"]),
-        "--cont-batching",
-        "--metrics",
-        "--no-webui",
-    ]
-    if spec.get("threads"):
-        cmd += ["--threads", str(spec["threads"])]
-    return cmd + list(spec.get("extra_args") or [])
+# ----------------------------------------------------------------------------- helpers
+def _opt(cmd: list[str], flag: str, value) -> None:
+    if value is not None:
+        cmd += [flag, str(value)]
 
+
+def _dtype(spec) -> str | None:
+    return spec.get("dtype")
+
+
+def python_of(binary: str) -> str:
+    """The Python interpreter behind a console script (its shebang), or the binary if it is one."""
+    if Path(binary).name.startswith("python"):
+        return binary
+    try:
+        with open(binary, "rb") as fh:
+            first = fh.readline(512).decode(errors="replace").strip()
+    except OSError:
+        first = ""
+    if first.startswith("#!"):
+        parts = first[2:].split()
+        if parts and Path(parts[0]).name == "env" and len(parts) > 1:
+            return shutil.which(parts[1]) or parts[1]
+        if parts:
+            return parts[0]
+    return shutil.which("python3") or "python3"
+
+
+def _dist_version_cmd(python: str, *modules: str) -> list[str]:
+    """Print '<dist> <version>' for each module's installed distribution (no engine import)."""
+    code = ("import importlib.metadata as m\n"
+            f"for mod in {list(modules)!r}:\n"
+            "    d = (m.packages_distributions().get(mod) or [mod])[0]\n"
+            "    print(d, m.version(d))\n")
+    return [python, "-c", code]
+
+
+# ----------------------------------------------------------------------------- llama.cpp
+# Source: ggml-org/llama.cpp tools/server/README.md and common/arg.cpp (flags --model --alias
+# --host --port --parallel --ctx-size --cont-batching --metrics --no-webui --threads); GET /health
+# answers 503 while loading, 200 {"status":"ok"} when ready; /metrics needs --metrics.
+def _llamacpp(spec, model_path, port) -> Launch:
+    slots = spec.get("max_batch") or 1
+    cmd = [spec["binary"], "--model", model_path, "--alias", spec["served_name"],
+           "--host", spec["host"], "--port", str(port), "--parallel", str(slots)]
+    if spec.get("max_context"):
+        # llama-server splits --ctx-size evenly across its slots: each gets max_context
+        cmd += ["--ctx-size", str(slots * spec["max_context"])]
+    cmd += ["--cont-batching", "--metrics", "--no-webui"]
+    _opt(cmd, "--threads", spec.get("threads"))
+    return Launch(cmd)
+
+
+# ----------------------------------------------------------------------------- vLLM
+# Source: vllm-project/vllm vllm/entrypoints/cli/serve.py (`vllm serve [model_tag]`),
+# vllm/entrypoints/cli/main.py (-v/--version), vllm/config/cache.py (gpu_memory_utilization:
+# fraction of *total* GPU memory for the instance), vllm/config/{model,scheduler,parallel}.py
+# (--dtype --max-model-len --max-num-seqs --tensor-parallel-size --quantization
+# --served-model-name; flags are the dataclass field names), vllm/v1/metrics/loggers.py
+# (vllm:kv_cache_usage_perc, vllm:num_requests_running/waiting, vllm:*_tokens_total).
+def _vllm_args(spec) -> list[str]:
+    cmd: list[str] = []
+    _opt(cmd, "--dtype", _dtype(spec))
+    _opt(cmd, "--max-model-len", spec.get("max_context"))
+    _opt(cmd, "--max-num-seqs", spec.get("max_batch"))
+    _opt(cmd, "--gpu-memory-utilization", spec.get("kv_cache_fraction"))
+    _opt(cmd, "--tensor-parallel-size", spec.get("tensor_parallel"))
+    _opt(cmd, "--quantization", spec.get("quantization"))
+    return cmd
+
+
+def _vllm(spec, model_path, port) -> Launch:
+    return Launch([spec["binary"], "serve", model_path, "--host", spec["host"], "--port", str(port),
+                   "--served-model-name", spec["served_name"]] + _vllm_args(spec))
+
+
+VLLM_METRICS = (r"vllm:kv_cache_usage_perc", r"vllm:gpu_cache_usage_perc", r"vllm:num_requests_running",
+                r"vllm:num_requests_waiting", r"vllm:prompt_tokens_total", r"vllm:generation_tokens_total",
+                r"vllm:num_preemptions_total")
+
+# ----------------------------------------------------------------------------- SGLang
+# Source: sgl-project/sglang python/sglang/srt/server_args.py (flags derived from ServerArgs
+# fields: --model-path --served-model-name --host --port --dtype --context-length
+# --max-running-requests --mem-fraction-static (weights + KV pool, fraction of total memory)
+# --tp-size --quantization --enable-metrics), python/sglang/srt/metrics/collector.py
+# (sglang:token_usage, sglang:num_running_reqs, sglang:num_queue_reqs, sglang:*_tokens_total).
+# `python -m sglang.launch_server` is its documented entry point; binary is that Python.
+
+
+def _sglang(spec, model_path, port) -> Launch:
+    cmd = [spec["binary"], "-m", "sglang.launch_server", "--model-path", model_path,
+           "--host", spec["host"], "--port", str(port), "--served-model-name", spec["served_name"],
+           "--enable-metrics"]
+    _opt(cmd, "--dtype", _dtype(spec))
+    _opt(cmd, "--context-length", spec.get("max_context"))
+    _opt(cmd, "--max-running-requests", spec.get("max_batch"))
+    _opt(cmd, "--mem-fraction-static", spec.get("kv_cache_fraction"))
+    _opt(cmd, "--tp-size", spec.get("tensor_parallel"))
+    _opt(cmd, "--quantization", spec.get("quantization"))
+    return Launch(cmd)
+
+
+# ----------------------------------------------------------------------------- LMDeploy
+# Source: InternLM/lmdeploy v0.16.0 lmdeploy/cli/serve.py (`lmdeploy serve api_server model_path`
+# --server-name --server-port --backend turbomind|pytorch; the TurboMind group re-uses the
+# PyTorch group's --dtype --tp --session-len --max-batch-size --cache-max-entry-count
+# --model-format), lmdeploy/cli/utils.py (choices: --dtype auto|float16|bfloat16, --model-format
+# hf|awq|gptq|compressed-tensors|fp8|mxfp4; --cache-max-entry-count = fraction of *free* GPU
+# memory for the KV cache; --model-name; --disable-metrics: metrics are on by default),
+# lmdeploy/cli/cli.py (-v/--version), lmdeploy/serve/openai/endpoints/management.py (GET /health:
+# 200 {"status":"healthy"}), lmdeploy/metrics/loggers.py (lmdeploy:* gauges, "Avg thr" log line).
+LMDEPLOY_FORMATS = ("awq", "gptq", "compressed-tensors", "fp8", "mxfp4")
+
+
+def _lmdeploy(spec, model_path, port) -> Launch:
+    backend = spec.get("backend") or "turbomind"
+    cmd = [spec["binary"], "serve", "api_server", model_path, "--server-name", spec["host"],
+           "--server-port", str(port), "--model-name", spec["served_name"], "--backend", backend]
+    _opt(cmd, "--dtype", _dtype(spec))
+    _opt(cmd, "--session-len", spec.get("max_context"))
+    _opt(cmd, "--max-batch-size", spec.get("max_batch"))
+    _opt(cmd, "--cache-max-entry-count", spec.get("kv_cache_fraction"))
+    _opt(cmd, "--tp", spec.get("tensor_parallel"))
+    _opt(cmd, "--model-format", spec.get("quantization"))
+    return Launch(cmd)
+
+
+# ----------------------------------------------------------------------------- TGI
+# Source: huggingface/text-generation-inference v3.3.7 launcher/src/main.rs (clap Args:
+# --model-id --hostname --port --prometheus-port (default 9000, a second listener)
+# --dtype float16|bfloat16 --max-total-tokens --max-input-tokens (must be < max-total-tokens)
+# --max-concurrent-requests (router refuses requests beyond it) --cuda-memory-fraction (limit on
+# total CUDA memory) --num-shard --quantize awq|compressed-tensors|eetq|exl2|gptq|marlin|
+# bitsandbytes|bitsandbytes-nf4|bitsandbytes-fp4|fp8; clap `version` gives --version),
+# router/src/server.rs (GET /health, GET /metrics on the main port, /v1/chat/completions),
+# backends/v3/src/{queue,backend}.rs (tgi_queue_size, tgi_batch_current_size, ...).
+# TGI has no served-model-name flag; its OpenAI route accepts any "model" value.
+TGI_QUANT = ("awq", "compressed-tensors", "eetq", "exl2", "gptq", "marlin", "bitsandbytes",
+             "bitsandbytes-nf4", "bitsandbytes-fp4", "fp8")
+
+
+def _tgi(spec, model_path, port) -> Launch:
+    cmd = [spec["binary"], "--model-id", model_path, "--hostname", spec["host"], "--port", str(port)]
+    if spec.get("aux_port"):
+        cmd += ["--prometheus-port", str(spec["aux_port"])]
+    if _dtype(spec) != "auto":  # TGI has no "auto": omitting --dtype is its default
+        _opt(cmd, "--dtype", _dtype(spec))
+    if spec.get("max_context"):
+        cmd += ["--max-input-tokens", str(spec["max_context"] - 1), "--max-total-tokens", str(spec["max_context"])]
+    _opt(cmd, "--max-concurrent-requests", spec.get("max_batch"))
+    _opt(cmd, "--cuda-memory-fraction", spec.get("kv_cache_fraction"))
+    _opt(cmd, "--num-shard", spec.get("tensor_parallel"))
+    _opt(cmd, "--quantize", spec.get("quantization"))
+    return Launch(cmd)
+
+
+# ----------------------------------------------------------------------------- TensorRT-LLM
+# Source: NVIDIA/TensorRT-LLM tensorrt_llm/commands/serve.py (`trtllm-serve serve MODEL` click
+# command: --host --port --backend pytorch|tensorrt|_autodeploy --max_batch_size --max_seq_len
+# --tp_size --kv_cache_free_gpu_memory_fraction (fraction of free memory after weights); no dtype,
+# quantization or served-name flag: serve a pre-quantized checkpoint, and the model name is the
+# model directory's basename), tensorrt_llm/serve/openai_server.py (GET /health 200 empty body;
+# GET /metrics returns JSON iteration stats, not Prometheus text; Prometheus lives at
+# /prometheus/metrics only when return_perf_metrics is set through --config YAML).
+
+
+def _trtllm(spec, model_path, port) -> Launch:
+    backend = spec.get("backend") or "pytorch"
+    cmd = [spec["binary"], "serve", model_path, "--host", spec["host"], "--port", str(port), "--backend", backend]
+    _opt(cmd, "--max_batch_size", spec.get("max_batch"))
+    _opt(cmd, "--max_seq_len", spec.get("max_context"))
+    _opt(cmd, "--tp_size", spec.get("tensor_parallel"))
+    _opt(cmd, "--kv_cache_free_gpu_memory_fraction", spec.get("kv_cache_fraction"))
+    return Launch(cmd)
+
+
+def _trtllm_model(served: str, path: str) -> str:
+    p = Path(path)
+    return p.name if p.is_dir() else path
+
+
+# ----------------------------------------------------------------------------- MLC-LLM
+# Source: mlc-ai/mlc-llm python/mlc_llm/cli/serve.py (`mlc_llm serve MODEL --mode server --host
+# --port --overrides "k=v;..."`; EngineConfigOverride keys max_num_sequence,
+# max_total_seq_length, gpu_memory_utilization, context_window_size, tensor_parallel_shards).
+# dtype and quantization are fixed when the model is converted/compiled (e.g. q4f16_1), so they
+# are not launch settings; the served model name is the model argument.
+
+
+def _mlc(spec, model_path, port) -> Launch:
+    cmd = [spec["binary"], "serve", model_path, "--mode", "server", "--host", spec["host"], "--port", str(port)]
+    ov = []
+    for key, flag in (("max_batch", "max_num_sequence"), ("max_context", "context_window_size"),
+                      ("kv_cache_fraction", "gpu_memory_utilization"), ("tensor_parallel", "tensor_parallel_shards")):
+        if spec.get(key) is not None:
+            ov.append(f"{flag}={spec[key]}")
+    if ov:
+        cmd += ["--overrides", ";".join(ov)]
+    return Launch(cmd)
+
+
+# ----------------------------------------------------------------------------- BentoML + vLLM
+# Source: docs.bentoml.com build-with-bentoml/template-arguments (bentoml.use_arguments, v1.4.8+:
+# values given at serve time with `bentoml serve --arg key=value`), BentoML's standard
+# /readyz and Prometheus /metrics endpoints, and the BentoVLLM examples (bentoml/BentoVLLM:
+# @bentoml.asgi_app(app, path="/v1") wrapping vLLM's OpenAI server). The service we serve is
+# workflow/engines/bentoml_vllm/service.py: it runs `vllm serve` (flags as in the vLLM entry) on
+# an internal port and proxies /v1/* to it; /v1/engine/metrics re-exports vLLM's /metrics.
+BENTOML_SERVICE_DIR = ENGINE_DIR / "bentoml_vllm"
+
+
+def _bentoml_vllm(spec, model_path, port) -> Launch:
+    cmd = [spec["binary"], "serve", "service:TokenbenchVLLM", "--working-dir", str(BENTOML_SERVICE_DIR),
+           "--host", spec["host"], "--port", str(port),
+           "--arg", f"model={model_path}", "--arg", f"served_model_name={spec['served_name']}"]
+    for key in ("dtype", "max_context", "max_batch", "kv_cache_fraction", "tensor_parallel", "quantization"):
+        if spec.get(key) is not None:
+            cmd += ["--arg", f"{key}={spec[key]}"]
+    return Launch(cmd)
+
+
+_ALL = frozenset({"dtype", "max_context", "max_batch", "kv_cache_fraction", "tensor_parallel", "quantization"})
+_CHAT = frozenset({"chat", "completions", "stream_usage"})
 
 CATALOG: dict[str, Engine] = {
     "llama.cpp": Engine(
-        kind="llama.cpp",
-        build_command=_llamacpp_command,
-        version_command=lambda binary: [binary, "--version"],
-        health_path="/health",  # 503 while loading, 200 {"status":"ok"} when ready
-        route_prefix="/v1",
-        metrics_path="/metrics",
-        capabilities=frozenset({"chat", "completions", "stream_usage", "ignore_eos", "tokenize"}),
-        log_patterns=(r"prompt eval time", r"eval time", r"slot .* released", r"error"),
+        kind="llama.cpp", default_binary="llama-server", build=_llamacpp,
+        version_command=lambda b: [b, "--version"],
+        supports=frozenset({"max_context", "max_batch", "threads"}),
+        unsupported_why={"dtype": "the GGUF file fixes the weight types",
+                         "quantization": "the GGUF file fixes the quantization; pick a different GGUF",
+                         "kv_cache_fraction": "llama-server sizes its KV cache from --ctx-size, not a memory fraction",
+                         "tensor_parallel": "llama-server has no tensor-parallel size (only --split-mode/--tensor-split)"},
+        health_path="/health", route_prefix="/v1", metrics_paths=("/metrics",),
+        capabilities=_CHAT | {"ignore_eos", "tokenize"},  # /tokenize, /detokenize
+        log_patterns=(r"prompt eval time", r"\beval time", r"slot .* released", r"error"),
+        metric_names=(r"llamacpp:.*",),
+        sources=("ggml-org/llama.cpp tools/server/README.md", "ggml-org/llama.cpp common/arg.cpp"),
+    ),
+    "vllm": Engine(
+        kind="vllm", default_binary="vllm", build=_vllm, version_command=lambda b: [b, "--version"],
+        supports=_ALL, health_path="/health", route_prefix="/v1", metrics_paths=("/metrics",),
+        capabilities=_CHAT | {"ignore_eos"},
+        log_patterns=(r"Avg prompt throughput", r"KV cache usage", r"[Pp]reempt", r"ERROR"),
+        metric_names=VLLM_METRICS,
+        sources=("vllm-project/vllm vllm/entrypoints/cli/serve.py", "vllm/entrypoints/cli/main.py",
+                 "vllm/config/cache.py", "vllm/v1/metrics/loggers.py"),
+    ),
+    "sglang": Engine(
+        kind="sglang", default_binary="python3", build=_sglang,
+        version_command=lambda b: _dist_version_cmd(b, "sglang"),
+        supports=_ALL, health_path="/health", route_prefix="/v1", metrics_paths=("/metrics",),
+        capabilities=_CHAT | {"ignore_eos"},
+        log_patterns=(r"Decode batch", r"Prefill batch", r"token usage", r"Error"),
+        metric_names=(r"sglang:token_usage", r"sglang:num_running_reqs", r"sglang:num_queue_reqs",
+                      r"sglang:prompt_tokens_total", r"sglang:generation_tokens_total", r"sglang:gen_throughput"),
+        sources=("sgl-project/sglang python/sglang/srt/server_args.py", "python/sglang/srt/metrics/collector.py"),
+    ),
+    "lmdeploy": Engine(
+        kind="lmdeploy", default_binary="lmdeploy", build=_lmdeploy, version_command=lambda b: [b, "--version"],
+        supports=_ALL | {"backend"}, health_path="/health", route_prefix="/v1", metrics_paths=("/metrics",),
+        choices={"backend": ("turbomind", "pytorch"), "dtype": ("auto", "float16", "bfloat16"),
+                 "quantization": LMDEPLOY_FORMATS},
+        capabilities=_CHAT | {"ignore_eos"},
+        log_patterns=(r"Avg thr \(in/out\)", r"KV cache", r"ERROR"),
+        metric_names=(r"lmdeploy:gpu_cache_usage_perc", r"lmdeploy:num_requests_running", r"lmdeploy:num_requests_waiting",
+                      r"lmdeploy:prompt_tokens_total", r"lmdeploy:generation_tokens_total"),
+        sources=("InternLM/lmdeploy v0.16.0 lmdeploy/cli/serve.py", "lmdeploy/cli/utils.py", "lmdeploy/cli/cli.py",
+                 "lmdeploy/serve/openai/endpoints/management.py", "lmdeploy/metrics/loggers.py"),
+    ),
+    "tgi": Engine(
+        kind="tgi", default_binary="text-generation-launcher", build=_tgi, version_command=lambda b: [b, "--version"],
+        supports=_ALL, health_path="/health", route_prefix="/v1", metrics_paths=("/metrics",),
+        choices={"dtype": ("auto", "float16", "bfloat16"), "quantization": TGI_QUANT},
+        capabilities=_CHAT,  # no ignore_eos field in TGI's OpenAI request schema
+        log_patterns=(r"Success", r"total_time", r"queue_time", r"ERROR"),
+        metric_names=(r"tgi_queue_size", r"tgi_batch_current_size", r"tgi_batch_current_max_tokens",
+                      r"tgi_request_generated_tokens_(sum|count)", r"tgi_request_input_length_(sum|count)"),
+        sources=("huggingface/text-generation-inference v3.3.7 launcher/src/main.rs", "router/src/server.rs",
+                 "backends/v3/src/queue.rs"),
+        needs_aux_port=True,
+    ),
+    "trtllm": Engine(
+        kind="trtllm", default_binary="trtllm-serve", build=_trtllm,
+        version_command=lambda b: _dist_version_cmd(python_of(b), "tensorrt_llm"),
+        supports=frozenset({"max_context", "max_batch", "kv_cache_fraction", "tensor_parallel", "backend"}),
+        choices={"backend": ("pytorch", "tensorrt")},
+        unsupported_why={"dtype": "trtllm-serve has no dtype flag; the checkpoint (or a --config YAML in extra_args) sets it",
+                         "quantization": "trtllm-serve has no quantization flag; serve a pre-quantized checkpoint"},
+        health_path="/health", route_prefix="/v1", metrics_paths=(),
+        capabilities=_CHAT | {"ignore_eos"},
+        log_patterns=(r"iter", r"KV cache", r"\[E\]", r"ERROR"),
+        request_model=_trtllm_model,
+        sources=("NVIDIA/TensorRT-LLM tensorrt_llm/commands/serve.py", "tensorrt_llm/serve/openai_server.py"),
+    ),
+    "mlc-llm": Engine(
+        kind="mlc-llm", default_binary="mlc_llm", build=_mlc,
+        version_command=lambda b: _dist_version_cmd(python_of(b), "mlc_llm"),
+        supports=frozenset({"max_context", "max_batch", "kv_cache_fraction", "tensor_parallel"}),
+        unsupported_why={"dtype": "mlc-llm fixes dtype when the model is compiled (e.g. q4f16_1); pick an MLC-format model",
+                         "quantization": "mlc-llm fixes quantization at convert/compile time; pick an MLC-format model"},
+        health_path="/v1/models", health_expect="HTTP 200 with the model list", route_prefix="/v1",
+        metrics_paths=(), capabilities=_CHAT,  # ignore_eos only in debug_config with --enable-debug
+        log_patterns=(r"Error", r"throughput"),
+        request_model=lambda served, path: path,
+        sources=("mlc-ai/mlc-llm python/mlc_llm/cli/serve.py",),
+    ),
+    "bentoml-vllm": Engine(
+        kind="bentoml-vllm", default_binary="bentoml", build=_bentoml_vllm,
+        version_command=lambda b: _dist_version_cmd(python_of(b), "bentoml", "vllm"),
+        supports=_ALL, health_path="/readyz", route_prefix="/v1",
+        metrics_paths=("/metrics", "/v1/engine/metrics"),
+        capabilities=_CHAT | {"ignore_eos"},
+        log_patterns=(r"Avg prompt throughput", r"KV cache usage", r"ERROR", r"Traceback"),
+        metric_names=VLLM_METRICS + (r"bentoml_service_request_in_progress", r"bentoml_service_request_total"),
+        sources=("docs.bentoml.com build-with-bentoml/template-arguments", "bentoml/BentoVLLM service.py examples",
+                 "workflow/engines/bentoml_vllm/service.py"),
+    ),
+    "external": Engine(
+        kind="external", default_binary=None, build=None, version_command=None,
+        supports=frozenset(), health_path="/v1/models", health_expect="HTTP 200 with the model list",
+        route_prefix="/v1", metrics_paths=(), capabilities=_CHAT,
+        sources=("any OpenAI-compatible server run by someone else",),
     ),
 }
 
@@ -70,6 +422,22 @@ def engine(kind: str) -> Engine:
         return CATALOG[kind]
     except KeyError:
         raise EngineError(f"unknown engine kind {kind!r}; the catalog has {sorted(CATALOG)}") from None
+
+
+def check_settings(kind: str, spec: dict[str, Any], name: str) -> None:
+    """Raise EngineError naming ``engines.<name>.<key>`` for a setting ``kind`` cannot express."""
+    eng = engine(kind)
+    for key in NORMALISED:
+        value = spec.get(key)
+        if value is None:
+            continue
+        if key not in eng.supports:
+            why = eng.unsupported_why.get(key)
+            raise EngineError(f"engines.{name}.{key}: {kind} has no flag for this"
+                              + (f" ({why})" if why else "") + "; remove the key")
+        allowed = eng.choices.get(key)
+        if allowed is not None and value not in allowed:
+            raise EngineError(f"engines.{name}.{key}: {kind} does not accept {value!r}; it takes {list(allowed)}")
 
 
 def resolve_binary(binary: str) -> str:
@@ -82,19 +450,24 @@ def resolve_binary(binary: str) -> str:
     found = shutil.which(binary)
     if not found:
         raise EngineError(
-            f"engine binary '{binary}' is not on PATH; run `make setup` (builds llama-server) "
+            f"engine binary '{binary}' is not on PATH; install the engine (plain-PATH mode), run "
+            f"with `--sdm conda` to use its workflow/envs file, `make setup` for llama-server, "
             f"or set engines.<name>.binary to its full path"
         )
     return found
 
 
-def probe(kind: str, binary: str) -> dict[str, Any]:
+def probe(kind: str, binary: str | None) -> dict[str, Any]:
     """Engine version and binary identity, for provenance."""
     eng = engine(kind)
+    if eng.version_command is None or binary is None:
+        return {"kind": kind, "binary": None, "binary_sha256": None, "version": None,
+                "version_commit": None, "version_output": "", "capabilities": sorted(eng.capabilities),
+                "note": "not launched by tokenbench: version is whatever the endpoint runs"}
     path = resolve_binary(binary)
-    proc = subprocess.run(eng.version_command(path), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(eng.version_command(path), capture_output=True, text=True, timeout=120)
     text = (proc.stdout + proc.stderr).strip()
-    m = re.search(r"version:\s*(\S+)\s*\(([^)]*)\)", text)
+    m = re.search(r"version:\s*(\S+)\s*\(([^)]*)\)", text)  # llama.cpp: "version: 4589 (abc123)"
     h = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     return {
         "kind": kind,
@@ -103,5 +476,6 @@ def probe(kind: str, binary: str) -> dict[str, Any]:
         "version": m.group(1) if m else (text.splitlines()[0] if text else None),
         "version_commit": m.group(2) if m else None,
         "version_output": text[:2000],
+        "version_exit_code": proc.returncode,
         "capabilities": sorted(eng.capabilities),
     }

@@ -31,6 +31,8 @@ class Behaviour:
     role_chunk: bool = True  # send an empty role-only delta first, as vLLM and llama.cpp do
     close_after_response: bool = False  # drop the keep-alive connection after each response, unannounced
     capacity: int | None = None  # at most this many requests generate at once; the rest queue (saturation)
+    api_key: str | None = None  # require "Authorization: Bearer <api_key>" on the API routes
+    metrics: bool = True  # serve Prometheus text at /metrics, shaped like llama-server's
 
 
 def _chunk(obj) -> bytes:
@@ -38,21 +40,47 @@ def _chunk(obj) -> bytes:
 
 
 def make_app(b: Behaviour) -> web.Application:
-    state = {"requests": 0}
+    state = {"requests": 0, "in_flight": 0, "tokens": 0, "auth_failures": 0}
     slots = asyncio.Semaphore(b.capacity) if b.capacity else None
 
     async def health(_req):
         return web.json_response({"status": "ok"})
 
-    async def completions(req: web.Request):
-        if slots is None:
-            return await _completions(req)
-        async with slots:
-            return await _completions(req)
+    async def models(req: web.Request):
+        if b.api_key and req.headers.get("Authorization") != f"Bearer {b.api_key}":
+            state["auth_failures"] += 1
+            return web.json_response({"error": {"message": "invalid api key"}}, status=401)
+        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
-    async def _completions(req: web.Request):
+    async def metrics(_req):
+        # llama-server's /metrics names (tools/server/server.cpp): a gauge, counters, a ratio
+        text = ("# HELP llamacpp:requests_processing Number of requests processing.\n"
+                "# TYPE llamacpp:requests_processing gauge\n"
+                f"llamacpp:requests_processing {state['in_flight']}\n"
+                "# TYPE llamacpp:tokens_predicted_total counter\n"
+                f"llamacpp:tokens_predicted_total {state['tokens']}\n"
+                "# TYPE llamacpp:kv_cache_usage_ratio gauge\n"
+                f"llamacpp:kv_cache_usage_ratio {min(1.0, state['in_flight'] / 16):.4f}\n"
+                "# TYPE unrelated_histogram histogram\n"
+                'unrelated_histogram_bucket{le="+Inf"} 3\n')
+        return web.Response(text=text, content_type="text/plain")
+
+    async def completions(req: web.Request):
+        if b.api_key and req.headers.get("Authorization") != f"Bearer {b.api_key}":
+            state["auth_failures"] += 1
+            return web.json_response({"error": {"message": "invalid api key"}}, status=401)
         state["requests"] += 1
         state["authorization"] = req.headers.get("Authorization")
+        state["in_flight"] += 1
+        try:
+            if slots is None:
+                return await _completions(req)
+            async with slots:
+                return await _completions(req)
+        finally:
+            state["in_flight"] -= 1
+
+    async def _completions(req: web.Request):
         body = await req.json()
         if b.status != 200:
             return web.json_response({"error": {"message": "injected failure"}}, status=b.status)
@@ -83,6 +111,7 @@ def make_app(b: Behaviour) -> web.Application:
             if last and b.usage_on_finish_chunk and not b.no_usage:
                 obj["usage"] = usage
             await resp.write(_chunk(obj))
+            state["tokens"] += 1
         if not b.no_usage and not b.usage_on_finish_chunk:
             await resp.write(_chunk({**base, "choices": [], "usage": usage}))
         await resp.write(b"data: [DONE]\n\n")
@@ -91,8 +120,29 @@ def make_app(b: Behaviour) -> web.Application:
             req.transport.close()
         return resp
 
+    vocab: dict[str, int] = {}
+    words: list[str] = []
+
+    async def tokenize(req: web.Request):  # llama-server's /tokenize: one token per whitespace word
+        text = (await req.json())["content"]
+        ids = []
+        for w in text.split():
+            if w not in vocab:
+                vocab[w] = len(words)
+                words.append(w)
+            ids.append(vocab[w])
+        return web.json_response({"tokens": ids})
+
+    async def detokenize(req: web.Request):
+        return web.json_response({"content": " ".join(words[i] for i in (await req.json())["tokens"])})
+
     app = web.Application()
+    app.router.add_post("/tokenize", tokenize)
+    app.router.add_post("/detokenize", detokenize)
     app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
+    if b.metrics:
+        app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/v1/completions", completions)
     app[STATE] = state

@@ -15,12 +15,12 @@ from typing import Any
 
 import pandas as pd
 
-from . import engines, hardware, provenance, records
+from . import engines, hardware, promscrape, provenance, records
 from .config import canonical_hash
 from .loadgen import LoadTest, loop_lag_by_phase, session_factory
 from .prompts import PromptStream, load_prompts, prompt_set_hash
+from .server import Server, free_port, gpu_idle_check, grep_log, pick_port, wait_endpoint_ready
 from .tokenizer import EngineTokenizer
-from .server import Server, free_port
 
 REQUEST_COLUMNS = {  # column -> pandas dtype; timestamps are int ns on CLOCK_MONOTONIC
     "request_id": "int64", "phase": "string", "user": "int64", "prompt_id": "string",
@@ -75,18 +75,63 @@ def count_output_tokens(recs, tokenizer) -> None:
         r.client_output_tokens = n
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def api_key_headers(espec: dict[str, Any]) -> dict[str, str]:
+    """Authorization header from the env var named in the config; the key itself is never stored."""
+    var = espec.get("api_key_env")
+    if not var:
+        return {}
+    key = os.environ.get(var)
+    if not key:
+        raise RuntimeError(f"engines.{espec['name']}.api_key_env names {var}, which is not set in the "
+                           f"environment; export it before running")
+    provenance.register_secret(var, key)
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _check_loopback(espec: dict[str, Any], host: str) -> None:
+    if host not in LOOPBACK and not espec.get("allow_remote"):
+        raise RuntimeError(f"engines.{espec['name']}: load tests send traffic only to loopback; "
+                           f"{host!r} needs allow_remote: true")
+
+
 def run_load_test(settings: dict[str, Any], model_manifest: str, engine_probe: str,
                   out_requests: str, out_telemetry: str, out_run: str,
-                  server_log: str, journal: str) -> dict[str, Any]:
+                  server_log: str, journal: str, out_engine_metrics: str | None = None,
+                  nvml=None) -> dict[str, Any]:
     """Run one (engine, model, load) cell and write its records. Returns the run document."""
     manifest = records.read_json(model_manifest)
     probe = records.read_json(engine_probe)
     espec = dict(settings["engine"])
+    pre = settings.get("preflight") or {}
     eng = engines.engine(espec["kind"])
-    espec["binary"] = probe["binary"]
-    espec["served_name"] = manifest["served_name"]
-    port = espec["port"] or free_port(espec["host"])
-    command = eng.build_command(espec, manifest["path"], port)
+    external = espec["kind"] == "external"
+    headers = api_key_headers(espec)
+    request_model = eng.request_model(manifest["served_name"], manifest["path"])
+    route_prefix = espec.get("route_prefix") or eng.route_prefix
+    health_path = espec.get("health_path") or eng.health_path
+    caps = set(espec.get("capabilities") or eng.capabilities)
+    metrics_paths = eng.metrics_paths if espec.get("metrics_paths") is None else tuple(espec["metrics_paths"])
+    launch = None
+    if external:
+        from urllib.parse import urlsplit
+
+        base_url = espec["url"].rstrip("/")
+        _check_loopback(espec, urlsplit(base_url).hostname or "")
+        command = ["(external endpoint)", base_url]
+        port = urlsplit(base_url).port
+    else:
+        _check_loopback(espec, espec["host"])
+        espec["binary"] = probe["binary"]
+        espec["served_name"] = manifest["served_name"]
+        port = pick_port(espec["host"], espec["port"])
+        if eng.needs_aux_port:
+            espec["aux_port"] = free_port(espec["host"])
+        launch = eng.launch(espec, manifest["path"], port)
+        command = launch.argv
+        base_url = f"http://{espec['host']}:{port}"
     request = settings["request"]
     phases = settings["load"]["phases"]
 
@@ -96,7 +141,11 @@ def run_load_test(settings: dict[str, Any], model_manifest: str, engine_probe: s
     doc: dict[str, Any] = {
         "cell": {"engine": espec["name"], "model": manifest["name"], "load": settings["load"]["name"]},
         "settings": settings,
-        "server_command": [provenance.scrub(c) for c in command],
+        "server_command": [provenance.scrub(str(c)) for c in command],
+        "server_env": {k: provenance.scrub(v) for k, v in {**espec.get("env", {}), **(launch.env if launch else {})}.items()},
+        "endpoint": {"base_url": provenance.scrub(base_url), "route_prefix": route_prefix, "health_path": health_path,
+                     "request_model": provenance.scrub(request_model), "capabilities": sorted(caps),
+                     "external": external, "api_key_env": espec.get("api_key_env")},
         "clock": {"timestamps": "CLOCK_MONOTONIC ns (time.monotonic_ns)", "anchor": anchor},
         "complete": False,
         "hardware": hardware.describe("auto"),  # detected where the load runs; peaks resolved later
@@ -106,54 +155,85 @@ def run_load_test(settings: dict[str, Any], model_manifest: str, engine_probe: s
         raise Interrupted("SIGTERM")
 
     old_term = signal.signal(signal.SIGTERM, _on_term)
-    server = Server(command, server_log, espec["host"], port, eng.health_path)
+    server = None
     telemetry = None
+    scraper = None
     test = None
     prompts: list = []
+    caught: dict[str, str] = {}
     try:
-        server.start()
-        doc["server_pid"] = server.proc.pid
-        telemetry = Telemetry(tel_tmp, settings["telemetry"]["interval_s"], server.proc.pid)
+        if not external:
+            if pre.get("gpu_idle", True):
+                doc["preflight_gpu"] = gpu_idle_check(nvml, pre.get("max_gpu_util_pct", 5.0),
+                                                      pre.get("max_foreign_gpu_mib", 256.0))
+            env = {**os.environ, **espec.get("env", {}), **launch.env}
+            server = Server(command, server_log, espec["host"], port, health_path, env=env, nvml=nvml,
+                            gpu_tolerance_mib=pre.get("gpu_memory_tolerance_mib", 256.0))
+            server.start()
+            doc["server_pid"] = server.proc.pid
+        telemetry = Telemetry(tel_tmp, settings["telemetry"]["interval_s"], server.proc.pid if server else None)
         t_launch_ns = time.monotonic_ns()
-        doc["server_ready_s"] = server.wait_ready(espec["ready_timeout_s"])
+        if server:
+            doc["server_ready_s"] = server.wait_ready(espec["ready_timeout_s"])
+        else:
+            doc["server_ready_s"] = wait_endpoint_ready(base_url + health_path, espec["ready_timeout_s"], headers)
         doc["server_ready_ns"] = time.monotonic_ns()
         doc["server_launch_ns"] = t_launch_ns
-        tokenizer = EngineTokenizer(server.base_url) if "tokenize" in eng.capabilities else None
+        tokenizer = EngineTokenizer(base_url) if "tokenize" in caps else None
         prompts, doc["prompt_source"] = load_prompts(request["prompts"], tokenizer, request["seed"])
+        scraper = promscrape.Scraper(base_url, list(metrics_paths), list(eng.metric_names) or None,
+                                     espec.get("metrics_interval_s", 1.0), headers).start()
         with open(journal, "w") as jf:
-            factory = session_factory(server.base_url, eng.route_prefix, manifest["served_name"], request,
-                                      set(eng.capabilities))
+            factory = session_factory(base_url, route_prefix, request_model, request, caps, headers=headers or None)
             test = LoadTest(factory, PromptStream(prompts, request["seed"], settings["load"]["name"]),
                             journal=jf, seed=request["seed"])
-            asyncio.run(_cancellable(test.run(phases)))
+            asyncio.run(_cancellable(test.run(phases), caught))
             signal.signal(signal.SIGTERM, _on_term)  # the event loop's handlers are gone with it
         if tokenizer is not None and request.get("client_token_count", True):
-            count_output_tokens(test.records, tokenizer)
-        exit_during = server.proc.poll()
-        doc["server_exited_during_run"] = exit_during is not None
+            try:
+                count_output_tokens(test.records, tokenizer)
+            except Exception as exc:  # a check that failed must not cost the measured run
+                doc["client_token_count_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        doc["server_exited_during_run"] = bool(server and server.proc.poll() is not None)
         doc["complete"] = True
     except (KeyboardInterrupt, Interrupted, asyncio.CancelledError) as exc:
         # Snakemake removes a failed job's outputs: what was measured goes next to the journal
-        doc["interrupted"] = type(exc).__name__
+        doc["interrupted"] = caught.get("signal") or type(exc).__name__
         partial = Path(journal).with_name(Path(journal).name.split(".")[0] + ".interrupted")
-        out_requests, out_telemetry, out_run = (str(partial / n) for n in ("requests.parquet", "telemetry.parquet", "run.json"))
+        out_requests, out_telemetry, out_run, out_engine_metrics = (
+            str(partial / n) for n in ("requests.parquet", "telemetry.parquet", "run.json", "engine_metrics.parquet"))
         raise Interrupted(f"load test interrupted; what it measured is in {partial}") from None
     finally:
-        signal.signal(signal.SIGTERM, old_term)
-        doc["server_stop"] = server.stop(espec["stop_grace_s"])
-        if telemetry is not None:
-            telemetry.stop()
-        _write_outputs(doc, test, settings, manifest, probe, prompts, tel_tmp,
-                       out_requests, out_telemetry, out_run)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut teardown short
+        try:
+            if scraper is not None:
+                scraper.stop()
+                doc["engine_metrics"] = scraper.summary()
+            if server is not None:
+                doc["server_stop"] = server.stop(espec["stop_grace_s"])
+                doc["engine_log_lines"] = [provenance.scrub(l) for l in grep_log(server_log, eng.log_patterns)]
+            if telemetry is not None:
+                telemetry.stop()
+            _write_outputs(doc, test, settings, manifest, probe, prompts, tel_tmp,
+                           out_requests, out_telemetry, out_run, scraper, out_engine_metrics)
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
     return doc
 
 
-async def _cancellable(coro):
-    """Run coro; SIGTERM or SIGINT cancels it, so every in-flight request records 'cancelled'."""
+async def _cancellable(coro, caught: dict | None = None):
+    """Run coro; SIGTERM or SIGINT cancels it, so every in-flight request records 'cancelled'.
+    The signal's name goes into caught['signal']."""
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(coro)
+
+    def on_signal(sig):
+        if caught is not None:
+            caught["signal"] = sig.name
+        task.cancel()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         return await task
     finally:
@@ -161,7 +241,9 @@ async def _cancellable(coro):
             loop.remove_signal_handler(sig)
 
 
-def _write_outputs(doc, test, settings, manifest, probe, prompts, tel_tmp, out_requests, out_telemetry, out_run):
+
+def _write_outputs(doc, test, settings, manifest, probe, prompts, tel_tmp, out_requests, out_telemetry, out_run,
+                   scraper=None, out_engine_metrics=None):
     prov = provenance.block(
         config_hash=canonical_hash(settings),
         engine={k: probe.get(k) for k in ("kind", "version", "version_commit", "binary_sha256")},
@@ -187,5 +269,9 @@ def _write_outputs(doc, test, settings, manifest, probe, prompts, tel_tmp, out_r
     else:
         tel = pd.DataFrame({"t_ns": pd.Series(dtype="int64"), "device": pd.Series(dtype="string")})
     records.write_table(tel, out_telemetry, "telemetry", prov, extra)
+    if out_engine_metrics is not None:
+        em = scraper.frame() if scraper is not None else promscrape.frame([])
+        records.write_table(em, out_engine_metrics, "engine_metrics", prov,
+                            {**extra, "scrape": doc.get("engine_metrics")})
     records.write_json(doc, out_run, "run", prov)
     json.dumps(doc, default=str)  # fail loudly here, not in a later stage, if doc is not serialisable

@@ -45,6 +45,10 @@ def hub_download(repo_id: str, revision: str, allow_patterns=None, cache_dir=Non
     """Download (or reuse from cache) a pinned hub snapshot. Honours HF_HUB_OFFLINE."""
     from huggingface_hub import snapshot_download
 
+    if set(revision) == {"0"}:
+        raise ModelError(f"{repo_id}: revision {revision} is a placeholder, not a real commit; replace "
+                         f"models.<name>.revision with the repo's commit sha (the hub's 'Files and versions' "
+                         f"page, or `huggingface-cli download {repo_id}` and read the snapshot directory name)")
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     try:
         path = snapshot_download(
@@ -149,6 +153,32 @@ def hf_config_figures(config_json: Path, weight_files: list[Path]) -> dict[str, 
     }
 
 
+def mlc_config_figures(chat_config: Path) -> dict[str, Any]:
+    """Architecture figures from an MLC-LLM build's mlc-chat-config.json (its model_config block).
+
+    MLC stores weights packed by its quantization (e.g. q4f16_1), so element counts of its shards
+    are not parameter counts: ``parameters`` is left unknown (MFU is then n/a for this model)."""
+    cfg = json.loads(chat_config.read_text())
+    mc = cfg.get("model_config", {})
+    q = cfg.get("quantization")
+    return {
+        "format": "mlc",
+        "architecture": cfg.get("model_type"),
+        "name": chat_config.parent.name,
+        "parameters": None,
+        "parameters_source": "unknown: MLC weights are stored packed by quantization " + str(q),
+        "layers": mc.get("num_hidden_layers"),
+        "hidden_size": mc.get("hidden_size"),
+        "ffn_size": mc.get("intermediate_size"),
+        "heads": mc.get("num_attention_heads"),
+        "kv_heads": mc.get("num_key_value_heads", mc.get("num_attention_heads")),
+        "context_length": mc.get("context_window_size") or cfg.get("context_window_size"),
+        "vocab_size": mc.get("vocab_size"),
+        "quantization": q,
+        "bytes_per_param": {"q0f16": 2, "q0f32": 4, "q4f16_1": 0.5, "q4f32_1": 0.5, "q3f16_1": 0.375}.get(q),
+    }
+
+
 def safetensors_parameters(files: list[Path]) -> int | None:
     """Count parameters from safetensors headers (8-byte length + JSON) without loading weights."""
     if not files:
@@ -194,8 +224,11 @@ def resolve_model(name: str, spec: dict[str, Any], cache_dir: str | None = None)
     elif (path / "config.json").is_file():
         figures = hf_config_figures(path / "config.json", files)
         serve_path = path
+    elif (path / "mlc-chat-config.json").is_file():
+        figures = mlc_config_figures(path / "mlc-chat-config.json")
+        serve_path = path
     else:
-        raise ModelError(f"model '{name}' at {path}: no .gguf file and no config.json to read figures from")
+        raise ModelError(f"model '{name}' at {path}: no .gguf file, config.json or mlc-chat-config.json to read figures from")
     # one digest for the whole model: over the per-file digests in path order
     digest = hashlib.sha256("".join(h["sha256"] for h in hashed).encode()).hexdigest() if len(hashed) > 1 else hashed[0]["sha256"]
     return {

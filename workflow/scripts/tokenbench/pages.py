@@ -5,13 +5,14 @@ from __future__ import annotations
 import html
 import json
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
-from . import metrics as metrics_mod
+from . import metrics as metrics_mod, provenance
 
 CHARTS_JS = """\
 // Embed every tokenbench chart on the page (specs are inlined, so this works from file:// too).
@@ -226,9 +227,20 @@ def render_methodology(docs: list[dict[str, Any]], runs: list[dict[str, Any]]) -
     for d in docs[:1]:
         lines.append(f"- {d['hardware'].get('peak_note')}\n")
     lines.append("## Server commands\n")
+    lines.append("Each cell's engine command exactly as launched (shell-quoted), with the environment "
+                 "variables tokenbench added; secrets are never recorded.\n")
     for r in runs:
         c = r["cell"]
-        lines.append(f"- **{c['engine']}** ({c['model']}, {c['load']}): `{' '.join(r['server_command'])}`")
+        kind = r["settings"]["engine"].get("kind", "")
+        ep = r.get("endpoint") or {}
+        if ep.get("external"):
+            key = f", API key from `${ep['api_key_env']}` (not recorded)" if ep.get("api_key_env") else ""
+            lines.append(f"- **{c['engine']}** (external endpoint; {c['model']}, {c['load']}): "
+                         f"`{provenance.scrub(ep.get('base_url', ''))}`{key}")
+            continue
+        cmd = provenance.scrub(shlex.join(r["server_command"]))
+        env = " ".join(f"{k}={shlex.quote(provenance.scrub(v))}" for k, v in sorted((r.get("server_env") or {}).items()))
+        lines.append(f"- **{c['engine']}** ({kind}; {c['model']}, {c['load']}): `{(env + ' ') if env else ''}{cmd}`")
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,12 @@ PACKAGES = ("aiohttp", "pandas", "pyarrow", "numpy", "scipy", "altair", "snakema
             "nvidia-ml-py", "psutil", "mkdocs", "mkdocs-material", "gguf", "huggingface-hub")
 
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "API_KEY")
+_EXTRA_SECRETS: set[str] = set()  # env var names a config declared as holding secrets (api_key_env)
+
+
+def register_secret(var: str, value: str | None = None) -> None:
+    """Treat the env var ``var`` as a secret: scrub() replaces its value from now on."""
+    _EXTRA_SECRETS.add(var)
 
 
 def git_sha(repo: str | Path | None = None) -> str | None:
@@ -81,7 +87,7 @@ def block(config_hash: str | None = None, **extra: Any) -> dict[str, Any]:
 def scrub(text: str, env: dict[str, str] | None = None) -> str:
     """Replace the values of secret environment variables in text before it is stored."""
     env = os.environ if env is None else env
-    for k in SECRET_ENV:
+    for k in (*SECRET_ENV, *sorted(_EXTRA_SECRETS)):
         v = env.get(k)
         if v and len(v) >= 4:
             text = text.replace(v, f"<{k}>")

@@ -1,4 +1,11 @@
-"""Server lifecycle: launch in its own process group, probe readiness, tear down with no orphans."""
+"""Server lifecycle: preflight, launch in its own process group, probe readiness, tear down with
+no orphans.
+
+Preflight checks that the port is free (or picks one) and that the GPUs are idle: no foreign
+process holds memory and utilisation is near zero, read through NVML. Teardown sends SIGTERM to
+the whole group, waits a grace period, then SIGKILLs it; it verifies the port is released and,
+on a GPU, that device memory went back to what it was before the launch.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,119 @@ class ServerError(RuntimeError):
     pass
 
 
+# ----------------------------------------------------------------------------- preflight
+def pick_port(host: str, port: int) -> int:
+    """``port`` if free, a free one if 0; a clear error if the requested port is taken."""
+    if port == 0:
+        return free_port(host)
+    if not port_is_free(host, port):
+        raise ServerError(f"port {host}:{port} is already in use; stop what holds it, or set "
+                          f"engines.<name>.port to another port or to 0 (pick a free one)")
+    return port
+
+
+def _nvml(nvml=None):
+    from .telemetry import load_nvml
+
+    nv = load_nvml(nvml)
+    if nv is None:
+        return None
+    try:
+        return nv if nv.nvmlDeviceGetCount() > 0 else None
+    except Exception:
+        return None
+
+
+def _gpu_processes(nv, h) -> list[tuple[int, int | None]]:
+    procs = []
+    for fn in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+        try:
+            for p in getattr(nv, fn)(h):
+                procs.append((int(p.pid), None if p.usedGpuMemory is None else int(p.usedGpuMemory)))
+        except Exception:
+            continue
+    return procs
+
+
+def gpu_memory_used(nvml=None) -> list[int] | None:
+    """Used bytes per GPU, or None without a GPU."""
+    nv = _nvml(nvml)
+    if nv is None:
+        return None
+    return [int(nv.nvmlDeviceGetMemoryInfo(nv.nvmlDeviceGetHandleByIndex(i)).used)
+            for i in range(nv.nvmlDeviceGetCount())]
+
+
+def gpu_idle_check(nvml=None, max_util_pct: float = 5.0, max_foreign_mib: float = 256.0,
+                   samples: int = 3, interval_s: float = 0.2, ignore_pids: set[int] | None = None) -> dict:
+    """Raise ServerError unless every GPU is idle; return what was measured.
+
+    Idle: no process other than ours (``ignore_pids``) holds more than ``max_foreign_mib`` of
+    device memory, and utilisation stays at or below ``max_util_pct`` over ``samples`` readings.
+    Without a GPU (no NVML driver) there is nothing to check.
+    """
+    nv = _nvml(nvml)
+    if nv is None:
+        return {"checked": False, "reason": "no NVIDIA GPU / NVML driver"}
+    ignore = set(ignore_pids or ()) | {os.getpid()}
+    problems, devices = [], []
+    for i in range(nv.nvmlDeviceGetCount()):
+        h = nv.nvmlDeviceGetHandleByIndex(i)
+        utils = []
+        for k in range(samples):
+            try:
+                utils.append(float(nv.nvmlDeviceGetUtilizationRates(h).gpu))
+            except Exception:
+                break
+            if k + 1 < samples:
+                time.sleep(interval_s)
+        foreign = [(pid, mem) for pid, mem in _gpu_processes(nv, h) if pid not in ignore]
+        heavy = [(pid, mem) for pid, mem in foreign if mem is None or mem > max_foreign_mib * 2**20]
+        mem = nv.nvmlDeviceGetMemoryInfo(h)
+        devices.append({"index": i, "util_pct": utils, "memory_used_bytes": int(mem.used),
+                        "foreign_processes": [{"pid": p, "used_bytes": m} for p, m in foreign]})
+        if heavy:
+            desc = ", ".join(f"pid {p} ({'?' if m is None else f'{m / 2**20:.0f} MiB'})" for p, m in heavy)
+            problems.append(f"GPU {i}: held by other processes: {desc}")
+        if utils and min(utils) > max_util_pct:
+            problems.append(f"GPU {i}: utilisation {min(utils):.0f}% (> {max_util_pct:.0f}%) before launch")
+    if problems:
+        raise ServerError("GPU not idle, refusing to benchmark on a shared device (its numbers would "
+                          "measure the other work too):\n  " + "\n  ".join(problems)
+                          + "\nStop those processes, pick another GPU (CUDA_VISIBLE_DEVICES), or relax "
+                          "preflight.max_gpu_util_pct / preflight.max_foreign_gpu_mib.")
+    return {"checked": True, "devices": devices}
+
+
+def wait_gpu_memory_returned(baseline: list[int] | None, nvml=None, tolerance_mib: float = 256.0,
+                             timeout_s: float = 30.0, poll_s: float = 0.5) -> dict:
+    """Wait until each GPU's used memory is back within tolerance of ``baseline``."""
+    if baseline is None:
+        return {"checked": False}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = gpu_memory_used(nvml) or []
+        excess = [max(0, n - b) for n, b in zip(now, baseline)]
+        if all(e <= tolerance_mib * 2**20 for e in excess):
+            return {"checked": True, "returned": True, "excess_bytes": excess}
+        if time.monotonic() >= deadline:
+            return {"checked": True, "returned": False, "excess_bytes": excess}
+        time.sleep(poll_s)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL if the parent dies (Linux), so even a SIGKILLed
+    load test leaves no engine behind. Best effort; the process group teardown is the main path."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -34,6 +154,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def grep_log(path: str | Path, patterns, limit: int = 200) -> list[str]:
+    """The last ``limit`` log lines matching any of the engine's patterns (its own throughput and
+    KV-cache lines, errors), kept with the run."""
+    import re
+
+    pats = [re.compile(p) for p in patterns]
+    if not pats:
+        return []
+    try:
+        with open(path, errors="replace") as fh:
+            hits = deque((line.rstrip("\n") for line in fh if any(p.search(line) for p in pats)), maxlen=limit)
+    except OSError:
+        return []
+    return list(hits)
+
+
 def tail(path: str | Path, n: int = 20) -> str:
     try:
         with open(path, errors="replace") as fh:
@@ -42,16 +178,50 @@ def tail(path: str | Path, n: int = 20) -> str:
         return ""
 
 
+def health_ok(url: str, timeout: float, headers: dict[str, str] | None = None) -> bool:
+    """The readiness probe: HTTP 200, and a JSON body's ``status``, if any, is ok/healthy/ready."""
+    try:
+        req = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            if r.status != 200:
+                return False
+            body = r.read()
+            try:
+                status = json.loads(body).get("status", "ok")
+            except (ValueError, AttributeError):
+                status = "ok"
+            return status in ("ok", "healthy", "ready")
+    except (urllib.error.URLError, ConnectionError, OSError, TimeoutError, ValueError):
+        return False
+
+
+def wait_endpoint_ready(url: str, timeout_s: float, headers: dict[str, str] | None = None,
+                        poll_s: float = 0.25) -> float:
+    """Readiness of a server someone else runs: poll until ready or fail after timeout_s."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if health_ok(url, min(5.0, timeout_s), headers):
+            return time.monotonic() - t0
+        time.sleep(poll_s)
+    raise ServerError(f"external endpoint not ready after {timeout_s:.0f} s at {url} (needs HTTP 200); "
+                      f"check engines.<name>.url, health_path and api_key_env")
+
+
 class Server:
     """A launched engine process. Use as a context manager: the group is always torn down."""
 
     def __init__(self, command: list[str], log_path: str | Path, host: str, port: int,
-                 health_path: str = "/health", env: dict[str, str] | None = None):
+                 health_path: str = "/health", env: dict[str, str] | None = None,
+                 nvml=None, gpu_tolerance_mib: float = 256.0, gpu_return_timeout_s: float = 30.0):
         self.command = command
         self.log_path = Path(log_path)
         self.host, self.port = host, port
         self.health_path = health_path
         self.env = env
+        self.nvml = nvml
+        self.gpu_tolerance_mib = gpu_tolerance_mib
+        self.gpu_return_timeout_s = gpu_return_timeout_s
+        self.gpu_baseline: list[int] | None = None
         self.proc: subprocess.Popen | None = None
         self.ready_s: float | None = None
 
@@ -62,6 +232,7 @@ class Server:
     def start(self) -> "Server":
         if not port_is_free(self.host, self.port):
             raise ServerError(f"port {self.host}:{self.port} is already in use; pick another engines.<name>.port or 0")
+        self.gpu_baseline = gpu_memory_used(self.nvml)  # to check teardown gives it all back
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self._log.write(f"# tokenbench: launching: {' '.join(self.command)}\n".encode())
@@ -69,22 +240,12 @@ class Server:
         self.t_launch = time.monotonic()
         # start_new_session: the server and all its children form one process group we can kill
         self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, env=self.env)
+                                     stdin=subprocess.DEVNULL, start_new_session=True, env=self.env,
+                                     preexec_fn=_die_with_parent)
         return self
 
     def _health(self, timeout: float) -> bool:
-        try:
-            with urllib.request.urlopen(self.base_url + self.health_path, timeout=timeout) as r:
-                if r.status != 200:
-                    return False
-                body = r.read()
-                try:
-                    status = json.loads(body).get("status", "ok")
-                except (ValueError, AttributeError):
-                    status = "ok"
-                return status in ("ok", "healthy", "ready")
-        except (urllib.error.URLError, ConnectionError, OSError, TimeoutError):
-            return False
+        return health_ok(self.base_url + self.health_path, timeout)
 
     def wait_ready(self, timeout_s: float, poll_s: float = 0.1) -> float:
         """Block until the health probe passes; fail fast with the log tail if the server dies."""
@@ -122,10 +283,15 @@ class Server:
                 how = "SIGKILL after grace"
         # reap any straggler left in the group (a child that ignored SIGTERM)
         _signal_group(self.proc.pid, signal.SIGKILL)
+        group_gone = _wait_group_gone(self.proc.pid, 5.0)
         released = _wait_port_released(self.host, self.port, 5.0)
-        self._log.write(f"# tokenbench: server stopped ({how}), exit code {self.proc.returncode}\n".encode())
+        gpu = wait_gpu_memory_returned(self.gpu_baseline, self.nvml, self.gpu_tolerance_mib,
+                                       self.gpu_return_timeout_s)
+        self._log.write(f"# tokenbench: server stopped ({how}), exit code {self.proc.returncode}, "
+                        f"port released: {released}, GPU memory: {gpu}\n".encode())
         self._log.close()
-        return {"stopped": how, "exit_code": self.proc.returncode, "port_released": released}
+        return {"stopped": how, "exit_code": self.proc.returncode, "port_released": released,
+                "group_gone": group_gone, "gpu_memory": gpu}
 
     def __enter__(self):
         return self.start()
@@ -139,6 +305,26 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process is left in the process group (zombies of our own child excepted)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not group_alive(pgid):
+            return True
+        time.sleep(0.05)
+    return not group_alive(pgid)
 
 
 def _wait_port_released(host: str, port: int, timeout_s: float) -> bool:

@@ -1,0 +1,161 @@
+"""run_load_test against a fake engine executable (process boundary) and a fake external endpoint:
+engine metrics scraped into Parquet, no orphan server after SIGTERM/SIGINT, API keys never stored."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tokenbench import records
+from tokenbench.config import cell_settings, validate
+from tokenbench.server import group_alive
+
+ROOT = Path(__file__).resolve().parents[2]
+FAKE = ROOT / "tests" / "fakes" / "fake_engine.py"
+
+
+def wrapper(tmp_path, *fake_args):
+    """An executable that stands where llama-server would: the fake engine behind a shell script."""
+    w = tmp_path / "llama-server"
+    w.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE} {' '.join(fake_args)} \"$@\"\n")
+    w.chmod(0o755)
+    return w
+
+
+def cell(tmp_path, engine, phases, request=None):
+    raw = {"study": {"title": "t"}, "telemetry": {"interval_s": 0.1},
+           "request": {"max_tokens": 4, "ignore_eos": True, **(request or {})},
+           "models": {"m": {"source": "local", "path": str(tmp_path)}},
+           "engines": {"e": engine}, "loads": {"l": {"phases": phases}}}
+    settings = cell_settings(validate(raw), "e", "m", "l")
+    man = tmp_path / "manifest.json"
+    records.write_json({"name": "m", "served_name": "m", "path": str(tmp_path / "model.gguf"), "sha256": "0" * 64,
+                        "source": "local"}, man, "model_manifest", None)
+    probe = tmp_path / "probe.json"
+    binary = engine.get("binary")
+    records.write_json({"kind": engine["kind"], "binary": binary, "version": "fake", "version_commit": None,
+                        "binary_sha256": None}, probe, "engine_probe", None)
+    out = tmp_path / "out"
+    paths = dict(out_requests=str(out / "requests.parquet"), out_telemetry=str(out / "telemetry.parquet"),
+                 out_run=str(out / "run.json"), out_engine_metrics=str(out / "engine_metrics.parquet"),
+                 server_log=str(tmp_path / "logs" / "server.log"), journal=str(tmp_path / "logs" / "journal.jsonl"))
+    return settings, str(man), str(probe), paths
+
+
+def test_fake_engine_cell_scrapes_engine_metrics(tmp_path):
+    from tokenbench.loadtest import run_load_test
+
+    eng = {"kind": "llama.cpp", "binary": str(wrapper(tmp_path, "--itl-ms", "20")), "max_batch": 4,
+           "max_context": 256, "metrics_interval_s": 0.2}
+    settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 2, "duration_s": 1.5}])
+    doc = run_load_test(settings, man, probe, **paths)
+    assert doc["complete"] and doc["server_stop"]["stopped"] == "SIGTERM" and doc["server_stop"]["group_gone"]
+    assert doc["server_command"][1:5] == ["--model", str(tmp_path / "model.gguf"), "--alias", "m"]
+    assert "--metrics" in doc["server_command"]
+    lines = doc["engine_log_lines"]  # the catalog's llama.cpp patterns picked the slot lines out of the log
+    assert lines and all("slot 0 released" in l for l in lines)
+    assert len(lines) <= len(pd.read_parquet(paths["out_requests"]))  # one per finished request
+    em = records.read_table(paths["out_engine_metrics"])
+    meta = records.read_meta(paths["out_engine_metrics"])
+    assert meta["kind"] == "engine_metrics" and meta["scrape"]["scrapes_ok"] >= 3
+    assert set(em["metric"]) == {"llamacpp:requests_processing", "llamacpp:tokens_predicted_total",
+                                 "llamacpp:kv_cache_usage_ratio"}  # the histogram is not kept
+    assert em["t_ns"].between(doc["server_ready_ns"], time.monotonic_ns()).all()
+    busy = em[em.metric == "llamacpp:requests_processing"]["value"]
+    assert busy.max() >= 1  # the scraper saw requests in flight during the closed-loop phase
+    tokens = em[em.metric == "llamacpp:tokens_predicted_total"]["value"]
+    req = pd.read_parquet(paths["out_requests"])
+    assert tokens.iloc[-1] <= req["output_tokens"].sum() and tokens.iloc[-1] > 0
+
+
+RUNNER = """
+import json, sys
+sys.path.insert(0, {scripts!r})
+from tokenbench.loadtest import run_load_test
+a = json.load(open({args!r}))
+run_load_test(a["settings"], a["man"], a["probe"], **a["paths"])
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_load_test_leaves_no_orphan_server(tmp_path, sig):
+    eng = {"kind": "llama.cpp", "binary": str(wrapper(tmp_path, "--spawn-child", "--itl-ms", "50")),
+           "max_batch": 2, "max_context": 256, "stop_grace_s": 3}
+    settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 2, "duration_s": 120}])
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"settings": settings, "man": man, "probe": probe, "paths": paths}))
+    script = RUNNER.format(scripts=str(ROOT / "workflow" / "scripts"), args=str(args))
+    runner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = Path(paths["server_log"])
+    journal = Path(paths["journal"])
+    deadline = time.monotonic() + 30
+    pgid = None
+    while time.monotonic() < deadline and pgid is None:
+        text = log.read_text() if log.exists() else ""
+        for line in text.splitlines():
+            if "fake engine starting" in line:
+                pgid = int(line.split("pgid ")[1].split()[0])
+        time.sleep(0.1)
+    assert pgid, log.read_text() if log.exists() else "no server log"
+    while time.monotonic() < deadline and not (journal.exists() and journal.stat().st_size > 0):
+        time.sleep(0.1)  # requests are flowing: interrupt mid-load
+    assert group_alive(pgid)
+    runner.send_signal(sig)
+    _, err = runner.communicate(timeout=60)
+    assert runner.returncode != 0
+    assert not group_alive(pgid), "engine process group survived the interrupted load test"
+    assert not Path(paths["out_run"]).exists()  # Snakemake would delete it: the records go beside the journal
+    doc = json.loads((journal.with_name("journal.interrupted") / "run.json").read_text())
+    assert doc["complete"] is False and doc["interrupted"] == sig.name
+    assert doc["server_stop"]["group_gone"] and doc["server_stop"]["port_released"]
+
+
+def test_external_endpoint_with_api_key_from_env(tmp_path, fake_server, monkeypatch):
+    from tokenbench.loadtest import run_load_test
+
+    secret = "sk-tokenbench-test-0123456789"
+    srv = fake_server(tokens=4, api_key=secret)
+    monkeypatch.setenv("TB_TEST_KEY", secret)
+    eng = {"kind": "external", "url": srv.url, "api_key_env": "TB_TEST_KEY", "metrics_paths": ["/metrics"],
+           "metrics_interval_s": 0.2, "capabilities": ["chat", "stream_usage", "ignore_eos"]}
+    settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 2, "duration_s": 1}])
+    assert "TB_TEST_KEY" in json.dumps(settings) and secret not in json.dumps(settings)
+    doc = run_load_test(settings, man, probe, **paths)
+    assert doc["complete"] and "server_stop" not in doc
+    req = pd.read_parquet(paths["out_requests"])
+    assert len(req) > 0 and (req["status"] == "ok").all() and srv.requests == len(req)
+    from tokenbench.fake_server import STATE
+
+    assert srv.app[STATE]["auth_failures"] == 0
+    assert doc["endpoint"]["api_key_env"] == "TB_TEST_KEY" and doc["endpoint"]["external"]
+    assert len(records.read_table(paths["out_engine_metrics"])) > 0
+    for f in list((tmp_path / "out").iterdir()) + list((tmp_path / "logs").iterdir()):
+        assert secret.encode() not in f.read_bytes(), f"API key leaked into {f}"
+
+
+def test_external_endpoint_without_its_key_in_the_environment(tmp_path, fake_server, monkeypatch):
+    from tokenbench.loadtest import run_load_test
+
+    srv = fake_server(api_key="x" * 12)
+    monkeypatch.delenv("TB_MISSING_KEY", raising=False)
+    eng = {"kind": "external", "url": srv.url, "api_key_env": "TB_MISSING_KEY", "capabilities": ["chat", "ignore_eos"]}
+    settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 1, "duration_s": 1}])
+    with pytest.raises(RuntimeError, match="engines.e.api_key_env names TB_MISSING_KEY, which is not set"):
+        run_load_test(settings, man, probe, **paths)
+    assert srv.requests == 0
+
+
+def test_remote_external_endpoint_is_refused_even_with_handmade_settings(tmp_path, fake_server):
+    from tokenbench.loadtest import run_load_test
+
+    srv = fake_server()
+    eng = {"kind": "external", "url": srv.url, "capabilities": ["chat", "ignore_eos"]}
+    settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 1, "duration_s": 1}])
+    settings["engine"]["url"] = "http://192.0.2.7:8000"  # bypassing config validation
+    with pytest.raises(RuntimeError, match="loopback"):
+        run_load_test(settings, man, probe, **paths)
