@@ -36,6 +36,7 @@ def main():
     ap.add_argument("--spawn-child", action="store_true")
     ap.add_argument("--tokens", type=int, default=4)
     ap.add_argument("--itl-ms", type=float, default=0.0)
+    ap.add_argument("--crash-after-requests", type=int, default=None, help="die mid-run, mid-stream")
     a, ignored = ap.parse_known_args()
     print(f"fake engine starting on {a.host}:{a.port} pid {os.getpid()} pgid {os.getpgid(0)}"
           + (f" (ignoring {' '.join(ignored)})" if ignored else ""), flush=True)
@@ -67,6 +68,20 @@ def main():
         return resp
 
     app.middlewares.append(slot_log)
+
+    if a.crash_after_requests is not None:
+        seen = {"n": 0}
+
+        @web.middleware
+        async def crash(request, handler):  # the whole server dies while streams are open
+            if request.path.endswith("completions"):
+                seen["n"] += 1
+                if seen["n"] > a.crash_after_requests:
+                    print("fatal: CUDA error: an illegal memory access (simulated)", flush=True)
+                    os._exit(134)
+            return await handler(request)
+
+        app.middlewares.append(crash)
     web.run_app(app, host=a.host, port=a.port, print=None, handle_signals=not a.ignore_sigterm)
 
 

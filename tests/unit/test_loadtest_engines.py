@@ -159,3 +159,27 @@ def test_remote_external_endpoint_is_refused_even_with_handmade_settings(tmp_pat
     settings["engine"]["url"] = "http://192.0.2.7:8000"  # bypassing config validation
     with pytest.raises(RuntimeError, match="loopback"):
         run_load_test(settings, man, probe, **paths)
+
+
+def test_server_crash_mid_run_keeps_every_request_and_marks_the_run_invalid(tmp_path):
+    from tokenbench.loadtest import run_load_test
+    from tokenbench.metrics import compute_metrics
+    from tokenbench.merge import merge_telemetry
+
+    eng = {"kind": "llama.cpp", "binary": str(wrapper(tmp_path, "--crash-after-requests", "6", "--itl-ms", "20",
+                                                     "--tokens", "8")),
+           "max_batch": 2, "max_context": 256, "stop_grace_s": 3}
+    settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 2, "duration_s": 2}],
+                                       request={"max_tokens": 8})
+    doc = run_load_test(settings, man, probe, **paths)
+    req = records.read_table(paths["out_requests"])
+    journal = [json.loads(l) for l in Path(paths["journal"]).read_text().splitlines()]
+    assert doc["complete"] and doc["server_exited_during_run"]
+    assert sorted(j["request_id"] for j in journal) == sorted(req["request_id"])
+    assert (req["status"] == "ok").sum() >= 4 and (req["status"] == "disconnect").sum() >= 1
+    assert set(req["status"]) <= {"ok", "disconnect"}
+    run = records.read_json(paths["out_run"])
+    tl = merge_telemetry(req, records.read_table(paths["out_telemetry"]), run)
+    m, _ = compute_metrics(req, tl, run, {"name": "m", "figures": {}}, {"name": "auto"}, None, {"max_error_rate": 0.01})
+    assert m["valid"] is False and m["server_exited_during_run"]
+    assert any("error rate" in f for f in m["phases"][0]["validity"]["failed_checks"])

@@ -82,9 +82,13 @@ def test_usage_count_is_spread_over_chunks():
 
 
 def test_windows_and_summary():
-    df = frame([req(i, "steady", i * S, 0, 10, 10) for i in range(10)])
-    w = windows(df, MARK, 5.0)
+    # TTFT 100 ms in the first 5 s, 900 ms in the next 5 s
+    df = frame([req(i, "steady", i * S, 100 if i < 5 else 900, 10, 10) for i in range(10)])
+    w = windows(df, MARK, 5.0, slo={"ttft_ms": 500})
     assert list(w.output_tok_s) == [10.0, 10.0] and list(w.requests_per_s) == [1.0, 1.0]
+    assert list(w.goodput_rps) == [1.0, 0.0]
+    assert list(w.ttft_p50_ms) == pytest.approx([100, 900])
+    assert w.loc[1, "e2e_p99_ms"] == pytest.approx(900 + 90 + 1)
 
 
 def test_phase_of_and_inflight():

@@ -71,20 +71,30 @@ def itl_ms(ok: pd.DataFrame) -> np.ndarray:
     return np.concatenate(gaps) / 1e6 if gaps else np.array([])
 
 
-def windows(req: pd.DataFrame, mark: dict[str, Any], window_s: float = WINDOW_S) -> pd.DataFrame:
-    """Output tokens and finished requests per fixed window of the phase's issuing interval."""
+def windows(req: pd.DataFrame, mark: dict[str, Any], window_s: float = WINDOW_S,
+            slo: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Per fixed window of the phase's issuing interval: output tokens/s (by arrival), finished
+    requests/s, goodput and latency percentiles of the requests that finished in the window."""
     start, end = mark["start_ns"], mark["end_ns"]
     w = int(window_s * 1e9)
     n = max(1, int((end - start) // w))
     edges = start + np.arange(n + 1) * w
     tok_t, tok_w = token_times(req)
     tok = np.histogram(tok_t, bins=edges, weights=tok_w)[0] if len(tok_t) else np.zeros(n)
-    ends = req.loc[req["status"] == "ok", "end_ns"].dropna().to_numpy(dtype=np.int64)
-    done = np.histogram(ends, bins=edges)[0] if len(ends) else np.zeros(n)
-    return pd.DataFrame({
-        "phase": mark["name"], "window": np.arange(n), "start_s": (edges[:-1] - start) / 1e9,
-        "output_tok_s": tok / window_s, "requests_per_s": done / window_s,
-    })
+    out = pd.DataFrame({"phase": mark["name"], "window": np.arange(n), "start_s": (edges[:-1] - start) / 1e9,
+                        "output_tok_s": tok / window_s})
+    ok = request_latencies(req)
+    ok = ok[ok["end_ns"].notna()]
+    idx = ((ok["end_ns"].to_numpy(dtype=np.int64) - start) // w)
+    ok = ok.assign(window=idx, meets=slo_mask(ok, slo))
+    ok = ok[(ok["window"] >= 0) & (ok["window"] < n)]
+    g = ok.groupby("window")
+    out["requests_per_s"] = g.size().reindex(out["window"], fill_value=0).to_numpy() / window_s
+    out["goodput_rps"] = g["meets"].sum().reindex(out["window"], fill_value=0).to_numpy() / window_s
+    for col, q in (("ttft_ms", 50), ("ttft_ms", 99), ("e2e_ms", 50), ("e2e_ms", 99)):
+        vals = g[col].apply(lambda v, q=q: float(np.percentile(v.astype(float), q)) if len(v) else np.nan)
+        out[f"{col.removesuffix('_ms')}_p{q}_ms"] = vals.reindex(out["window"]).to_numpy(dtype=float)
+    return out
 
 
 def telemetry_summary(tl: pd.DataFrame, phase: str) -> dict[str, Any]:
@@ -158,14 +168,21 @@ def token_count_check(ok: pd.DataFrame) -> dict[str, Any]:
             "token_count_mean_diff": float(diff.mean()) if len(both) else None}
 
 
+def slo_mask(ok: pd.DataFrame, slo: dict[str, Any] | None) -> pd.Series:
+    """True for requests meeting every configured SLO bound (1-token requests have no TPOT)."""
+    meets = pd.Series(True, index=ok.index)
+    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        bound = (slo or {}).get(key)
+        if bound is not None:
+            meets &= (ok[key] <= bound).fillna(key == "tpot_ms").astype(bool)
+    return meets
+
+
 def goodput(ok: pd.DataFrame, mark: dict[str, Any], slo: dict[str, Any]) -> dict[str, Any]:
     bounds = {k: v for k, v in (slo or {}).items() if v is not None}
     dur = (mark["end_ns"] - mark["start_ns"]) / 1e9
     in_win = (ok["end_ns"] >= mark["start_ns"]) & (ok["end_ns"] < mark["end_ns"])
-    meets = in_win.copy()
-    for key, col in (("ttft_ms", "ttft_ms"), ("tpot_ms", "tpot_ms"), ("e2e_ms", "e2e_ms")):
-        if key in bounds:
-            meets &= (ok[col] <= bounds[key]).fillna(key == "tpot_ms")  # 1-token requests have no TPOT
+    meets = in_win & slo_mask(ok, bounds)
     n_meet = int(meets.sum())
     return {
         "slo": bounds,
@@ -246,7 +263,7 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
     m["itl_ms"] = dist(itl_ms(ok).tolist())
     # per-request decode rate (seed 002's "per-request tok/s"): 1000 / TPOT
     m["decode_tok_s_per_request"] = dist((1000.0 / ok["tpot_ms"]).astype(float).tolist())
-    w = windows(pr, mark)
+    w = windows(pr, mark, slo=slo)
     m["window_output_tok_s"] = dist(w["output_tok_s"].tolist())
     m.update(goodput(ok, mark, slo))
     m["validity"] = validity(m, rules, loop_lag)
@@ -287,7 +304,7 @@ def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], ma
     phases = [phase_metrics(req, tl, mk, params, peak, hw_cfg, slo, rules, lag.get(mk["name"]))
               for mk in run["phases"]]
     steady = [p for p in phases if not p["warmup"] and p["mode"] != "idle"]
-    win = [windows(req[req["phase"] == mk["name"]], mk) for mk in run["phases"] if mk["mode"] != "idle"]
+    win = [windows(req[req["phase"] == mk["name"]], mk, slo=slo) for mk in run["phases"] if mk["mode"] != "idle"]
     labels = dict(LABELS)
     labels["mfu_pct"] = "estimated" if not run["hardware"].get("peak_measured") else "measured"
     any_power = any(p.get("power_source") for p in phases)
@@ -302,7 +319,9 @@ def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], ma
         "labels": labels,
         "definitions": __doc__,
         "server_ready_s": run.get("server_ready_s"),
-        "valid": all(p["validity"]["valid"] for p in steady) and run["complete"],
+        "valid": all(p["validity"]["valid"] for p in steady) and run["complete"]
+                 and not run.get("server_exited_during_run"),
+        "server_exited_during_run": bool(run.get("server_exited_during_run")),
         "client": run.get("client"),
         "phases": phases,
     }

@@ -133,6 +133,11 @@ def render_index(study: dict[str, Any], docs: list[dict[str, Any]], fits: list[d
         f"({(hw.get('cpu') or {}).get('name', '')}, {(hw.get('cpu') or {}).get('cores', '?')} cores). "
         f"Every figure below is computed from the recorded per-request and telemetry data of this run; "
         f"{EST} marks an estimate, *n/a* a figure the data cannot carry. Definitions: [Methodology](methodology.md).\n")
+    crashed = [d["cell"] for d in docs if d.get("server_exited_during_run")]
+    if crashed:
+        lines.append('!!! danger "The server died during the load test"\n    ' + ", ".join(
+            f"{c['engine']}/{c['model']}/{c['load']}" for c in crashed) +
+            ": every request sent is recorded with its status; see the server log tail on the Runs page.\n")
     incomplete = [d["cell"] for d in docs if not d["complete"]]
     if incomplete:
         lines.append('!!! warning "Incomplete runs"\n    ' + ", ".join(
