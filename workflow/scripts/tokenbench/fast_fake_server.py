@@ -40,6 +40,7 @@ class FastBehaviour(Behaviour):
     stamp: bool = False
     burst: bool = False
     content_length: bool = False
+    group: int = 1  # zero delays: tokens per write
 
 
 class Stats:
@@ -78,7 +79,7 @@ _DONE = b"data: [DONE]\n\n"
 class _Stream:
     """One streaming response being emitted."""
 
-    __slots__ = ("conn", "b", "n", "i", "chat", "prefix", "usage", "t_recv", "t_next", "t_prev", "handle")
+    __slots__ = ("conn", "b", "n", "i", "chat", "prefix", "usage", "t_recv", "t_next", "t_prev", "handle", "frames")
 
     def __init__(self, conn, b: FastBehaviour, n: int, chat: bool, model: str, rid: int, t_recv: int):
         self.conn, self.b, self.n, self.i, self.chat = conn, b, n, 0, chat
@@ -88,6 +89,7 @@ class _Stream:
         self.t_recv = t_recv
         self.t_prev = 0
         self.handle = None
+        self.frames = None  # pre-rendered chunked frames (zero delays, no stamps)
 
     def chunk(self, i: int, t: int) -> bytes:
         b, last = self.b, i == self.n - 1
@@ -180,11 +182,25 @@ class FastFakeServer:
         self.stats = Stats()
         self.conns: set[_ServerConn] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._frames: dict = {}
+
+    def frames(self, chat: bool, n: int, model: str) -> list[bytes]:
+        """The token frames of a response, rendered once (the id is the same for every response);
+        the last one carries the usage chunk, [DONE] and the terminating zero-size chunk."""
+        key = (chat, n, model)
+        if key not in self._frames:
+            st = _Stream(None, self.b, n, chat, model, 0, 0)
+            fr = [_frame(st.chunk(i, 0)) for i in range(n)]
+            fr[-1] = _frame(st.chunk(n - 1, 0) + st.tail(0)) + b"0\r\n\r\n"
+            self._frames[key] = fr
+        return self._frames[key]
 
     def handle(self, conn: _ServerConn, method: bytes, path: str, body: bytes) -> None:
         if method == b"GET":
             if path == "/health":
                 return conn.respond(200, {"status": "ok"})
+            if path == "/v1/models":  # some peers ask which model is served
+                return conn.respond(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
             if path.startswith("/stats"):
                 s = self.stats.summary()
                 if "reset=1" in path:
@@ -221,12 +237,32 @@ class FastFakeServer:
                 w(_SSE_HEAD + _frame(payload) + b"0\r\n\r\n")
             return conn.done()
         w(_SSE_HEAD + (_frame(st.role()) if chat and b.role_chunk else b""))
+        if n == 0:
+            w(_frame(st.tail(now_ns())) + b"0\r\n\r\n")
+            return conn.done()
+        if not (b.stamp or b.ttft_ms or b.itl_ms or b.fail_after is not None):
+            st.frames = self.frames(chat, n, req.get("model", "fake"))
+            st.handle = self.loop.call_soon(self._emit_fast, st)
+            return
         if b.ttft_ms:
             st.t_next = t_recv + int(b.ttft_ms * 1e6)
             st.handle = self.loop.call_at(st.t_next / 1e9, self._emit, st)
         else:
             st.t_next = t_recv
             st.handle = self.loop.call_soon(self._emit, st)
+
+    def _emit_fast(self, st: _Stream) -> None:
+        conn = st.conn
+        if conn.stream is not st or conn.transport.is_closing():
+            return
+        i = st.i
+        j = min(i + self.b.group, st.n)
+        conn.transport.write(st.frames[i] if j == i + 1 else b"".join(st.frames[i:j]))
+        self.stats.tokens += j - i
+        st.i = j
+        if j == st.n:
+            return conn.done()
+        st.handle = self.loop.call_soon(self._emit_fast, st)
 
     def _emit(self, st: _Stream) -> None:
         conn, b = st.conn, self.b
@@ -341,6 +377,7 @@ def main(argv=None) -> None:
     ap.add_argument("--itl-ms", type=float, default=0.0)
     ap.add_argument("--stamp", action="store_true", help="put the server's send time (monotonic ns) in each chunk")
     ap.add_argument("--burst", action="store_true", help="zero delays: one write per response")
+    ap.add_argument("--group", type=int, default=1, help="zero delays: tokens per write (default 1)")
     ap.add_argument("--no-role-chunk", action="store_true")
     ap.add_argument("--precise", action="store_true", help="spin for precise timers (needs its own core)")
     ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU (Linux)")
@@ -350,7 +387,7 @@ def main(argv=None) -> None:
         os.sched_setaffinity(0, {a.cpu})
     _check_clock()
     b = FastBehaviour(tokens=a.tokens, ttft_ms=a.ttft_ms, itl_ms=a.itl_ms, role_chunk=not a.no_role_chunk,
-                      stamp=a.stamp, burst=a.burst)
+                      stamp=a.stamp, burst=a.burst, group=a.group)
     loop = new_loop(a.precise)
     asyncio.set_event_loop(loop)
     srv = FastFakeServer(b)
