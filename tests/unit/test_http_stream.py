@@ -277,10 +277,12 @@ def test_close_delimited_body_and_connection_close():
 def test_protocol_errors():
     bad_status = b"SPDY/9 OK\r\n\r\n"
     bad_chunk = SSE_HEAD + b"zz\r\ndata: x\n\n\r\n"
-    (((r1, _), (r2, _)), conns) = scripted([[(0, bad_status)], [(0, bad_chunk)]])
+    short_size = SSE_HEAD + b"3\r\ndata: x\n\n\r\n0\r\n\r\n"  # the data is longer than its declared size
+    (((r1, _), (r2, _), (r3, e3)), conns) = scripted([[(0, bad_status)], [(0, bad_chunk)], [(0, short_size)]])
     assert r1.error.startswith("protocol: bad status line")
     assert r2.error.startswith("protocol: bad chunk size")
-    assert conns == 2  # a connection with a protocol error is never reused
+    assert r3.error == "protocol: chunk data longer than its size" and not e3
+    assert conns == 3  # a connection with a protocol error is never reused
 
 
 def test_100_continue_then_the_real_response():

@@ -233,8 +233,34 @@ class _Conn(asyncio.Protocol):
         out = []
         pos, n = 0, len(data)
         state = self._cstate
+        find = data.find
         while pos < n:
-            if state == _C_DATA:
+            if state == _C_SIZE:
+                nl = find(b"\n", pos)
+                if nl < 0:
+                    self._stash(data[pos:])
+                    break
+                line = data[pos:nl]
+                if self._cbuf:
+                    line, self._cbuf = self._cbuf + line, b""
+                pos = nl + 1
+                try:
+                    size = int(line.split(b";", 1)[0] if b";" in line else line, 16)  # int() strips the \r
+                except ValueError:
+                    raise _ProtocolError(f"bad chunk size {line[:40]!r}") from None
+                if size < 0:
+                    raise _ProtocolError(f"bad chunk size {line[:40]!r}")
+                if not size:
+                    state = _C_TRAILER
+                    continue
+                end = pos + size
+                if end + 2 <= n and data[end:end + 2] == b"\r\n":  # the common case: all of it is here
+                    out.append(data[pos:end])
+                    pos = end + 2
+                    continue
+                self._remaining = size
+                state = _C_DATA
+            elif state == _C_DATA:
                 take = self._remaining
                 if n - pos >= take:
                     out.append(data[pos:pos + take])
@@ -245,13 +271,10 @@ class _Conn(asyncio.Protocol):
                     out.append(data[pos:])
                     self._remaining = take - (n - pos)
                     pos = n
-            else:  # a CRLF-terminated line: chunk size, the CRLF after data, or a trailer
-                nl = data.find(b"\n", pos)
+            else:  # the CRLF after chunk data, or a trailer line (until an empty one)
+                nl = find(b"\n", pos)
                 if nl < 0:
-                    self._cbuf += data[pos:]
-                    if len(self._cbuf) > 4096:
-                        raise _ProtocolError("chunk-size line too long")
-                    pos = n
+                    self._stash(data[pos:])
                     break
                 line = data[pos:nl]
                 if self._cbuf:
@@ -259,30 +282,22 @@ class _Conn(asyncio.Protocol):
                 pos = nl + 1
                 if line.endswith(b"\r"):
                     line = line[:-1]
-                if state == _C_SIZE:
-                    try:
-                        size = int(line.split(b";", 1)[0], 16)
-                    except ValueError:
-                        raise _ProtocolError(f"bad chunk size {line[:40]!r}") from None
-                    if size < 0:
-                        raise _ProtocolError(f"bad chunk size {line[:40]!r}")
-                    if size:
-                        self._remaining = size
-                        state = _C_DATA
-                    else:
-                        state = _C_TRAILER
-                elif state == _C_DATA_END:
+                if state == _C_DATA_END:
                     if line:
                         raise _ProtocolError("chunk data longer than its size")
                     state = _C_SIZE
-                else:  # trailer lines until an empty one
-                    if not line:
-                        self._cstate = _C_SIZE
-                        payload = out[0] if len(out) == 1 else b"".join(out)
-                        return payload, True, n - pos
+                elif not line:
+                    self._cstate = _C_SIZE
+                    payload = out[0] if len(out) == 1 else b"".join(out)
+                    return payload, True, n - pos
         self._cstate = state
         payload = out[0] if len(out) == 1 else b"".join(out)
         return payload, False, 0
+
+    def _stash(self, part: bytes) -> None:
+        self._cbuf += part
+        if len(self._cbuf) > 4096:
+            raise _ProtocolError("chunk-size line too long")
 
     def _feed(self, t: int, payload: bytes) -> None:
         if self._line:
@@ -296,17 +311,18 @@ class _Conn(asyncio.Protocol):
 
     def _deliver(self, t: int, lines) -> None:
         on_event = self.on_event
-        res = self.res
-        for line in lines:
-            if line[:5] == b"data:":
-                data = line[5:]
-                if data[:1] == b" ":
-                    data = data[1:]
-                if data[-1:] == b"\r":
-                    data = data[:-1]
-                res.events += 1
-                on_event(t, data)
-            # everything else: blank separators, ":" comments, event:/id:/retry: fields
+        k = 0
+        try:
+            for line in lines:
+                if line.startswith(b"data:"):
+                    data = line[6:] if line[5:6] == b" " else line[5:]
+                    if data.endswith(b"\r"):
+                        data = data[:-1]
+                    k += 1
+                    on_event(t, data)
+                # everything else: blank separators, ":" comments, event:/id:/retry: fields
+        finally:
+            self.res.events += k
 
     def _finish(self, t: int, reuse: bool) -> None:
         res, done = self.res, self.done
