@@ -45,6 +45,8 @@ sys.path.insert(0, str(SCRIPTS))  # this checkout's tokenbench, before any insta
 now_ns = time.monotonic_ns
 PEERS_DIR = ROOT / ".venv-peers"
 PEER_VERSIONS = {"guidellm": "guidellm==0.8.1", "aiperf": "aiperf==0.13.0"}
+EXTRAS_DIR = PEERS_DIR / "extras"  # optional speed-ups tried by the bench (pip --target), not project deps
+EXTRAS = ["uvloop==0.23.0"]
 
 CAPS = {"chat", "completions", "stream_usage", "ignore_eos"}
 
@@ -364,6 +366,7 @@ def worker(spec: dict) -> None:
     uv = False
     if kind == "stream+uvloop":
         from tokenbench.http_stream import install_uvloop
+        sys.path.append(str(EXTRAS_DIR))  # after the project's own packages
         uv = install_uvloop()
         if not uv:
             print(json.dumps({"error": "uvloop is not installed"}))
@@ -616,6 +619,24 @@ def table(rows, cols, title, log):
             log(f"  ! {r.get('client')} c={r.get('concurrency', '')}: {str(r['error'])[:400]}")
 
 
+def ensure_extras(install: bool, log) -> str | None:
+    """uvloop for the 'stream+uvloop' client: the project's environment if it has it, else
+    .venv-peers/extras (pip --target), so the project's venv is left as it is."""
+    try:
+        import uvloop  # noqa: F401
+        return uvloop.__version__
+    except ImportError:
+        pass
+    probe = [sys.executable, "-c", f"import sys; sys.path.append({str(EXTRAS_DIR)!r}); import uvloop; print(uvloop.__version__)"]
+    p = subprocess.run(probe, capture_output=True, text=True)
+    if p.returncode != 0 and install:
+        log(f"  installing {' '.join(EXTRAS)} into {EXTRAS_DIR} (pip --target; the project venv is not touched)")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(EXTRAS_DIR), *EXTRAS],
+                       capture_output=True, timeout=600)
+        p = subprocess.run(probe, capture_output=True, text=True)
+    return p.stdout.strip() if p.returncode == 0 else None
+
+
 def machine_info():
     info = {"cores": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "loadavg_start": os.getloadavg(), "python": platform.python_version(), "platform": platform.platform()}
@@ -628,11 +649,6 @@ def machine_info():
         pass
     import aiohttp
     info["aiohttp"] = aiohttp.__version__
-    try:
-        import uvloop
-        info["uvloop"] = uvloop.__version__
-    except ImportError:
-        info["uvloop"] = None
     return info
 
 
@@ -667,6 +683,7 @@ def main(argv=None):
     rates = [100, 1000] if q else [10, 100, 500, 1000]
     server_cpu, client_cpu = cpus()
     info = machine_info()
+    info["uvloop"] = ensure_extras(not a.no_peer_install, print)
     info.update({"server_cpu": server_cpu, "client_cpu": client_cpu, "quick": q, "tokens": a.tokens})
     clients = ["aiohttp", "stream"] + (["stream+uvloop"] if info["uvloop"] else []) + ["stream/nojson"]
     log(f"tokenbench client benchmark  ({time.strftime('%Y-%m-%d %H:%M:%S')})")
