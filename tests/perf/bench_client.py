@@ -3,7 +3,7 @@
 
 One command runs everything and prints tables (and writes JSON with --out):
 
-    .venv/bin/python tests/perf/bench_client.py            # ~5 min
+    .venv/bin/python tests/perf/bench_client.py            # ~6 min
     .venv/bin/python tests/perf/bench_client.py --quick    # ~1 min
     .venv/bin/python tests/perf/bench_client.py --peers none --out bench.json
 
@@ -785,6 +785,8 @@ def main(argv=None):
     ap.add_argument("--no-pin", action="store_true", help="do not pin server and client to separate CPUs")
     ap.add_argument("--no-journal", action="store_true",
                     help="run LoadTest without its per-request JSONL journal (the pipeline always writes one)")
+    ap.add_argument("--clients", help="comma list of aiohttp, stream, stream+uvloop, stream/nojson "
+                    "(default: the first three; aiohttp,stream with --quick); open loop runs aiohttp and stream")
     ap.add_argument("--tokens", type=int, default=64, help="output tokens per request (capacity, timing)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -804,9 +806,9 @@ def main(argv=None):
         a.peers = "none" if a.quick else "guidellm,aiperf"  # peers start slowly: not in a one-minute run
     peers = [] if a.peers == "none" else [p for p in a.peers.split(",") if p]
     concs = [1, 64, 512]
-    cap_s = 2.5 if q else 5.0
-    timing_s = 2.5 if q else 4.0
-    peer_s = 4 if q else 6
+    cap_s = 2.5 if q else 4.0
+    timing_s = 2.5 if q else 3.0
+    peer_s = 4 if q else 5
     open_s = 2.0 if q else 3.0
     rates = [100, 1000] if q else [10, 100, 500, 1000]
     global NO_JOURNAL
@@ -815,8 +817,10 @@ def main(argv=None):
     info = machine_info()
     info["uvloop"] = ensure_extras(not a.no_peer_install, print)
     info.update({"server_cpu": server_cpu, "client_cpu": client_cpu, "quick": q, "tokens": a.tokens})
-    uv = ["stream+uvloop"] if info["uvloop"] else []
-    clients = ["aiohttp", "stream"] + ([] if q else uv + ["stream/nojson"])
+    wanted = (a.clients or ("aiohttp,stream" if q else "aiohttp,stream,stream+uvloop")).split(",")
+    uv = ["stream+uvloop"] if info["uvloop"] and "stream+uvloop" in wanted else []
+    clients = [c for c in wanted if c != "stream+uvloop" or uv]
+    base = [c for c in ("aiohttp", "stream") if c in clients]
     log(f"tokenbench client benchmark  ({time.strftime('%Y-%m-%d %H:%M:%S')})")
     log(f"machine: {info.get('cpu', '?')}, {info['cores']} cores, load average {', '.join(f'{x:.2f}' for x in info['loadavg_start'])}"
         f" (1/5/15 min); python {info['python']}, aiohttp {info['aiohttp']}, uvloop {info['uvloop'] or 'not installed'}")
@@ -901,7 +905,7 @@ def main(argv=None):
             if not group:
                 continue
             with Server(server_cpu, ttok, ttft, itl, stamp=True, precise=True) as srv:
-                for c in ["aiohttp", "stream"] + ([] if q else uv):
+                for c in base + uv:
                     for n in group:
                         srv.stats(reset=True)
                         (r,) = run_worker(c, srv, [{"mode": "closed", "concurrency": n, "duration": timing_s,
@@ -940,7 +944,7 @@ def main(argv=None):
         log(f"\n[open loop] 4-token requests, zero delays, {open_s:g} s per point (at least 50 arrivals)")
         rows = []
         with Server(server_cpu, 4) as srv:
-            for c in ["aiohttp", "stream"]:
+            for c in base:
                 jobs = []
                 for rate in rates:
                     d = max(open_s, 50 / rate)  # at least 50 arrivals
