@@ -263,7 +263,7 @@ def test_one_timestamp_per_read():
 
 
 def test_close_delimited_body_and_connection_close():
-    close_delim = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: a\n\ndata: b\n\n"
+    close_delim = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: a\n\ndata: b"  # last line: no newline
     with_close = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n"
                   b"Content-Length: 9\r\n\r\ndata: c\n\n")
     ok = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 9\r\n\r\ndata: d\n\n"

@@ -116,8 +116,15 @@ class _Conn(asyncio.Protocol):
             self.pool._forget_idle(self)
         if self.res is not None and self.done is not None and not self.done.done():
             t = _now()
-            if not self._in_head and self._framing == _UNTIL_CLOSE:
-                self._finish(t, reuse=False)  # the close is the end of this body
+            if not self._in_head and self._framing == _UNTIL_CLOSE:  # the close is the end of this body
+                if self._sse and self._line:  # a last line without its newline
+                    line, self._line = self._line, b""
+                    try:
+                        self._deliver(t, [line])
+                    except Exception as err:  # noqa: BLE001 - on_event's own failure
+                        self._fail(t, f"protocol: on_event raised {type(err).__name__}: {err}")
+                if self.res is not None:
+                    self._finish(t, reuse=False)
             else:
                 where = "before the response" if self._in_head and not self._head_buf else "mid-response"
                 why = f"{type(exc).__name__}: {exc}" if exc else "connection closed by the server"
