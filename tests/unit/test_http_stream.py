@@ -1,0 +1,298 @@
+import asyncio
+import json
+import time
+
+import pytest
+
+from tokenbench.fast_fake_server import FastBehaviour, ThreadedFastFakeServer
+from tokenbench.http_stream import StreamPool
+
+BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                   "max_tokens": 64, "stream_options": {"include_usage": True}}).encode()
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture
+def fast_server():
+    servers = []
+
+    def start(**kw):
+        s = ThreadedFastFakeServer(FastBehaviour(**kw))
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def collect():
+    events = []
+    return events, lambda t, d: events.append((t, d))
+
+
+def post(port, n=1, timeout_s=5.0, **pool_kw):
+    """n sequential requests on one pool; returns (results, events per request, pool)."""
+
+    async def main():
+        pool = StreamPool("127.0.0.1", port, **pool_kw)
+        out = []
+        for _ in range(n):
+            ev, cb = collect()
+            out.append((await pool.post_sse(CHAT, BODY, cb, timeout_s), ev))
+        await pool.close()
+        return out, pool
+
+    out, pool = asyncio.run(main())
+    return [r for r, _ in out], [e for _, e in out], pool
+
+
+def contents(events):
+    out = []
+    for _, d in events:
+        if d != b"[DONE]":
+            for ch in json.loads(d)["choices"]:
+                if ch.get("delta", {}).get("content"):
+                    out.append(ch["delta"]["content"])
+    return out
+
+
+def test_normal_stream_against_the_aiohttp_fake_server(fake_server):
+    srv = fake_server(tokens=5, ttft_ms=20, itl_ms=2)
+    t0 = time.monotonic_ns()
+    (res,), (ev,), pool = post(srv.port)
+    assert res.status == 200 and res.error is None and res.headers["content-type"] == "text/event-stream"
+    assert res.headers.get("transfer-encoding") == "chunked"
+    assert ev[-1][1] == b"[DONE]"
+    assert contents(ev) == ["t0 ", "t1 ", "t2 ", "t3 ", "t4 "]
+    assert json.loads(ev[0][1])["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert json.loads(ev[-2][1])["usage"]["completion_tokens"] == 5
+    times = [t for t, _ in ev]
+    assert t0 < res.headers_ns <= res.first_byte_ns <= times[0] <= times[-1] <= res.end_ns
+    assert times == sorted(times)
+    # the role chunk comes at once, the first content chunk after the injected 20 ms
+    assert (times[1] - times[0]) / 1e6 >= 15
+    assert res.events == len(ev) == 8
+
+
+@pytest.mark.parametrize("content_length", [False, True])
+def test_chunked_and_content_length_bodies_give_the_same_events(fast_server, content_length):
+    srv = fast_server(tokens=7, content_length=content_length)
+    (r1, r2), (e1, e2), pool = post(srv.port, n=2)
+    framing = "content-length" if content_length else "transfer-encoding"
+    assert framing in r1.headers and r1.status == 200 and r1.error is None
+    assert contents(e1) == contents(e2) == [f"t{i} " for i in range(7)]
+    assert e1[-1][1] == b"[DONE]" and r1.events == 10  # role + 7 + usage + [DONE]
+    assert r2.reused and pool.connections_opened == 1  # the body was read to its end: reusable
+
+
+def test_keep_alive_reuses_one_connection(fast_server):
+    srv = fast_server(tokens=3)
+    results, events, pool = post(srv.port, n=20)
+    assert all(r.status == 200 and r.error is None for r in results)
+    assert pool.connections_opened == 1
+    assert srv.stats.connections == 1 and srv.stats.requests == 20
+    assert [r.reused for r in results] == [False] + [True] * 19
+
+
+def test_http_error_keeps_the_body_and_delivers_no_events(fake_server):
+    srv = fake_server(status=503)
+    (r1, r2), (e1, e2), pool = post(srv.port, n=2)
+    assert r1.status == 503 and r1.error is None and not e1
+    assert json.loads(r1.body) == {"error": {"message": "injected failure"}}
+    assert r2.status == 503 and r2.reused  # a fully read error response leaves the connection usable
+
+
+def test_mid_stream_disconnect_delivers_what_came_and_is_not_reused(fast_server):
+    srv = fast_server(tokens=10, fail_after=3)
+    (r1, r2), (e1, e2), pool = post(srv.port, n=2)
+    assert r1.error is not None and r1.error.startswith("disconnect: mid-response")
+    assert contents(e1) == ["t0 ", "t1 ", "t2 "] and r1.end_ns is not None and r1.status == 200
+    assert not r2.reused and pool.connections_opened == 2
+
+
+def test_mid_stream_disconnect_aiohttp_server(fake_server):
+    srv = fake_server(tokens=10, fail_after=3)
+    (r1,), (e1,), _ = post(srv.port)
+    assert r1.error.startswith("disconnect") and contents(e1) == ["t0 ", "t1 ", "t2 "]
+
+
+def test_timeout_closes_the_connection(fast_server):
+    srv = fast_server(tokens=3, ttft_ms=2000)
+
+    async def main():
+        pool = StreamPool("127.0.0.1", srv.port)
+        ev, cb = collect()
+        t0 = time.monotonic()
+        res = await pool.post_sse(CHAT, BODY, cb, timeout_s=0.2)
+        took = time.monotonic() - t0
+        idle = len(pool._idle)
+        await asyncio.sleep(0.05)
+        server_conns = len(srv.server.conns)
+        await pool.close()
+        return res, ev, took, idle, server_conns
+
+    res, ev, took, idle, server_conns = asyncio.run(main())
+    assert res.error == "timeout" and 0.19 <= took < 1.0
+    assert res.status == 200 and len(ev) == 1  # the role chunk came before the timeout
+    assert idle == 0 and server_conns == 0  # closed, not parked in the pool
+
+
+def test_cancellation_closes_the_connection_and_reraises(fast_server):
+    srv = fast_server(tokens=50, itl_ms=20)
+
+    async def main():
+        pool = StreamPool("127.0.0.1", srv.port)
+        ev, cb = collect()
+        task = asyncio.create_task(pool.post_sse(CHAT, BODY, cb, timeout_s=10))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.05)
+        state = len(pool._all), len(pool._idle), len(srv.server.conns)
+        await pool.close()
+        return ev, state
+
+    ev, (n_all, n_idle, server_conns) = asyncio.run(main())
+    assert 2 <= len(ev) < 20
+    assert n_all == n_idle == 0 and server_conns == 0
+
+
+def test_connection_refused_is_a_disconnect():
+    (res,), (ev,), _ = post(9, timeout_s=2)  # discard port: nothing listens
+    assert res.error.startswith("disconnect: connect:") and res.status is None and not ev
+
+
+@pytest.mark.parametrize("limit, conns", [(None, 200), (16, 16)])
+def test_many_concurrent_streams(fast_server, limit, conns):
+    srv = fast_server(tokens=20, itl_ms=2)
+
+    async def main():
+        pool = StreamPool("127.0.0.1", srv.port, limit=limit)
+        evs = [collect() for _ in range(200)]
+        res = await asyncio.gather(*(pool.post_sse(CHAT, BODY, cb, 30) for _, cb in evs))
+        await pool.close()
+        return res, [e for e, _ in evs], pool
+
+    res, evs, pool = asyncio.run(main())
+    assert all(r.status == 200 and r.error is None for r in res)
+    for ev in evs:
+        assert contents(ev) == [f"t{i} " for i in range(20)] and ev[-1][1] == b"[DONE]"
+        ids = {json.loads(d)["id"] for _, d in ev[:-1]}
+        assert len(ids) == 1  # no interleaving of two responses on one callback
+    assert pool.connections_opened == conns and srv.stats.connections == conns
+
+
+# -- framing edge cases, from a scripted server ---------------------------------------------------
+
+class Scripted:
+    """Answers each request on a connection with the next script: a list of (delay_s, bytes) writes;
+    None as the bytes closes the connection."""
+
+    def __init__(self, scripts):
+        self.scripts = list(scripts)
+        self.connections = 0
+
+    async def __aenter__(self):
+        async def handle(reader, writer):
+            self.connections += 1
+            try:
+                while self.scripts:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    n = int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0]
+                            .split(b":")[1])
+                    await reader.readexactly(n)
+                    for delay, data in self.scripts.pop(0):
+                        await asyncio.sleep(delay)
+                        if data is None:
+                            writer.close()
+                            return
+                        writer.write(data)
+                        await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            writer.close()
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+
+
+def scripted(scripts, n=None, timeout_s=5):
+    async def main():
+        async with Scripted(scripts) as srv:
+            pool = StreamPool("127.0.0.1", srv.port)
+            out = []
+            for _ in range(n or len(scripts)):
+                ev, cb = collect()
+                out.append((await pool.post_sse("/x", b"{}", cb, timeout_s), ev))
+            await pool.close()
+            return out, srv.connections
+
+    return asyncio.run(main())
+
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def chunked(payload: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+def test_byte_at_a_time_crlf_lines_comments_and_fields():
+    body = (b": keep-alive comment\r\nevent: message\r\nid: 7\r\ndata: {\"a\":1}\r\n\r\n"
+            b"data:{\"b\":2}\n\nretry: 10\ndata: [DONE]\n\n")
+    wire = SSE_HEAD + chunked(body[:17]) + chunked(body[17:]) + b"0\r\nX-Trailer: 1\r\n\r\n"
+    (((res, ev),), conns) = scripted([[(0, wire[i:i + 1]) for i in range(len(wire))] + [(0.05, None)]], n=1)
+    assert res.error is None and res.status == 200
+    assert [d for _, d in ev] == [b'{"a":1}', b'{"b":2}', b"[DONE]"]
+
+
+def test_one_timestamp_per_read():
+    head = SSE_HEAD + chunked(b"data: 1\n\ndata: 2\n\n")
+    later = chunked(b"data: 3\n\n") + b"0\r\n\r\n"
+    (((res, ev),), _) = scripted([[(0, head), (0.05, later)]])
+    (t1, d1), (t2, d2), (t3, d3) = ev
+    assert (d1, d2, d3) == (b"1", b"2", b"3")
+    assert t1 == t2 == res.headers_ns == res.first_byte_ns  # one read: one stamp
+    assert (t3 - t2) / 1e6 >= 40 and t3 == res.end_ns
+
+
+def test_close_delimited_body_and_connection_close():
+    close_delim = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: a\n\ndata: b"  # last line: no newline
+    with_close = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n"
+                  b"Content-Length: 9\r\n\r\ndata: c\n\n")
+    ok = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 9\r\n\r\ndata: d\n\n"
+    (((r1, e1), (r2, e2), (r3, e3)), conns) = scripted([[(0, close_delim), (0.02, None)], [(0, with_close)], [(0, ok)]])
+    assert r1.error is None and [d for _, d in e1] == [b"a", b"b"]  # the close ends the body: not an error
+    assert r2.error is None and [d for _, d in e2] == [b"c"]
+    assert r3.error is None and [d for _, d in e3] == [b"d"]
+    assert conns == 3 and not r2.reused and not r3.reused  # neither connection could be reused
+
+
+def test_protocol_errors():
+    bad_status = b"SPDY/9 OK\r\n\r\n"
+    bad_chunk = SSE_HEAD + b"zz\r\ndata: x\n\n\r\n"
+    short_size = SSE_HEAD + b"3\r\ndata: x\n\n\r\n0\r\n\r\n"  # the data is longer than its declared size
+    (((r1, _), (r2, _), (r3, e3)), conns) = scripted([[(0, bad_status)], [(0, bad_chunk)], [(0, short_size)]])
+    assert r1.error.startswith("protocol: bad status line")
+    assert r2.error.startswith("protocol: bad chunk size")
+    assert r3.error == "protocol: chunk data longer than its size" and not e3
+    assert conns == 3  # a connection with a protocol error is never reused
+
+
+def test_100_continue_then_the_real_response():
+    wire = (b"HTTP/1.1 100 Continue\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 9\r\n\r\ndata: z\n\n")
+    (((res, ev),), _) = scripted([[(0, wire)]])
+    assert res.status == 200 and [d for _, d in ev] == [b"z"]
+
+
+def test_non_event_stream_2xx_keeps_the_body():
+    wire = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
+    (((res, ev),), _) = scripted([[(0, wire)]])
+    assert res.status == 200 and not ev and res.body == b'{"ok":true}'
