@@ -10,10 +10,9 @@ One command runs everything and prints tables (and writes JSON with --out):
 The fake server (tokenbench.fast_fake_server, a raw asyncio server) runs in its own process pinned to
 one core; each client under test runs in its own process pinned to another core. Clients:
 
-- ``aiohttp``: tokenbench.loadgen as it is (``session_factory`` + ``Client`` + ``LoadTest``);
-- ``stream``: the same LoadTest with a Client whose ``send`` runs on tokenbench.http_stream;
-- ``stream+uvloop``: the same on uvloop's event loop (if uvloop is installed);
-- ``stream/nojson``: the http_stream transport alone, no JSON parsing (a ceiling, not a client);
+- ``tokenbench``: tokenbench.loadgen as the pipeline runs it (``session_factory`` + ``Client`` +
+  ``LoadTest``, over tokenbench.http_stream, with the request journal);
+- ``tokenbench+uvloop``: the same on uvloop's event loop (if uvloop is installed);
 - peers from PyPI (guidellm, aiperf), installed into their own venvs under ``.venv-peers/``.
 
 Sections: client capacity (closed loop, zero injected delays: output tokens/s), timing error (TTFT
@@ -60,93 +59,6 @@ def request_spec(max_tokens: int) -> dict:
 # the http_stream-based client: loadgen.Client's contract, http_stream underneath
 # =================================================================================================
 
-def make_stream_client_factory(base_url: str, route_prefix: str, served_model: str, request: dict,
-                               capabilities: set[str], headers: dict | None = None, parse_json: bool = True):
-    """Like loadgen.session_factory, but the Client's ``send`` runs on http_stream.StreamPool.
-
-    ``send`` does per request what loadgen's aiohttp Client does: JSON-parse each event, record
-    headers / first byte / first content token / each content chunk / end, usage, finish_reason,
-    and map failures to the same statuses.
-    """
-    from tokenbench import loadgen
-    from tokenbench.http_stream import StreamPool
-
-    u = urlsplit(base_url)
-
-    class StreamClient(loadgen.Client):
-        def __init__(self, pool):
-            super().__init__(None, base_url, route_prefix, served_model, request, capabilities)
-            self.pool = pool
-            self.path = urlsplit(self.url).path
-
-        async def send(self, rec, prompt, timeout_s):
-            body = json.dumps(self.payload(prompt)).encode()
-            chat = self.endpoint == "chat"
-            state = {"done": False}
-            chunk_ns = rec.chunk_ns
-            loads = JSON.loads
-
-            def on_event(t, data):
-                if data == b"[DONE]":
-                    state["done"] = True
-                    return
-                if not parse_json:
-                    chunk_ns.append(t)
-                    return
-                obj = loads(data)
-                if "error" in obj:
-                    raise ValueError(f"error event: {json.dumps(obj['error'])[:300]}")
-                usage = obj.get("usage")
-                if usage:
-                    rec.prompt_tokens = usage.get("prompt_tokens")
-                    rec.output_tokens = usage.get("completion_tokens")
-                    rec.output_tokens_source = "usage"
-                for ch in obj.get("choices") or ():
-                    text = (ch.get("delta") or {}).get("content") if chat else ch.get("text")
-                    if text:
-                        chunk_ns.append(t)
-                        rec.output_chars += len(text)
-                        if rec.first_token_ns is None:
-                            rec.first_token_ns = t
-                    if ch.get("finish_reason"):
-                        rec.finish_reason = ch["finish_reason"]
-
-            rec.sent_ns = now_ns()
-            try:
-                res = await self.pool.post_sse(self.path, body, on_event, timeout_s)
-            except asyncio.CancelledError:
-                rec.end_ns, rec.status, rec.error = now_ns(), "cancelled", "run interrupted"
-                raise
-            rec.headers_ns, rec.first_byte_ns, rec.http_status = res.headers_ns, res.first_byte_ns, res.status
-            rec.end_ns = res.end_ns or now_ns()
-            err = res.error
-            if err == "timeout":
-                rec.status, rec.error = "timeout", f"no complete response within {timeout_s:g} s"
-            elif err and err.startswith("disconnect") and not state["done"] and rec.finish_reason is None:
-                rec.status, rec.error = "disconnect", err[:300]
-            elif err and err.startswith("protocol"):
-                rec.status, rec.error = "protocol_error", err[:300]
-            elif res.status != 200:
-                rec.status, rec.error = "http_error", f"HTTP {res.status}: {res.body[:300].decode('utf-8', 'replace')}"
-            elif not state["done"] and rec.finish_reason is None:
-                rec.status, rec.error = "disconnect", "stream ended before a finish_reason or [DONE]"
-            else:
-                if rec.output_tokens is None:
-                    rec.output_tokens, rec.output_tokens_source = len(rec.chunk_ns), "chunks"
-                rec.status = "ok"
-            return rec
-
-    class _Ctx:
-        async def __aenter__(self):
-            self.pool = StreamPool(u.hostname, u.port or 80, headers=headers)
-            return StreamClient(self.pool)
-
-        async def __aexit__(self, *exc):
-            await self.pool.close()
-
-    return _Ctx
-
-
 class _JsonShim:
     """json.loads that remembers the server's send stamp ("t_ns") of the object it last parsed.
 
@@ -168,19 +80,14 @@ class _JsonShim:
         return getattr(json, name)
 
 
-JSON = json  # what StreamClient parses with (swapped for the shim in timing runs)
-
-
 def instrument_stamps():
     """Pair every recorded content-chunk arrival with the server's send stamp, in both clients."""
     from dataclasses import dataclass
 
     from tokenbench import loadgen
 
-    global JSON
     shim = _JsonShim()
-    JSON = shim
-    loadgen.json = shim
+    loadgen._loads = shim.loads  # json instead of orjson in timing runs: only timing is measured there
 
     class StampList(list):
         __slots__ = ("stamps",)
@@ -216,9 +123,7 @@ def client_factory(kind: str, url: str, max_tokens: int):
     from tokenbench import loadgen
 
     req = request_spec(max_tokens)
-    if kind == "aiohttp":
-        return loadgen.session_factory(url, "/v1", "fake", req, CAPS)
-    return make_stream_client_factory(url, "/v1", "fake", req, CAPS, parse_json=kind != "stream/nojson")
+    return loadgen.session_factory(url, "/v1", "fake", req, CAPS)
 
 
 def journal_file():
@@ -254,7 +159,7 @@ async def job_closed(kind, url, conc, duration, warmup, max_tokens, timing):
            "statuses": statuses, "client_cpu_s": cpu, "wall_s": wall,
            "client_cpu_util": cpu / wall, "server_cpu_util": scpu / wall if scpu is not None else None,
            "tok_per_client_cpu_s": sum(len(r.chunk_ns) for r in test.records) / cpu if cpu else None,
-           "loop_lag_ms_p99": (pct(test.loop_lag_ns, 99) or 0) / 1e6}
+           "loop_lag_ms_p99": (pct([v for _, v in test.loop_lag], 99) or 0) / 1e6}
     if timing:
         out.update(timing_errors(test.records, w0, timing))
     return out
@@ -378,14 +283,14 @@ def worker(spec: dict) -> None:
         os.sched_setaffinity(0, {spec["cpu"]})
     kind = spec["client"]
     uv = False
-    if kind == "stream+uvloop":
+    if kind == "tokenbench+uvloop":
         from tokenbench.http_stream import install_uvloop
         sys.path.append(str(EXTRAS_DIR))  # after the project's own packages
         uv = install_uvloop()
         if not uv:
             print(json.dumps({"error": "uvloop is not installed"}))
             return
-        kind = "stream"
+        kind = "tokenbench"
     if spec.get("stamps"):
         instrument_stamps()
     results = []
@@ -741,7 +646,7 @@ def table(rows, cols, title, log):
 
 
 def ensure_extras(install: bool, log) -> str | None:
-    """uvloop for the 'stream+uvloop' client: the project's environment if it has it, else
+    """uvloop for the 'tokenbench+uvloop' client: the project's environment if it has it, else
     .venv-peers/extras (pip --target), so the project's venv is left as it is."""
     try:
         import uvloop  # noqa: F401
@@ -785,8 +690,8 @@ def main(argv=None):
     ap.add_argument("--no-pin", action="store_true", help="do not pin server and client to separate CPUs")
     ap.add_argument("--no-journal", action="store_true",
                     help="run LoadTest without its per-request JSONL journal (the pipeline always writes one)")
-    ap.add_argument("--clients", help="comma list of aiohttp, stream, stream+uvloop, stream/nojson "
-                    "(default: the first three; aiohttp,stream with --quick); open loop runs aiohttp and stream")
+    ap.add_argument("--clients", help="comma list of tokenbench, tokenbench+uvloop "
+                    "(default: both; tokenbench with --quick); open loop runs tokenbench")
     ap.add_argument("--tokens", type=int, default=64, help="output tokens per request (capacity, timing)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -817,10 +722,10 @@ def main(argv=None):
     info = machine_info()
     info["uvloop"] = ensure_extras(not a.no_peer_install, print)
     info.update({"server_cpu": server_cpu, "client_cpu": client_cpu, "quick": q, "tokens": a.tokens})
-    wanted = (a.clients or ("aiohttp,stream" if q else "aiohttp,stream,stream+uvloop")).split(",")
-    uv = ["stream+uvloop"] if info["uvloop"] and "stream+uvloop" in wanted else []
-    clients = [c for c in wanted if c != "stream+uvloop" or uv]
-    base = [c for c in ("aiohttp", "stream") if c in clients]
+    wanted = (a.clients or ("tokenbench" if q else "tokenbench,tokenbench+uvloop")).split(",")
+    uv = ["tokenbench+uvloop"] if info["uvloop"] and "tokenbench+uvloop" in wanted else []
+    clients = [c for c in wanted if c != "tokenbench+uvloop" or uv]
+    base = [c for c in ("tokenbench",) if c in clients]
     log(f"tokenbench client benchmark  ({time.strftime('%Y-%m-%d %H:%M:%S')})")
     log(f"machine: {info.get('cpu', '?')}, {info['cores']} cores, load average {', '.join(f'{x:.2f}' for x in info['loadavg_start'])}"
         f" (1/5/15 min); python {info['python']}, aiohttp {info['aiohttp']}, uvloop {info['uvloop'] or 'not installed'}")

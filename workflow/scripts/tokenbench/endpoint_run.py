@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from . import hardware, provenance, records
 from .config import ConfigError, Phase, RequestSpec, canonical_hash
-from .loadgen import LoadTest, loop_lag_by_phase, session_factory
+from .loadgen import LoadTest, event_loop_name, loop_lag_by_phase, run_async, session_factory
 from .loadtest import _cancellable, records_frame
 from .merge import merge_telemetry
 from .metrics import compute_metrics
@@ -113,7 +113,7 @@ def run_endpoint(endpoint: str, model: str, phases: list[dict[str, Any]], reques
                     progress.write("\n")
 
         try:
-            asyncio.run(_cancellable(main()))
+            run_async(_cancellable(main()))
             doc["complete"] = True
         except (KeyboardInterrupt, asyncio.CancelledError):
             doc["interrupted"] = True
@@ -122,7 +122,7 @@ def run_endpoint(endpoint: str, model: str, phases: list[dict[str, Any]], reques
     lag = loop_lag_by_phase(test.loop_lag, test.marks)
     doc["client"] = {"event_loop_lag_p99_ms": (lag.get("(run)") or {}).get("p99_ms"),
                      "event_loop_lag_by_phase": {k: v for k, v in lag.items() if k != "(run)"},
-                     "requests_sent": len(test.records)}
+                     "requests_sent": len(test.records), "event_loop": event_loop_name()}
     doc["provenance"] = prov
     req_df = records_frame(test.records)
     records.write_table(req_df, out / "requests.parquet", "requests", prov, {"complete": doc["complete"]})

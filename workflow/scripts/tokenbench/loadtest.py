@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import engines, hardware, promscrape, provenance, records
 from .config import canonical_hash
-from .loadgen import LoadTest, loop_lag_by_phase, session_factory
+from .loadgen import LoadTest, event_loop_name, loop_lag_by_phase, record_dict, run_async, session_factory
 from .prompts import PromptStream, load_prompts, prompt_set_hash
 from .server import Server, free_port, gpu_idle_check, grep_log, pick_port, wait_endpoint_ready
 from .tokenizer import EngineTokenizer
@@ -37,7 +37,7 @@ class Interrupted(Exception):
 
 
 def records_frame(recs) -> pd.DataFrame:
-    df = pd.DataFrame([asdict(r) for r in recs], columns=list(REQUEST_COLUMNS))
+    df = pd.DataFrame([record_dict(r) for r in recs], columns=list(REQUEST_COLUMNS))
     return df.astype(REQUEST_COLUMNS)
 
 
@@ -187,7 +187,7 @@ def run_load_test(settings: dict[str, Any], model_manifest: str, engine_probe: s
             factory = session_factory(base_url, route_prefix, request_model, request, caps, headers=headers or None)
             test = LoadTest(factory, PromptStream(prompts, request["seed"], settings["load"]["name"]),
                             journal=jf, seed=request["seed"])
-            asyncio.run(_cancellable(test.run(phases), caught))
+            run_async(_cancellable(test.run(phases), caught))
             signal.signal(signal.SIGTERM, _on_term)  # the event loop's handlers are gone with it
         if tokenizer is not None and request.get("client_token_count", True):
             try:
@@ -258,6 +258,7 @@ def _write_outputs(doc, test, settings, manifest, probe, prompts, tel_tmp, out_r
         "event_loop_lag_p99_ms": run_lag.get("p99_ms"),
         "event_loop_lag_max_ms": run_lag.get("max_ms"),
         "event_loop_lag_by_phase": {k: v for k, v in lag.items() if k != "(run)"},
+        "event_loop": event_loop_name(),
         "requests_sent": len(recs),
         "status_counts": pd.Series([r.status for r in recs], dtype="string").value_counts().to_dict(),
     }

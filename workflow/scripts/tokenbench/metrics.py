@@ -1,6 +1,8 @@
 """Metrics of one cell, per phase. Each metric is defined once, here (and quoted on the site).
 
-Definitions (all from the raw per-request records, timestamps on one monotonic clock):
+Definitions (all from the raw per-request records, timestamps on one monotonic clock; each
+streamed event carries the time of the socket read that delivered it, so chunks that arrive in
+one read share a timestamp and their ITL is 0):
 - TTFT: first *content* token minus actual send. Open-loop phases also report TTFT from the
   scheduled send (queueing in the client included) as ``ttft_sched``.
 - first byte: first response body byte minus actual send (kept to show how far it is from TTFT).
@@ -41,8 +43,10 @@ WINDOW_S = 5.0  # per-window aggregates, as BentoML's study reports every 5 s
 
 
 def dist(values) -> dict[str, Any]:
-    """Summary of a sample: n, mean, std and percentiles (linear interpolation), or Nones."""
-    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], dtype=float)
+    """Summary of a sample: n, mean, std and percentiles (linear interpolation), or Nones.
+    Missing and non-finite values are left out (and so not counted in n)."""
+    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and not math.isfinite(x))],
+                   dtype=float)
     out: dict[str, Any] = {"n": int(v.size)}
     if v.size == 0:
         out.update(mean=None, std=None, min=None, max=None, **{f"p{p}": None for p in PCTS})
@@ -262,7 +266,8 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
         m["send_lag_ms"] = dist(((pr["sent_ns"] - pr["scheduled_ns"]) / 1e6).astype(float).tolist())
     m["itl_ms"] = dist(itl_ms(ok).tolist())
     # per-request decode rate (seed 002's "per-request tok/s"): 1000 / TPOT
-    m["decode_tok_s_per_request"] = dist((1000.0 / ok["tpot_ms"]).astype(float).tolist())
+    # (TPOT is 0 when all of a request's chunks came in one socket read: no rate to report)
+    m["decode_tok_s_per_request"] = dist((1000.0 / ok["tpot_ms"].where(ok["tpot_ms"] > 0)).astype(float).tolist())
     w = windows(pr, mark, slo=slo)
     m["window_output_tok_s"] = dist(w["output_tok_s"].tolist())
     m.update(goodput(ok, mark, slo))
