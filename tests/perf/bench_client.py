@@ -12,7 +12,8 @@ one core; each client under test runs in its own process pinned to another core.
 
 - ``tokenbench``: tokenbench.loadgen as the pipeline runs it (``session_factory`` + ``Client`` +
   ``LoadTest``, over tokenbench.http_stream, with the request journal);
-- ``tokenbench+uvloop``: the same on uvloop's event loop (if uvloop is installed);
+- ``tokenbench+uvloop``: the same on uvloop's event loop, as the pipeline and ``tokenbench run``
+  use it wherever uvloop is installed (a project dependency on Linux and macOS);
 - peers from PyPI (guidellm, aiperf), installed into their own venvs under ``.venv-peers/``.
 
 Sections: client capacity (closed loop, zero injected delays: output tokens/s), timing error (TTFT
