@@ -296,3 +296,39 @@ def test_non_event_stream_2xx_keeps_the_body():
     wire = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
     (((res, ev),), _) = scripted([[(0, wire)]])
     assert res.status == 200 and not ev and res.body == b'{"ok":true}'
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_events_carry_their_arrival_time_even_when_the_loop_is_busy(fake_server, kernel):
+    # two tokens 50 ms apart; the client blocks its loop for 200 ms on the first one. With kernel
+    # receive timestamps the second still reads ~50 ms later; stamped at read time, ~200 ms.
+    # (TCP gives the arrival of the newest bytes of a read, so one token arrives during the block.)
+    import time as _time
+
+    from tokenbench.http_stream import StreamPool
+
+    srv = fake_server(tokens=2, itl_ms=50, role_chunk=False)
+    stamps = []
+
+    def on_event(t, data):
+        if data.startswith(b"{") and b'"content"' in data:
+            stamps.append(t)
+            if len(stamps) == 1:
+                _time.sleep(0.2)
+
+    async def go():
+        host, port = srv.url.split("//")[1].split(":")
+        pool = StreamPool(host, int(port), kernel_timestamps=kernel)
+        body = json.dumps({"model": "m", "max_tokens": 2, "stream": True,
+                           "messages": [{"role": "user", "content": "x"}]}).encode()
+        res = await pool.post_sse("/v1/chat/completions", body, on_event, 5)
+        await pool.close()
+        return res
+
+    res = asyncio.run(go())
+    assert res.error is None and len(stamps) == 2
+    gap_ms = (stamps[1] - stamps[0]) / 1e6
+    if kernel:
+        assert 40 < gap_ms < 80, gap_ms
+    else:
+        assert gap_ms >= 190, gap_ms

@@ -6,8 +6,10 @@ hot path: one :class:`asyncio.Protocol` per connection parses the response incre
 ``data_received`` and calls ``on_event`` synchronously, so the timestamp of an event is the time of
 the socket read that carried it, not the time a coroutine got around to it.
 
-Timing: ``time.monotonic_ns()`` is taken once per ``data_received`` call (one socket read) and every
-event parsed from that read carries it. The result also records when the status line and headers
+Timing: on Linux every socket read carries the kernel's receive timestamp (SO_TIMESTAMPNS: when
+the bytes reached the socket, converted to CLOCK_MONOTONIC), so an event's time does not depend on
+when the event loop got round to reading it; elsewhere ``time.monotonic_ns()`` is taken once per
+read. Every event parsed from a read carries the read's time (TCP reports the newest bytes'). The result also records when the status line and headers
 were complete (``headers_ns``), the first body byte (``first_byte_ns``) and the end (``end_ns``).
 
 Framing: ``Content-Length`` bodies, ``Transfer-Encoding: chunked`` bodies (with trailers) and bodies
@@ -28,6 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import platform
+import socket
+import struct
+import sys
+import time
 from typing import Callable
 
 from time import monotonic_ns as _now
@@ -89,8 +96,9 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
-        t = _now()
+    def data_received(self, data: bytes, t: int | None = None) -> None:
+        if t is None:
+            t = _now()
         res = self.res
         if res is None:  # bytes while idle: the server is talking out of turn; do not reuse
             self._close()
@@ -367,6 +375,115 @@ class _Conn(asyncio.Protocol):
             pass
 
 
+# Kernel receive timestamps: the time the bytes reached the socket, not the time the event loop got
+# round to reading them. When 512 streams each receive a token in the same instant, the last read
+# of that burst happens milliseconds later; its kernel timestamp does not.
+# TCP reports the arrival time of the newest bytes in the read (loopback coalesces segments).
+# Python's socket module does not export the constant: SO_TIMESTAMPNS(_OLD) is 35 on Linux's
+# asm-generic architectures (and SCM_TIMESTAMPNS is the same number).
+_GENERIC_LINUX = {"x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "s390x"}
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", None) or (
+    35 if sys.platform.startswith("linux") and platform.machine() in _GENERIC_LINUX else None)
+_SCM_TIMESTAMPNS = _SO_TIMESTAMPNS
+_TS = struct.Struct("@qq")  # struct timespec on 64-bit Linux
+
+
+class _StampedTransport:
+    """The few transport methods _Conn uses, over a non-blocking TCP socket read with recvmsg,
+    handing each read's kernel receive timestamp (converted to CLOCK_MONOTONIC) to the protocol."""
+
+    def __init__(self, loop, sock: socket.socket, protocol: _Conn):
+        self._loop, self._sock, self._protocol = loop, sock, protocol
+        self._fd = sock.fileno()
+        self._closing = False
+        self._wbuf = bytearray()
+        protocol.connection_made(self)
+        loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        sock, proto = self._sock, self._protocol
+        while not self._closing:
+            try:
+                data, anc, _, _ = sock.recvmsg(262144, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._lost(exc)
+                return
+            if not data:
+                self._lost(None)
+                return
+            t = None
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == _SCM_TIMESTAMPNS and len(payload) >= _TS.size:
+                    sec, nsec = _TS.unpack_from(payload)
+                    # realtime -> monotonic, with the offset read now (immune to clock steps between reads)
+                    t = sec * 1_000_000_000 + nsec - (time.time_ns() - _now())
+                    break
+            proto.data_received(data, t)
+
+    def _writable(self) -> None:
+        try:
+            n = self._sock.send(self._wbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        del self._wbuf[:n]
+        if not self._wbuf:
+            self._loop.remove_writer(self._fd)
+
+    def write(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if not self._wbuf:
+            try:
+                n = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self._lost(exc)
+                return
+            if n == len(data):
+                return
+            data = data[n:]
+            self._loop.add_writer(self._fd, self._writable)
+        self._wbuf += data
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def _lost(self, exc) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._fd)
+        self._loop.remove_writer(self._fd)
+        self._sock.close()
+        self._loop.call_soon(self._protocol.connection_lost, exc)
+
+    def abort(self) -> None:
+        self._lost(None)
+
+    close = abort
+
+
+async def _open_stamped(loop, host: str, port: int, protocol: _Conn) -> _StampedTransport:
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    family, type_, proto, _, addr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        await loop.sock_connect(sock, addr)
+    except BaseException:
+        sock.close()
+        raise
+    return _StampedTransport(loop, sock, protocol)
+
+
 class StreamPool:
     """A keep-alive pool of HTTP/1.1 connections to one (host, port), for streaming POSTs.
 
@@ -374,8 +491,11 @@ class StreamPool:
     requests beyond it wait for a free connection, and that wait counts towards their timeout.
     """
 
-    def __init__(self, host: str, port: int, headers: dict[str, str] | None = None, limit: int | None = None):
+    def __init__(self, host: str, port: int, headers: dict[str, str] | None = None, limit: int | None = None,
+                 kernel_timestamps: bool = True):
         self.host, self.port = host, port
+        # SO_TIMESTAMPNS where the OS has it (Linux); else each read is stamped when it is read
+        self.kernel_timestamps = kernel_timestamps and _SO_TIMESTAMPNS is not None
         self.limit = limit
         self._idle: collections.deque[_Conn] = collections.deque()
         self._all: set[_Conn] = set()
@@ -426,7 +546,11 @@ class StreamPool:
         self._connecting += 1
         try:
             loop = asyncio.get_running_loop()
-            _, conn = await loop.create_connection(lambda: _Conn(self), self.host, self.port)
+            if self.kernel_timestamps:
+                conn = _Conn(self)
+                await _open_stamped(loop, self.host, self.port, conn)
+            else:
+                _, conn = await loop.create_connection(lambda: _Conn(self), self.host, self.port)
         finally:
             self._connecting -= 1
         self.connections_opened += 1

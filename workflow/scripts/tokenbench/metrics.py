@@ -1,8 +1,8 @@
 """Metrics of one cell, per phase. Each metric is defined once, here (and quoted on the site).
 
 Definitions (all from the raw per-request records, timestamps on one monotonic clock; each
-streamed event carries the time of the socket read that delivered it, so chunks that arrive in
-one read share a timestamp and their ITL is 0):
+streamed event carries the kernel's receive time of the socket read that delivered it, so chunks
+that arrive in one read share a timestamp and their ITL is 0):
 - TTFT: first *content* token minus actual send. Open-loop phases also report TTFT from the
   scheduled send (queueing in the client included) as ``ttft_sched``.
 - first byte: first response body byte minus actual send (kept to show how far it is from TTFT).
