@@ -4,26 +4,11 @@ import time
 
 import pytest
 
-from tokenbench.fast_fake_server import FastBehaviour, ThreadedFastFakeServer
 from tokenbench.http_stream import StreamPool
 
 BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
                    "max_tokens": 64, "stream_options": {"include_usage": True}}).encode()
 CHAT = "/v1/chat/completions"
-
-
-@pytest.fixture
-def fast_server():
-    servers = []
-
-    def start(**kw):
-        s = ThreadedFastFakeServer(FastBehaviour(**kw))
-        servers.append(s)
-        return s
-
-    yield start
-    for s in servers:
-        s.close()
 
 
 def collect():
@@ -332,3 +317,16 @@ def test_events_carry_their_arrival_time_even_when_the_loop_is_busy(fake_server,
         assert 40 < gap_ms < 80, gap_ms
     else:
         assert gap_ms >= 190, gap_ms
+
+
+def test_a_pooled_connection_closed_by_the_server_is_replaced_once():
+    # the server reads the second request on the kept-alive connection and closes it without a
+    # byte of answer (as llama-server does with some connections): resent once, on a new connection
+    body = b'data: {"choices":[{"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    ok = [(0, b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: "
+              + str(len(body)).encode() + b"\r\n\r\n" + body)]
+    out, connections = scripted([ok, [(0, None)], ok], n=2)
+    (first, _), (second, events) = out
+    assert first.error is None and first.attempts == 1
+    assert second.error is None and second.status == 200 and second.attempts == 2 and second.reused is False
+    assert [d for _, d in events][-1] == b"[DONE]" and connections == 2

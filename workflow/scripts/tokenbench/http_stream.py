@@ -55,7 +55,7 @@ class StreamResult:
     """What one request got. Times are ``time.monotonic_ns()``; ``None`` where it never happened."""
 
     __slots__ = ("status", "headers", "headers_ns", "first_byte_ns", "end_ns", "body", "error", "events",
-                 "reused")
+                 "reused", "attempts")
 
     def __init__(self) -> None:
         self.status: int | None = None
@@ -67,6 +67,7 @@ class StreamResult:
         self.error: str | None = None
         self.events = 0  # data: events delivered
         self.reused = False  # sent on a pooled keep-alive connection
+        self.attempts = 1  # 2 when the pooled connection had been closed by the server and was replaced
 
     def __repr__(self) -> str:
         return (f"StreamResult(status={self.status}, events={self.events}, error={self.error!r}, "
@@ -589,7 +590,18 @@ class StreamPool:
         """POST ``body`` (JSON) to ``path``; call ``on_event(arrival_ns, data)`` for each ``data:`` line.
 
         Returns when the response has ended, failed, or ``timeout_s`` (connect included) ran out.
+        A pooled keep-alive connection that drops before a single response byte is one the server
+        had already closed (llama-server does so right after some streamed responses): the request
+        got no answer, so it is resent once over a new connection, as browsers do for a reused
+        socket (RFC 9112 9.3.1). ``attempts`` on the result says so; nothing else is retried.
         """
+        res = await self._post(path, body, on_event, timeout_s, fresh=False)
+        if res.reused and res.first_byte_ns is None and (res.error or "").startswith("disconnect"):
+            res = await self._post(path, body, on_event, timeout_s, fresh=True)
+            res.attempts = 2
+        return res
+
+    async def _post(self, path: str, body: bytes, on_event, timeout_s: float, fresh: bool) -> StreamResult:
         res = StreamResult()
         request = b"".join((b"POST ", path.encode("latin-1"), b" HTTP/1.1\r\n", self._fixed,
                             b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body))
@@ -597,7 +609,7 @@ class StreamPool:
         try:
             async with asyncio.timeout(timeout_s):
                 try:
-                    conn = await self._acquire()
+                    conn = await (self._connect() if fresh else self._acquire())
                 except OSError as exc:
                     res.end_ns = _now()
                     res.error = f"disconnect: connect: {type(exc).__name__}: {exc}"

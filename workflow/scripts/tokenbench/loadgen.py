@@ -59,6 +59,7 @@ class RequestRecord:
     http_status: int | None = None
     error: str | None = None
     attempts: int = 0  # transport attempts: 2 when a pooled connection the server had closed was replaced
+    # (the resend is http_stream.StreamPool's; see post_sse)
     max_tokens: int | None = None  # per-request output cap (trace / dataset rows); None: the load's
     output_text: str = ""  # the streamed content, joined
     client_output_tokens: int | None = None  # output_text re-tokenized by the model's tokenizer
@@ -82,14 +83,12 @@ class Client:
     coroutine got round to it) and parsed synchronously as it arrives."""
 
     def __init__(self, pool: StreamPool | None, base_url: str, route_prefix: str, served_model: str,
-                 request: dict[str, Any], capabilities: set[str], headers: dict[str, str] | None = None):
+                 request: dict[str, Any], capabilities: set[str]):
         self.pool = pool
         self.endpoint = request["endpoint"]
         path = "/chat/completions" if self.endpoint == "chat" else "/completions"
         self.url = base_url.rstrip("/") + route_prefix + path
-        u = urlsplit(self.url)
-        self.host, self.port, self.path = u.hostname, u.port or 80, u.path
-        self.headers = headers
+        self.path = urlsplit(self.url).path
         self.model = served_model
         self.request = request
         self.caps = capabilities
@@ -119,26 +118,6 @@ class Client:
         rec.max_tokens = rec.max_tokens or self.request["max_tokens"]  # record what was asked for
         body = json.dumps(self.payload(prompt, rec.max_tokens)).encode()
         rec.sent_ns = now_ns()
-        while True:
-            rec.attempts += 1
-            if rec.attempts == 1:
-                res = await self._attempt(self.pool, rec, body, timeout_s)
-            else:  # a resend goes over a new connection: the pool may hold more stale ones
-                fresh = StreamPool(self.host, self.port, headers=self.headers)
-                try:
-                    res = await self._attempt(fresh, rec, body, timeout_s)
-                finally:
-                    await fresh.close()
-            # A pooled keep-alive connection that dropped before a single response byte is one the
-            # server had closed (llama-server does so right after some streamed responses): the
-            # request never got an answer. Resend it once on a fresh connection, as browsers do for
-            # a reused socket (RFC 9112 9.3.1); a second failure is recorded as it happened.
-            if (rec.attempts == 1 and res.reused and res.first_byte_ns is None
-                    and (res.error or "").startswith("disconnect")):
-                continue
-            return rec
-
-    async def _attempt(self, pool: StreamPool, rec: RequestRecord, body: bytes, timeout_s: float):
         chat = self.endpoint == "chat"
         parts: list[str] = []  # content received, kept whatever way the request ends
         chunk_ns = rec.chunk_ns
@@ -168,7 +147,7 @@ class Client:
                     rec.finish_reason = ch["finish_reason"]
 
         try:
-            res = await pool.post_sse(self.path, body, on_event, timeout_s)
+            res = await self.pool.post_sse(self.path, body, on_event, timeout_s)
         except asyncio.CancelledError:
             rec.end_ns, rec.status, rec.error = now_ns(), "cancelled", "run interrupted"
             raise
@@ -177,6 +156,7 @@ class Client:
             rec.output_chars = len(rec.output_text)
         rec.headers_ns, rec.first_byte_ns, rec.http_status = res.headers_ns, res.first_byte_ns, res.status
         rec.end_ns = res.end_ns or now_ns()
+        rec.attempts = res.attempts
         err = res.error
         finished = done or rec.finish_reason is not None
         if err == "timeout":
@@ -193,7 +173,7 @@ class Client:
             if rec.output_tokens is None:
                 rec.output_tokens, rec.output_tokens_source = len(rec.chunk_ns), "chunks"
             rec.status, rec.error = "ok", None
-        return res
+        return rec
 
 
 _RECORD_FIELDS = None
@@ -244,6 +224,7 @@ class LoadTest:
         self._inflight: set[asyncio.Task] = set()
         self.loop_lag: list[tuple[int, int]] = []  # (time, lag) in ns
         self.current: dict[str, Any] | None = None  # the phase running now (for progress displays)
+        self.n_done = self.n_ok = self.n_chunks = 0  # finished requests, ok ones, their chunks: O(1) progress
 
     def _new(self, phase: str, user: int, scheduled_ns: int, item: dict[str, Any] | None = None):
         p = item or self.prompts.next()
@@ -253,6 +234,9 @@ class LoadTest:
         return rec, p["text"]
 
     def _finished(self, rec: RequestRecord) -> None:
+        self.n_done += 1
+        self.n_ok += rec.status == "ok"
+        self.n_chunks += len(rec.chunk_ns)
         if self.journal is not None:  # flushed every 0.5 s by the lag monitor, and at the end
             self.journal.write(json.dumps(record_dict(rec)) + "\n")
 
@@ -517,7 +501,7 @@ def session_factory(base_url: str, route_prefix: str, served_model: str, request
         async def __aenter__(self):
             u = urlsplit(base_url)
             self.pool = StreamPool(u.hostname, u.port or 80, headers=headers)
-            return Client(self.pool, base_url, route_prefix, served_model, request, capabilities, headers)
+            return Client(self.pool, base_url, route_prefix, served_model, request, capabilities)
 
         async def __aexit__(self, *exc):
             await self.pool.close()
