@@ -181,3 +181,12 @@ def test_open_loop_delivery_and_send_lag_checks():
     m2 = _phase(late, mark, rules={"min_rate_ratio": 0.98})
     assert m2["delivered_ratio"] == pytest.approx(0.7)
     assert "sent 70.0% of its scheduled arrivals" in " ".join(m2["validity"]["failed_checks"])
+
+
+def test_cpu_rate_from_tick_quantised_counter_stays_physical():
+    # a fully busy core whose CPU-time counter advances in 10 ms ticks, sampled every 50 ms with jitter
+    t = np.cumsum(np.r_[0, np.random.default_rng(0).uniform(0.045, 0.055, 400)])
+    busy = np.floor(t * 100) / 100  # seconds of CPU, quantised to ticks
+    df = pd.DataFrame({"t_ns": (t * S).astype(np.int64), "busy": busy})
+    r = rate_from_counter(df, "busy", 100.0).dropna()
+    assert r.between(95, 105).all(), (r.min(), r.max())
