@@ -1,6 +1,5 @@
 import asyncio
 import os
-import shutil
 import socket
 import sys
 import threading
@@ -60,14 +59,12 @@ class FakeServer:
         self.thread.join(10)
 
 
-@pytest.fixture
-def fake_server():
+def _started(make):
+    """A fixture body: yields a start(**kw) function, closes every server it started."""
     servers = []
 
-    def start(keepalive_timeout=75.0, **kw):
-        from tokenbench.fake_server import Behaviour
-
-        s = FakeServer(Behaviour(**kw), keepalive_timeout)
+    def start(*args, **kw):
+        s = make(*args, **kw)
         servers.append(s)
         return s
 
@@ -76,10 +73,17 @@ def fake_server():
         s.close()
 
 
-def llama_server_available():
-    return shutil.which("llama-server") is not None or (ROOT / ".venv" / "bin" / "llama-server").exists()
+@pytest.fixture
+def fake_server():
+    """tokenbench.fake_server (aiohttp) on loopback: start(keepalive_timeout=75.0, **Behaviour)."""
+    from tokenbench.fake_server import Behaviour
+
+    yield from _started(lambda keepalive_timeout=75.0, **kw: FakeServer(Behaviour(**kw), keepalive_timeout))
 
 
-@pytest.fixture(scope="session")
-def repo_root():
-    return ROOT
+@pytest.fixture
+def fast_server():
+    """tokenbench.fast_fake_server (raw asyncio) on loopback: start(**FastBehaviour)."""
+    from tokenbench.fast_fake_server import FastBehaviour, ThreadedFastFakeServer
+
+    yield from _started(lambda **kw: ThreadedFastFakeServer(FastBehaviour(**kw)))

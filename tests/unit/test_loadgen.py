@@ -32,6 +32,7 @@ def test_closed_loop_records_every_request_once(fake_server):
     assert len({r.request_id for r in recs}) == len(recs) == len(journal)
     assert {r.status for r in recs} == {"ok"}
     assert {r.user for r in recs} == {0, 1, 2}
+    assert (test.n_done, test.n_ok, test.n_chunks) == (len(recs), len(recs), 8 * len(recs))  # progress counters
     for r in recs:
         assert r.output_tokens == 8 and r.output_tokens_source == "usage"
         assert len(r.chunk_ns) == 8

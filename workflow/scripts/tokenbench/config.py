@@ -164,10 +164,6 @@ class OpenPhase(_Bounded):
         return self
 
 
-# Kept for readers of the old name.
-PoissonPhase = OpenPhase
-
-
 class IdlePhase(_Phase):
     mode: Literal["idle"]
     duration_s: float = Field(gt=0)

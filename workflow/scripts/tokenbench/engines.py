@@ -85,10 +85,6 @@ class Engine:
         out = self.build(spec, model_path, port)
         return Launch(out.argv + [str(a) for a in (spec.get("extra_args") or [])], out.env)
 
-    @property
-    def metrics_path(self) -> str | None:  # the vertical slice's single-path accessor
-        return self.metrics_paths[0] if self.metrics_paths else None
-
 
 # ----------------------------------------------------------------------------- helpers
 def _opt(cmd: list[str], flag: str, value) -> None:
