@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 # Built from a pinned source distribution, cached in ~/.cache/tokenbench (a rebuild is a copy).
 $(BIN)/llama-server: $(STAMP)
-	$(BIN)/python -m tokenbench.build_engine --dest $(BIN)
+	$(BIN)/python -m tokenbench.engines.build --dest $(BIN)
 
 run: setup
 	$(BIN)/snakemake --cores 1

@@ -25,7 +25,12 @@ SCRIPTS = os.path.join(workflow.basedir, "workflow", "scripts")
 # job (Snakemake puts a script's own directory, workflow/scripts, on its sys.path).
 sys.path.insert(0, SCRIPTS)
 
-from tokenbench.config import ConfigError, validate, cells as config_cells, pairs as config_pairs
+from tokenbench.config import (
+    ConfigError,
+    validate,
+    cells as config_cells,
+    pairs as config_pairs,
+)
 
 # The default config, unless --configfile names others: those *replace* it rather than being
 # merged into it (a merged config would silently keep the default's loads and models).
@@ -48,7 +53,9 @@ PAIRS = config_pairs(CFG)  # (engine, model) pairs: an engine may serve only som
 # HF_TOKEN is needed only to download gated hub models. Snakemake's `envvars:` makes a variable
 # *required* (the run stops if it is unset), so it is declared only when a config uses a hub
 # model and is not in offline mode; the offline default (a package-shipped model) needs none.
-if any(m.source == "hub" for m in CFG.models.values()) and os.environ.get("HF_HUB_OFFLINE", "") not in ("1", "true", "yes"):
+if any(m.source == "hub" for m in CFG.models.values()) and os.environ.get(
+    "HF_HUB_OFFLINE", ""
+) not in ("1", "true", "yes"):
 
     envvars:
         "HF_TOKEN",
@@ -56,18 +63,17 @@ if any(m.source == "hub" for m in CFG.models.values()) and os.environ.get("HF_HU
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
-include: "workflow/rules/engine.smk"
-include: "workflow/rules/load_test.smk"
+include: "workflow/rules/engines.smk"
+include: "workflow/rules/load.smk"
 include: "workflow/rules/telemetry.smk"
 include: "workflow/rules/analysis.smk"
-include: "workflow/rules/charts.smk"
-include: "workflow/rules/site.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         "site/public/index.html",
-    default_target: True
 
 
 onsuccess:

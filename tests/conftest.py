@@ -18,12 +18,12 @@ def _free_port():
 
 
 class FakeServer:
-    """tokenbench.fake_server running on a background event loop, on loopback."""
+    """tests.fakes.fake_server running on a background event loop, on loopback."""
 
     def __init__(self, behaviour, keepalive_timeout=75.0):
         from aiohttp import web
 
-        from tokenbench.fake_server import make_app
+        from tests.fakes.fake_server import make_app
 
         self.port = _free_port()
         self.app = make_app(behaviour)
@@ -49,7 +49,7 @@ class FakeServer:
 
     @property
     def requests(self):
-        from tokenbench.fake_server import STATE
+        from tests.fakes.fake_server import STATE
 
         return self.app[STATE]["requests"]
 
@@ -75,15 +75,15 @@ def _started(make):
 
 @pytest.fixture
 def fake_server():
-    """tokenbench.fake_server (aiohttp) on loopback: start(keepalive_timeout=75.0, **Behaviour)."""
-    from tokenbench.fake_server import Behaviour
+    """tests.fakes.fake_server (aiohttp) on loopback: start(keepalive_timeout=75.0, **Behaviour)."""
+    from tests.fakes.fake_server import Behaviour
 
     yield from _started(lambda keepalive_timeout=75.0, **kw: FakeServer(Behaviour(**kw), keepalive_timeout))
 
 
 @pytest.fixture
 def fast_server():
-    """tokenbench.fast_fake_server (raw asyncio) on loopback: start(**FastBehaviour)."""
-    from tokenbench.fast_fake_server import FastBehaviour, ThreadedFastFakeServer
+    """tests.fakes.fast_fake_server (raw asyncio) on loopback: start(**FastBehaviour)."""
+    from tests.fakes.fast_fake_server import FastBehaviour, ThreadedFastFakeServer
 
     yield from _started(lambda **kw: ThreadedFastFakeServer(FastBehaviour(**kw)))

@@ -151,7 +151,7 @@ def test_sigterm_mid_run_keeps_every_sent_request_and_leaves_no_server(run_dir, 
 import sys
 sys.path.insert(0, {str(ROOT / "workflow" / "scripts")!r})
 from tokenbench.config import cell_settings, load_config
-from tokenbench.loadtest import run_load_test
+from tokenbench.load.run import run_load_test
 s = cell_settings(load_config({str(SMOKE)!r}), "llamacpp", "smollm2-135m", "users-4")
 s["load"]["phases"] = [dict(s["load"]["phases"][0], duration_s=300)]
 run_load_test(s, {str(run_dir / "data/models/smollm2-135m/manifest.json")!r},
@@ -187,9 +187,9 @@ run_load_test(s, {str(run_dir / "data/models/smollm2-135m/manifest.json")!r},
 def test_engine_tokenizer_builds_exact_length_synthetic_prompts(run_dir, tmp_path):
     import requests as http
 
-    from tokenbench.prompts import synthetic_prompts
-    from tokenbench.server import Server, free_port
-    from tokenbench.tokenizer import EngineTokenizer
+    from tokenbench.load.prompts import synthetic_prompts
+    from tokenbench.engines.server import Server, free_port
+    from tokenbench.load.tokenizer import EngineTokenizer
 
     manifest = read_json(run_dir / "data/models/smollm2-135m/manifest.json")
     probe = read_json(run_dir / "data/engines/llamacpp/probe.json")

@@ -5,7 +5,7 @@
                    [--tokens N] [--itl-ms MS] [other engine flags, ignored]
 
 It serves /health (503 until ready, then 200), the streaming API and a llama-server-shaped
-Prometheus /metrics (tokenbench.fake_server). It accepts a real engine's command line (unknown
+Prometheus /metrics (tests.fakes.fake_server). It accepts a real engine's command line (unknown
 flags such as --model/--alias/--parallel are ignored), so run_load_test can launch it in place of
 llama-server through a wrapper script,
 can crash before becoming ready, can ignore SIGTERM (so teardown must escalate to SIGKILL) and
@@ -19,11 +19,12 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "workflow", "scripts"))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+sys.path[:0] = [ROOT, os.path.join(ROOT, "workflow", "scripts")]  # tests.fakes, tokenbench
 
 from aiohttp import web  # noqa: E402
 
-from tokenbench.fake_server import Behaviour, make_app  # noqa: E402
+from tests.fakes.fake_server import Behaviour, make_app  # noqa: E402
 
 
 def main():

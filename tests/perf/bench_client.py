@@ -7,11 +7,11 @@ One command runs everything and prints tables (and writes JSON with --out):
     .venv/bin/python tests/perf/bench_client.py --quick    # ~1 min
     .venv/bin/python tests/perf/bench_client.py --peers none --out bench.json
 
-The fake server (tokenbench.fast_fake_server, a raw asyncio server) runs in its own process pinned to
+The fake server (tests.fakes.fast_fake_server, a raw asyncio server) runs in its own process pinned to
 one core; each client under test runs in its own process pinned to another core. Clients:
 
-- ``tokenbench``: tokenbench.loadgen as the pipeline runs it (``session_factory`` + ``Client`` +
-  ``LoadTest``, over tokenbench.http_stream, with the request journal);
+- ``tokenbench``: tokenbench.load.generator as the pipeline runs it (``session_factory`` + ``Client`` +
+  ``LoadTest``, over tokenbench.load.http_stream, with the request journal);
 - ``tokenbench+uvloop``: the same on uvloop's event loop, as the pipeline and ``tokenbench run``
   use it wherever uvloop is installed (a project dependency on Linux and macOS);
 - peers from PyPI (guidellm, aiperf), installed into their own venvs under ``.venv-peers/``.
@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "workflow" / "scripts"
-sys.path.insert(0, str(SCRIPTS))  # this checkout's tokenbench, before any installed one
+sys.path[:0] = [str(ROOT), str(SCRIPTS)]  # tests.fakes, and this checkout's tokenbench before any installed one
 
 now_ns = time.monotonic_ns
 PEERS_DIR = ROOT / ".venv-peers"
@@ -85,7 +85,7 @@ def instrument_stamps():
     """Pair every recorded content-chunk arrival with the server's send stamp, in both clients."""
     from dataclasses import dataclass
 
-    from tokenbench import loadgen
+    from tokenbench.load import generator as loadgen
 
     shim = _JsonShim()
     loadgen._loads = shim.loads  # json instead of orjson in timing runs: only timing is measured there
@@ -121,7 +121,7 @@ def pct(xs, q):
 
 
 def client_factory(kind: str, url: str, max_tokens: int):
-    from tokenbench import loadgen
+    from tokenbench.load import generator as loadgen
 
     req = request_spec(max_tokens)
     return loadgen.session_factory(url, "/v1", "fake", req, CAPS)
@@ -136,8 +136,8 @@ def journal_file():
 
 
 async def job_closed(kind, url, conc, duration, warmup, max_tokens, timing):
-    from tokenbench import loadgen
-    from tokenbench.prompts import PromptStream, builtin_prompts
+    from tokenbench.load import generator as loadgen
+    from tokenbench.load.prompts import PromptStream, builtin_prompts
 
     test = loadgen.LoadTest(client_factory(kind, url, max_tokens), PromptStream(builtin_prompts(), 0),
                             journal=journal_file())
@@ -206,8 +206,8 @@ def schedule(arrival: str, rate: float, duration: float, seed: int = 0):
 async def job_open(kind, url, arrival, rate, duration, scheduler, max_tokens):
     """Open loop. scheduler 'loadgen': LoadTest's own poisson phase (asyncio.sleep to each arrival).
     scheduler 'precise': sleep until 1.5 ms before each arrival, then yield in a loop until it is due."""
-    from tokenbench import loadgen
-    from tokenbench.prompts import PromptStream, builtin_prompts
+    from tokenbench.load import generator as loadgen
+    from tokenbench.load.prompts import PromptStream, builtin_prompts
 
     cpu0 = time.process_time()
     if scheduler == "loadgen":
@@ -285,7 +285,7 @@ def worker(spec: dict) -> None:
     kind = spec["client"]
     uv = False
     if kind == "tokenbench+uvloop":
-        from tokenbench.http_stream import install_uvloop
+        from tokenbench.load.http_stream import install_uvloop
         sys.path.append(str(EXTRAS_DIR))  # after the project's own packages
         uv = install_uvloop()
         if not uv:
@@ -313,8 +313,8 @@ def worker(spec: dict) -> None:
 # =================================================================================================
 
 def parser_bench() -> list[dict]:
-    from tokenbench.fast_fake_server import _SSE_HEAD, FastBehaviour, _frame, _Stream
-    from tokenbench.http_stream import StreamResult, _Conn
+    from tests.fakes.fast_fake_server import _SSE_HEAD, FastBehaviour, _frame, _Stream
+    from tokenbench.load.http_stream import StreamResult, _Conn
 
     class _T:
         def write(self, b):
@@ -376,7 +376,7 @@ def parser_bench() -> list[dict]:
     import dataclasses
     import tempfile
 
-    from tokenbench.loadgen import RequestRecord
+    from tokenbench.load.generator import RequestRecord
     rec = RequestRecord(1, "p", 0, "x", 10**15, sent_ns=1, headers_ns=2, first_byte_ns=3, first_token_ns=4,
                         end_ns=5, chunk_ns=list(range(10**15, 10**15 + 64)), prompt_tokens=8, output_tokens=64,
                         output_tokens_source="usage", output_chars=300, finish_reason="length", status="ok",
@@ -423,14 +423,14 @@ def cpus():
 
 def env_with_scripts():
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(SCRIPTS) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + str(SCRIPTS) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 
 class Server:
     def __init__(self, cpu, tokens, ttft_ms=0.0, itl_ms=0.0, stamp=False, precise=False, burst=False):
         self.port = free_port()
-        cmd = [sys.executable, "-m", "tokenbench.fast_fake_server", "--port", str(self.port), "--tokens", str(tokens),
+        cmd = [sys.executable, "-m", "tests.fakes.fast_fake_server", "--port", str(self.port), "--tokens", str(tokens),
                "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms)]
         cmd += ["--stamp"] * stamp + ["--precise"] * precise + ["--burst"] * burst
         if cpu is not None:

@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tokenbench import charts, pages
-from tokenbench.fit import fit_saturation
-from tokenbench.metrics import compute_metrics, summarize_metrics
+from tokenbench.report import charts
+from tokenbench.report import pages
+from tokenbench.analysis.fit import fit_saturation
+from tokenbench.analysis.metrics import compute_metrics, summarize_metrics
 
 from .test_metrics import MARK, S, frame, req
 
@@ -83,7 +84,8 @@ def test_fmt():
 
 
 def test_methodology_lists_resolved_commands_per_engine_and_no_secrets(monkeypatch):
-    from tokenbench import engines, provenance
+    from tokenbench import provenance
+    from tokenbench.engines import catalog as engines
 
     secret = "hf_secret_value_1234567890"
     monkeypatch.setenv("HF_TOKEN", secret)

@@ -4,7 +4,7 @@ import pytest
 
 from tokenbench.cli import main
 from tokenbench.config import ConfigError
-from tokenbench.endpoint_run import check_loopback, parse_profile, run_endpoint
+from tokenbench.load.endpoint import check_loopback, parse_profile, run_endpoint
 from tokenbench.records import read_json, read_meta, read_table
 
 
@@ -40,7 +40,7 @@ def test_run_endpoint_writes_records_and_metrics(fake_server, tmp_path, monkeypa
                      slo={"ttft_ms": 1000}, progress=None)
     req = read_table(tmp_path / "requests.parquet")
     assert len(req) == srv.requests and (req.status == "ok").all()
-    from tokenbench.fake_server import STATE
+    from tests.fakes.fake_server import STATE
 
     assert srv.app[STATE]["authorization"] == "Bearer sk-test-secret"
     assert [p["phase"] for p in m["phases"]] == ["constant0", "closed1"]

@@ -4,9 +4,9 @@ import sys
 import pytest
 import yaml
 
-from tokenbench import engines
+from tokenbench.engines import catalog as engines
 from tokenbench.config import ConfigError, validate
-from tokenbench.engines import BENTOML_SERVICE_DIR, EngineError, check_settings, engine
+from tokenbench.engines.catalog import BENTOML_SERVICE_DIR, EngineError, check_settings, engine
 
 FULL = {"name": "e", "host": "127.0.0.1", "served_name": "llama3-8b", "dtype": "float16", "max_context": 2048,
         "max_batch": 128, "kv_cache_fraction": 0.9, "tensor_parallel": 2, "quantization": "awq"}

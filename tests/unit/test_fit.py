@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tokenbench.fit import curve, fit_saturation, michaelis_menten
+from tokenbench.analysis.fit import curve, fit_saturation, michaelis_menten
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -1,7 +1,7 @@
 import pytest
 
-from tokenbench import hardware
-from tokenbench.metrics import resolve_peak
+from tokenbench.telemetry import hardware
+from tokenbench.analysis.metrics import resolve_peak
 
 from .test_telemetry import FakeNvml
 

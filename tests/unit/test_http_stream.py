@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tokenbench.http_stream import StreamPool
+from tokenbench.load.http_stream import StreamPool
 
 BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
                    "max_tokens": 64, "stream_options": {"include_usage": True}}).encode()
@@ -290,7 +290,7 @@ def test_events_carry_their_arrival_time_even_when_the_loop_is_busy(fake_server,
     # (TCP gives the arrival of the newest bytes of a read, so one token arrives during the block.)
     import time as _time
 
-    from tokenbench.http_stream import StreamPool
+    from tokenbench.load.http_stream import StreamPool
 
     srv = fake_server(tokens=2, itl_ms=50, role_chunk=False)
     stamps = []

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from tokenbench.loadgen import LoadTest, session_factory
-from tokenbench.prompts import PromptStream, builtin_prompts
+from tokenbench.load.generator import LoadTest, session_factory
+from tokenbench.load.prompts import PromptStream, builtin_prompts
 
 CAPS = {"chat", "completions", "stream_usage", "ignore_eos"}
 REQ = {"endpoint": "chat", "max_tokens": 8, "temperature": 0.0, "ignore_eos": True, "system_prompt": None}
@@ -122,7 +122,7 @@ def test_idle_phase_sends_nothing_and_phases_are_marked(fake_server):
 
 
 def test_payload_sends_ignore_eos_only_where_supported(fake_server):
-    from tokenbench.loadgen import Client
+    from tokenbench.load.generator import Client
 
     c = Client(None, "http://x", "/v1", "m", REQ, CAPS)
     assert c.payload("hi")["ignore_eos"] is True and c.payload("hi")["stream_options"] == {"include_usage": True}
@@ -164,7 +164,7 @@ def test_connection_closed_by_server_after_response_is_replaced_not_lost(fake_se
 import random
 import statistics
 
-from tokenbench.loadgen import arrival_offsets, trace_schedule
+from tokenbench.load.generator import arrival_offsets, trace_schedule
 
 
 def _gaps(mode, rate, burstiness=1.0, n=20000):

@@ -13,7 +13,7 @@ import pytest
 
 from tokenbench import records
 from tokenbench.config import cell_settings, validate
-from tokenbench.server import group_alive
+from tokenbench.engines.server import group_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = ROOT / "tests" / "fakes" / "fake_engine.py"
@@ -48,7 +48,7 @@ def cell(tmp_path, engine, phases, request=None):
 
 
 def test_fake_engine_cell_scrapes_engine_metrics(tmp_path):
-    from tokenbench.loadtest import run_load_test
+    from tokenbench.load.run import run_load_test
 
     eng = {"kind": "llama.cpp", "binary": str(wrapper(tmp_path, "--itl-ms", "20")), "max_batch": 4,
            "max_context": 256, "metrics_interval_s": 0.2}
@@ -76,7 +76,7 @@ def test_fake_engine_cell_scrapes_engine_metrics(tmp_path):
 RUNNER = """
 import json, sys
 sys.path.insert(0, {scripts!r})
-from tokenbench.loadtest import run_load_test
+from tokenbench.load.run import run_load_test
 a = json.load(open({args!r}))
 run_load_test(a["settings"], a["man"], a["probe"], **a["paths"])
 """
@@ -116,7 +116,7 @@ def test_interrupted_load_test_leaves_no_orphan_server(tmp_path, sig):
 
 
 def test_external_endpoint_with_api_key_from_env(tmp_path, fake_server, monkeypatch):
-    from tokenbench.loadtest import run_load_test
+    from tokenbench.load.run import run_load_test
 
     secret = "sk-tokenbench-test-0123456789"
     srv = fake_server(tokens=4, api_key=secret)
@@ -129,7 +129,7 @@ def test_external_endpoint_with_api_key_from_env(tmp_path, fake_server, monkeypa
     assert doc["complete"] and "server_stop" not in doc
     req = pd.read_parquet(paths["out_requests"])
     assert len(req) > 0 and (req["status"] == "ok").all() and srv.requests == len(req)
-    from tokenbench.fake_server import STATE
+    from tests.fakes.fake_server import STATE
 
     assert srv.app[STATE]["auth_failures"] == 0
     assert doc["endpoint"]["api_key_env"] == "TB_TEST_KEY" and doc["endpoint"]["external"]
@@ -139,7 +139,7 @@ def test_external_endpoint_with_api_key_from_env(tmp_path, fake_server, monkeypa
 
 
 def test_external_endpoint_without_its_key_in_the_environment(tmp_path, fake_server, monkeypatch):
-    from tokenbench.loadtest import run_load_test
+    from tokenbench.load.run import run_load_test
 
     srv = fake_server(api_key="x" * 12)
     monkeypatch.delenv("TB_MISSING_KEY", raising=False)
@@ -151,7 +151,7 @@ def test_external_endpoint_without_its_key_in_the_environment(tmp_path, fake_ser
 
 
 def test_remote_external_endpoint_is_refused_even_with_handmade_settings(tmp_path, fake_server):
-    from tokenbench.loadtest import run_load_test
+    from tokenbench.load.run import run_load_test
 
     srv = fake_server()
     eng = {"kind": "external", "url": srv.url, "capabilities": ["chat", "ignore_eos"]}
@@ -162,9 +162,9 @@ def test_remote_external_endpoint_is_refused_even_with_handmade_settings(tmp_pat
 
 
 def test_server_crash_mid_run_keeps_every_request_and_marks_the_run_invalid(tmp_path):
-    from tokenbench.loadtest import run_load_test
-    from tokenbench.metrics import compute_metrics
-    from tokenbench.merge import merge_telemetry
+    from tokenbench.load.run import run_load_test
+    from tokenbench.analysis.metrics import compute_metrics
+    from tokenbench.telemetry.merge import merge_telemetry
 
     eng = {"kind": "llama.cpp", "binary": str(wrapper(tmp_path, "--crash-after-requests", "6", "--itl-ms", "20",
                                                      "--tokens", "8")),

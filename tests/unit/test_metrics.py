@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tokenbench.loadtest import REQUEST_COLUMNS
-from tokenbench.merge import inflight_at, merge_telemetry, phase_of, rate_from_counter, token_times
-from tokenbench.metrics import compute_metrics, dist, phase_metrics, summarize_metrics, windows
+from tokenbench.load.run import REQUEST_COLUMNS
+from tokenbench.telemetry.merge import inflight_at, merge_telemetry, phase_of, rate_from_counter, token_times
+from tokenbench.analysis.metrics import compute_metrics, dist, phase_metrics, summarize_metrics, windows
 
 S = 1_000_000_000
 MS = 1_000_000

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from tokenbench import prompts
-from tokenbench.prompts import PromptError, PromptStream, load_prompts, synthetic_prompts
+from tokenbench.load import prompts
+from tokenbench.load.prompts import PromptError, PromptStream, load_prompts, synthetic_prompts
 
 
 class WordTokenizer:

@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from tokenbench import promscrape
-from tokenbench.promscrape import ParseError, Scraper, keep, parse
+from tokenbench.engines import promscrape
+from tokenbench.engines.promscrape import ParseError, Scraper, keep, parse
 
 TEXT = r'''# HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge

@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tokenbench.server import Server, ServerError, free_port, port_is_free
+from tokenbench.engines.server import Server, ServerError, free_port, port_is_free
 
 FAKE = str(Path(__file__).resolve().parents[1] / "fakes" / "fake_engine.py")
 
@@ -72,7 +72,7 @@ def test_port_in_use_is_a_clear_error(tmp_path):
 from types import SimpleNamespace  # noqa: E402
 
 from tests.unit.test_telemetry import FakeNvml  # noqa: E402
-from tokenbench.server import gpu_idle_check, gpu_memory_used, pick_port, wait_gpu_memory_returned  # noqa: E402
+from tokenbench.engines.server import gpu_idle_check, gpu_memory_used, pick_port, wait_gpu_memory_returned  # noqa: E402
 
 
 class BusyNvml(FakeNvml):

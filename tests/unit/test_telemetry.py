@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from tokenbench import telemetry
+from tokenbench.telemetry import sampler as telemetry
 
 
 class FakeNvml:
@@ -105,7 +105,7 @@ def test_cpu_sampler_tracks_a_busy_process_tree():
 
 def test_sampler_subprocess_rate_and_sigterm(tmp_path):
     out = tmp_path / "tel.parquet"
-    p = subprocess.Popen([sys.executable, "-m", "tokenbench.telemetry", "--out", str(out), "--interval", "0.05"],
+    p = subprocess.Popen([sys.executable, "-m", "tokenbench.telemetry.sampler", "--out", str(out), "--interval", "0.05"],
                          stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert p.stdout.readline().strip() == "ready"
     time.sleep(1.0)

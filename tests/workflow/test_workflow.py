@@ -50,8 +50,8 @@ def test_bad_config_fails_before_running_with_the_key_named(tmp_path):
 
 
 def test_request_record_schema_matches_the_parquet_columns():
-    from tokenbench.loadgen import RequestRecord
-    from tokenbench.loadtest import REQUEST_COLUMNS
+    from tokenbench.load.generator import RequestRecord
+    from tokenbench.load.run import REQUEST_COLUMNS
 
     assert [f.name for f in dataclasses.fields(RequestRecord)] == list(REQUEST_COLUMNS)
     ts = [c for c in REQUEST_COLUMNS if c.endswith("_ns")]
@@ -112,7 +112,7 @@ def test_every_engine_kind_has_an_env_file_with_its_engine():
         env = yaml.safe_load((ROOT / engine_env_file(kind)).read_text())
         deps = str(env["dependencies"])
         assert wanted[kind] in deps and "aiohttp" in deps and "pandas" in deps, kind
-    assert "engine_conda_env" in (ROOT / "workflow" / "rules" / "load_test.smk").read_text()
+    assert "engine_conda_env" in (ROOT / "workflow" / "rules" / "load.smk").read_text()
 
 
 def test_local_profile_dry_runs_with_one_load_test_at_a_time(tmp_path):

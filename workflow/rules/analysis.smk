@@ -1,33 +1,33 @@
 rule compute_metrics:
-    """Per-phase metrics of one cell: throughput, latency percentiles, MFU, energy, cost."""
-    output:
-        metrics="data/metrics/{engine}/{model}/{load}/metrics.json",
-        windows="data/metrics/{engine}/{model}/{load}/windows.parquet",
     input:
         requests="data/runs/{engine}/{model}/{load}/requests.parquet",
         timeline="data/merged/{engine}/{model}/{load}/timeline.parquet",
         run="data/runs/{engine}/{model}/{load}/run.json",
         model="data/models/{model}/manifest.json",
-        code=pkg("metrics.py", "merge.py", "hardware.py", "records.py", "data/hardware.yaml"),
-    params:
-        hardware=lambda wc: CFG.hardware.model_dump(),
-        slo=lambda wc: CFG.slo.model_dump(),
-        validity=lambda wc: CFG.validity.model_dump(),
+        code=imports_of("compute_metrics"),
+    """Per-phase metrics of one cell: throughput, latency percentiles, MFU, energy, cost."""
+    output:
+        metrics="data/metrics/{engine}/{model}/{load}/metrics.json",
+        windows="data/metrics/{engine}/{model}/{load}/windows.parquet",
     log:
         "logs/compute_metrics/{engine}/{model}/{load}.log",
     conda:
         "../envs/tokenbench.yaml"
+    params:
+        hardware=lambda wc: CFG.hardware.model_dump(),
+        slo=lambda wc: CFG.slo.model_dump(),
+        validity=lambda wc: CFG.validity.model_dump(),
     script:
         "../scripts/compute_metrics.py"
 
 
 rule summarize_metrics:
+    input:
+        metrics=cell_paths("metrics", "metrics.json"),
+        code=imports_of("summarize_metrics"),
     """One table, one row per (engine, model, load, phase), for charts and pages."""
     output:
         "data/analysis/summary.parquet",
-    input:
-        metrics=cell_paths("metrics", "metrics.json"),
-        code=pkg("metrics.py", "records.py"),
     log:
         "logs/summarize_metrics.log",
     conda:
@@ -37,18 +37,23 @@ rule summarize_metrics:
 
 
 rule fit_saturation:
+    input:
+        metrics=lambda wc: [
+            f"data/metrics/{wc.engine}/{wc.model}/{l}/metrics.json"
+            for l in sweep_loads()
+        ],
+        code=imports_of("fit_saturation"),
     """Michaelis-Menten fit of throughput over the users sweep, with its degrees of freedom."""
     output:
         "data/analysis/saturation/{engine}/{model}.json",
-    input:
-        metrics=lambda wc: [f"data/metrics/{wc.engine}/{wc.model}/{l}/metrics.json" for l in sweep_loads()],
-        code=pkg("fit.py", "records.py"),
-    params:
-        loads=sweep_loads(),
-        phases=[(CFG.sweep.phase or sweep_phase(CFG.loads[l]).name) for l in sweep_loads()],
     log:
         "logs/fit_saturation/{engine}/{model}.log",
     conda:
         "../envs/tokenbench.yaml"
+    params:
+        loads=sweep_loads(),
+        phases=[
+            (CFG.sweep.phase or sweep_phase(CFG.loads[l]).name) for l in sweep_loads()
+        ],
     script:
         "../scripts/fit_saturation.py"

@@ -1,11 +1,20 @@
 # Helpers shared by all stages: per-cell config slices (handed to scripts through params) and
-# the package modules each script imports (Snakemake does not track imports, so inputs list them).
-from tokenbench.config import cell_settings, canonical_hash, engine_env_file, sweep_phase
+# the package files each script imports (Snakemake does not track imports, so inputs list them).
+# Rule file <stage>.smk runs workflow/scripts/<rule>.py, which calls tokenbench.<stage>.
+from tokenbench.config import (
+    cell_settings,
+    canonical_hash,
+    engine_env_file,
+    sweep_phase,
+)
+from tokenbench.imports import package_files
 
 
-def pkg(*modules):
-    """Paths of package modules, to list among a job's inputs."""
-    return [os.path.join(SCRIPTS, "tokenbench", m) for m in modules]
+def imports_of(rule_name):
+    """Every tokenbench file the rule's wrapper script imports, directly or not (derived from
+    the import graph, never hand-kept): editing one reruns exactly the rules that use it.
+    """
+    return package_files(os.path.join(SCRIPTS, f"{rule_name}.py"))
 
 
 def settings_of(wc):
@@ -32,7 +41,10 @@ def sweep_loads():
 
 
 def chart_inputs():
-    charts = {f"timeline.{e}.{m}.{l}": f"data/charts/timeline/{e}.{m}.{l}.vl.json" for e, m, l in CELLS}
+    charts = {
+        f"timeline.{e}.{m}.{l}": f"data/charts/timeline/{e}.{m}.{l}.vl.json"
+        for e, m, l in CELLS
+    }
     if CFG.sweep:
         charts["throughput"] = "data/charts/throughput.vl.json"
         charts["latency"] = "data/charts/latency.vl.json"
@@ -41,7 +53,8 @@ def chart_inputs():
 
 def engine_conda_env(wc):
     """Per-engine software: workflow/envs/<kind>.yaml (tokenbench's dependencies plus the engine),
-    used with `--sdm conda`; without it (plain-PATH mode) the engine is whatever is on PATH."""
+    used with `--sdm conda`; without it (plain-PATH mode) the engine is whatever is on PATH.
+    """
     return os.path.join(workflow.basedir, engine_env_file(CFG.engines[wc.engine].kind))
 
 

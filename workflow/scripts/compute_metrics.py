@@ -1,7 +1,7 @@
 """Snakemake wrapper for rule compute_metrics."""
 from tokenbench import records
 from tokenbench.joblog import to_log
-from tokenbench.metrics import compute_metrics
+from tokenbench.analysis.metrics import compute_metrics
 
 log = to_log(snakemake.log[0])
 run = records.read_json(snakemake.input.run)

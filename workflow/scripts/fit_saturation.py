@@ -1,6 +1,6 @@
 """Snakemake wrapper for rule fit_saturation."""
 from tokenbench import provenance, records
-from tokenbench.fit import fit_saturation
+from tokenbench.analysis.fit import fit_saturation
 from tokenbench.joblog import to_log
 
 log = to_log(snakemake.log[0])

@@ -1,7 +1,7 @@
 """Snakemake wrapper for rule merge_telemetry."""
 from tokenbench import records
 from tokenbench.joblog import to_log
-from tokenbench.merge import merge_telemetry
+from tokenbench.telemetry.merge import merge_telemetry
 
 log = to_log(snakemake.log[0])
 run = records.read_json(snakemake.input.run)

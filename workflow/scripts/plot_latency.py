@@ -1,6 +1,6 @@
 """Snakemake wrapper for rule plot_latency."""
 from tokenbench import records
-from tokenbench.charts import plot_latency, save
+from tokenbench.report.charts import plot_latency, save
 from tokenbench.joblog import to_log
 
 to_log(snakemake.log[0])

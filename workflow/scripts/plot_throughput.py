@@ -1,6 +1,6 @@
 """Snakemake wrapper for rule plot_throughput."""
 from tokenbench import records
-from tokenbench.charts import plot_throughput, save
+from tokenbench.report.charts import plot_throughput, save
 from tokenbench.joblog import to_log
 
 to_log(snakemake.log[0])

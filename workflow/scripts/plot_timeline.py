@@ -1,6 +1,6 @@
 """Snakemake wrapper for rule plot_timeline."""
 from tokenbench import records
-from tokenbench.charts import plot_timeline, save
+from tokenbench.report.charts import plot_timeline, save
 from tokenbench.joblog import to_log
 
 to_log(snakemake.log[0])

@@ -1,6 +1,6 @@
 """Snakemake wrapper for rule probe_engine."""
 from tokenbench import provenance, records
-from tokenbench.engines import probe
+from tokenbench.engines.catalog import probe
 from tokenbench.joblog import to_log
 
 log = to_log(snakemake.log[0])

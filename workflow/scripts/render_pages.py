@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from tokenbench.joblog import to_log
-from tokenbench.pages import render_pages
+from tokenbench.report.pages import render_pages
 
 to_log(snakemake.log[0])
 render_pages(

@@ -1,6 +1,6 @@
 """Snakemake wrapper for rule run_load_test."""
 from tokenbench.joblog import to_log
-from tokenbench.loadtest import run_load_test
+from tokenbench.load.run import run_load_test
 
 log = to_log(snakemake.log.job)
 doc = run_load_test(

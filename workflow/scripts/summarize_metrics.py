@@ -1,7 +1,7 @@
 """Snakemake wrapper for rule summarize_metrics."""
 from tokenbench import provenance, records
 from tokenbench.joblog import to_log
-from tokenbench.metrics import summarize_metrics
+from tokenbench.analysis.metrics import summarize_metrics
 
 log = to_log(snakemake.log[0])
 docs = [records.read_json(p) for p in snakemake.input.metrics]

@@ -50,7 +50,7 @@ STATE: dict = {}
 
 
 def vllm_command(a: Args, port: int) -> list[str]:
-    # same mapping as tokenbench.engines._vllm (vllm-project/vllm vllm/entrypoints/cli/serve.py)
+    # same mapping as tokenbench.engines.catalog._vllm (vllm-project/vllm vllm/entrypoints/cli/serve.py)
     cmd = [a.vllm, "serve", a.model, "--host", "127.0.0.1", "--port", str(port),
            "--served-model-name", a.served_model_name]
     for flag, value in (("--dtype", a.dtype), ("--max-model-len", a.max_context), ("--max-num-seqs", a.max_batch),

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     if args.cmd == "run":
         return _run(args)
     if args.cmd == "validate":
-        from .config import ConfigError, cells, load_config
+        from tokenbench.config import ConfigError, cells, load_config
 
         try:
             cfg = load_config(args.config)
@@ -48,15 +48,15 @@ def main(argv=None) -> int:
             print(f"{e}\t{m}\t{l}")
         return 0
     if args.cmd == "build-engine":
-        from .build_engine import main as build_main
+        from tokenbench.engines.build import main as build_main
 
         return build_main(["--dest", args.dest])
     return 1
 
 
 def _run(args) -> int:
-    from .config import ConfigError, load_config
-    from .endpoint_run import parse_profile, run_endpoint, summary_lines
+    from tokenbench.config import ConfigError, load_config
+    from tokenbench.load.endpoint import parse_profile, run_endpoint, summary_lines
 
     try:
         if args.config:

@@ -64,7 +64,7 @@ RENAMED = {"parallel": "max_batch", "ctx_per_slot": "max_context"}
 class EngineSpec(_Strict):
     """One engine to benchmark: its kind (a catalog entry) and normalised settings.
 
-    The normalised settings map onto each engine's own flags (tokenbench.engines); a setting the
+    The normalised settings map onto each engine's own flags (tokenbench.engines.catalog); a setting the
     engine cannot express is an error naming this key. ``None`` means the engine's default.
     """
     kind: EngineKind
@@ -108,7 +108,7 @@ class EngineSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_engine(self):
-        from .engines import CATALOG
+        from tokenbench.engines.catalog import CATALOG
 
         if self.kind == "external":
             if not self.url:
@@ -316,7 +316,7 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _check_refs(self):
-        from .engines import EngineError, check_settings, engine as catalog_engine
+        from tokenbench.engines.catalog import EngineError, check_settings, engine as catalog_engine
 
         for name, e in self.engines.items():
             try:

@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from . import SCHEMA_VERSION, __version__
+from tokenbench import SCHEMA_VERSION, __version__
 
 PACKAGES = ("aiohttp", "pandas", "pyarrow", "numpy", "scipy", "altair", "snakemake",
             "nvidia-ml-py", "psutil", "mkdocs", "mkdocs-material", "gguf", "huggingface-hub")
@@ -49,8 +49,8 @@ def package_versions(names=PACKAGES) -> dict[str, str | None]:
 
 
 def host() -> dict[str, Any]:
-    from .hardware import cpu_info
-    from .telemetry import nvml_devices
+    from tokenbench.telemetry.hardware import cpu_info
+    from tokenbench.telemetry.sampler import nvml_devices
 
     cpu = cpu_info()
     return {

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import SCHEMA_VERSION
+from tokenbench import SCHEMA_VERSION
 
 META_KEY = b"tokenbench"
 

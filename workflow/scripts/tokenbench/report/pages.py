@@ -12,7 +12,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from . import metrics as metrics_mod, provenance
+from tokenbench import provenance
+from tokenbench.analysis import metrics as metrics_mod
 
 CHARTS_JS = """\
 // Embed every tokenbench chart on the page (specs are inlined, so this works from file:// too).
@@ -276,7 +277,7 @@ def mkdocs_config(study: dict[str, Any]) -> dict[str, Any]:
 
 def render_pages(study: dict[str, Any], config_hash: str, metric_paths: list[str], run_paths: list[str],
                  fit_paths: list[str], chart_paths: dict[str, str], out_dir: str) -> list[str]:
-    from .records import read_json
+    from tokenbench.records import read_json
 
     docs = [read_json(p) for p in metric_paths]
     runs = [read_json(p) for p in run_paths]

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .merge import token_times
+from tokenbench.telemetry.merge import token_times
 
 PCTS = (50, 90, 95, 99)
 OPEN_LOOP = ("poisson", "gamma", "constant", "trace")
@@ -151,7 +151,7 @@ def _power(t: pd.DataFrame) -> tuple[float | None, float | None, str | None]:
 
 
 def resolve_peak(detected: dict[str, Any], hardware_name: str) -> dict[str, Any]:
-    from .hardware import hardware_table
+    from tokenbench.telemetry.hardware import hardware_table
 
     if hardware_name in ("auto", "cpu"):
         return {"peak_flops": detected.get("peak_flops"), "peak_note": detected.get("peak_note"),

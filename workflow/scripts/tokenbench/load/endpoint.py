@@ -17,13 +17,14 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from . import hardware, provenance, records
-from .config import ConfigError, Phase, RequestSpec, canonical_hash
-from .loadgen import LoadTest, event_loop_name, loop_lag_by_phase, run_async, session_factory
-from .loadtest import _cancellable, records_frame
-from .merge import merge_telemetry
-from .metrics import compute_metrics
-from .prompts import PromptStream, load_prompts, prompt_set_hash
+from tokenbench import provenance, records
+from tokenbench.telemetry import hardware
+from tokenbench.config import ConfigError, Phase, RequestSpec, canonical_hash
+from tokenbench.load.generator import LoadTest, event_loop_name, loop_lag_by_phase, run_async, session_factory
+from tokenbench.load.run import _cancellable, records_frame
+from tokenbench.telemetry.merge import merge_telemetry
+from tokenbench.analysis.metrics import compute_metrics
+from tokenbench.load.prompts import PromptStream, load_prompts, prompt_set_hash
 
 _PHASE = TypeAdapter(Phase)
 
@@ -134,7 +135,7 @@ def run_endpoint(endpoint: str, model: str, phases: list[dict[str, Any]], reques
 
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
-    from .pages import fmt
+    from tokenbench.report.pages import fmt
 
     head = f"{'phase':<12} {'sent':>6} {'ok %':>6} {'tok/s':>9} {'req/s':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'E2E p99':>9}  valid"
     lines = [head]

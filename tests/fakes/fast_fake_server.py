@@ -1,6 +1,6 @@
 """A fast fake OpenAI-compatible streaming server on a raw asyncio Protocol (for client benchmarks).
 
-Same behaviour knobs as :mod:`tokenbench.fake_server` (its :class:`Behaviour`), same chunk format,
+Same behaviour knobs as :mod:`tests.fakes.fake_server` (its :class:`Behaviour`), same chunk format,
 but several times cheaper per token than the aiohttp version, so that a benchmark of a *client*
 measures the client and not the server. Extras for benchmarking:
 
@@ -18,7 +18,7 @@ measures the client and not the server. Extras for benchmarking:
 Streaming responses use ``Transfer-Encoding: chunked`` like real engines; ``content_length=True``
 (with zero delays) sends the same SSE body with a ``Content-Length`` instead.
 
-    python -m tokenbench.fast_fake_server --port 8000 --tokens 64 --ttft-ms 20 --itl-ms 5 --stamp
+    python -m tests.fakes.fast_fake_server --port 8000 --tokens 64 --ttft-ms 20 --itl-ms 5 --stamp
 """
 
 from __future__ import annotations
@@ -373,7 +373,7 @@ class ThreadedFastFakeServer:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m tokenbench.fast_fake_server")
+    ap = argparse.ArgumentParser(prog="python -m tests.fakes.fast_fake_server")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--tokens", type=int, default=16)

@@ -9,7 +9,7 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
-from .fit import curve
+from tokenbench.analysis.fit import curve
 
 alt.data_transformers.disable_max_rows()
 

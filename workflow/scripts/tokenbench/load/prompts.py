@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .config import canonical_hash
+from tokenbench.config import canonical_hash
 
 
 def builtin_prompts() -> list[dict[str, Any]]:

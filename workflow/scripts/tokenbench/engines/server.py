@@ -37,7 +37,7 @@ def pick_port(host: str, port: int) -> int:
 
 
 def _nvml(nvml=None):
-    from .telemetry import load_nvml
+    from tokenbench.telemetry.sampler import load_nvml
 
     nv = load_nvml(nvml)
     if nv is None:

@@ -74,7 +74,7 @@ def cpu_peak(info: dict[str, Any]) -> dict[str, Any]:
 
 def describe(name: str = "auto", nvml=None, cpuinfo_text: str | None = None) -> dict[str, Any]:
     """The hardware a load test measures, with its peak FLOP/s and where that figure comes from."""
-    from . import telemetry
+    from tokenbench.telemetry import sampler as telemetry
 
     cpu = cpu_info(cpuinfo_text)
     gpus = telemetry.nvml_devices(nvml)

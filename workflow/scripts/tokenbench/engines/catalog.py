@@ -40,7 +40,7 @@ from typing import Any, Callable
 NORMALISED = ("dtype", "max_context", "max_batch", "kv_cache_fraction", "tensor_parallel",
               "quantization", "backend", "threads")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
-ENGINE_DIR = Path(__file__).resolve().parents[2] / "engines"  # workflow/engines
+ENGINE_DIR = Path(__file__).resolve().parents[3] / "engines"  # workflow/engines
 
 
 class EngineError(RuntimeError):

@@ -5,7 +5,7 @@ inter-token latency (zero by default), then a usage chunk and ``[DONE]``. Failur
 tests prove that the client records every request: ``fail_after`` drops the connection mid-stream,
 ``status`` answers an HTTP error, ``no_usage`` omits the usage chunk.
 
-    python -m tokenbench.fake_server --port 8000 --tokens 64 --ttft-ms 20 --itl-ms 5
+    python -m tests.fakes.fake_server --port 8000 --tokens 64 --ttft-ms 20 --itl-ms 5
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def make_app(b: Behaviour) -> web.Application:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m tokenbench.fake_server")
+    ap = argparse.ArgumentParser(prog="python -m tests.fakes.fake_server")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--tokens", type=int, default=16)

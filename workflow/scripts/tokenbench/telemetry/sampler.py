@@ -7,7 +7,7 @@ Backends:
   powercap files are readable. Counters are recorded raw (cumulative seconds / joules) and turned
   into rates at merge time, so nothing is lost to a too-short sampling window.
 
-Run as ``python -m tokenbench.telemetry --out F --interval S [--pid P]``; it prints ``ready``
+Run as ``python -m tokenbench.telemetry.sampler --out F --interval S [--pid P]``; it prints ``ready``
 after its first sample and writes Parquet when it receives SIGTERM or SIGINT.
 """
 
@@ -213,7 +213,7 @@ def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tokenbench.telemetry")
+    ap = argparse.ArgumentParser(prog="python -m tokenbench.telemetry.sampler")
     ap.add_argument("--out", required=True)
     ap.add_argument("--interval", type=float, default=0.05)
     ap.add_argument("--pid", type=int, default=None, help="server process whose tree's CPU/memory to record")

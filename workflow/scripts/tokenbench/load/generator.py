@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from .http_stream import StreamPool
-from .prompts import PromptStream
+from tokenbench.load.http_stream import StreamPool
+from tokenbench.load.prompts import PromptStream
 
 now_ns = time.monotonic_ns
 

@@ -15,12 +15,15 @@ from typing import Any
 
 import pandas as pd
 
-from . import engines, hardware, promscrape, provenance, records
-from .config import canonical_hash
-from .loadgen import LoadTest, event_loop_name, loop_lag_by_phase, record_dict, run_async, session_factory
-from .prompts import PromptStream, load_prompts, prompt_set_hash
-from .server import Server, free_port, gpu_idle_check, grep_log, pick_port, wait_endpoint_ready
-from .tokenizer import EngineTokenizer
+from tokenbench import provenance, records
+from tokenbench.engines import catalog as engines
+from tokenbench.telemetry import hardware
+from tokenbench.engines import promscrape
+from tokenbench.config import canonical_hash
+from tokenbench.load.generator import LoadTest, event_loop_name, loop_lag_by_phase, record_dict, run_async, session_factory
+from tokenbench.load.prompts import PromptStream, load_prompts, prompt_set_hash
+from tokenbench.engines.server import Server, free_port, gpu_idle_check, grep_log, pick_port, wait_endpoint_ready
+from tokenbench.load.tokenizer import EngineTokenizer
 
 REQUEST_COLUMNS = {  # column -> pandas dtype; timestamps are int ns on CLOCK_MONOTONIC
     "request_id": "int64", "phase": "string", "user": "int64", "prompt_id": "string",
@@ -42,14 +45,14 @@ def records_frame(recs) -> pd.DataFrame:
 
 
 class Telemetry:
-    """The sampler subprocess (``python -m tokenbench.telemetry``)."""
+    """The sampler subprocess (``python -m tokenbench.telemetry.sampler``)."""
 
     def __init__(self, out: Path, interval_s: float, pid: int | None):
         self.out = out
-        pkg_parent = str(Path(__file__).resolve().parents[1])  # so the child imports this tokenbench
+        pkg_parent = str(Path(__file__).resolve().parents[2])  # so the child imports this tokenbench
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")]))}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tokenbench.telemetry", "--out", str(out), "--interval", str(interval_s)]
+            [sys.executable, "-m", "tokenbench.telemetry.sampler", "--out", str(out), "--interval", str(interval_s)]
             + (["--pid", str(pid)] if pid else []),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )

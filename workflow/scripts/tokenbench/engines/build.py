@@ -6,7 +6,7 @@ only the ``llama-server`` target with CMake, statically linked against ggml, and
 under ``$TOKENBENCH_CACHE`` (default ``~/.cache/tokenbench``), keyed by the sdist digest and the
 CPU's ISA flags (the build targets the host CPU's vector extensions). A second set-up is a file copy.
 
-    python -m tokenbench.build_engine --dest .venv/bin
+    python -m tokenbench.engines.build --dest .venv/bin
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def install(dest: Path, log=sys.stderr) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tokenbench.build_engine")
+    ap = argparse.ArgumentParser(prog="python -m tokenbench.engines.build")
     ap.add_argument("--dest", required=True, help="directory to install llama-server into (e.g. .venv/bin)")
     args = ap.parse_args(argv)
     if shutil.which("cmake") is None:

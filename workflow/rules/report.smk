@@ -1,0 +1,114 @@
+rule plot_timeline:
+    input:
+        timeline="data/merged/{engine}/{model}/{load}/timeline.parquet",
+        run="data/runs/{engine}/{model}/{load}/run.json",
+        code=imports_of("plot_timeline"),
+    """Telemetry timeline of one cell with its phases shaded."""
+    output:
+        "data/charts/timeline/{engine}.{model}.{load}.vl.json",
+    log:
+        "logs/plot_timeline/{engine}.{model}.{load}.log",
+    conda:
+        "../envs/tokenbench.yaml"
+    script:
+        "../scripts/plot_timeline.py"
+
+
+rule plot_throughput:
+    input:
+        summary="data/analysis/summary.parquet",
+        fits=(
+            [f"data/analysis/saturation/{e}/{m}.json" for e, m in PAIRS]
+            if CFG.sweep
+            else []
+        ),
+        code=imports_of("plot_throughput"),
+    """Throughput vs users, measured points and the saturation fit."""
+    output:
+        "data/charts/throughput.vl.json",
+    log:
+        "logs/plot_throughput.log",
+    conda:
+        "../envs/tokenbench.yaml"
+    params:
+        loads=sweep_loads(),
+    script:
+        "../scripts/plot_throughput.py"
+
+
+rule plot_latency:
+    input:
+        summary="data/analysis/summary.parquet",
+        code=imports_of("plot_latency"),
+    """TTFT / E2E / TPOT percentiles vs users."""
+    output:
+        "data/charts/latency.vl.json",
+    log:
+        "logs/plot_latency.log",
+    conda:
+        "../envs/tokenbench.yaml"
+    params:
+        loads=sweep_loads(),
+    script:
+        "../scripts/plot_latency.py"
+
+
+rule render_pages:
+    input:
+        unpack(lambda wc: chart_inputs()),
+        metrics=cell_paths("metrics", "metrics.json"),
+        runs=cell_paths("runs", "run.json"),
+        fits=(
+            [f"data/analysis/saturation/{e}/{m}.json" for e, m in PAIRS]
+            if CFG.sweep
+            else []
+        ),
+        code=imports_of("render_pages"),
+    """Markdown pages generated from the results (no number typed by hand) and the mkdocs config."""
+    output:
+        pages=expand(
+            "site/docs/{page}.md", page=["index", "runs", "methodology", "provenance"]
+        ),
+        mkdocs="site/mkdocs.yml",
+        assets=["site/docs/assets/charts.js", "site/docs/assets/tokenbench.css"],
+    log:
+        "logs/render_pages.log",
+    conda:
+        "../envs/tokenbench.yaml"
+    params:
+        study=CFG.study.model_dump(),
+        config_hash=canonical_hash(CFG.model_dump()),
+        charts=list(chart_inputs()),
+    script:
+        "../scripts/render_pages.py"
+
+
+rule bundle_vega:
+    input:
+        code=imports_of("bundle_vega"),
+    """vega + vega-lite + vega-embed as one local script, so the site needs no CDN."""
+    output:
+        "site/docs/assets/vega-bundle.js",
+    log:
+        "logs/bundle_vega.log",
+    conda:
+        "../envs/tokenbench.yaml"
+    script:
+        "../scripts/bundle_vega.py"
+
+
+rule build_site:
+    input:
+        pages=rules.render_pages.output.pages,
+        mkdocs="site/mkdocs.yml",
+        bundle="site/docs/assets/vega-bundle.js",
+        code=imports_of("build_site"),
+    """The static report site (mkdocs-material)."""
+    output:
+        "site/public/index.html",
+    log:
+        "logs/build_site.log",
+    conda:
+        "../envs/tokenbench.yaml"
+    script:
+        "../scripts/build_site.py"

@@ -1,0 +1,1 @@
+"""Statistics: the metric registry, per-phase metrics, summaries and fits."""

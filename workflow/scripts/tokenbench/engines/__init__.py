@@ -1,0 +1,1 @@
+"""The engine catalog, server lifecycle, /metrics scraping and the llama-server build."""

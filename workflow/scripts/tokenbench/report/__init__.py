@@ -1,0 +1,1 @@
+"""The report: charts, pages and the static site."""

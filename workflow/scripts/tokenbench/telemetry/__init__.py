@@ -1,0 +1,1 @@
+"""Hardware telemetry: the sampler process, hardware peaks, and the merge onto requests."""
