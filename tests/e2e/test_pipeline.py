@@ -153,7 +153,7 @@ sys.path.insert(0, {str(ROOT / "workflow" / "scripts")!r})
 from tokenbench.config import cell_settings, load_config
 from tokenbench.load.run import run_load_test
 s = cell_settings(load_config({str(SMOKE)!r}), "llamacpp", "smollm2-135m", "users-4")
-s["load"]["phases"] = [dict(s["load"]["phases"][0], duration_s=300)]
+s.load.phases = [s.load.phases[0].model_copy(update={{"duration_s": 300}})]
 run_load_test(s, {str(run_dir / "data/models/smollm2-135m/manifest.json")!r},
               {str(run_dir / "data/engines/llamacpp/probe.json")!r},
               {str(tmp_path / "out/requests.parquet")!r}, {str(tmp_path / "out/telemetry.parquet")!r},

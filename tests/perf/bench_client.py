@@ -51,9 +51,10 @@ EXTRAS = ["uvloop==0.23.0"]
 CAPS = {"chat", "completions", "stream_usage", "ignore_eos"}
 
 
-def request_spec(max_tokens: int) -> dict:
-    return {"endpoint": "chat", "max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True,
-            "system_prompt": None}
+def request_spec(max_tokens: int):
+    from tokenbench.config import RequestSpec
+
+    return RequestSpec(endpoint="chat", max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
 
 
 # =================================================================================================
@@ -137,12 +138,12 @@ def journal_file():
 
 async def job_closed(kind, url, conc, duration, warmup, max_tokens, timing):
     from tokenbench.load import generator as loadgen
+    from tokenbench.load.phases import ClosedPhase
     from tokenbench.load.prompts import PromptStream, builtin_prompts
 
     test = loadgen.LoadTest(client_factory(kind, url, max_tokens), PromptStream(builtin_prompts(), 0),
                             journal=journal_file())
-    phase = {"name": "c", "mode": "closed", "warmup": False, "users": conc, "duration_s": duration,
-             "timeout_s": 60, "drain_timeout_s": 10}
+    phase = ClosedPhase(name="c", users=conc, duration_s=duration, timeout_s=60, drain_timeout_s=10)
     cpu0, scpu0, wall0 = time.process_time(), proc_cpu_s(SERVER_PID), time.monotonic()
     await test.run([phase])
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
@@ -207,14 +208,14 @@ async def job_open(kind, url, arrival, rate, duration, scheduler, max_tokens):
     """Open loop. scheduler 'loadgen': LoadTest's own poisson phase (asyncio.sleep to each arrival).
     scheduler 'precise': sleep until 1.5 ms before each arrival, then yield in a loop until it is due."""
     from tokenbench.load import generator as loadgen
+    from tokenbench.load.phases import PoissonPhase
     from tokenbench.load.prompts import PromptStream, builtin_prompts
 
     cpu0 = time.process_time()
     if scheduler == "loadgen":
         test = loadgen.LoadTest(client_factory(kind, url, max_tokens), PromptStream(builtin_prompts(), 0),
                                 journal=journal_file())
-        phase = {"name": "o", "mode": "poisson", "warmup": False, "rate_rps": rate, "duration_s": duration,
-                 "timeout_s": 30, "drain_timeout_s": 10}
+        phase = PoissonPhase(name="o", rate_rps=rate, duration_s=duration, timeout_s=30, drain_timeout_s=10)
         await test.run([phase])
         start, end = test.marks[0].start_ns, test.marks[0].end_ns
         recs = test.records
@@ -283,14 +284,15 @@ def worker(spec: dict) -> None:
     if spec.get("cpu") is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {spec["cpu"]})
     kind = spec["client"]
-    uv = False
+    run_jobs = asyncio.run  # plain asyncio: the baseline
     if kind == "tokenbench+uvloop":
-        from tokenbench.load.http_stream import install_uvloop
+        from tokenbench.load.generator import event_loop_name, run_async
+
         sys.path.append(str(EXTRAS_DIR))  # after the project's own packages
-        uv = install_uvloop()
-        if not uv:
+        if event_loop_name() == "asyncio":
             print(json.dumps({"error": "uvloop is not installed"}))
             return
+        run_jobs = run_async  # uvloop's event loop, exactly as the pipeline and `tokenbench run` start it
         kind = "tokenbench"
     if spec.get("stamps"):
         instrument_stamps()
@@ -302,7 +304,7 @@ def worker(spec: dict) -> None:
         else:
             coro = job_open(kind, spec["url"], job["arrival"], job["rate"], job["duration"], job["scheduler"],
                             spec["max_tokens"])
-        r = asyncio.run(coro)
+        r = run_jobs(coro)
         r["client"] = spec["client"]
         results.append(r)
     print(json.dumps(results))

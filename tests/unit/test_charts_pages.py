@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tokenbench.config import HardwareSpec
 from tokenbench.report import charts
 from tokenbench.report import pages
 from tokenbench.analysis.fit import fit_saturation
@@ -16,7 +17,7 @@ from .test_metrics import MARK, S, frame, req
 def results():
     docs, runs = [], []
     for users, load in [(1, "users-1"), (4, "users-4"), (8, "users-8")]:
-        mark = {**MARK, "target": {"users": users, "duration_s": 10}}
+        mark = {**MARK, "label": f"closed loop, {users} users", "target": {"users": users, "duration_s": 10}}
         df = frame([req(i, "steady", i * S // users, 50, 10, 5 * users) for i in range(10 * users)])
         cpu = pd.DataFrame({"t_ns": np.arange(0, 11 * S, S // 4), "device": "cpu"})
         cpu["cpu_util_pct"], cpu["server_cpu_util_pct"], cpu["server_rss_bytes"] = 50.0, 40.0, 2**28
@@ -27,7 +28,7 @@ def results():
                "hardware": {"accelerator": "cpu", "peak_flops": 2e11, "peak_note": "estimated: test", "cpu": {"name": "X", "cores": 2}},
                "server_command": ["llama-server", "--port", "1"], "settings": {"load": {"name": load, "phases": [mark]}, "request": {"max_tokens": 10}},
                "provenance": {"config_hash": "abc", "host": {"cpu_cores": 2}}}
-        doc, _ = compute_metrics(df, cpu, run, {"name": "smol", "figures": {"parameters": 1e8}}, {"name": "auto", "price_usd_per_hour": 0.1})
+        doc, _ = compute_metrics(df, cpu, run, {"name": "smol", "figures": {"parameters": 1e8}}, HardwareSpec(price_usd_per_hour=0.1))
         docs.append(doc)
         runs.append((run, cpu))
     return docs, runs

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tokenbench.config import ConfigError, canonical_hash, cell_settings, cells, load_config, validate
+from tokenbench.config import CellSettings, ConfigError, canonical_hash, cell_settings, cells, load_config, validate
+from tokenbench.load.phases import ClosedPhase
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,8 +21,11 @@ def test_default_config_is_valid_and_expands_cells(raw):
 
 
 def test_every_shipped_config_validates():
-    for path in (ROOT / "config").glob("*.yaml"):
-        load_config(path)
+    paths = sorted((ROOT / "config").glob("*.yaml"))
+    assert {"config.yaml", "smoke.yaml", "load-modes.yaml", "seed-a40-llama3-8b.yaml",
+            "seed-a100-llama3.yaml"} <= {p.name for p in paths}
+    for path in paths:
+        assert load_config(path).loads, path
 
 
 @pytest.mark.parametrize("mutate, key", [
@@ -33,6 +37,9 @@ def test_every_shipped_config_validates():
     (lambda r: r["sweep"]["loads"].append("users-99"), "sweep"),
     (lambda r: r["loads"]["three_phase"]["phases"].append({"name": "warmup", "mode": "idle", "duration_s": 1}),
      "loads.three_phase.phases"),
+    (lambda r: r["loads"]["users-4"]["phases"][1].update(mode="poisson", rate_rps=2, burstiness=0.5),
+     "loads.users-4.phases.1.poisson.burstiness"),  # burstiness is gamma's alone
+    (lambda r: r["engines"]["llamacpp"].update(host="10.0.0.1"), "engines.llamacpp"),
 ])
 def test_bad_config_names_the_key_to_fix(raw, mutate, key):
     mutate(raw)
@@ -59,19 +66,44 @@ def test_sweep_load_must_have_closed_steady_phase(raw):
 
 def test_cell_settings_change_only_for_the_changed_load(raw):
     cfg = validate(raw)
-    before = {l: canonical_hash(cell_settings(cfg, "llamacpp", "smollm2-135m", l)) for l in cfg.loads}
+    before = {l: canonical_hash(cell_settings(cfg, "llamacpp", "smollm2-135m", l).model_dump(mode="json"))
+              for l in cfg.loads}
     raw2 = copy.deepcopy(raw)
     raw2["loads"]["users-4"]["phases"][1]["duration_s"] = 31
     cfg2 = validate(raw2)
-    after = {l: canonical_hash(cell_settings(cfg2, "llamacpp", "smollm2-135m", l)) for l in cfg2.loads}
+    after = {l: canonical_hash(cell_settings(cfg2, "llamacpp", "smollm2-135m", l).model_dump(mode="json"))
+             for l in cfg2.loads}
     assert [l for l in before if before[l] != after[l]] == ["users-4"]
 
 
 def test_load_request_override(raw):
     raw["loads"]["users-1"]["request"] = {"max_tokens": 8}
     cfg = validate(raw)
-    assert cell_settings(cfg, "llamacpp", "smollm2-135m", "users-1")["request"]["max_tokens"] == 8
-    assert cell_settings(cfg, "llamacpp", "smollm2-135m", "users-4")["request"]["max_tokens"] == 64
+    assert cell_settings(cfg, "llamacpp", "smollm2-135m", "users-1").request.max_tokens == 8
+    assert cell_settings(cfg, "llamacpp", "smollm2-135m", "users-4").request.max_tokens == 64
+
+
+def test_cell_settings_travel_as_json_and_come_back_typed(raw):
+    # the Snakefile hands the job the JSON dump; the wrapper validates it back into the same settings
+    settings = cell_settings(validate(raw), "llamacpp", "smollm2-135m", "users-4")
+    dumped = settings.model_dump(mode="json")
+    assert yaml.safe_load(yaml.safe_dump(dumped)) == dumped  # plain data
+    back = CellSettings.model_validate(dumped)
+    assert back == settings
+    assert (back.engine.name, back.model.name, back.load.name) == ("llamacpp", "smollm2-135m", "users-4")
+    steady = back.load.phases[1]
+    assert isinstance(steady, ClosedPhase) and steady.users == 4
+    assert back.preflight.max_gpu_util_pct == 5.0 and back.telemetry.interval_s == 0.05  # defaults, written once
+
+
+def test_loopback_hosts_are_accepted_and_others_need_allow_remote(raw):
+    raw["engines"]["llamacpp"]["host"] = "127.0.0.2"
+    validate(raw)
+    raw["engines"]["llamacpp"]["host"] = "10.0.0.1"
+    with pytest.raises(ConfigError, match="host '10.0.0.1' is not loopback"):
+        validate(raw)
+    raw["engines"]["llamacpp"]["allow_remote"] = True
+    validate(raw)
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -3,15 +3,18 @@ import json
 import pytest
 
 from tokenbench.cli import main
-from tokenbench.config import ConfigError
+from tokenbench.config import ConfigError, RequestSpec
 from tokenbench.load.endpoint import check_loopback, parse_profile, run_endpoint
+from tokenbench.load.phases import GammaPhase
 from tokenbench.records import read_json, read_meta, read_table
 
 
 def test_parse_profile_validates_against_the_phase_schema():
     p = parse_profile("gamma:rate_rps=5,burstiness=0.5,duration_s=10,warmup=true", 0)
-    assert p["mode"] == "gamma" and p["rate_rps"] == 5 and p["burstiness"] == 0.5 and p["warmup"] is True
-    assert p["name"] == "gamma0"
+    assert isinstance(p, GammaPhase) and p.rate_rps == 5 and p.burstiness == 0.5 and p.warmup is True
+    assert p.name == "gamma0"
+    with pytest.raises(ConfigError, match="burstiness"):
+        parse_profile("poisson:rate_rps=5,burstiness=0.5,duration_s=10", 1)  # burstiness is gamma's alone
     with pytest.raises(ConfigError, match="users"):
         parse_profile("closed:users=0,duration_s=1", 1)
     with pytest.raises(ConfigError, match="exactly one of duration_s or requests"):
@@ -36,7 +39,8 @@ def test_run_endpoint_writes_records_and_metrics(fake_server, tmp_path, monkeypa
     srv = fake_server(tokens=6, ttft_ms=5)
     monkeypatch.setenv("MY_KEY", "sk-test-secret")
     phases = [parse_profile("constant:rate_rps=40,duration_s=0.5", 0), parse_profile("closed:users=3,requests=9", 1)]
-    m = run_endpoint(srv.url, "fake", phases, {"max_tokens": 6}, str(tmp_path), api_key_env="MY_KEY",
+    m = run_endpoint(srv.url, "fake", phases, RequestSpec(max_tokens=6), str(tmp_path), route_prefix="/v1",
+                     capabilities={"chat", "completions", "stream_usage"}, api_key_env="MY_KEY",
                      slo={"ttft_ms": 1000}, progress=None)
     req = read_table(tmp_path / "requests.parquet")
     assert len(req) == srv.requests and (req.status == "ok").all()
@@ -48,7 +52,9 @@ def test_run_endpoint_writes_records_and_metrics(fake_server, tmp_path, monkeypa
     assert read_meta(tmp_path / "requests.parquet")["complete"] is True
     for f in ("requests.parquet", "run.json", "metrics.json", "requests.jsonl"):
         assert "sk-test-secret" not in (tmp_path / f).read_bytes().decode(errors="replace")
-    assert read_json(tmp_path / "run.json")["complete"] is True
+    run_doc = read_json(tmp_path / "run.json")
+    assert run_doc["complete"] is True
+    assert [(p["label"], p["open_loop"]) for p in run_doc["phases"]] == [("constant 40 req/s", True), ("3 users", False)]
 
 
 def test_cli_run_prints_a_summary(fake_server, tmp_path, capsys):

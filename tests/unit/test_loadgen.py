@@ -4,16 +4,18 @@ import json
 
 import pytest
 
+from tokenbench.config import RequestSpec
 from tokenbench.load.generator import LoadTest, session_factory
+from tokenbench.load.phases import ClosedPhase, ConstantPhase, IdlePhase, PoissonPhase, SweepPhase, TracePhase
 from tokenbench.load.prompts import PromptStream, builtin_prompts
 
 CAPS = {"chat", "completions", "stream_usage", "ignore_eos"}
-REQ = {"endpoint": "chat", "max_tokens": 8, "temperature": 0.0, "ignore_eos": True, "system_prompt": None}
+REQ = RequestSpec(endpoint="chat", max_tokens=8, temperature=0.0, ignore_eos=True)
+FAST = {"timeout_s": 5, "drain_timeout_s": 5}  # a test's requests finish in well under a second
 
 
-def phase(name="p", mode="closed", **kw):
-    base = {"name": name, "mode": mode, "warmup": False, "timeout_s": 5, "drain_timeout_s": 5}
-    return {**base, **kw}
+def closed(name="p", **kw):
+    return ClosedPhase(name=name, **{**FAST, **kw})
 
 
 def run(url, phases, request=REQ, caps=CAPS, seed=0):
@@ -26,7 +28,7 @@ def run(url, phases, request=REQ, caps=CAPS, seed=0):
 
 def test_closed_loop_records_every_request_once(fake_server):
     srv = fake_server(tokens=8, ttft_ms=5, itl_ms=1)
-    test, journal = run(srv.url, [phase(users=3, duration_s=0.5)])
+    test, journal = run(srv.url, [closed(users=3, duration_s=0.5)])
     recs = test.records
     assert len(recs) == srv.requests  # the server saw exactly what the client recorded
     assert len({r.request_id for r in recs}) == len(recs) == len(journal)
@@ -41,7 +43,7 @@ def test_closed_loop_records_every_request_once(fake_server):
 
 def test_ttft_is_first_content_token_not_first_byte(fake_server):
     srv = fake_server(tokens=4, ttft_ms=50, role_chunk=True)
-    test, _ = run(srv.url, [phase(users=1, duration_s=0.01)])
+    test, _ = run(srv.url, [closed(users=1, duration_s=0.01)])
     r = test.records[0]
     # the empty role chunk arrives at once; the first content token ~50 ms later
     assert (r.first_byte_ns - r.sent_ns) / 1e6 < 40
@@ -50,7 +52,7 @@ def test_ttft_is_first_content_token_not_first_byte(fake_server):
 
 def test_injected_timing_is_measured(fake_server):
     srv = fake_server(tokens=6, ttft_ms=30, itl_ms=10)
-    test, _ = run(srv.url, [phase(users=1, duration_s=0.01)])
+    test, _ = run(srv.url, [closed(users=1, duration_s=0.01)])
     r = test.records[0]
     gaps = [(b - a) / 1e6 for a, b in zip(r.chunk_ns, r.chunk_ns[1:])]
     assert all(9 <= g < 50 for g in gaps), gaps
@@ -60,14 +62,14 @@ def test_injected_timing_is_measured(fake_server):
 @pytest.mark.parametrize("kw, source", [({"usage_on_finish_chunk": True}, "usage"), ({"no_usage": True}, "chunks")])
 def test_usage_on_finish_chunk_or_missing(fake_server, kw, source):
     srv = fake_server(tokens=5, **kw)
-    test, _ = run(srv.url, [phase(users=1, duration_s=0.01)])
+    test, _ = run(srv.url, [closed(users=1, duration_s=0.01)])
     r = test.records[0]
     assert r.status == "ok" and r.output_tokens == 5 and r.output_tokens_source == source
 
 
 def test_http_errors_are_recorded_not_retried(fake_server):
     srv = fake_server(status=503)
-    test, journal = run(srv.url, [phase(users=2, duration_s=0.2)])
+    test, journal = run(srv.url, [closed(users=2, duration_s=0.2)])
     assert len(test.records) == srv.requests > 0
     assert {r.status for r in test.records} == {"http_error"}
     assert all(r.http_status == 503 and "503" in r.error for r in test.records)
@@ -75,7 +77,7 @@ def test_http_errors_are_recorded_not_retried(fake_server):
 
 def test_disconnect_mid_stream_is_recorded(fake_server):
     srv = fake_server(tokens=10, fail_after=3)
-    test, _ = run(srv.url, [phase(users=1, duration_s=0.05)])
+    test, _ = run(srv.url, [closed(users=1, duration_s=0.05)])
     assert len(test.records) == srv.requests
     r = test.records[0]
     assert r.status == "disconnect" and len(r.chunk_ns) == 3 and r.end_ns is not None
@@ -83,19 +85,19 @@ def test_disconnect_mid_stream_is_recorded(fake_server):
 
 def test_timeout_is_recorded(fake_server):
     srv = fake_server(tokens=3, ttft_ms=2000)
-    test, _ = run(srv.url, [phase(users=1, duration_s=0.01, timeout_s=0.2)])
+    test, _ = run(srv.url, [closed(users=1, duration_s=0.01, timeout_s=0.2)])
     assert [r.status for r in test.records] == ["timeout"]
 
 
 def test_dead_server_every_request_is_a_disconnect():
-    test, journal = run("http://127.0.0.1:9", [phase(users=2, duration_s=0.1)])
+    test, journal = run("http://127.0.0.1:9", [closed(users=2, duration_s=0.1)])
     assert test.records and {r.status for r in test.records} == {"disconnect"}
     assert len(journal) == len(test.records)
 
 
 def test_poisson_phase_is_seeded_and_records_schedule(fake_server):
     srv = fake_server(tokens=2)
-    ph = [phase("w", "poisson", rate_rps=50, duration_s=0.6, warmup=True)]
+    ph = [PoissonPhase(name="w", rate_rps=50, duration_s=0.6, warmup=True, **FAST)]
     a, _ = run(srv.url, ph, seed=3)
     b, _ = run(srv.url, ph, seed=3)
     offs = lambda t: [r.scheduled_ns - t.marks[0].start_ns for r in t.records]  # noqa: E731
@@ -107,11 +109,16 @@ def test_poisson_phase_is_seeded_and_records_schedule(fake_server):
 
 def test_idle_phase_sends_nothing_and_phases_are_marked(fake_server):
     srv = fake_server(tokens=2)
-    test, _ = run(srv.url, [phase("w", "poisson", rate_rps=20, duration_s=0.3),
-                            {"name": "idle", "mode": "idle", "duration_s": 0.3, "warmup": False},
-                            phase("s", users=2, duration_s=0.3)])
+    test, _ = run(srv.url, [PoissonPhase(name="w", rate_rps=20, duration_s=0.3, **FAST),
+                            IdlePhase(name="idle", duration_s=0.3),
+                            closed("s", users=2, duration_s=0.3)])
     names = [m.name for m in test.marks]
     assert names == ["w", "idle", "s"]
+    assert [(m.mode, m.open_loop, m.label) for m in test.marks] == [
+        ("poisson", True, "Poisson 20 req/s"), ("idle", False, "idle 0.3 s"), ("closed", False, "2 users")]
+    assert [m.target for m in test.marks] == [{"duration_s": 0.3, "rate_rps": 20, "arrivals": "poisson"},
+                                              {"duration_s": 0.3}, {"duration_s": 0.3, "users": 2, "ramp_s": 0,
+                                                                    "think_s": 0}]
     assert not [r for r in test.records if r.phase == "idle"]
     idle = test.marks[1]
     w = test.marks[0]
@@ -128,13 +135,13 @@ def test_payload_sends_ignore_eos_only_where_supported(fake_server):
     assert c.payload("hi")["ignore_eos"] is True and c.payload("hi")["stream_options"] == {"include_usage": True}
     c2 = Client(None, "http://x", "/v1", "m", REQ, {"chat"})
     assert "ignore_eos" not in c2.payload("hi") and "stream_options" not in c2.payload("hi")
-    sys_req = {**REQ, "system_prompt": "be brief"}
+    sys_req = REQ.model_copy(update={"system_prompt": "be brief"})
     assert Client(None, "http://x", "/v1", "m", sys_req, CAPS).payload("hi")["messages"][0] == {"role": "system", "content": "be brief"}
 
 
 def test_completions_endpoint(fake_server):
     srv = fake_server(tokens=3)
-    test, _ = run(srv.url, [phase(users=1, duration_s=0.01)], request={**REQ, "endpoint": "completions"})
+    test, _ = run(srv.url, [closed(users=1, duration_s=0.01)], request=REQ.model_copy(update={"endpoint": "completions"}))
     assert test.records[0].status == "ok" and len(test.records[0].chunk_ns) == 3
 
 
@@ -142,9 +149,9 @@ def test_idle_gap_longer_than_server_keepalive_loses_nothing(fake_server):
     # the server closes idle keep-alive connections after 0.5 s (llama-server: 5 s); the idle phase
     # outlasts that, and the next phase must not reuse a connection the server already closed
     srv = fake_server(tokens=2, keepalive_timeout=0.5)
-    test, _ = run(srv.url, [phase("a", users=4, duration_s=0.3),
-                            {"name": "idle", "mode": "idle", "duration_s": 2.6, "warmup": False},
-                            phase("b", users=4, duration_s=0.3)])
+    test, _ = run(srv.url, [closed("a", users=4, duration_s=0.3),
+                            IdlePhase(name="idle", duration_s=2.6),
+                            closed("b", users=4, duration_s=0.3)])
     assert {r.status for r in test.records} == {"ok"}, [r.error for r in test.records if r.status != "ok"][:3]
     assert len(test.records) == srv.requests
 
@@ -153,7 +160,7 @@ def test_connection_closed_by_server_after_response_is_replaced_not_lost(fake_se
     # llama-server was seen closing keep-alive connections right after a streamed response; a request
     # written to such a connection never reaches the server and is resent once on a fresh one
     srv = fake_server(tokens=2, close_after_response=True)
-    test, _ = run(srv.url, [phase(users=6, duration_s=1.0)])
+    test, _ = run(srv.url, [closed(users=6, duration_s=1.0)])
     assert {r.status for r in test.records} == {"ok"}, [r.error for r in test.records if r.status != "ok"][:3]
     assert len(test.records) == srv.requests
     assert all(r.attempts in (1, 2) for r in test.records)
@@ -161,43 +168,16 @@ def test_connection_closed_by_server_after_response_is_replaced_not_lost(fake_se
 
 
 # ---------------------------------------------------------------- load modes
-import random
-import statistics
-
-from tokenbench.load.generator import arrival_offsets, trace_schedule
-
-
-def _gaps(mode, rate, burstiness=1.0, n=20000):
-    gen = arrival_offsets(mode, rate, burstiness, random.Random(1))
-    offs = [next(gen)[0] / 1e9 for _ in range(n)]
-    return [b - a for a, b in zip([0.0] + offs, offs)]
-
-
-@pytest.mark.parametrize("mode, burstiness, cv", [("poisson", 1.0, 1.0), ("gamma", 0.25, 2.0), ("gamma", 4.0, 0.5),
-                                                  ("constant", 1.0, 0.0)])
-def test_arrival_processes_have_the_right_rate_and_burstiness(mode, burstiness, cv):
-    g = _gaps(mode, 100.0, burstiness)
-    assert statistics.fmean(g) == pytest.approx(0.01, rel=0.03)
-    assert statistics.pstdev(g) / statistics.fmean(g) == pytest.approx(cv, abs=0.06)
-
-
-def test_constant_arrivals_do_not_drift():
-    gen = arrival_offsets("constant", 3.0, 1.0, random.Random(0))
-    offs = [next(gen)[0] for _ in range(30000)]
-    assert offs[-1] == 10_000 * 10**9  # 30000 arrivals at 3/s end at exactly 10 000 s
-    assert offs[2] == 1_000_000_000
-
-
 def test_fixed_request_count_phases(fake_server):
     srv = fake_server(tokens=2)
-    test, _ = run(srv.url, [phase("c", users=3, requests=7), phase("o", "constant", rate_rps=200, requests=9)])
+    test, _ = run(srv.url, [closed("c", users=3, requests=7), ConstantPhase(name="o", rate_rps=200, requests=9, **FAST)])
     by = {m.name: [r for r in test.records if r.phase == m.name] for m in test.marks}
     assert len(by["c"]) == 7 and len(by["o"]) == 9 and srv.requests == 16
 
 
 def test_ramp_spreads_user_starts_and_think_time_spaces_requests(fake_server):
     srv = fake_server(tokens=2)
-    test, _ = run(srv.url, [phase(users=4, duration_s=0.8, ramp_s=0.6, think_s=0.2)])
+    test, _ = run(srv.url, [closed(users=4, duration_s=0.8, ramp_s=0.6, think_s=0.2)])
     start = test.marks[0].start_ns
     first = {u: min(r.sent_ns for r in test.records if r.user == u) - start for u in range(4)}
     for u in range(4):
@@ -213,27 +193,21 @@ def test_trace_replay_keeps_schedule_and_output_lengths(fake_server, tmp_path):
         {"timestamp": 100.0, "prompt": "a", "output_tokens": 3},
         {"timestamp": 100.5, "prompt": "b", "output_tokens": 5},
         {"timestamp": 100.2, "prompt": "c"}]))
-    assert [o for o, _ in trace_schedule(str(trace), 2.0)] == [0, 100_000_000, 250_000_000]
     srv = fake_server(tokens=8)
-    test, _ = run(srv.url, [{"name": "t", "mode": "trace", "path": str(trace), "time_scale": 1.0,
-                             "warmup": False, "timeout_s": 5, "drain_timeout_s": 5}])
+    test, _ = run(srv.url, [TracePhase(name="t", path=str(trace), **FAST)])
     recs = sorted(test.records, key=lambda r: r.scheduled_ns)
     assert [r.output_tokens for r in recs] == [3, 8, 5]  # 8: no output_tokens in the row -> the load's cap
     assert [r.max_tokens for r in recs] == [3, 8, 5]
     offs = [(r.scheduled_ns - test.marks[0].start_ns) / 1e6 for r in recs]
     assert offs == pytest.approx([0, 200, 500], abs=1)
-
-
-def test_bad_trace_row_names_the_line(tmp_path):
-    trace = tmp_path / "t.jsonl"
-    trace.write_text('{"timestamp": 1, "prompt": "a"}\n{"prompt": "b"}\n')
-    with pytest.raises(ValueError, match=r"t.jsonl:2: a trace row needs 'timestamp'"):
-        trace_schedule(str(trace))
+    mark = test.marks[0]
+    assert (mark.mode, mark.open_loop, mark.label) == ("trace", True, "trace t.jsonl")
+    assert mark.target == {"trace": str(trace), "requests": 3}
 
 
 def test_open_loop_concurrency_cap_queues_and_latency_from_schedule_shows_it(fake_server):
     srv = fake_server(tokens=2, ttft_ms=100)
-    test, _ = run(srv.url, [phase("o", "constant", rate_rps=50, duration_s=0.4, max_concurrency=2)])
+    test, _ = run(srv.url, [ConstantPhase(name="o", rate_rps=50, duration_s=0.4, max_concurrency=2, **FAST)])
     lags = sorted((r.sent_ns - r.scheduled_ns) / 1e6 for r in test.records)
     assert lags[-1] > 100  # later arrivals waited for a free slot
     assert test.marks[0].target["max_concurrency"] == 2
@@ -242,11 +216,13 @@ def test_open_loop_concurrency_cap_queues_and_latency_from_schedule_shows_it(fak
 def test_sweep_runs_sync_max_then_rates_and_stops_when_saturated(fake_server):
     # the server generates at most 2 requests at once, ~50 ms each: ~40 req/s capacity
     srv = fake_server(tokens=5, itl_ms=10, capacity=2)
-    test, _ = run(srv.url, [{"name": "sw", "mode": "sweep", "step_duration_s": 0.6, "max_users": 8, "rates": 6,
-                             "arrivals": "constant", "saturation_ratio": 0.9, "warmup": False,
-                             "timeout_s": 5, "drain_timeout_s": 5}])
+    test, _ = run(srv.url, [SweepPhase(name="sw", step_duration_s=0.6, max_users=8, rates=6, arrivals="constant",
+                                       saturation_ratio=0.9, **FAST)])
     names = [m.name for m in test.marks]
     assert names[:3] == ["sw-sync", "sw-max", "sw-r1"]
+    assert [(m.mode, m.open_loop) for m in test.marks[:3]] == [("closed", False), ("closed", False), ("constant", True)]
+    assert [m.label for m in test.marks[:2]] == ["1 user", "8 users"]
+    assert test.marks[2].label.startswith("constant ") and test.marks[2].label.endswith(" req/s")
     sync, peak = test.marks[0].target["measured_rps"], test.marks[1].target["measured_rps"]
     assert 10 < sync < 30 and peak > 1.3 * sync  # 1 user: ~20 req/s; 8 users: the 2 slots are full
     rates = [m.target["rate_rps"] for m in test.marks[2:]]

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from tokenbench import records
-from tokenbench.config import cell_settings, validate
+from tokenbench.config import CellSettings, cell_settings, validate
 from tokenbench.engines.server import group_alive
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +55,8 @@ def test_fake_engine_cell_scrapes_engine_metrics(tmp_path):
     settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 2, "duration_s": 1.5}])
     doc = run_load_test(settings, man, probe, **paths)
     assert doc["complete"] and doc["server_stop"]["stopped"] == "SIGTERM" and doc["server_stop"]["group_gone"]
+    assert CellSettings.model_validate(doc["settings"]) == settings  # run.json keeps the settings' JSON dump
+    assert [(p["name"], p["mode"], p["label"], p["open_loop"]) for p in doc["phases"]] == [("s", "closed", "2 users", False)]
     assert doc["server_command"][1:5] == ["--model", str(tmp_path / "model.gguf"), "--alias", "m"]
     assert "--metrics" in doc["server_command"]
     lines = doc["engine_log_lines"]  # the catalog's llama.cpp patterns picked the slot lines out of the log
@@ -76,9 +78,10 @@ def test_fake_engine_cell_scrapes_engine_metrics(tmp_path):
 RUNNER = """
 import json, sys
 sys.path.insert(0, {scripts!r})
+from tokenbench.config import CellSettings
 from tokenbench.load.run import run_load_test
 a = json.load(open({args!r}))
-run_load_test(a["settings"], a["man"], a["probe"], **a["paths"])
+run_load_test(CellSettings.model_validate(a["settings"]), a["man"], a["probe"], **a["paths"])
 """
 
 
@@ -88,7 +91,8 @@ def test_interrupted_load_test_leaves_no_orphan_server(tmp_path, sig):
            "max_batch": 2, "max_context": 256, "stop_grace_s": 3}
     settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 2, "duration_s": 120}])
     args = tmp_path / "args.json"
-    args.write_text(json.dumps({"settings": settings, "man": man, "probe": probe, "paths": paths}))
+    args.write_text(json.dumps({"settings": settings.model_dump(mode="json"), "man": man, "probe": probe,
+                                "paths": paths}))
     script = RUNNER.format(scripts=str(ROOT / "workflow" / "scripts"), args=str(args))
     runner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     log = Path(paths["server_log"])
@@ -124,7 +128,7 @@ def test_external_endpoint_with_api_key_from_env(tmp_path, fake_server, monkeypa
     eng = {"kind": "external", "url": srv.url, "api_key_env": "TB_TEST_KEY", "metrics_paths": ["/metrics"],
            "metrics_interval_s": 0.2, "capabilities": ["chat", "stream_usage", "ignore_eos"]}
     settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 2, "duration_s": 1}])
-    assert "TB_TEST_KEY" in json.dumps(settings) and secret not in json.dumps(settings)
+    assert "TB_TEST_KEY" in settings.model_dump_json() and secret not in settings.model_dump_json()
     doc = run_load_test(settings, man, probe, **paths)
     assert doc["complete"] and "server_stop" not in doc
     req = pd.read_parquet(paths["out_requests"])
@@ -156,7 +160,7 @@ def test_remote_external_endpoint_is_refused_even_with_handmade_settings(tmp_pat
     srv = fake_server()
     eng = {"kind": "external", "url": srv.url, "capabilities": ["chat", "ignore_eos"]}
     settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 1, "duration_s": 1}])
-    settings["engine"]["url"] = "http://192.0.2.7:8000"  # bypassing config validation
+    settings.engine.url = "http://192.0.2.7:8000"  # bypassing config validation (no validate_assignment)
     with pytest.raises(RuntimeError, match="loopback"):
         run_load_test(settings, man, probe, **paths)
 

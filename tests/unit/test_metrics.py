@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tokenbench.config import HardwareSpec, SloSpec, ValiditySpec
 from tokenbench.load.run import REQUEST_COLUMNS
 from tokenbench.telemetry.merge import inflight_at, merge_telemetry, phase_of, rate_from_counter, token_times
 from tokenbench.analysis.metrics import compute_metrics, dist, phase_metrics, summarize_metrics, windows
@@ -26,15 +27,16 @@ def frame(rows):
     return pd.DataFrame(rows, columns=list(REQUEST_COLUMNS)).astype(REQUEST_COLUMNS)
 
 
-MARK = {"name": "steady", "mode": "closed", "warmup": False, "start_ns": 0, "end_ns": 10 * S,
-        "drained_ns": 11 * S, "target": {"users": 2, "duration_s": 10}}
+MARK = {"name": "steady", "label": "closed loop, 2 users", "open_loop": False, "mode": "closed", "warmup": False,
+        "start_ns": 0, "end_ns": 10 * S, "drained_ns": 11 * S, "target": {"users": 2, "duration_s": 10}}
+NO_TELEMETRY = pd.DataFrame({"t_ns": [], "device": [], "phase": []})
 
 
 def test_latency_definitions_on_known_timestamps():
     # 10 requests: TTFT 100 ms, 11 tokens 20 ms apart -> E2E = 100 + 200 + 1 ms, TPOT = 20.1 ms
     df = frame([req(i, "steady", i * S, 100, 11, 20) for i in range(10)])
-    m = phase_metrics(df, pd.DataFrame({"t_ns": [], "device": [], "phase": []}), MARK, params=1_000_000,
-                      peak={"peak_flops": 1e12}, hw_cfg={"price_usd_per_hour": 3.6})
+    m = phase_metrics(df, NO_TELEMETRY, MARK, params=1_000_000, peak={"peak_flops": 1e12},
+                      hardware=HardwareSpec(price_usd_per_hour=3.6), slo=SloSpec(), bounds=ValiditySpec())
     assert m["ttft_ms"]["p50"] == pytest.approx(100) and m["ttft_ms"]["n"] == 10
     assert m["e2e_ms"]["mean"] == pytest.approx(301)
     assert m["tpot_ms"]["p50"] == pytest.approx(20.1)
@@ -51,7 +53,7 @@ def test_mfu_matches_seed_000_arithmetic():
     # seed 000: 1515.6 tok/s x 2 x 8.03e9 / 149.7e12 = 16.26 %
     n = 15156  # tokens in a 10 s window
     df = frame([req(0, "steady", 0, 0, n, 10_000 / n)])
-    m = phase_metrics(df, pd.DataFrame({"t_ns": [], "device": [], "phase": []}), MARK, 8.03e9, {"peak_flops": 149.7e12}, {})
+    m = phase_metrics(df, NO_TELEMETRY, MARK, 8.03e9, {"peak_flops": 149.7e12}, HardwareSpec(), SloSpec(), ValiditySpec())
     assert m["output_tok_s"] == pytest.approx(1515.6)
     assert m["mfu_pct"] == pytest.approx(16.26, abs=0.01)
 
@@ -59,7 +61,7 @@ def test_mfu_matches_seed_000_arithmetic():
 def test_failed_requests_count_in_success_rate_not_in_latency():
     rows = [req(0, "steady", 0, 100, 5, 10), req(1, "steady", S, 0, 0, 0, status="http_error"),
             req(2, "steady", 2 * S, 0, 0, 0, status="disconnect")]
-    m = phase_metrics(frame(rows), pd.DataFrame({"t_ns": [], "device": [], "phase": []}), MARK, None, {}, {})
+    m = _phase(rows)
     assert m["success_rate"] == pytest.approx(1 / 3)
     assert m["ttft_ms"]["n"] == 1 and m["status_counts"] == {"ok": 1, "http_error": 1, "disconnect": 1}
     assert m["mfu_pct"] is None and m["usd_per_mtok"] is None
@@ -67,10 +69,10 @@ def test_failed_requests_count_in_success_rate_not_in_latency():
 
 def test_tokens_after_window_end_do_not_count():
     # one request whose 10 tokens straddle the end of the window (9.5 s .. 10.4 s)
-    df = frame([req(0, "steady", int(9.4 * S), 100, 10, 100)])
-    tok_t, tok_w = token_times(df)
+    rows = [req(0, "steady", int(9.4 * S), 100, 10, 100)]
+    tok_t, tok_w = token_times(frame(rows))
     assert tok_w.sum() == 10
-    m = phase_metrics(df, pd.DataFrame({"t_ns": [], "device": [], "phase": []}), MARK, None, {}, {})
+    m = _phase(rows)
     assert m["output_tokens_in_window"] == 5 and m["output_tok_s"] == pytest.approx(0.5)
 
 
@@ -84,7 +86,7 @@ def test_usage_count_is_spread_over_chunks():
 def test_windows_and_summary():
     # TTFT 100 ms in the first 5 s, 900 ms in the next 5 s
     df = frame([req(i, "steady", i * S, 100 if i < 5 else 900, 10, 10) for i in range(10)])
-    w = windows(df, MARK, 5.0, slo={"ttft_ms": 500})
+    w = windows(df, MARK, SloSpec(ttft_ms=500), 5.0)
     assert list(w.output_tok_s) == [10.0, 10.0] and list(w.requests_per_s) == [1.0, 1.0]
     assert list(w.goodput_rps) == [1.0, 0.0]
     assert list(w.ttft_p50_ms) == pytest.approx([100, 900])
@@ -120,7 +122,7 @@ def test_merge_and_compute_with_gpu_energy():
            "complete": True, "hardware": {"accelerator": "A40", "peak_flops": 149.7e12, "peak_note": "datasheet", "cpu": {}}}
     tl = merge_telemetry(df, pd.concat([tel, cpu]), run)
     assert tl.loc[tl.device == "cpu", "cpu_util_pct"].dropna().mean() == pytest.approx(50)
-    doc, win = compute_metrics(df, tl, run, {"name": "m", "figures": {"parameters": 1e9}}, {"name": "auto"})
+    doc, win = compute_metrics(df, tl, run, {"name": "m", "figures": {"parameters": 1e9}}, HardwareSpec())
     ph = doc["phases"][0]
     assert ph["power_w"] == pytest.approx(250) and ph["power_source"] == "nvml energy counter"
     assert ph["tok_per_j"] == pytest.approx(10 / 250)
@@ -135,21 +137,22 @@ def test_dist_handles_empty_and_nan():
     assert d["n"] == 2 and d["mean"] == 2.0
 
 
-def _phase(rows, mark=MARK, slo=None, rules=None, lag=None):
-    return phase_metrics(frame(rows), pd.DataFrame({"t_ns": [], "device": [], "phase": []}), mark, None, {}, {},
-                         slo, rules, lag)
+def _phase(rows, mark=MARK, slo=None, bounds=None, lag=None):
+    """A phase's metrics from request rows, without telemetry, parameters or a peak."""
+    return phase_metrics(frame(rows), NO_TELEMETRY, mark, None, {}, HardwareSpec(), slo or SloSpec(),
+                         bounds or ValiditySpec(), lag)
 
 
 def test_goodput_counts_requests_meeting_every_slo():
     # TTFT 100 ms for even ids, 900 ms for odd ids; TPOT 20 ms for all
     rows = [req(i, "steady", i * S // 2, 100 if i % 2 == 0 else 900, 5, 20) for i in range(18)]
-    m = _phase(rows, slo={"ttft_ms": 500, "tpot_ms": 50, "e2e_ms": None})
+    m = _phase(rows, slo=SloSpec(ttft_ms=500, tpot_ms=50, e2e_ms=None))
     assert m["slo_attainment"] == pytest.approx(0.5)
     assert m["goodput_rps"] == pytest.approx(9 / 10)
     assert m["goodput_tok_s"] == pytest.approx(9 * 5 / 10)
-    tight = _phase(rows, slo={"ttft_ms": 500, "tpot_ms": 10})
+    tight = _phase(rows, slo=SloSpec(ttft_ms=500, tpot_ms=10))
     assert tight["goodput_rps"] == 0
-    none = _phase(rows, slo={})
+    none = _phase(rows, slo=SloSpec())
     assert none["slo_attainment"] == 1.0 and none["slo"] == {}
 
 
@@ -157,20 +160,21 @@ def test_validity_names_each_failed_check():
     rules = {"min_duration_s": 20, "min_requests": 50, "max_error_rate": 0.01, "max_send_lag_p99_ms": 5,
              "max_loop_lag_p99_ms": 10, "min_rate_ratio": 0.98}
     rows = [req(i, "steady", i * S, 10, 3, 5) for i in range(9)] + [req(9, "steady", 9 * S, 0, 0, 0, status="timeout")]
-    m = _phase(rows, rules=rules, lag={"p99_ms": 30.0, "max_ms": 40.0})
+    m = _phase(rows, bounds=ValiditySpec(**rules), lag={"p99_ms": 30.0, "max_ms": 40.0})
     fails = " | ".join(m["validity"]["failed_checks"])
     assert not m["validity"]["valid"]
     for text in ("min_duration_s 20", "min_requests 50", "error rate 10.0%", "event-loop lag p99 30.00 ms"):
         assert text in fails
-    ok = _phase(rows[:9], rules={**rules, "min_duration_s": 5, "min_requests": 5}, lag={"p99_ms": 1.0})
+    ok = _phase(rows[:9], bounds=ValiditySpec(**{**rules, "min_duration_s": 5, "min_requests": 5}), lag={"p99_ms": 1.0})
     assert ok["validity"] == {"valid": True, "failed_checks": [], "event_loop_lag_p99_ms": 1.0}
 
 
 def test_open_loop_delivery_and_send_lag_checks():
-    mark = {**MARK, "mode": "constant", "target": {"rate_rps": 2.0, "duration_s": 10}}
+    mark = {**MARK, "mode": "constant", "label": "constant, 2 req/s", "open_loop": True,
+            "target": {"rate_rps": 2.0, "duration_s": 10}}
     # 10 arrivals scheduled 1 s apart, each sent 12 ms late: delivered on time, but lagging
     rows = [req(i, "steady", i * S + 12 * MS, 10, 3, 5, scheduled=i * S) for i in range(10)]
-    m = _phase(rows, mark, rules={"min_rate_ratio": 0.98, "max_send_lag_p99_ms": 5})
+    m = _phase(rows, mark, bounds=ValiditySpec(min_rate_ratio=0.98, max_send_lag_p99_ms=5))
     assert m["send_lag_ms"]["p99"] == pytest.approx(12)
     assert m["ttft_sched_ms"]["p50"] == pytest.approx(22)
     assert m["schedule_rps"] == 1.0 and m["rate_ratio"] == pytest.approx(0.5) and m["delivered_ratio"] == 1.0
@@ -178,7 +182,7 @@ def test_open_loop_delivery_and_send_lag_checks():
     assert "send lag p99 12.00 ms" in fails and "fell behind" not in fails
     # the last 3 arrivals were sent after the window closed: the client fell behind its schedule
     late = rows[:7] + [req(i, "steady", 10 * S + i * MS, 10, 3, 5, scheduled=i * S) for i in range(7, 10)]
-    m2 = _phase(late, mark, rules={"min_rate_ratio": 0.98})
+    m2 = _phase(late, mark, bounds=ValiditySpec(min_rate_ratio=0.98))
     assert m2["delivered_ratio"] == pytest.approx(0.7)
     assert "sent 70.0% of its scheduled arrivals" in " ".join(m2["validity"]["failed_checks"])
 

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from tokenbench.config import DatasetPrompts, FilePrompts, SyntheticPrompts
 from tokenbench.load import prompts
 from tokenbench.load.prompts import PromptError, PromptStream, load_prompts, synthetic_prompts
 
@@ -38,15 +39,15 @@ def test_builtin_set_and_seeded_rounds():
 def test_file_prompts_jsonl_and_csv(tmp_path):
     j = tmp_path / "p.jsonl"
     j.write_text('{"prompt": "a", "out": 5}\n{"prompt": "b", "out": 7}\n')
-    items, info = load_prompts({"file": str(j), "column": "prompt", "output_column": "out"})
+    items, info = load_prompts(FilePrompts(file=str(j), column="prompt", output_column="out"))
     assert [(i["text"], i["max_tokens"]) for i in items] == [("a", 5), ("b", 7)] and info["source"] == "file"
     c = tmp_path / "p.csv"
     c.write_text("question\nhello\nworld\n")
-    assert [i["text"] for i in prompts.file_prompts(str(c), "question", limit=1)] == ["hello"]
+    assert [i["text"] for i in prompts.file_prompts(FilePrompts(file=str(c), column="question", limit=1))] == ["hello"]
     with pytest.raises(PromptError, match="has no column 'prompt'"):
-        prompts.file_prompts(str(c))
+        prompts.file_prompts(FilePrompts(file=str(c)))
     with pytest.raises(PromptError, match="does not exist"):
-        prompts.file_prompts(str(tmp_path / "nope.jsonl"))
+        prompts.file_prompts(FilePrompts(file=str(tmp_path / "nope.jsonl")))
 
 
 def test_dataset_prompts_read_dolly_and_sharegpt_rows(monkeypatch, tmp_path):
@@ -67,10 +68,10 @@ def test_dataset_prompts_read_dolly_and_sharegpt_rows(monkeypatch, tmp_path):
         return str(snap / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    items, info = load_prompts({"dataset": "dolly", "revision": "main", "limit": 10})
+    items, info = load_prompts(DatasetPrompts(dataset="dolly", revision="main", limit=10))
     assert [i["text"] for i in items] == ["Summarise\n\nSome text", "Name a colour"]
     assert info["resolved_revision"] == "abc123" and calls[0] == ("databricks/databricks-dolly-15k", "dataset", "main")
-    items, _ = load_prompts({"dataset": "sharegpt", "limit": 10})
+    items, _ = load_prompts(DatasetPrompts(dataset="sharegpt", limit=10))
     assert [i["text"] for i in items] == ["Hi there"]
 
 
@@ -83,7 +84,7 @@ def test_dataset_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PromptError, match="offline .*Use prompts: builtin, or a local file"):
-        load_prompts({"dataset": "dolly"})
+        load_prompts(DatasetPrompts(dataset="dolly"))
 
 
 def test_synthetic_prompts_have_exact_token_length_and_differ():
@@ -93,4 +94,4 @@ def test_synthetic_prompts_have_exact_token_length_and_differ():
     assert len({i["text"] for i in items}) == 8
     assert [i["text"] for i in synthetic_prompts(tok, 50, 8, seed=3)] == [i["text"] for i in items]
     with pytest.raises(PromptError, match="needs the model's tokenizer"):
-        load_prompts({"synthetic": {"input_tokens": 5, "count": 1}})
+        load_prompts(SyntheticPrompts(synthetic={"input_tokens": 5, "count": 1}))

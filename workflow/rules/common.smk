@@ -18,7 +18,7 @@ def imports_of(rule_name):
 
 
 def settings_of(wc):
-    return cell_settings(CFG, wc.engine, wc.model, wc.load)
+    return cell_settings(CFG, wc.engine, wc.model, wc.load).model_dump(mode="json")
 
 
 def load_files(wc):

@@ -23,13 +23,14 @@ def main(argv=None) -> int:
     r.add_argument("--load", help="load name in --config")
     r.add_argument("--out", required=True, help="directory for requests.parquet, run.json, metrics.json")
     r.add_argument("--route-prefix", default="/v1")
-    r.add_argument("--endpoint-type", choices=["chat", "completions"], default="chat")
-    r.add_argument("--max-tokens", type=int, default=64)
-    r.add_argument("--temperature", type=float, default=0.7)
+    # request settings: left out, the config schema's defaults (tokenbench.config.RequestSpec)
+    r.add_argument("--endpoint-type", choices=["chat", "completions"])
+    r.add_argument("--max-tokens", type=int)
+    r.add_argument("--temperature", type=float)
     r.add_argument("--ignore-eos", action="store_true", help="send ignore_eos (only if the server accepts it)")
     r.add_argument("--no-stream-usage", action="store_true", help="the server rejects stream_options")
     r.add_argument("--system-prompt")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int)
     r.add_argument("--api-key-env", help="name of the environment variable holding the API key")
     r.add_argument("--allow-remote", action="store_true", help="allow a non-loopback endpoint you are entitled to load")
     r.add_argument("--quiet", action="store_true", help="no progress line")
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    from tokenbench.config import ConfigError, load_config
+    from tokenbench.config import ConfigError, RequestSpec, load_config
     from tokenbench.load.endpoint import parse_profile, run_endpoint, summary_lines
 
     try:
@@ -63,7 +64,7 @@ def _run(args) -> int:
             cfg = load_config(args.config)
             if args.load not in cfg.loads:
                 raise ConfigError(f"--load {args.load!r} is not a load of {args.config}; it has {sorted(cfg.loads)}")
-            phases = [p.model_dump() for p in cfg.loads[args.load].phases]
+            phases = list(cfg.loads[args.load].phases)
         else:
             if not args.profile:
                 raise ConfigError("give at least one --profile (or --config and --load)")
@@ -71,10 +72,12 @@ def _run(args) -> int:
         caps = {"chat", "completions"} | (set() if args.no_stream_usage else {"stream_usage"})
         if args.ignore_eos:
             caps.add("ignore_eos")
-        request = {"endpoint": args.endpoint_type, "max_tokens": args.max_tokens, "temperature": args.temperature,
-                   "ignore_eos": args.ignore_eos, "system_prompt": args.system_prompt, "seed": args.seed}
-        metrics = run_endpoint(args.endpoint, args.model, phases, request, args.out, args.route_prefix, caps,
-                               args.api_key_env, args.allow_remote, progress=None if args.quiet else sys.stderr)
+        given = {"endpoint": args.endpoint_type, "max_tokens": args.max_tokens, "temperature": args.temperature,
+                 "system_prompt": args.system_prompt, "seed": args.seed}
+        request = RequestSpec(ignore_eos=args.ignore_eos, **{k: v for k, v in given.items() if v is not None})
+        metrics = run_endpoint(args.endpoint, args.model, phases, request, args.out, route_prefix=args.route_prefix,
+                               capabilities=caps, api_key_env=args.api_key_env, allow_remote=args.allow_remote,
+                               progress=None if args.quiet else sys.stderr)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,28 +8,37 @@ needs through ``params`` so that a change reruns exactly its downstream cells.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, Union
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
-Name = Annotated[str, Field(pattern=NAME_RE)]
+from tokenbench.load.phases import ClosedPhase, IdlePhase, Phase
+from tokenbench.load.schema import Name, Strict
 
 
 class ConfigError(ValueError):
     """A config that cannot be run; the message names the key to fix."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def is_loopback(host: str) -> bool:
+    """Whether traffic to host stays on this machine: 127.0.0.0/8, ::1 or the name localhost.
+
+    The one loopback rule: load tests send traffic only to loopback unless allow_remote is set,
+    checked when a config is validated and again just before the first request."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 # ----------------------------------------------------------------------------- models
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     source: Literal["package", "local", "hub"]
     # source: package -> a file shipped inside an installed Python package (no hub access)
     package: str | None = None
@@ -61,7 +70,7 @@ ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 RENAMED = {"parallel": "max_batch", "ctx_per_slot": "max_context"}
 
 
-class EngineSpec(_Strict):
+class EngineSpec(Strict):
     """One engine to benchmark: its kind (a catalog entry) and normalised settings.
 
     The normalised settings map onto each engine's own flags (tokenbench.engines.catalog); a setting the
@@ -115,120 +124,51 @@ class EngineSpec(_Strict):
                 raise ValueError("kind 'external' needs url (the server's base URL, e.g. http://127.0.0.1:8000)")
             if not re.match(r"^https?://[^/\s]+", self.url):
                 raise ValueError(f"url {self.url!r} is not an http(s) URL")
-            from urllib.parse import urlsplit
-
-            host = urlsplit(self.url).hostname or ""
-            if not self.allow_remote and host not in ("127.0.0.1", "localhost", "::1"):
-                raise ValueError(f"url host {host!r} is not loopback; load tests send traffic only to loopback "
-                                 f"unless allow_remote: true is set for this engine")
+            self._check_loopback("url host", urlsplit(self.url).hostname or "")
         else:
             bad = [k for k in ("url", "api_key_env", "route_prefix", "health_path", "capabilities")
                    if getattr(self, k) not in (None, [])]
             if bad:
                 raise ValueError(f"{', '.join(bad)} only apply to kind 'external'")
+            self._check_loopback("host", self.host)
             if self.binary is None:
                 self.binary = CATALOG[self.kind].default_binary
         return self
 
+    def _check_loopback(self, key: str, host: str) -> None:
+        if not self.allow_remote and not is_loopback(host):
+            raise ValueError(f"{key} {host!r} is not loopback (127.0.0.0/8, ::1 or localhost); load tests send "
+                             f"traffic only to loopback unless allow_remote: true is set for this engine")
+
 
 # ----------------------------------------------------------------------------- loads
-class _Phase(_Strict):
-    name: Name
-    warmup: bool = False  # excluded from steady-state figures
-    timeout_s: float = Field(120, gt=0)  # per request
-    drain_timeout_s: float = Field(120, ge=0)  # wait for in-flight requests after the phase ends
-
-
-class _Bounded(_Phase):
-    """A phase that sends requests: it runs for duration_s, or until it has sent `requests`."""
-    duration_s: float | None = Field(None, gt=0)
-    requests: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _one_bound(self):
-        if (self.duration_s is None) == (self.requests is None):
-            raise ValueError("give exactly one of duration_s or requests")
-        return self
-
-
-class OpenPhase(_Bounded):
-    mode: Literal["poisson", "gamma", "constant"]
-    rate_rps: float = Field(gt=0)
-    burstiness: float = Field(1.0, gt=0)  # gamma shape: 1 = Poisson, < 1 burstier, > 1 smoother
-    max_concurrency: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _burstiness_only_for_gamma(self):
-        if self.mode != "gamma" and self.burstiness != 1.0:
-            raise ValueError(f"burstiness applies to mode 'gamma', not '{self.mode}'")
-        return self
-
-
-class IdlePhase(_Phase):
-    mode: Literal["idle"]
-    duration_s: float = Field(gt=0)
-
-
-class ClosedPhase(_Bounded):
-    mode: Literal["closed"]
-    users: int = Field(ge=1)
-    ramp_s: float = Field(0.0, ge=0)  # users start spread evenly over this many seconds
-    think_s: float = Field(0.0, ge=0)  # a user's pause between its requests
-
-    @model_validator(mode="after")
-    def _ramp_inside(self):
-        if self.duration_s is not None and self.ramp_s >= self.duration_s:
-            raise ValueError(f"ramp_s ({self.ramp_s}) must be shorter than duration_s ({self.duration_s})")
-        return self
-
-
-class TracePhase(_Phase):
-    mode: Literal["trace"]
-    path: str  # JSONL rows: {"timestamp": s, "prompt": str[, "output_tokens": n]}
-    time_scale: float = Field(1.0, gt=0)  # 2 replays twice as fast
-    max_concurrency: int | None = Field(None, ge=1)
-    requests: int | None = Field(None, ge=1)  # replay only the first N rows
-
-
-class SweepPhase(_Phase):
-    """GuideLLM's sweep: synchronous, throughput, then `rates` interpolated open-loop rates."""
-    mode: Literal["sweep"]
-    step_duration_s: float = Field(gt=0)
-    max_users: int = Field(64, ge=2)  # concurrency of the throughput step
-    rates: int = Field(5, ge=1)
-    arrivals: Literal["poisson", "constant"] = "poisson"
-    saturation_ratio: float = Field(0.95, gt=0, le=1)  # stop once achieved < ratio x target
-
-
-Phase = Annotated[Union[OpenPhase, IdlePhase, ClosedPhase, TracePhase, SweepPhase], Field(discriminator="mode")]
-
-
-class FilePrompts(_Strict):
+# The phase schemas (one class per mode, `Phase` their union) are in tokenbench.load.phases.
+class FilePrompts(Strict):
     file: str  # .jsonl or .csv
     column: str = "prompt"
     output_column: str | None = None  # per-request max_tokens from this column
     limit: int | None = Field(None, ge=1)
 
 
-class DatasetPrompts(_Strict):
+class DatasetPrompts(Strict):
     dataset: Literal["dolly", "sharegpt"]  # databricks-dolly-15k, ShareGPT (Vicuna, cleaned split)
     revision: str = "main"  # the resolved commit sha is recorded in provenance
     limit: int | None = Field(1000, ge=1)
 
 
-class SyntheticSpec(_Strict):
+class SyntheticSpec(Strict):
     input_tokens: int = Field(ge=1)  # exact prompt length in the model's tokenizer
     count: int = Field(64, ge=1)  # distinct prompts (no shared prefix beyond chance)
 
 
-class SyntheticPrompts(_Strict):
+class SyntheticPrompts(Strict):
     synthetic: SyntheticSpec
 
 
 PromptSource = Union[Literal["builtin"], FilePrompts, DatasetPrompts, SyntheticPrompts]
 
 
-class RequestSpec(_Strict):
+class RequestSpec(Strict):
     endpoint: Literal["chat", "completions"] = "chat"
     max_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.7, ge=0)
@@ -239,7 +179,7 @@ class RequestSpec(_Strict):
     seed: int = 0
 
 
-class LoadSpec(_Strict):
+class LoadSpec(Strict):
     description: str = ""
     phases: list[Phase] = Field(min_length=1)
     request: RequestSpec | None = None  # overrides the top-level `request` block
@@ -251,31 +191,31 @@ class LoadSpec(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"phase names must be unique within a load: {dupes}")
-        if all(p.mode == "idle" for p in phases):
+        if all(isinstance(p, IdlePhase) for p in phases):
             raise ValueError("a load needs at least one phase that sends requests")
         return phases
 
 
-class SweepSpec(_Strict):
+class SweepSpec(Strict):
     x: Literal["users"] = "users"
     loads: list[Name] = Field(min_length=2)
     phase: Name | None = None  # the phase to read in each load; default: its last non-warmup phase
 
 
-class HardwareSpec(_Strict):
+class HardwareSpec(Strict):
     name: str = "auto"  # a key of hardware.yaml, or "auto" (detect GPU via NVML, else the CPU)
     price_usd_per_hour: float | None = Field(None, ge=0)
     electricity_usd_per_kwh: float | None = Field(None, ge=0)
 
 
-class SloSpec(_Strict):
+class SloSpec(Strict):
     """Goodput counts the requests that meet every bound given (DistServe's definition)."""
     ttft_ms: float | None = Field(None, gt=0)
     tpot_ms: float | None = Field(None, gt=0)
     e2e_ms: float | None = Field(None, gt=0)
 
 
-class ValiditySpec(_Strict):
+class ValiditySpec(Strict):
     """When a phase's figures can be trusted (MLPerf LoadGen style); a failed check is reported."""
     min_duration_s: float = Field(10, ge=0)
     min_requests: int = Field(20, ge=0)
@@ -285,23 +225,23 @@ class ValiditySpec(_Strict):
     min_rate_ratio: float = Field(0.98, gt=0, le=1)  # open loop: achieved / target send rate
 
 
-class TelemetrySpec(_Strict):
+class TelemetrySpec(Strict):
     interval_s: float = Field(0.05, gt=0, le=10)  # 20 Hz, as in the seed reports
 
 
-class PreflightSpec(_Strict):
+class PreflightSpec(Strict):
     gpu_idle: bool = True  # refuse to launch on a GPU that another process is using
     max_gpu_util_pct: float = Field(5.0, ge=0, le=100)
     max_foreign_gpu_mib: float = Field(256.0, ge=0)  # memory other processes may hold
     gpu_memory_tolerance_mib: float = Field(256.0, ge=0)  # teardown: memory back within this
 
 
-class StudySpec(_Strict):
+class StudySpec(Strict):
     title: str
     description: str = ""
 
 
-class Config(_Strict):
+class Config(Strict):
     study: StudySpec
     hardware: HardwareSpec = HardwareSpec()
     telemetry: TelemetrySpec = TelemetrySpec()
@@ -349,7 +289,7 @@ class Config(_Strict):
                     ph = match[0]
                 else:
                     ph = sweep_phase(self.loads[lname])
-                if ph is None or ph.mode != "closed":
+                if not isinstance(ph, ClosedPhase):
                     raise ValueError(
                         f"load '{lname}' in the users sweep needs a closed-loop steady phase to read"
                     )
@@ -359,7 +299,7 @@ class Config(_Strict):
 def sweep_phase(load: LoadSpec):
     """The phase a sweep reads from a load: its last non-warmup phase that sends requests."""
     for ph in reversed(load.phases):
-        if not ph.warmup and ph.mode != "idle":
+        if not ph.warmup and not isinstance(ph, IdlePhase):
             return ph
     return None
 
@@ -403,18 +343,46 @@ def canonical_hash(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def cell_settings(cfg: Config, engine: str, model: str, load: str) -> dict[str, Any]:
-    """Everything that determines one load test's numbers, as plain JSON-able data."""
+class CellEngine(EngineSpec):
+    """An engine's spec with its key in ``engines``."""
+    name: Name
+
+
+class CellModel(ModelSpec):
+    """A model's spec with its key in ``models``."""
+    name: Name
+
+
+class CellLoad(Strict):
+    """A load's phases with its key in ``loads``."""
+    name: Name
+    phases: list[Phase]
+
+
+class CellSettings(Strict):
+    """Everything that determines one cell's numbers: the slice of the config its load test reads.
+
+    It reaches the run_load_test job as its JSON dump (Snakemake params are plain data, and a change
+    to them reruns the cell) and is validated again there, so the job works on these types."""
+    engine: CellEngine
+    model: CellModel
+    load: CellLoad
+    request: RequestSpec
+    telemetry: TelemetrySpec
+    preflight: PreflightSpec
+
+
+def cell_settings(cfg: Config, engine: str, model: str, load: str) -> CellSettings:
+    """The settings of one (engine, model, load) cell; a load's own request block replaces the top-level one."""
     load_spec = cfg.loads[load]
-    request = (load_spec.request or cfg.request).model_dump()
-    return {
-        "engine": {"name": engine, **cfg.engines[engine].model_dump()},
-        "model": {"name": model, **cfg.models[model].model_dump()},
-        "load": {"name": load, "phases": [p.model_dump() for p in load_spec.phases]},
-        "request": request,
-        "telemetry": cfg.telemetry.model_dump(),
-        "preflight": cfg.preflight.model_dump(),
-    }
+    return CellSettings(
+        engine=CellEngine(name=engine, **cfg.engines[engine].model_dump()),
+        model=CellModel(name=model, **cfg.models[model].model_dump()),
+        load=CellLoad(name=load, phases=load_spec.phases),
+        request=load_spec.request or cfg.request,
+        telemetry=cfg.telemetry,
+        preflight=cfg.preflight,
+    )
 
 
 def cells(cfg: Config) -> list[tuple[str, str, str]]:

@@ -1,30 +1,8 @@
-"""Metrics of one cell, per phase. Each metric is defined once, here (and quoted on the site).
+"""Metrics of one cell, per phase, from the raw per-request records and telemetry.
 
-Definitions (all from the raw per-request records, timestamps on one monotonic clock; each
-streamed event carries the kernel's receive time of the socket read that delivered it, so chunks
-that arrive in one read share a timestamp and their ITL is 0):
-- TTFT: first *content* token minus actual send. Open-loop phases also report TTFT from the
-  scheduled send (queueing in the client included) as ``ttft_sched``.
-- first byte: first response body byte minus actual send (kept to show how far it is from TTFT).
-- E2E: end of the response minus actual send.
-- TPOT: (E2E - TTFT) / (output_tokens - 1), per request with at least 2 output tokens.
-- ITL: gaps between consecutive content chunks of a request, pooled over requests.
-- output_tokens: the server's usage count (``stream_options.include_usage``); chunk count only
-  where the server sends no usage (and then labelled so). Where the engine can tokenize, the
-  streamed text is re-tokenized by the model's own tokenizer (client count) and the share of
-  requests whose two counts differ is reported (detokenize-retokenize is not always one-to-one).
-- output throughput: output tokens that *arrived* inside the phase's issuing window divided by
-  the window length (steady state: the ramp-down drain is excluded).
-- request throughput: requests of the phase that finished ok inside the window / window length.
-- success rate: ok requests / requests sent in the phase.
-- goodput: requests of the phase that finished ok inside the window *and* met every SLO bound
-  configured (``slo:`` TTFT / TPOT / E2E), per second; their output tokens per second too.
-- send lag (open loop): actual minus scheduled send; the client's event-loop lag is how late a
-  10 ms timer fires. Both bound the timing error the client itself adds.
-- validity: a phase is valid when it ran long enough, sent enough requests, kept errors under
-  the bound, the client kept up (send lag, event-loop lag) and, open loop, the achieved send rate
-  met the target. Each failed check is reported by name.
-- MFU: output throughput x 2 x parameters / peak FLOP/s (decode FLOPs only; prefill excluded).
+What each figure means (unit, formula, measured or estimated) is declared once, in
+``registry.py``; this module computes them. A change to a computation here is a change to the
+formula text there: the site quotes that text as the definition of the number it shows.
 """
 
 from __future__ import annotations
@@ -35,11 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tokenbench.analysis import registry
+from tokenbench.analysis.registry import PERCENTILES, WINDOW_S
+from tokenbench.config import HardwareSpec, SloSpec, ValiditySpec
 from tokenbench.telemetry.merge import token_times
-
-PCTS = (50, 90, 95, 99)
-OPEN_LOOP = ("poisson", "gamma", "constant", "trace")
-WINDOW_S = 5.0  # per-window aggregates, as BentoML's study reports every 5 s
 
 
 def dist(values) -> dict[str, Any]:
@@ -49,11 +26,11 @@ def dist(values) -> dict[str, Any]:
                    dtype=float)
     out: dict[str, Any] = {"n": int(v.size)}
     if v.size == 0:
-        out.update(mean=None, std=None, min=None, max=None, **{f"p{p}": None for p in PCTS})
+        out.update(mean=None, std=None, min=None, max=None, **{f"p{p}": None for p in PERCENTILES})
         return out
     out.update(mean=float(v.mean()), std=float(v.std(ddof=1)) if v.size > 1 else None,
                min=float(v.min()), max=float(v.max()),
-               **{f"p{p}": float(np.percentile(v, p)) for p in PCTS})
+               **{f"p{p}": float(np.percentile(v, p)) for p in PERCENTILES})
     return out
 
 
@@ -75,8 +52,7 @@ def itl_ms(ok: pd.DataFrame) -> np.ndarray:
     return np.concatenate(gaps) / 1e6 if gaps else np.array([])
 
 
-def windows(req: pd.DataFrame, mark: dict[str, Any], window_s: float = WINDOW_S,
-            slo: dict[str, Any] | None = None) -> pd.DataFrame:
+def windows(req: pd.DataFrame, mark: dict[str, Any], slo: SloSpec, window_s: float = WINDOW_S) -> pd.DataFrame:
     """Per fixed window of the phase's issuing interval: output tokens/s (by arrival), finished
     requests/s, goodput and latency percentiles of the requests that finished in the window."""
     start, end = mark["start_ns"], mark["end_ns"]
@@ -172,21 +148,24 @@ def token_count_check(ok: pd.DataFrame) -> dict[str, Any]:
             "token_count_mean_diff": float(diff.mean()) if len(both) else None}
 
 
-def slo_mask(ok: pd.DataFrame, slo: dict[str, Any] | None) -> pd.Series:
+def slo_bounds(slo: SloSpec) -> dict[str, float]:
+    """The configured bounds only, keyed by the latency column they bound (ttft_ms, tpot_ms, e2e_ms)."""
+    return {key: bound for key, bound in slo.model_dump().items() if bound is not None}
+
+
+def slo_mask(ok: pd.DataFrame, slo: SloSpec) -> pd.Series:
     """True for requests meeting every configured SLO bound (1-token requests have no TPOT)."""
     meets = pd.Series(True, index=ok.index)
-    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
-        bound = (slo or {}).get(key)
-        if bound is not None:
-            meets &= (ok[key] <= bound).fillna(key == "tpot_ms").astype(bool)
+    for key, bound in slo_bounds(slo).items():
+        meets &= (ok[key] <= bound).fillna(key == "tpot_ms").astype(bool)
     return meets
 
 
-def goodput(ok: pd.DataFrame, mark: dict[str, Any], slo: dict[str, Any]) -> dict[str, Any]:
-    bounds = {k: v for k, v in (slo or {}).items() if v is not None}
+def goodput(ok: pd.DataFrame, mark: dict[str, Any], slo: SloSpec) -> dict[str, Any]:
+    bounds = slo_bounds(slo)
     dur = (mark["end_ns"] - mark["start_ns"]) / 1e9
     in_win = (ok["end_ns"] >= mark["start_ns"]) & (ok["end_ns"] < mark["end_ns"])
-    meets = in_win & slo_mask(ok, bounds)
+    meets = in_win & slo_mask(ok, slo)
     n_meet = int(meets.sum())
     return {
         "slo": bounds,
@@ -196,37 +175,37 @@ def goodput(ok: pd.DataFrame, mark: dict[str, Any], slo: dict[str, Any]) -> dict
     }
 
 
-def validity(m: dict[str, Any], rules: dict[str, Any], loop_lag: dict[str, Any] | None) -> dict[str, Any]:
+def validity(m: dict[str, Any], bounds: ValiditySpec, loop_lag: dict[str, Any] | None) -> dict[str, Any]:
     """MLPerf-LoadGen-style checks of one phase; each failure names the check and the numbers."""
-    r = rules or {}
     fails = []
-    if m["duration_s"] < r.get("min_duration_s", 0):
-        fails.append(f"ran {m['duration_s']:.1f} s < min_duration_s {r['min_duration_s']:g}")
-    if m["requests_sent"] < r.get("min_requests", 0):
-        fails.append(f"sent {m['requests_sent']} requests < min_requests {r['min_requests']}")
+    if m["duration_s"] < bounds.min_duration_s:
+        fails.append(f"ran {m['duration_s']:.1f} s < min_duration_s {bounds.min_duration_s:g}")
+    if m["requests_sent"] < bounds.min_requests:
+        fails.append(f"sent {m['requests_sent']} requests < min_requests {bounds.min_requests}")
     err = 1 - m["success_rate"] if m.get("success_rate") is not None else None
-    if err is not None and err > r.get("max_error_rate", 1):
-        fails.append(f"error rate {err:.1%} > max_error_rate {r['max_error_rate']:.1%}")
+    if err is not None and err > bounds.max_error_rate:
+        fails.append(f"error rate {err:.1%} > max_error_rate {bounds.max_error_rate:.1%}")
     lag = (m.get("send_lag_ms") or {}).get("p99")
-    if lag is not None and lag > r.get("max_send_lag_p99_ms", float("inf")):
-        fails.append(f"send lag p99 {lag:.2f} ms > {r['max_send_lag_p99_ms']:g} ms (client or concurrency cap behind schedule)")
+    if lag is not None and lag > bounds.max_send_lag_p99_ms:
+        fails.append(f"send lag p99 {lag:.2f} ms > {bounds.max_send_lag_p99_ms:g} ms (client or concurrency cap behind schedule)")
     ll = (loop_lag or {}).get("p99_ms")
-    if ll is not None and ll > r.get("max_loop_lag_p99_ms", float("inf")):
-        fails.append(f"client event-loop lag p99 {ll:.2f} ms > {r['max_loop_lag_p99_ms']:g} ms (client is a bottleneck)")
+    if ll is not None and ll > bounds.max_loop_lag_p99_ms:
+        fails.append(f"client event-loop lag p99 {ll:.2f} ms > {bounds.max_loop_lag_p99_ms:g} ms (client is a bottleneck)")
     delivered = m.get("delivered_ratio")
-    if delivered is not None and delivered < r.get("min_rate_ratio", 0):
+    if delivered is not None and delivered < bounds.min_rate_ratio:
         fails.append(f"the client sent {delivered:.1%} of its scheduled arrivals inside the window "
-                     f"(< min_rate_ratio {r['min_rate_ratio']:.0%}): it fell behind its schedule")
+                     f"(< min_rate_ratio {bounds.min_rate_ratio:.0%}): it fell behind its schedule")
     return {"valid": not fails, "failed_checks": fails, "event_loop_lag_p99_ms": ll}
 
 
 def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], params: int | None,
-                  peak: dict[str, Any], hw_cfg: dict[str, Any], slo: dict[str, Any] | None = None,
-                  rules: dict[str, Any] | None = None, loop_lag: dict[str, Any] | None = None) -> dict[str, Any]:
+                  peak: dict[str, Any], hardware: HardwareSpec, slo: SloSpec, bounds: ValiditySpec,
+                  loop_lag: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every registered metric of one phase (registry.py says what each is)."""
     name = mark["name"]
     pr = req[req["phase"] == name]
     dur = (mark["end_ns"] - mark["start_ns"]) / 1e9
-    m: dict[str, Any] = {"phase": name, "mode": mark["mode"], "warmup": mark["warmup"],
+    m: dict[str, Any] = {"phase": name, "label": mark["label"], "mode": mark["mode"], "warmup": mark["warmup"],
                          "target": mark["target"], "duration_s": dur,
                          "drain_s": (mark["drained_ns"] - mark["end_ns"]) / 1e9}
     m.update(telemetry_summary(tl, name))
@@ -251,7 +230,7 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
     m["prompt_tokens_mean"] = float(ok["prompt_tokens"].astype("Float64").mean()) if ok["prompt_tokens"].notna().any() else None
     for col in ("ttft_ms", "first_byte_ms", "e2e_ms", "tpot_ms"):
         m[col] = dist(ok[col].astype(float).tolist())
-    if mark["mode"] in OPEN_LOOP:
+    if mark["open_loop"]:
         # Poisson/gamma schedules deviate from the target rate by chance (sd ~ sqrt(rate x T));
         # whether the client kept up is delivered_ratio: scheduled arrivals sent inside the window
         sched = pr["scheduled_ns"].to_numpy(dtype=np.int64)
@@ -268,10 +247,10 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
     # per-request decode rate (seed 002's "per-request tok/s"): 1000 / TPOT
     # (TPOT is 0 when all of a request's chunks came in one socket read: no rate to report)
     m["decode_tok_s_per_request"] = dist((1000.0 / ok["tpot_ms"].where(ok["tpot_ms"] > 0)).astype(float).tolist())
-    w = windows(pr, mark, slo=slo)
+    w = windows(pr, mark, slo)
     m["window_output_tok_s"] = dist(w["output_tok_s"].tolist())
     m.update(goodput(ok, mark, slo))
-    m["validity"] = validity(m, rules, loop_lag)
+    m["validity"] = validity(m, bounds, loop_lag)
 
     # ---- efficiency: measured where the inputs are measured, estimated where they are not
     tps = m["output_tok_s"]
@@ -280,49 +259,41 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
     else:
         m["mfu_pct"] = None
     if m.get("power_w") and m.get("energy_j"):
-        # tokens per joule over the phase window, energy from the same window
+        # power covers the telemetry window (drain included), tokens the issuing window: see the registry
         m["tok_per_j"] = m["output_tokens_in_window"] / (m["power_w"] * dur) if m["power_w"] else None
         kwh_per_mtok = (m["power_w"] / tps) * 1e6 / 3.6e6 if tps else None
         m["energy_kwh_per_mtok"] = kwh_per_mtok
-        price = hw_cfg.get("electricity_usd_per_kwh")
+        price = hardware.electricity_usd_per_kwh
         m["energy_usd_per_mtok"] = kwh_per_mtok * price if (kwh_per_mtok is not None and price is not None) else None
     else:
         m["tok_per_j"] = m["energy_kwh_per_mtok"] = m["energy_usd_per_mtok"] = None
-    hourly = hw_cfg.get("price_usd_per_hour")
+    hourly = hardware.price_usd_per_hour
     m["usd_per_mtok"] = hourly / (tps * 3600) * 1e6 if (hourly is not None and tps) else None
     return m
 
 
-LABELS = {
-    "output_tok_s": "measured", "request_rps": "measured", "ttft_ms": "measured", "e2e_ms": "measured",
-    "tpot_ms": "measured", "itl_ms": "measured", "success_rate": "measured",
-    "cpu_util_pct": "measured", "gpu_util_pct": "measured",
-}
-
-
 def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], manifest: dict[str, Any],
-                    hw_cfg: dict[str, Any], slo: dict[str, Any] | None = None,
-                    rules: dict[str, Any] | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+                    hardware: HardwareSpec | None = None, slo: SloSpec | None = None,
+                    bounds: ValiditySpec | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+    """metrics.json of one cell and its per-window table. A spec left out takes the config model's
+    defaults; a plain mapping (a caller outside the pipeline) is validated into the model."""
+    hardware, slo, bounds = _as_config(HardwareSpec, hardware), _as_config(SloSpec, slo), _as_config(ValiditySpec, bounds)
     params = manifest["figures"].get("parameters")
-    peak = resolve_peak(run["hardware"], hw_cfg.get("name", "auto"))
+    peak = resolve_peak(run["hardware"], hardware.name)
     lag = (run.get("client") or {}).get("event_loop_lag_by_phase") or {}
-    phases = [phase_metrics(req, tl, mk, params, peak, hw_cfg, slo, rules, lag.get(mk["name"]))
+    phases = [phase_metrics(req, tl, mk, params, peak, hardware, slo, bounds, lag.get(mk["name"]))
               for mk in run["phases"]]
     steady = [p for p in phases if not p["warmup"] and p["mode"] != "idle"]
-    win = [windows(req[req["phase"] == mk["name"]], mk, slo=slo) for mk in run["phases"] if mk["mode"] != "idle"]
-    labels = dict(LABELS)
-    labels["mfu_pct"] = "estimated" if not run["hardware"].get("peak_measured") else "measured"
-    any_power = any(p.get("power_source") for p in phases)
-    labels["power_w"] = "measured" if any_power else "not available"
-    labels["tok_per_j"] = "measured" if any_power else "not available"
-    labels["usd_per_mtok"] = "estimated" if hw_cfg.get("price_usd_per_hour") is not None else "not available"
+    win = [windows(req[req["phase"] == mk["name"]], mk, slo) for mk in run["phases"] if mk["mode"] != "idle"]
+    evidence = registry.RunEvidence(power_measured=any(p.get("power_source") for p in phases),
+                                    peak_measured=bool(run["hardware"].get("peak_measured")), hardware=hardware)
     doc = {
         "cell": run["cell"],
         "complete": run["complete"],
         "hardware": {**peak, "detected": run["hardware"].get("accelerator"), "cpu": run["hardware"]["cpu"]},
         "model": {"name": manifest["name"], "parameters": params, "quantization": manifest["figures"].get("quantization")},
-        "labels": labels,
-        "definitions": __doc__,
+        "labels": registry.labels(evidence),
+        "definitions": registry.definitions(),
         "server_ready_s": run.get("server_ready_s"),
         "valid": all(p["validity"]["valid"] for p in steady) and run["complete"]
                  and not run.get("server_exited_during_run"),
@@ -333,24 +304,13 @@ def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], ma
     return doc, (pd.concat(win, ignore_index=True) if win else pd.DataFrame())
 
 
-SUMMARY_FIELDS = {  # summary column -> (phase metric key, sub-key or None)
-    "output_tok_s": ("output_tok_s", None), "request_rps": ("request_rps", None),
-    "success_rate": ("success_rate", None), "requests_sent": ("requests_sent", None),
-    "ttft_p50_ms": ("ttft_ms", "p50"), "ttft_p95_ms": ("ttft_ms", "p95"), "ttft_p99_ms": ("ttft_ms", "p99"),
-    "ttft_mean_ms": ("ttft_ms", "mean"),
-    "e2e_p50_ms": ("e2e_ms", "p50"), "e2e_p99_ms": ("e2e_ms", "p99"), "e2e_mean_ms": ("e2e_ms", "mean"),
-    "tpot_p50_ms": ("tpot_ms", "p50"), "tpot_p99_ms": ("tpot_ms", "p99"),
-    "itl_p50_ms": ("itl_ms", "p50"), "itl_p99_ms": ("itl_ms", "p99"),
-    "window_tok_s_std": ("window_output_tok_s", "std"), "windows": ("window_output_tok_s", "n"),
-    "mfu_pct": ("mfu_pct", None), "power_w": ("power_w", None), "tok_per_j": ("tok_per_j", None),
-    "usd_per_mtok": ("usd_per_mtok", None), "cpu_util_pct": ("cpu_util_pct", None),
-    "server_cpu_util_pct": ("server_cpu_util_pct", None), "gpu_util_pct": ("gpu_util_pct", None),
-    "goodput_rps": ("goodput_rps", None), "slo_attainment": ("slo_attainment", None),
-}
+def _as_config(model, value):
+    return model() if value is None else model.model_validate(value)
 
 
 def summarize_metrics(docs: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per (engine, model, load, phase) with the headline figures, for charts and pages."""
+    """One row per (engine, model, load, phase) with the headline figures, for charts and pages;
+    the figure columns are the registry's summary columns."""
     rows = []
     for d in docs:
         for ph in d["phases"]:
@@ -358,12 +318,12 @@ def summarize_metrics(docs: list[dict[str, Any]]) -> pd.DataFrame:
                    "users": ph["target"].get("users"), "rate_rps": ph["target"].get("rate_rps"),
                    "duration_s": ph["duration_s"], "complete": d["complete"],
                    "valid": (ph.get("validity") or {}).get("valid")}
-            for col, (key, sub) in SUMMARY_FIELDS.items():
+            for col, (key, stat) in registry.SUMMARY_COLUMNS.items():
                 v = ph.get(key)
-                row[col] = v.get(sub) if (sub and isinstance(v, dict)) else (None if sub else v)
+                row[col] = v.get(stat) if (stat and isinstance(v, dict)) else (None if stat else v)
             rows.append(row)
     df = pd.DataFrame(rows)
-    for col in SUMMARY_FIELDS:
+    for col in registry.SUMMARY_COLUMNS:
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     return df

@@ -7,7 +7,6 @@ drives the same load generator, records and metrics as the pipeline, with a prog
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import sys
 import time
@@ -15,22 +14,24 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from pydantic import TypeAdapter, ValidationError
 
 from tokenbench import provenance, records
-from tokenbench.telemetry import hardware
-from tokenbench.config import ConfigError, Phase, RequestSpec, canonical_hash
-from tokenbench.load.generator import LoadTest, event_loop_name, loop_lag_by_phase, run_async, session_factory
-from tokenbench.load.run import _cancellable, records_frame
-from tokenbench.telemetry.merge import merge_telemetry
 from tokenbench.analysis.metrics import compute_metrics
+from tokenbench.config import ConfigError, Phase, RequestSpec, canonical_hash, is_loopback
+from tokenbench.load.generator import LoadTest, event_loop_name, loop_lag_by_phase, run_async, session_factory
+from tokenbench.load.phases import LoadPhase
 from tokenbench.load.prompts import PromptStream, load_prompts, prompt_set_hash
+from tokenbench.load.run import cancellable, records_frame
+from tokenbench.telemetry import hardware
+from tokenbench.telemetry.merge import merge_telemetry
 
 _PHASE = TypeAdapter(Phase)
 
 
-def parse_profile(spec: str, index: int) -> dict[str, Any]:
-    """'closed:users=4,duration_s=30' -> a validated phase dict (name defaults to mode + index)."""
+def parse_profile(spec: str, index: int) -> LoadPhase:
+    """'closed:users=4,duration_s=30' -> a validated phase (name defaults to mode + index)."""
     mode, _, rest = spec.partition(":")
     fields: dict[str, Any] = {"mode": mode.strip(), "name": f"{mode.strip()}{index}"}
     for kv in filter(None, (p.strip() for p in rest.split(","))):
@@ -39,7 +40,7 @@ def parse_profile(spec: str, index: int) -> dict[str, Any]:
             raise ConfigError(f"--profile {spec!r}: '{kv}' is not key=value")
         fields[key.strip()] = value.strip()
     try:
-        return _PHASE.validate_python(fields).model_dump()
+        return _PHASE.validate_python(fields)
     except ValidationError as exc:
         errs = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or e['loc'][0]}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"--profile {spec!r}: {errs}") from None
@@ -49,14 +50,10 @@ def check_loopback(url: str, allow_remote: bool) -> urllib.parse.ParseResult:
     u = urllib.parse.urlparse(url)
     if u.scheme != "http" or not u.hostname:
         raise ConfigError(f"--endpoint {url!r}: give an http://host:port URL")
-    host = u.hostname
-    try:
-        loop = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loop = host == "localhost"
-    if not loop and not allow_remote:
+    if not allow_remote and not is_loopback(u.hostname):
         raise ConfigError(f"--endpoint {url!r} is not a loopback address; load tests send traffic only to "
-                          "127.0.0.0/8 or ::1 unless you pass --allow-remote for a server you are entitled to load")
+                          "127.0.0.0/8, ::1 or localhost unless you pass --allow-remote for a server you are "
+                          "entitled to load")
     return u
 
 
@@ -70,37 +67,41 @@ async def _progress(test: LoadTest, out, every_s: float = 0.5) -> None:
         sent, done, ok = len(test.records), test.n_done, test.n_ok
         rate = (test.n_chunks - last_chunks) / (now - last_t)
         last_chunks, last_t = test.n_chunks, now
-        ph = test.current or {}
-        out.write(f"\r[{ph.get('name', '-')}] {now - t0:6.1f} s  sent {sent}  ok {ok}  "
+        name = test.current.name if test.current else "-"
+        out.write(f"\r[{name}] {now - t0:6.1f} s  sent {sent}  ok {ok}  "
                   f"errors {done - ok}  in flight {sent - done}  chunks/s (finished requests) {rate:7.1f}   ")
         out.flush()
 
 
-def run_endpoint(endpoint: str, model: str, phases: list[dict[str, Any]], request: dict[str, Any], out_dir: str,
-                 route_prefix: str = "/v1", capabilities: set[str] | None = None, api_key_env: str | None = None,
+def api_key_header(api_key_env: str | None) -> dict[str, str] | None:
+    if not api_key_env:
+        return None
+    key = os.environ.get(api_key_env)
+    if not key:
+        raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is not set")
+    return {"Authorization": f"Bearer {key}"}
+
+
+def run_endpoint(endpoint: str, model: str, phases: list[LoadPhase], request: RequestSpec, out_dir: str, *,
+                 route_prefix: str, capabilities: set[str], api_key_env: str | None = None,
                  allow_remote: bool = False, slo: dict | None = None, validity: dict | None = None,
                  progress=sys.stderr) -> dict[str, Any]:
+    """Run the phases against the endpoint; write requests.parquet, run.json and metrics.json to out_dir."""
     check_loopback(endpoint, allow_remote)
-    caps = capabilities or {"chat", "completions", "stream_usage"}
-    headers = None
-    if api_key_env:
-        key = os.environ.get(api_key_env)
-        if not key:
-            raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is not set")
-        headers = {"Authorization": f"Bearer {key}"}
-    req = RequestSpec.model_validate(request).model_dump()
-    prompts, prompt_source = load_prompts(req["prompts"], None, req["seed"])
+    headers = api_key_header(api_key_env)
+    prompts, _ = load_prompts(request.prompts, None, request.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"endpoint": endpoint, "model": model, "load": {"name": "cli", "phases": phases}, "request": req}
+    settings = {"endpoint": endpoint, "model": model, "request": request.model_dump(mode="json"),
+                "load": {"name": "cli", "phases": [p.model_dump(mode="json") for p in phases]}}
     doc: dict[str, Any] = {"cell": {"engine": "endpoint", "model": model, "load": "cli"}, "settings": settings,
                            "server_command": [f"(external endpoint {endpoint})"], "complete": False,
                            "clock": {"timestamps": "CLOCK_MONOTONIC ns", "anchor": {"wall_ns": time.time_ns(),
                                                                                     "monotonic_ns": time.monotonic_ns()}},
                            "hardware": hardware.describe("auto")}
     with open(out / "requests.jsonl", "w") as jf:
-        test = LoadTest(session_factory(endpoint, route_prefix, model, req, caps, headers),
-                        PromptStream(prompts, req["seed"], "cli"), journal=jf, seed=req["seed"])
+        test = LoadTest(session_factory(endpoint, route_prefix, model, request, capabilities, headers),
+                        PromptStream(prompts, request.seed, "cli"), journal=jf, seed=request.seed)
 
         async def main():
             bar = asyncio.create_task(_progress(test, progress)) if progress else None
@@ -112,7 +113,7 @@ def run_endpoint(endpoint: str, model: str, phases: list[dict[str, Any]], reques
                     progress.write("\n")
 
         try:
-            run_async(_cancellable(main()))
+            run_async(cancellable(main()))
             doc["complete"] = True
         except (KeyboardInterrupt, asyncio.CancelledError):
             doc["interrupted"] = True
@@ -126,8 +127,6 @@ def run_endpoint(endpoint: str, model: str, phases: list[dict[str, Any]], reques
     req_df = records_frame(test.records)
     records.write_table(req_df, out / "requests.parquet", "requests", prov, {"complete": doc["complete"]})
     records.write_json({k: v for k, v in doc.items() if k != "provenance"}, out / "run.json", "run", prov)
-    import pandas as pd
-
     tl = merge_telemetry(req_df, pd.DataFrame({"t_ns": pd.Series(dtype="int64"), "device": pd.Series(dtype="string")}), doc)
     metrics, _ = compute_metrics(req_df, tl, doc, {"name": model, "figures": {}}, {"name": "auto"}, slo, validity)
     records.write_json(metrics, out / "metrics.json", "metrics", prov)
@@ -135,18 +134,21 @@ def run_endpoint(endpoint: str, model: str, phases: list[dict[str, Any]], reques
 
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
-    from tokenbench.report.pages import fmt
+    """The CLI's per-phase summary: registry headers and precision, each column as wide as its widest cell."""
+    from tokenbench.analysis.registry import Column
 
-    head = f"{'phase':<12} {'sent':>6} {'ok %':>6} {'tok/s':>9} {'req/s':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'E2E p99':>9}  valid"
-    lines = [head]
+    columns = (Column("requests_sent"), Column("success_rate"), Column("output_tok_s"), Column("request_rps"),
+               Column("ttft_ms", ("p50",)), Column("ttft_ms", ("p99",)), Column("tpot_ms", ("p50",)),
+               Column("e2e_ms", ("p99",)))
+    rows = [("phase", [c.header() for c in columns], "valid")]
     for ph in metrics["phases"]:
         if ph["mode"] == "idle":
-            lines.append(f"{ph['phase']:<12} {'(idle)':>6}")
+            rows.append((ph["phase"], ["(idle)"], ""))
             continue
-        g = lambda k, s: (ph.get(k) or {}).get(s)  # noqa: E731
         v = ph.get("validity") or {}
-        lines.append(f"{ph['phase']:<12} {ph['requests_sent']:>6} {fmt(ph.get('success_rate'), 1, pct=True):>6} "
-                     f"{fmt(ph.get('output_tok_s')):>9} {fmt(ph.get('request_rps'), 2):>7} {fmt(g('ttft_ms', 'p50')):>9} "
-                     f"{fmt(g('ttft_ms', 'p99')):>9} {fmt(g('tpot_ms', 'p50'), 2):>9} {fmt(g('e2e_ms', 'p99')):>9}  "
-                     + ("yes" if v.get("valid") else "no: " + "; ".join(v.get("failed_checks", []))))
-    return lines
+        rows.append((ph["phase"], [c.cell(ph) for c in columns],
+                     "yes" if v.get("valid") else "no: " + "; ".join(v.get("failed_checks", []))))
+    name_w = max(len(name) for name, _, _ in rows)
+    widths = [max(len(cells[i]) for _, cells, _ in rows if i < len(cells)) for i in range(len(columns))]
+    return [" ".join([name.ljust(name_w), *(cell.rjust(w) for cell, w in zip(cells, widths))])
+            + (f"  {valid}" if valid else "") for name, cells, valid in rows]

@@ -1,7 +1,7 @@
-"""The load generator: a streaming OpenAI-compatible client driving the phases of a load test.
+"""The load generator: a streaming OpenAI-compatible client driving the phases of a load test
+(tokenbench.load.phases says how each mode sends; this module records what was sent and got).
 
-Timing: every timestamp is ``time.monotonic_ns()`` (CLOCK_MONOTONIC, shared by all processes on
-the host, so the telemetry sampler's samples line up with request events). Per request we record
+Timing: every timestamp is ``time.monotonic_ns()`` (tokenbench.load.clock). Per request we record
 the scheduled send, the actual send, response headers, first body byte, first *content* token
 (an empty role-only delta is not a token), every content chunk, and the end.
 
@@ -15,16 +15,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import random
-import time
 from dataclasses import dataclass, field, fields
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+from tokenbench.config import RequestSpec
+from tokenbench.load.clock import now_ns, sleep_until
 from tokenbench.load.http_stream import StreamPool
+from tokenbench.load.phases import LoadPhase, WindowPhase
 from tokenbench.load.prompts import PromptStream
-
-now_ns = time.monotonic_ns
 
 try:  # 4x faster per chunk than json.loads(bytes); optional
     from orjson import loads as _loads
@@ -73,7 +72,9 @@ class PhaseMark:
     start_ns: int
     end_ns: int  # when the phase stopped issuing requests
     drained_ns: int  # when its last request finished (or was cancelled)
-    target: dict[str, Any]
+    target: dict[str, Any]  # the load it offered (WindowPhase.target), plus what a sweep measured
+    label: str  # the load it offered, in words (LoadPhase.label)
+    open_loop: bool  # requests left on a schedule fixed in advance (OpenLoopPhase)
 
 
 class Client:
@@ -83,9 +84,9 @@ class Client:
     coroutine got round to it) and parsed synchronously as it arrives."""
 
     def __init__(self, pool: StreamPool | None, base_url: str, route_prefix: str, served_model: str,
-                 request: dict[str, Any], capabilities: set[str]):
+                 request: RequestSpec, capabilities: set[str]):
         self.pool = pool
-        self.endpoint = request["endpoint"]
+        self.endpoint = request.endpoint
         path = "/chat/completions" if self.endpoint == "chat" else "/completions"
         self.url = base_url.rstrip("/") + route_prefix + path
         self.path = urlsplit(self.url).path
@@ -99,23 +100,23 @@ class Client:
         r = self.request
         body: dict[str, Any] = {
             "model": self.model,
-            "max_tokens": max_tokens or r["max_tokens"],
-            "temperature": r["temperature"],
+            "max_tokens": max_tokens or r.max_tokens,
+            "temperature": r.temperature,
             "stream": True,
         }
         if self.endpoint == "chat":
-            msgs = [{"role": "system", "content": r["system_prompt"]}] if r.get("system_prompt") else []
+            msgs = [{"role": "system", "content": r.system_prompt}] if r.system_prompt else []
             body["messages"] = msgs + [{"role": "user", "content": prompt}]
         else:
-            body["prompt"] = (r["system_prompt"] + "\n\n" if r.get("system_prompt") else "") + prompt
+            body["prompt"] = (r.system_prompt + "\n\n" if r.system_prompt else "") + prompt
         if "stream_usage" in self.caps:
             body["stream_options"] = {"include_usage": True}
-        if r.get("ignore_eos") and "ignore_eos" in self.caps:  # only where the engine accepts it
+        if r.ignore_eos and "ignore_eos" in self.caps:  # only where the engine accepts it
             body["ignore_eos"] = True
         return body
 
     async def send(self, rec: RequestRecord, prompt: str, timeout_s: float) -> RequestRecord:
-        rec.max_tokens = rec.max_tokens or self.request["max_tokens"]  # record what was asked for
+        rec.max_tokens = rec.max_tokens or self.request.max_tokens  # record what was asked for
         body = json.dumps(self.payload(prompt, rec.max_tokens)).encode()
         rec.sent_ns = now_ns()
         chat = self.endpoint == "chat"
@@ -197,21 +198,57 @@ def loop_lag_by_phase(lag: list[tuple[int, int]], marks: list[PhaseMark]) -> dic
     return out
 
 
+class PhaseWindow:
+    """One window of a load test: a phase's start, when it must stop sending, and what it sent.
+
+    What a phase's ``send_requests`` sends through: ``send`` records one request and starts it,
+    ``more`` says whether the phase may still send at a given time."""
+
+    def __init__(self, test: LoadTest, phase: WindowPhase):
+        self._test = test
+        self._name = phase.name
+        self._timeout_s = phase.timeout_s
+        self.seed = test.seed
+        duration_s, self.budget = phase.bounds()  # budget: the request count, or None
+        self.start_ns = now_ns()
+        self.end_ns = self.start_ns + int(duration_s * 1e9) if duration_s else None
+        self.sent = 0
+        self.tasks: set[asyncio.Task] = set()
+
+    def more(self, t_ns: int) -> bool:
+        return (self.end_ns is None or t_ns < self.end_ns) and (self.budget is None or self.sent < self.budget)
+
+    def send(self, user: int, scheduled_ns: int, item: dict[str, Any] | None = None) -> asyncio.Task:
+        """Record one request (prompt ``item``, else the load's next) and start sending it."""
+        test = self._test
+        rec, text = test._new(self._name, user, scheduled_ns, item)
+        self.sent += 1
+        t = asyncio.create_task(test._one(rec, text, self._timeout_s))
+        self.tasks.add(t)
+        test._inflight.add(t)
+        t.add_done_callback(test._inflight.discard)
+        return t
+
+    async def sleep_until_end(self) -> None:
+        if self.end_ns is not None:
+            await sleep_until(self.end_ns)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for the requests still in flight; cancel (and so record) those still going after timeout_s."""
+        if not self.tasks:
+            return
+        _, pending = await asyncio.wait(self.tasks, timeout=timeout_s or None)
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
 class LoadTest:
     """Runs the phases of one load (sequentially) and keeps every request's record.
 
-    Phase modes:
-    - ``closed``: N users, each sending its next request when the previous one ends (plus optional
-      think time); users start spread evenly over ``ramp_s``.
-    - ``poisson`` / ``gamma`` / ``constant``: open-loop arrivals at ``rate_rps`` (gamma with shape
-      ``burstiness``: 1 is Poisson, < 1 burstier, > 1 smoother), optional concurrency cap. Each
-      request's scheduled send time is kept, so latency can be read from the schedule too.
-    - ``idle``: nothing sent (the seeds' cooldown valley).
-    - ``trace``: replay (timestamp, prompt[, output_tokens]) rows from a JSONL file.
-    - ``sweep``: GuideLLM's profile: synchronous (1 user), then throughput (``max_users``), then
-      ``rates`` open-loop rates interpolated between the two, stopping once over-saturated.
-    A phase runs for ``duration_s`` or until it has sent ``requests`` requests; then it drains.
-    """
+    Each phase runs itself (``await phase.run(self)``, tokenbench.load.phases); a phase that is one
+    window of the run does so through ``run_window``, which leaves its PhaseMark."""
 
     def __init__(self, client_factory, prompts: PromptStream, journal: TextIO | None = None, seed: int = 0):
         self.client_factory = client_factory
@@ -222,8 +259,9 @@ class LoadTest:
         self.marks: list[PhaseMark] = []
         self._next_id = 0
         self._inflight: set[asyncio.Task] = set()
+        self._client: Client | None = None
         self.loop_lag: list[tuple[int, int]] = []  # (time, lag) in ns
-        self.current: dict[str, Any] | None = None  # the phase running now (for progress displays)
+        self.current: LoadPhase | None = None  # the phase running now (for progress displays)
         self.n_done = self.n_ok = self.n_chunks = 0  # finished requests, ok ones, their chunks: O(1) progress
 
     def _new(self, phase: str, user: int, scheduled_ns: int, item: dict[str, Any] | None = None):
@@ -240,9 +278,9 @@ class LoadTest:
         if self.journal is not None:  # flushed every 0.5 s by the lag monitor, and at the end
             self.journal.write(json.dumps(record_dict(rec)) + "\n")
 
-    async def _one(self, client: Client, rec: RequestRecord, text: str, timeout_s: float) -> None:
+    async def _one(self, rec: RequestRecord, text: str, timeout_s: float) -> None:
         try:
-            await client.send(rec, text, timeout_s)
+            await self._client.send(rec, text, timeout_s)
         finally:
             self._finished(rec)
 
@@ -259,7 +297,7 @@ class LoadTest:
             if self.journal is not None and tick % 50 == 0:
                 self.journal.flush()
 
-    async def run(self, phases: list[dict[str, Any]]) -> None:
+    async def run(self, phases: list[LoadPhase]) -> None:
         # The cyclic garbage collector's full passes over thousands of live records stall the
         # event loop for milliseconds; reference counting frees almost everything anyway, so the
         # collector waits until the run is over (objects alive now are frozen out of its scans).
@@ -273,15 +311,13 @@ class LoadTest:
             if gc_was:
                 gc.enable()
 
-    async def _run(self, phases: list[dict[str, Any]]) -> None:
+    async def _run(self, phases: list[LoadPhase]) -> None:
         async with self.client_factory() as client:
+            self._client = client
             monitor = asyncio.create_task(self._lag_monitor())
             try:
-                for ph in phases:
-                    if ph["mode"] == "sweep":
-                        await self._sweep(client, ph)
-                    else:
-                        await self._phase(client, ph)
+                for phase in phases:
+                    await phase.run(self)
             finally:
                 monitor.cancel()
                 if self._inflight:  # interrupted: cancel what is in flight; each records "cancelled"
@@ -291,187 +327,25 @@ class LoadTest:
                 if self.journal is not None:
                     self.journal.flush()
 
-    # ------------------------------------------------------------------ phases
-    async def _phase(self, client: Client, ph: dict[str, Any]) -> PhaseMark:
-        mode, name = ph["mode"], ph["name"]
-        self.current = ph
-        start = now_ns()
-        end = start + int(ph["duration_s"] * 1e9) if ph.get("duration_s") else None
-        budget = ph.get("requests")  # fixed request count, or None
-        tasks: set[asyncio.Task] = set()
-        sent = 0
-
-        def spawn(rec, text):
-            nonlocal sent
-            sent += 1
-            t = asyncio.create_task(self._one(client, rec, text, ph["timeout_s"]))
-            tasks.add(t)
-            self._inflight.add(t)
-            t.add_done_callback(self._inflight.discard)
-            return t
-
-        def more(t_ns: int) -> bool:
-            return (end is None or t_ns < end) and (budget is None or sent < budget)
-
-        target: dict[str, Any] = {k: ph[k] for k in ("duration_s", "requests") if ph.get(k) is not None}
-        if mode == "idle":
-            await _sleep_until(end)
-        elif mode in ("poisson", "gamma", "constant", "trace"):
-            cap = ph.get("max_concurrency")
-            sem = asyncio.Semaphore(cap) if cap else None
-            if mode == "trace":
-                schedule = trace_schedule(ph["path"], ph.get("time_scale", 1.0))
-                target.update(trace=ph["path"], requests=len(schedule))
-                budget = len(schedule) if budget is None else min(budget, len(schedule))
-            else:
-                rate = ph["rate_rps"]
-                target.update(rate_rps=rate, arrivals=mode)
-                if mode == "gamma":
-                    target["burstiness"] = ph.get("burstiness", 1.0)
-                schedule = arrival_offsets(mode, rate, ph.get("burstiness", 1.0),
-                                           random.Random(f"{self.seed}:{name}:arrivals"))
-            if cap:
-                target["max_concurrency"] = cap
-            for offset, item in schedule:
-                t_sched = start + offset
-                if not more(t_sched):
-                    break
-                await _wait_precisely(t_sched)
-                if sem is not None:
-                    await sem.acquire()  # the wait is queueing: latency from the schedule shows it
-                rec, text = self._new(name, -1, t_sched, item)
-                task = spawn(rec, text)
-                if sem is not None:
-                    task.add_done_callback(lambda _t: sem.release())
-            if end is not None:
-                await _sleep_until(end)  # the phase lasts its full duration, not until its last arrival
-        elif mode == "closed":
-            users, ramp, think = ph["users"], ph.get("ramp_s", 0.0), ph.get("think_s", 0.0)
-            target.update(users=users, ramp_s=ramp, think_s=think)
-            done = asyncio.Event()
-
-            async def user(u: int) -> None:
-                await _sleep_until(start + int(ramp * 1e9 * u / users))
-                while more(now_ns()):
-                    rec, text = self._new(name, u, now_ns())
-                    await asyncio.shield(spawn(rec, text))
-                    if think:
-                        await asyncio.sleep(think)
-                if budget is not None and sent >= budget:
-                    done.set()
-
-            workers = [asyncio.create_task(user(u)) for u in range(users)]
-            try:
-                if end is not None:
-                    await _sleep_until(end)
-                else:
-                    await done.wait()
-            finally:
-                for w in workers:
-                    w.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
-        else:  # pragma: no cover - the config schema rejects it first
-            raise ValueError(f"unknown phase mode {mode!r}")
+    async def run_window(self, phase: WindowPhase) -> PhaseMark:
+        """Run one phase as a window of the run: send, drain, and mark it."""
+        self.current = phase
+        target = phase.target()  # before the window opens: a trace is read here, not on its clock
+        window = PhaseWindow(self, phase)
+        await phase.send_requests(window)
         stopped = now_ns()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=ph["drain_timeout_s"] or None)
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-        mark = PhaseMark(name, mode, bool(ph.get("warmup")), start, stopped, now_ns(), target)
+        await window.drain(phase.drain_timeout_s)
+        mark = PhaseMark(phase.name, phase.mode, phase.warmup, window.start_ns, stopped, now_ns(), target,
+                         phase.label, phase.open_loop)
         self.marks.append(mark)
         return mark
 
-    def _completion_rate(self, mark: PhaseMark) -> float:
+    def completion_rate(self, mark: PhaseMark) -> float:
         """Requests of a phase that finished ok inside its window, per second."""
         dur = (mark.end_ns - mark.start_ns) / 1e9
         n = sum(1 for r in self.records if r.phase == mark.name and r.status == "ok"
                 and r.end_ns is not None and r.end_ns < mark.end_ns)
         return n / dur if dur > 0 else 0.0
-
-    async def _sweep(self, client: Client, ph: dict[str, Any]) -> None:
-        """GuideLLM-style sweep: synchronous, throughput, then interpolated rates until saturated."""
-        base = {k: ph[k] for k in ("timeout_s", "drain_timeout_s", "warmup")}
-        step = {"duration_s": ph["step_duration_s"]}
-        name = ph["name"]
-        sync = await self._phase(client, {**base, **step, "name": f"{name}-sync", "mode": "closed", "users": 1})
-        peak = await self._phase(client, {**base, **step, "name": f"{name}-max", "mode": "closed",
-                                          "users": ph["max_users"]})
-        r_sync, r_max = self._completion_rate(sync), self._completion_rate(peak)
-        sync.target["measured_rps"], peak.target["measured_rps"] = r_sync, r_max
-        n = ph["rates"]
-        for i in range(1, n + 1):
-            rate = r_sync + (r_max - r_sync) * i / (n + 1)
-            if rate <= 0:
-                break
-            mark = await self._phase(client, {**base, **step, "name": f"{name}-r{i}", "mode": ph["arrivals"],
-                                              "rate_rps": rate})
-            achieved = self._completion_rate(mark)
-            mark.target["measured_rps"] = achieved
-            if achieved < ph["saturation_ratio"] * rate:
-                mark.target["saturated"] = True  # the server no longer keeps up: stop the sweep
-                break
-
-
-def arrival_offsets(mode: str, rate: float, burstiness: float, rng: random.Random):
-    """Endless (offset_ns, None) arrivals: Poisson, gamma (shape = burstiness) or constant.
-
-    Constant arrivals are k / rate exactly (no accumulated rounding); random ones accumulate
-    their gaps in float seconds and are rounded to ns once."""
-    t = 0.0
-    k = 0
-    while True:
-        k += 1
-        if mode == "constant":
-            t = k / rate
-        elif mode == "gamma":
-            t += rng.gammavariate(burstiness, 1.0 / (rate * burstiness))
-        else:
-            t += rng.expovariate(rate)
-        yield round(t * 1e9), None
-
-
-def trace_schedule(path: str, time_scale: float = 1.0) -> list[tuple[int, dict[str, Any]]]:
-    """Rows of a JSONL trace: {"timestamp": s, "prompt": str[, "output_tokens": n][, "id": str]}.
-
-    Timestamps are relative to the first row and divided by time_scale (2 replays twice as fast)."""
-    rows = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                ts = float(row["timestamp"])
-                text = row["prompt"]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{lineno}: a trace row needs 'timestamp' (seconds) and 'prompt' ({exc})") from None
-            item = {"id": str(row.get("id", f"trace-{lineno}")), "text": text}
-            if row.get("output_tokens") is not None:
-                item["max_tokens"] = int(row["output_tokens"])
-            rows.append((ts, item))
-    if not rows:
-        raise ValueError(f"{path}: empty trace")
-    rows.sort(key=lambda r: r[0])
-    t0 = rows[0][0]
-    return [(int((ts - t0) / time_scale * 1e9), item) for ts, item in rows]
-
-
-async def _wait_precisely(t_ns: int, spin_ns: int = 1_500_000) -> None:
-    """Sleep to 1.5 ms before t_ns, then yield to the loop until due: an open-loop send leaves on
-    schedule (asyncio.sleep alone wakes up to a millisecond or more late)."""
-    delay = t_ns - spin_ns - now_ns()
-    if delay > 0:
-        await asyncio.sleep(delay / 1e9)
-    while now_ns() < t_ns:
-        await asyncio.sleep(0)
-
-
-async def _sleep_until(t_ns: int) -> None:
-    delay = t_ns - now_ns()
-    if delay > 0:
-        await asyncio.sleep(delay / 1e9)
 
 
 def event_loop_name() -> str:
@@ -493,7 +367,7 @@ def run_async(coro):
         return runner.run(coro)
 
 
-def session_factory(base_url: str, route_prefix: str, served_model: str, request: dict[str, Any],
+def session_factory(base_url: str, route_prefix: str, served_model: str, request: RequestSpec,
                     capabilities: set[str], headers: dict[str, str] | None = None):
     """An async context manager yielding a Client over one keep-alive connection pool."""
 

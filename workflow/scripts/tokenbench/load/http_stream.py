@@ -39,7 +39,7 @@ from typing import Callable
 
 from time import monotonic_ns as _now
 
-__all__ = ["StreamResult", "StreamPool", "install_uvloop"]
+__all__ = ["StreamResult", "StreamPool"]
 
 MAX_HEAD = 64 * 1024  # status line + headers
 MAX_LINE = 16 * 1024 * 1024  # one SSE line
@@ -653,13 +653,3 @@ class StreamPool:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
-
-
-def install_uvloop() -> bool:
-    """Use uvloop's event loop policy if uvloop is installed; return whether it is in use."""
-    try:
-        import uvloop  # type: ignore[import-not-found]
-    except ImportError:
-        return False
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return True

@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tokenbench.config import canonical_hash
+from tokenbench.config import DatasetPrompts, FilePrompts, PromptSource, SyntheticPrompts, canonical_hash
 
 
 def builtin_prompts() -> list[dict[str, Any]]:
@@ -21,11 +21,11 @@ class PromptError(ValueError):
     pass
 
 
-def file_prompts(path: str, column: str = "prompt", output_column: str | None = None,
-                 limit: int | None = None) -> list[dict[str, Any]]:
+def file_prompts(spec: FilePrompts) -> list[dict[str, Any]]:
     """Prompts from a JSONL or CSV file: one per row, text in `column`."""
     import pandas as pd
 
+    path, column, output_column, limit = spec.file, spec.column, spec.output_column, spec.limit
     p = Path(path)
     if not p.is_file():
         raise PromptError(f"request.prompts.file: {path} does not exist")
@@ -51,12 +51,13 @@ DATASETS = {  # name -> (hub dataset repo, file, row reader)
 }
 
 
-def dataset_prompts(name: str, revision: str = "main", limit: int | None = 1000) -> tuple[list[dict[str, Any]], dict]:
+def dataset_prompts(spec: DatasetPrompts) -> tuple[list[dict[str, Any]], dict]:
     """Prompts from a Hugging Face dataset file (hf_hub_download, cached; HF_HUB_OFFLINE honoured)."""
     import os
 
     from huggingface_hub import hf_hub_download
 
+    name, revision, limit = spec.dataset, spec.revision, spec.limit
     repo, filename = DATASETS[name]
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     try:
@@ -116,23 +117,23 @@ def synthetic_prompts(tokenizer, input_tokens: int, count: int, seed: int) -> li
     return out
 
 
-def load_prompts(source, tokenizer=None, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def load_prompts(source: PromptSource, tokenizer=None, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The prompt set of a request spec, and a description of where it came from (for provenance)."""
-    if source == "builtin":
-        return builtin_prompts(), {"source": "builtin"}
-    if isinstance(source, dict) and "file" in source:
-        return (file_prompts(source["file"], source.get("column", "prompt"), source.get("output_column"),
-                             source.get("limit")), {"source": "file", "file": source["file"]})
-    if isinstance(source, dict) and "dataset" in source:
-        items, info = dataset_prompts(source["dataset"], source.get("revision", "main"), source.get("limit"))
+    if isinstance(source, FilePrompts):
+        return file_prompts(source), {"source": "file", "file": source.file}
+    if isinstance(source, DatasetPrompts):
+        items, info = dataset_prompts(source)
         return items, {"source": "dataset", **info}
-    if isinstance(source, dict) and "synthetic" in source:
+    if isinstance(source, SyntheticPrompts):
         if tokenizer is None:
             raise PromptError("request.prompts.synthetic needs the model's tokenizer: the engine must be able to "
                               "tokenize (llama.cpp's /tokenize) or the model must ship a tokenizer")
-        syn = source["synthetic"]
-        return synthetic_prompts(tokenizer, syn["input_tokens"], syn.get("count", 64), seed), {"source": "synthetic", **syn}
-    raise PromptError(f"request.prompts: unknown prompt source {source!r}")
+        syn = source.synthetic
+        return synthetic_prompts(tokenizer, syn.input_tokens, syn.count, seed), {"source": "synthetic", **syn.model_dump()}
+    if source == "builtin":
+        return builtin_prompts(), {"source": "builtin"}
+    raise PromptError(f"request.prompts: unknown prompt source {source!r}; give builtin, {{file: ...}}, "
+                      f"{{dataset: ...}} or {{synthetic: ...}}")
 
 
 class PromptStream:

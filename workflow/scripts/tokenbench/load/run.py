@@ -9,21 +9,22 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 
 from tokenbench import provenance, records
+from tokenbench.config import CellEngine, CellSettings, canonical_hash, is_loopback
 from tokenbench.engines import catalog as engines
-from tokenbench.telemetry import hardware
 from tokenbench.engines import promscrape
-from tokenbench.config import canonical_hash
+from tokenbench.engines.server import Server, free_port, gpu_idle_check, grep_log, pick_port, wait_endpoint_ready
 from tokenbench.load.generator import LoadTest, event_loop_name, loop_lag_by_phase, record_dict, run_async, session_factory
 from tokenbench.load.prompts import PromptStream, load_prompts, prompt_set_hash
-from tokenbench.engines.server import Server, free_port, gpu_idle_check, grep_log, pick_port, wait_endpoint_ready
 from tokenbench.load.tokenizer import EngineTokenizer
+from tokenbench.telemetry import hardware
 
 REQUEST_COLUMNS = {  # column -> pandas dtype; timestamps are int ns on CLOCK_MONOTONIC
     "request_id": "int64", "phase": "string", "user": "int64", "prompt_id": "string",
@@ -78,153 +79,292 @@ def count_output_tokens(recs, tokenizer) -> None:
         r.client_output_tokens = n
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def api_key_headers(espec: dict[str, Any]) -> dict[str, str]:
+def api_key_headers(engine: CellEngine) -> dict[str, str]:
     """Authorization header from the env var named in the config; the key itself is never stored."""
-    var = espec.get("api_key_env")
+    var = engine.api_key_env
     if not var:
         return {}
     key = os.environ.get(var)
     if not key:
-        raise RuntimeError(f"engines.{espec['name']}.api_key_env names {var}, which is not set in the "
+        raise RuntimeError(f"engines.{engine.name}.api_key_env names {var}, which is not set in the "
                            f"environment; export it before running")
     provenance.register_secret(var, key)
     return {"Authorization": f"Bearer {key}"}
 
 
-def _check_loopback(espec: dict[str, Any], host: str) -> None:
-    if host not in LOOPBACK and not espec.get("allow_remote"):
-        raise RuntimeError(f"engines.{espec['name']}: load tests send traffic only to loopback; "
+def check_loopback(engine: CellEngine, host: str) -> None:
+    """The config's loopback rule again, on the host requests will go to (settings can be handmade)."""
+    if not engine.allow_remote and not is_loopback(host):
+        raise RuntimeError(f"engines.{engine.name}: load tests send traffic only to loopback; "
                            f"{host!r} needs allow_remote: true")
 
 
-def run_load_test(settings: dict[str, Any], model_manifest: str, engine_probe: str,
+@dataclass
+class Endpoint:
+    """Where the load goes and how to talk to it: a server this job launches, or someone else's."""
+    base_url: str
+    command: list[str]  # the server's argv; for an external endpoint, a note naming it
+    route_prefix: str
+    health_path: str
+    request_model: str  # the "model" field requests carry
+    capabilities: set[str]
+    metrics_paths: tuple[str, ...]
+    headers: dict[str, str]
+    launch: engines.Launch | None = None  # None: external, not launched here
+    host: str | None = None
+    port: int | None = None
+
+    @property
+    def external(self) -> bool:
+        return self.launch is None
+
+
+def resolve_endpoint(engine: CellEngine, entry: engines.Engine, manifest: dict, probe: dict) -> Endpoint:
+    """The endpoint of a cell: the engine's own settings, else its catalog entry's."""
+    common = {
+        "route_prefix": engine.route_prefix or entry.route_prefix,
+        "health_path": engine.health_path or entry.health_path,
+        "request_model": entry.request_model(manifest["served_name"], manifest["path"]),
+        "capabilities": set(engine.capabilities or entry.capabilities),
+        "metrics_paths": entry.metrics_paths if engine.metrics_paths is None else tuple(engine.metrics_paths),
+        "headers": api_key_headers(engine),
+    }
+    if engine.kind == "external":
+        base_url = engine.url.rstrip("/")
+        check_loopback(engine, urlsplit(base_url).hostname or "")
+        return Endpoint(base_url, ["(external endpoint)", base_url], **common)
+    check_loopback(engine, engine.host)
+    port = pick_port(engine.host, engine.port)
+    spec = {**engine.model_dump(), "binary": probe["binary"], "served_name": manifest["served_name"]}
+    if entry.needs_aux_port:
+        spec["aux_port"] = free_port(engine.host)
+    launch = entry.launch(spec, manifest["path"], port)
+    return Endpoint(f"http://{engine.host}:{port}", launch.argv, **common, launch=launch, host=engine.host, port=port)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The files a cell's load test writes (engine_metrics: None where the rule asks for none)."""
+    requests: str
+    telemetry: str
+    run: str
+    engine_metrics: str | None
+
+    @staticmethod
+    def beside(journal: Path) -> Outputs:
+        """Where an interrupted run's records go: next to the journal, since Snakemake removes a failed
+        job's outputs."""
+        partial = journal.with_name(journal.name.split(".")[0] + ".interrupted")
+        return Outputs(*(str(partial / n) for n in ("requests.parquet", "telemetry.parquet", "run.json",
+                                                    "engine_metrics.parquet")))
+
+
+def _raise_interrupted(*_) -> None:
+    raise Interrupted("SIGTERM")
+
+
+def run_load_test(settings: CellSettings, model_manifest: str, engine_probe: str,
                   out_requests: str, out_telemetry: str, out_run: str,
                   server_log: str, journal: str, out_engine_metrics: str | None = None,
                   nvml=None) -> dict[str, Any]:
     """Run one (engine, model, load) cell and write its records. Returns the run document."""
-    manifest = records.read_json(model_manifest)
-    probe = records.read_json(engine_probe)
-    espec = dict(settings["engine"])
-    pre = settings.get("preflight") or {}
-    eng = engines.engine(espec["kind"])
-    external = espec["kind"] == "external"
-    headers = api_key_headers(espec)
-    request_model = eng.request_model(manifest["served_name"], manifest["path"])
-    route_prefix = espec.get("route_prefix") or eng.route_prefix
-    health_path = espec.get("health_path") or eng.health_path
-    caps = set(espec.get("capabilities") or eng.capabilities)
-    metrics_paths = eng.metrics_paths if espec.get("metrics_paths") is None else tuple(espec["metrics_paths"])
-    launch = None
-    if external:
-        from urllib.parse import urlsplit
+    cell = CellLoadTest(settings, records.read_json(model_manifest), records.read_json(engine_probe),
+                        Outputs(out_requests, out_telemetry, out_run, out_engine_metrics), server_log, journal, nvml)
+    return cell.run()
 
-        base_url = espec["url"].rstrip("/")
-        _check_loopback(espec, urlsplit(base_url).hostname or "")
-        command = ["(external endpoint)", base_url]
-        port = urlsplit(base_url).port
-    else:
-        _check_loopback(espec, espec["host"])
-        espec["binary"] = probe["binary"]
-        espec["served_name"] = manifest["served_name"]
-        port = pick_port(espec["host"], espec["port"])
-        if eng.needs_aux_port:
-            espec["aux_port"] = free_port(espec["host"])
-        launch = eng.launch(espec, manifest["path"], port)
-        command = launch.argv
-        base_url = f"http://{espec['host']}:{port}"
-    request = settings["request"]
-    phases = settings["load"]["phases"]
 
-    anchor = {"wall_ns": time.time_ns(), "monotonic_ns": time.monotonic_ns()}
-    tel_tmp = Path(out_telemetry).with_suffix(".raw.parquet")
-    Path(journal).parent.mkdir(parents=True, exist_ok=True)
-    doc: dict[str, Any] = {
-        "cell": {"engine": espec["name"], "model": manifest["name"], "load": settings["load"]["name"]},
-        "settings": settings,
-        "server_command": [provenance.scrub(str(c)) for c in command],
-        "server_env": {k: provenance.scrub(v) for k, v in {**espec.get("env", {}), **(launch.env if launch else {})}.items()},
-        "endpoint": {"base_url": provenance.scrub(base_url), "route_prefix": route_prefix, "health_path": health_path,
-                     "request_model": provenance.scrub(request_model), "capabilities": sorted(caps),
-                     "external": external, "api_key_env": espec.get("api_key_env")},
-        "clock": {"timestamps": "CLOCK_MONOTONIC ns (time.monotonic_ns)", "anchor": anchor},
-        "complete": False,
-        "hardware": hardware.describe("auto"),  # detected where the load runs; peaks resolved later
-    }
+class CellLoadTest:
+    """One cell's load test as named steps. ``run`` is their order and what an interrupt keeps:
+    whatever happens, the started parts are torn down in order and what was measured is written."""
 
-    def _on_term(*_):
-        raise Interrupted("SIGTERM")
+    def __init__(self, settings: CellSettings, manifest: dict, probe: dict, outputs: Outputs,
+                 server_log: str, journal: str, nvml=None):
+        self.settings, self.engine = settings, settings.engine
+        self.entry = engines.engine(self.engine.kind)
+        self.manifest, self.probe = manifest, probe
+        self.outputs = outputs
+        self.server_log, self.journal = server_log, Path(journal)
+        self.nvml = nvml
+        self.endpoint = resolve_endpoint(self.engine, self.entry, manifest, probe)
+        self.raw_telemetry = Path(outputs.telemetry).with_suffix(".raw.parquet")
+        self.server: Server | None = None
+        self.telemetry: Telemetry | None = None
+        self.scraper: promscrape.Scraper | None = None
+        self.tokenizer: EngineTokenizer | None = None
+        self.test: LoadTest | None = None
+        self.prompts: list[dict[str, Any]] = []
+        self.caught: dict[str, str] = {}  # the signal that cancelled the load, if one did
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        self.doc = self.run_document()
 
-    old_term = signal.signal(signal.SIGTERM, _on_term)
-    server = None
-    telemetry = None
-    scraper = None
-    test = None
-    prompts: list = []
-    caught: dict[str, str] = {}
-    try:
-        if not external:
-            if pre.get("gpu_idle", True):
-                doc["preflight_gpu"] = gpu_idle_check(nvml, pre.get("max_gpu_util_pct", 5.0),
-                                                      pre.get("max_foreign_gpu_mib", 256.0))
-            env = {**os.environ, **espec.get("env", {}), **launch.env}
-            server = Server(command, server_log, espec["host"], port, health_path, env=env, nvml=nvml,
-                            gpu_tolerance_mib=pre.get("gpu_memory_tolerance_mib", 256.0))
-            server.start()
-            doc["server_pid"] = server.proc.pid
-        telemetry = Telemetry(tel_tmp, settings["telemetry"]["interval_s"], server.proc.pid if server else None)
-        t_launch_ns = time.monotonic_ns()
-        if server:
-            doc["server_ready_s"] = server.wait_ready(espec["ready_timeout_s"])
-        else:
-            doc["server_ready_s"] = wait_endpoint_ready(base_url + health_path, espec["ready_timeout_s"], headers)
-        doc["server_ready_ns"] = time.monotonic_ns()
-        doc["server_launch_ns"] = t_launch_ns
-        tokenizer = EngineTokenizer(base_url) if "tokenize" in caps else None
-        prompts, doc["prompt_source"] = load_prompts(request["prompts"], tokenizer, request["seed"])
-        scraper = promscrape.Scraper(base_url, list(metrics_paths), list(eng.metric_names) or None,
-                                     espec.get("metrics_interval_s", 1.0), headers).start()
-        with open(journal, "w") as jf:
-            factory = session_factory(base_url, route_prefix, request_model, request, caps, headers=headers or None)
-            test = LoadTest(factory, PromptStream(prompts, request["seed"], settings["load"]["name"]),
-                            journal=jf, seed=request["seed"])
-            run_async(_cancellable(test.run(phases), caught))
-            signal.signal(signal.SIGTERM, _on_term)  # the event loop's handlers are gone with it
-        if tokenizer is not None and request.get("client_token_count", True):
-            try:
-                count_output_tokens(test.records, tokenizer)
-            except Exception as exc:  # a check that failed must not cost the measured run
-                doc["client_token_count_error"] = f"{type(exc).__name__}: {exc}"[:300]
-        doc["server_exited_during_run"] = bool(server and server.proc.poll() is not None)
-        doc["complete"] = True
-    except (KeyboardInterrupt, Interrupted, asyncio.CancelledError) as exc:
-        # Snakemake removes a failed job's outputs: what was measured goes next to the journal
-        doc["interrupted"] = caught.get("signal") or type(exc).__name__
-        partial = Path(journal).with_name(Path(journal).name.split(".")[0] + ".interrupted")
-        out_requests, out_telemetry, out_run, out_engine_metrics = (
-            str(partial / n) for n in ("requests.parquet", "telemetry.parquet", "run.json", "engine_metrics.parquet"))
-        raise Interrupted(f"load test interrupted; what it measured is in {partial}") from None
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut teardown short
+    def run_document(self) -> dict[str, Any]:
+        """run.json as known before launch; the steps add to it."""
+        ep, launch = self.endpoint, self.endpoint.launch
+        anchor = {"wall_ns": time.time_ns(), "monotonic_ns": time.monotonic_ns()}
+        return {
+            "cell": {"engine": self.engine.name, "model": self.manifest["name"], "load": self.settings.load.name},
+            "settings": self.settings.model_dump(mode="json"),
+            "server_command": [provenance.scrub(str(c)) for c in ep.command],
+            "server_env": {k: provenance.scrub(v) for k, v in {**self.engine.env, **(launch.env if launch else {})}.items()},
+            "endpoint": {"base_url": provenance.scrub(ep.base_url), "route_prefix": ep.route_prefix,
+                         "health_path": ep.health_path, "request_model": provenance.scrub(ep.request_model),
+                         "capabilities": sorted(ep.capabilities), "external": ep.external,
+                         "api_key_env": self.engine.api_key_env},
+            "clock": {"timestamps": "CLOCK_MONOTONIC ns (time.monotonic_ns)", "anchor": anchor},
+            "complete": False,
+            "hardware": hardware.describe("auto"),  # detected where the load runs; peaks resolved later
+        }
+
+    def run(self) -> dict[str, Any]:
+        old_term = signal.signal(signal.SIGTERM, _raise_interrupted)
         try:
-            if scraper is not None:
-                scraper.stop()
-                doc["engine_metrics"] = scraper.summary()
-            if server is not None:
-                doc["server_stop"] = server.stop(espec["stop_grace_s"])
-                doc["engine_log_lines"] = [provenance.scrub(l) for l in grep_log(server_log, eng.log_patterns)]
-            if telemetry is not None:
-                telemetry.stop()
-            _write_outputs(doc, test, settings, manifest, probe, prompts, tel_tmp,
-                           out_requests, out_telemetry, out_run, scraper, out_engine_metrics)
+            try:
+                self.measure()
+            except (KeyboardInterrupt, Interrupted, asyncio.CancelledError) as exc:
+                self.doc["interrupted"] = self.caught.get("signal") or type(exc).__name__
+                self.outputs = Outputs.beside(self.journal)
+                raise Interrupted(f"load test interrupted; what it measured is in "
+                                  f"{Path(self.outputs.run).parent}") from None
+            finally:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut teardown short
+                self.teardown()
+                self.write_outputs()
         finally:
             signal.signal(signal.SIGTERM, old_term)
-    return doc
+        return self.doc
+
+    def measure(self) -> None:
+        self.preflight()
+        self.launch()
+        self.start_telemetry()
+        self.wait_ready()
+        self.load_prompts()
+        self.start_scraper()
+        self.run_load()
+        self.count_tokens()
+        self.doc["server_exited_during_run"] = bool(self.server and self.server.proc.poll() is not None)
+        self.doc["complete"] = True
+
+    def preflight(self) -> None:
+        """Refuse a GPU another process is using: its work would skew this cell's numbers."""
+        pre = self.settings.preflight
+        if not self.endpoint.external and pre.gpu_idle:
+            self.doc["preflight_gpu"] = gpu_idle_check(self.nvml, pre.max_gpu_util_pct, pre.max_foreign_gpu_mib)
+
+    def launch(self) -> None:
+        ep = self.endpoint
+        if ep.external:
+            return
+        env = {**os.environ, **self.engine.env, **ep.launch.env}
+        self.server = Server(ep.command, self.server_log, ep.host, ep.port, ep.health_path, env=env, nvml=self.nvml,
+                             gpu_tolerance_mib=self.settings.preflight.gpu_memory_tolerance_mib)
+        self.server.start()
+        self.doc["server_pid"] = self.server.proc.pid
+
+    def start_telemetry(self) -> None:
+        pid = self.server.proc.pid if self.server else None
+        self.telemetry = Telemetry(self.raw_telemetry, self.settings.telemetry.interval_s, pid)
+
+    def wait_ready(self) -> None:
+        launched_ns = time.monotonic_ns()
+        ep, timeout_s = self.endpoint, self.engine.ready_timeout_s
+        if self.server:
+            self.doc["server_ready_s"] = self.server.wait_ready(timeout_s)
+        else:
+            self.doc["server_ready_s"] = wait_endpoint_ready(ep.base_url + ep.health_path, timeout_s, ep.headers)
+        self.doc["server_ready_ns"] = time.monotonic_ns()
+        self.doc["server_launch_ns"] = launched_ns
+
+    def load_prompts(self) -> None:
+        """The request's prompt set; synthetic prompts need the engine's tokenizer, so the server is up first."""
+        request = self.settings.request
+        self.tokenizer = EngineTokenizer(self.endpoint.base_url) if "tokenize" in self.endpoint.capabilities else None
+        self.prompts, self.doc["prompt_source"] = load_prompts(request.prompts, self.tokenizer, request.seed)
+
+    def start_scraper(self) -> None:
+        ep = self.endpoint
+        self.scraper = promscrape.Scraper(ep.base_url, list(ep.metrics_paths), list(self.entry.metric_names) or None,
+                                          self.engine.metrics_interval_s, ep.headers).start()
+
+    def run_load(self) -> None:
+        ep, request, load = self.endpoint, self.settings.request, self.settings.load
+        with open(self.journal, "w") as jf:
+            factory = session_factory(ep.base_url, ep.route_prefix, ep.request_model, request, ep.capabilities,
+                                      headers=ep.headers or None)
+            self.test = LoadTest(factory, PromptStream(self.prompts, request.seed, load.name), journal=jf,
+                                 seed=request.seed)
+            run_async(cancellable(self.test.run(load.phases), self.caught))
+            signal.signal(signal.SIGTERM, _raise_interrupted)  # the event loop's handlers are gone with it
+
+    def count_tokens(self) -> None:
+        if self.tokenizer is None or not self.settings.request.client_token_count:
+            return
+        try:
+            count_output_tokens(self.test.records, self.tokenizer)
+        except Exception as exc:  # a check that failed must not cost the measured run
+            self.doc["client_token_count_error"] = f"{type(exc).__name__}: {exc}"[:300]
+
+    def teardown(self) -> None:
+        """Stop what was started, the scraper before the server it reads, the sampler last."""
+        if self.scraper is not None:
+            self.scraper.stop()
+            self.doc["engine_metrics"] = self.scraper.summary()
+        if self.server is not None:
+            self.doc["server_stop"] = self.server.stop(self.engine.stop_grace_s)
+            self.doc["engine_log_lines"] = [provenance.scrub(line)
+                                            for line in grep_log(self.server_log, self.entry.log_patterns)]
+        if self.telemetry is not None:
+            self.telemetry.stop()
+
+    def write_outputs(self) -> None:
+        prov = self.provenance()
+        recs = self.test.records if self.test else []
+        self.doc["phases"] = [asdict(m) for m in self.test.marks] if self.test else []
+        self.doc["client"] = self.client_summary()
+        extra = {"complete": self.doc["complete"], "cell": self.doc["cell"]}
+        out = self.outputs
+        records.write_table(records_frame(recs), out.requests, "requests", prov, extra)
+        records.write_table(self.telemetry_frame(), out.telemetry, "telemetry", prov, extra)
+        if out.engine_metrics is not None:
+            em = self.scraper.frame() if self.scraper is not None else promscrape.frame([])
+            records.write_table(em, out.engine_metrics, "engine_metrics", prov,
+                                {**extra, "scrape": self.doc.get("engine_metrics")})
+        records.write_json(self.doc, out.run, "run", prov)
+        json.dumps(self.doc, default=str)  # fail loudly here, not in a later stage, if doc is not serialisable
+
+    def provenance(self) -> dict[str, Any]:
+        return provenance.block(
+            config_hash=canonical_hash(self.doc["settings"]),
+            engine={k: self.probe.get(k) for k in ("kind", "version", "version_commit", "binary_sha256")},
+            model={"name": self.manifest["name"], "sha256": self.manifest["sha256"], "source": self.manifest["source"]},
+            prompt_set_sha256=prompt_set_hash(self.prompts),
+        )
+
+    def client_summary(self) -> dict[str, Any]:
+        """How the client itself did: event-loop lag (is the client the bottleneck?) and what it sent."""
+        test = self.test
+        recs = test.records if test else []
+        lag = loop_lag_by_phase(test.loop_lag, test.marks) if test else {}
+        run_lag = lag.get("(run)") or {}
+        return {
+            "event_loop_lag_p99_ms": run_lag.get("p99_ms"),
+            "event_loop_lag_max_ms": run_lag.get("max_ms"),
+            "event_loop_lag_by_phase": {k: v for k, v in lag.items() if k != "(run)"},
+            "event_loop": event_loop_name(),
+            "requests_sent": len(recs),
+            "status_counts": pd.Series([r.status for r in recs], dtype="string").value_counts().to_dict(),
+        }
+
+    def telemetry_frame(self) -> pd.DataFrame:
+        """The sampler's samples (an empty frame if it never started), its scratch file removed."""
+        if not self.raw_telemetry.exists():
+            return pd.DataFrame({"t_ns": pd.Series(dtype="int64"), "device": pd.Series(dtype="string")})
+        tel = pd.read_parquet(self.raw_telemetry)
+        self.raw_telemetry.unlink()
+        return tel
 
 
-async def _cancellable(coro, caught: dict | None = None):
+async def cancellable(coro, caught: dict | None = None):
     """Run coro; SIGTERM or SIGINT cancels it, so every in-flight request records 'cancelled'.
     The signal's name goes into caught['signal']."""
     loop = asyncio.get_running_loop()
@@ -242,40 +382,3 @@ async def _cancellable(coro, caught: dict | None = None):
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-
-
-
-def _write_outputs(doc, test, settings, manifest, probe, prompts, tel_tmp, out_requests, out_telemetry, out_run,
-                   scraper=None, out_engine_metrics=None):
-    prov = provenance.block(
-        config_hash=canonical_hash(settings),
-        engine={k: probe.get(k) for k in ("kind", "version", "version_commit", "binary_sha256")},
-        model={"name": manifest["name"], "sha256": manifest["sha256"], "source": manifest["source"]},
-        prompt_set_sha256=prompt_set_hash(prompts),
-    )
-    recs = test.records if test else []
-    doc["phases"] = [asdict(m) for m in test.marks] if test else []
-    lag = loop_lag_by_phase(test.loop_lag, test.marks) if test else {}
-    run_lag = lag.get("(run)") or {}
-    doc["client"] = {
-        "event_loop_lag_p99_ms": run_lag.get("p99_ms"),
-        "event_loop_lag_max_ms": run_lag.get("max_ms"),
-        "event_loop_lag_by_phase": {k: v for k, v in lag.items() if k != "(run)"},
-        "event_loop": event_loop_name(),
-        "requests_sent": len(recs),
-        "status_counts": pd.Series([r.status for r in recs], dtype="string").value_counts().to_dict(),
-    }
-    extra = {"complete": doc["complete"], "cell": doc["cell"]}
-    records.write_table(records_frame(recs), out_requests, "requests", prov, extra)
-    if tel_tmp.exists():
-        tel = pd.read_parquet(tel_tmp)
-        tel_tmp.unlink()
-    else:
-        tel = pd.DataFrame({"t_ns": pd.Series(dtype="int64"), "device": pd.Series(dtype="string")})
-    records.write_table(tel, out_telemetry, "telemetry", prov, extra)
-    if out_engine_metrics is not None:
-        em = scraper.frame() if scraper is not None else promscrape.frame([])
-        records.write_table(em, out_engine_metrics, "engine_metrics", prov,
-                            {**extra, "scrape": doc.get("engine_metrics")})
-    records.write_json(doc, out_run, "run", prov)
-    json.dumps(doc, default=str)  # fail loudly here, not in a later stage, if doc is not serialisable

@@ -10,17 +10,16 @@ import altair as alt
 import pandas as pd
 
 from tokenbench.analysis.fit import curve
+from tokenbench.analysis.registry import METRICS, SUMMARY_COLUMNS
 
 alt.data_transformers.disable_max_rows()
 
 PHASE_COLORS = {"warmup": "#f2c14e", "cooldown": "#9ecae1", "stress": "#f4a582"}
 
-# metric column -> (axis title, label); shown when the column has data
+# telemetry column -> axis title; shown when the column has data. Per-sample series of a registered
+# metric take its header; the rest exist only per sample (a phase reports their peak or mean).
 TIMELINE_METRICS = [
-    ("gpu_util_pct", "GPU utilisation (%)"),
-    ("power_w", "power (W)"),
-    ("cpu_util_pct", "host CPU busy (%)"),
-    ("server_cpu_util_pct", "server CPU (% of all cores)"),
+    *((key, METRICS[key].header()) for key in ("gpu_util_pct", "power_w", "cpu_util_pct", "server_cpu_util_pct")),
     ("server_rss_mb", "server RSS (MiB)"),
     ("temp_c", "GPU temperature (°C)"),
     ("sm_clock_mhz", "SM clock (MHz)"),
@@ -79,7 +78,7 @@ def plot_throughput(summary: pd.DataFrame, fits: list[dict[str, Any]]) -> alt.La
             curves.append({**p, "series": f"{f['engine']} · {f['model']}"})
     points = alt.Chart(pts).mark_point(filled=True, size=70).encode(
         x=alt.X("users:Q", title="concurrent users (closed loop)"),
-        y=alt.Y("output_tok_s:Q", title="output tokens/s (measured)"),
+        y=alt.Y("output_tok_s:Q", title=f"{METRICS['output_tok_s'].header()}, measured"),
         color=alt.Color("series:N", title="engine · model"),
         tooltip=["engine", "model", "load", "users", alt.Tooltip("output_tok_s:Q", format=".1f"),
                  alt.Tooltip("success_rate:Q", format=".1%")],
@@ -92,14 +91,15 @@ def plot_throughput(summary: pd.DataFrame, fits: list[dict[str, Any]]) -> alt.La
                                          title="Throughput vs users (points measured; dashed: Michaelis–Menten fit)")
 
 
+LATENCY_COLUMNS = ("ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "tpot_p50_ms")
+
+
 def plot_latency(summary: pd.DataFrame) -> alt.FacetChart:
-    cols = {"ttft_p50_ms": "TTFT p50", "ttft_p95_ms": "TTFT p95", "ttft_p99_ms": "TTFT p99",
-            "e2e_p50_ms": "E2E p50", "e2e_p99_ms": "E2E p99", "tpot_p50_ms": "TPOT p50"}
     d = summary.dropna(subset=["users"]).melt(id_vars=["engine", "model", "load", "users"],
-                                              value_vars=[c for c in cols if c in summary],
+                                              value_vars=[c for c in LATENCY_COLUMNS if c in summary],
                                               var_name="stat", value_name="ms").dropna(subset=["ms"])
-    d["metric"] = d["stat"].map(lambda s: cols[s].split()[0])
-    d["percentile"] = d["stat"].map(lambda s: cols[s].split()[1])
+    d["metric"] = d["stat"].map(lambda col: METRICS[SUMMARY_COLUMNS[col][0]].label)
+    d["percentile"] = d["stat"].map(lambda col: SUMMARY_COLUMNS[col][1])
     d["series"] = d["engine"] + " · " + d["model"] + " · " + d["percentile"]
     return alt.Chart(d).mark_line(point=True).encode(
         x=alt.X("users:Q", title="concurrent users"),

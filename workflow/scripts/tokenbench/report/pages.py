@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import shlex
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import pandas as pd
 import yaml
 
 from tokenbench import provenance
-from tokenbench.analysis import metrics as metrics_mod
+from tokenbench.analysis.registry import CONVENTIONS, ESTIMATED, METRICS, PHASE_FIELDS, Column, fmt
 
 CHARTS_JS = """\
 // Embed every tokenbench chart on the page (specs are inlined, so this works from file:// too).
@@ -35,16 +34,6 @@ CSS = """\
 """
 
 
-def fmt(v, digits: int = 1, pct: bool = False) -> str:
-    if v is None or (isinstance(v, float) and (math.isnan(v) or math.isinf(v))):
-        return "n/a"
-    if pct:
-        return f"{100 * v:.{digits}f} %"
-    if isinstance(v, (int,)) or (isinstance(v, float) and abs(v) >= 1000):
-        return f"{v:,.0f}"
-    return f"{v:.{digits}f}"
-
-
 def chart_html(name: str, spec: dict[str, Any]) -> str:
     blob = json.dumps(spec, separators=(",", ":")).replace("</", "<\\/")
     return (f'<div class="tb-chart" data-spec="{html.escape(name)}"></div>\n'
@@ -62,38 +51,30 @@ def table(rows: list[dict[str, str]]) -> str:
 
 EST = '<span class="tb-est" title="estimated: see Methodology">†</span>'
 
+# the metrics each table shows; headers, units and precision come from the registry
+RUN_COLUMNS = (Column("duration_s"), Column("requests_sent"), Column("success_rate"), Column("output_tok_s"),
+               Column("ttft_ms", ("p50", "p95")), Column("e2e_ms", ("p50", "p99")), Column("tpot_ms", ("p50",)),
+               Column("mfu_pct"), Column("goodput_rps"), Column("token_count_mismatch_rate"),
+               Column("cpu_util_pct"), Column("power_w"))
+STEADY_COLUMNS = (Column("output_tok_s"), Column("request_rps"), Column("ttft_ms", ("p50", "p95")),
+                  Column("e2e_ms", ("p99",)), Column("success_rate"), Column("slo_attainment"), Column("mfu_pct"),
+                  Column("tok_per_j"), Column("usd_per_mtok"))
 
-def _target(ph: dict[str, Any]) -> str:
-    t = ph["target"]
-    if "users" in t:
-        return f"{t['users']} user{'s' if t['users'] != 1 else ''}"
-    if "rate_rps" in t:
-        return f"Poisson {t['rate_rps']:g} req/s"
-    return "idle"
+
+def metric_cells(ph: dict[str, Any], columns: tuple[Column, ...], labels: list[dict[str, str]]) -> dict[str, str]:
+    """A row's metric cells under the registry's headers, marked † where a run labelled the figure estimated."""
+    return {c.header() + (f" {EST}" if any(lb.get(c.key) == ESTIMATED for lb in labels) else ""): c.cell(ph)
+            for c in columns}
 
 
 def phase_rows(doc: dict[str, Any]) -> list[dict[str, str]]:
-    labels = doc["labels"]
-    mfu_h = "MFU" + (f" {EST}" if labels["mfu_pct"] == "estimated" else "")
     rows = []
     for ph in doc["phases"]:
-        get = lambda k, s=None: (ph.get(k) or {}).get(s) if s else ph.get(k)  # noqa: E731
         rows.append({
             "phase": ph["phase"],
             "steady state": "no (warmup)" if ph["warmup"] else ("no (idle)" if ph["mode"] == "idle" else "yes"),
-            "load": _target(ph),
-            "duration (s)": fmt(ph["duration_s"]),
-            "sent": fmt(ph.get("requests_sent"), 0),
-            "success": fmt(ph.get("success_rate"), 1, pct=True),
-            "output tok/s": fmt(get("output_tok_s")),
-            "TTFT p50 / p95 (ms)": f"{fmt(get('ttft_ms', 'p50'))} / {fmt(get('ttft_ms', 'p95'))}",
-            "E2E p50 / p99 (ms)": f"{fmt(get('e2e_ms', 'p50'))} / {fmt(get('e2e_ms', 'p99'))}",
-            "TPOT p50 (ms)": fmt(get("tpot_ms", "p50"), 2),
-            mfu_h: fmt(ph.get("mfu_pct"), 3) + (" %" if ph.get("mfu_pct") is not None else ""),
-            "goodput (req/s)": fmt(ph.get("goodput_rps"), 2),
-            "token count mismatch": fmt(ph.get("token_count_mismatch_rate"), 1, pct=True),
-            "CPU busy (%)": fmt(ph.get("cpu_util_pct")),
-            "power (W)": fmt(ph.get("power_w")),
+            "load": ph["label"],
+            **metric_cells(ph, RUN_COLUMNS, [doc["labels"]]),
             "valid": _valid(ph),
         })
     return rows
@@ -144,21 +125,14 @@ def render_index(study: dict[str, Any], docs: list[dict[str, Any]], fits: list[d
         lines.append('!!! warning "Incomplete runs"\n    ' + ", ".join(
             f"{c['engine']}/{c['model']}/{c['load']}" for c in incomplete) + " did not finish; their figures cover what was recorded.\n")
     lines.append("## Steady-state results\n")
+    labels = [d["labels"] for d in docs]
     rows = []
     for d in docs:
         for ph in _steady(d):
             rows.append({
                 "engine": d["cell"]["engine"], "model": d["cell"]["model"], "load": d["cell"]["load"],
-                "phase": ph["phase"], "offered": _target(ph),
-                "output tok/s": fmt(ph.get("output_tok_s")),
-                "req/s": fmt(ph.get("request_rps"), 2),
-                "TTFT p50 / p95 (ms)": f"{fmt((ph.get('ttft_ms') or {}).get('p50'))} / {fmt((ph.get('ttft_ms') or {}).get('p95'))}",
-                "E2E p99 (ms)": fmt((ph.get("e2e_ms") or {}).get("p99")),
-                "success": fmt(ph.get("success_rate"), 1, pct=True),
-                "SLO met": fmt(ph.get("slo_attainment"), 0, pct=True),
-                f"MFU {EST}": fmt(ph.get("mfu_pct"), 3) + (" %" if ph.get("mfu_pct") is not None else ""),
-                "tok/J": fmt(ph.get("tok_per_j"), 2),
-                f"$ / M tok {EST}": fmt(ph.get("usd_per_mtok"), 2),
+                "phase": ph["phase"], "offered": ph["label"],
+                **metric_cells(ph, STEADY_COLUMNS, labels),
                 "valid": "yes" if (ph.get("validity") or {}).get("valid") else "no",
             })
     lines.append(table(rows))
@@ -172,9 +146,9 @@ def render_index(study: dict[str, Any], docs: list[dict[str, Any]], fits: list[d
         lines.append("SLO met: share of requests finished in the window that met " +
                      ", ".join(f"{k.removesuffix('_ms').upper()} ≤ {v:g} ms" for k, v in slo.items()) + ".\n")
     if docs:
-        labels = docs[0]["labels"]
-        lines.append(f"\nMFU peak: {hw.get('peak_note') or 'unknown'}. Power: {labels['power_w']}. "
-                     f"Cost per million tokens: {labels['usd_per_mtok']} (from the configured hourly price).\n")
+        first = labels[0]
+        lines.append(f"\nMFU peak: {hw.get('peak_note') or 'unknown'}. Power: {first['power_w']}. "
+                     f"Cost per million tokens: {first['usd_per_mtok']} (from the configured hourly price).\n")
     if "throughput" in specs:
         lines.append("## Throughput and saturation\n")
         lines.append(chart_html("throughput", specs["throughput"]))
@@ -209,10 +183,19 @@ def render_runs(docs: list[dict[str, Any]], runs: list[dict[str, Any]], specs: d
     return "\n".join(lines)
 
 
+def metric_definitions() -> str:
+    """The registry as the Methodology page shows it: conventions, then one row per metric."""
+    rows = [{"metric": f"`{m.key}` ({m.label})", "unit": m.unit + (" (shown as %)" if m.percent else ""),
+             "measured or estimated": m.basis.value, "aggregation": m.aggregation.value,
+             "across replicates": m.replicates.value, "formula": m.formula} for m in METRICS.values()]
+    fields = "\n".join(f"- `{name}`: {text}" for name, text in PHASE_FIELDS.items())
+    return ("These are the definitions the code applies, from its metric registry "
+            "(`tokenbench/analysis/registry.py`).\n\n" + "\n".join(f"- {c}" for c in CONVENTIONS) + "\n\n"
+            + table(rows) + "\nA phase also records:\n\n" + fields + "\n")
+
+
 def render_methodology(docs: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
-    lines = ["# Methodology\n", "## Metric definitions\n",
-             "These are the definitions the code applies (quoted from `tokenbench/metrics.py`):\n",
-             "```text\n" + metrics_mod.__doc__.strip() + "\n```\n",
+    lines = ["# Methodology\n", "## Metric definitions\n", metric_definitions(),
              "## Labels\n",
              f"- *measured*: computed from recorded request timestamps, server usage counts or telemetry samples.\n"
              f"- {EST} *estimated*: depends on a figure that was not measured in this run (a datasheet or "

@@ -1,0 +1,331 @@
+"""The metric registry: every figure a phase reports, declared once.
+
+``metrics.py`` computes the figures; this table says what each one is: its key in metrics.json,
+unit, formula (the text the Methodology page quotes), what it rests on (measured, or estimated
+from a datasheet peak or a configured price), how it aggregates, how it is displayed and which
+summary.parquet columns carry it. metrics.json's ``labels`` and ``definitions``, the summary
+table, the site's tables and the CLI's summary are generated from it, so that a metric's facts
+cannot drift apart between the places that show it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from tokenbench.config import HardwareSpec
+
+PERCENTILES = (50, 90, 95, 99)
+WINDOW_S = 5.0  # per-window aggregates, as BentoML's study reports every 5 s
+
+MEASURED, ESTIMATED, NOT_AVAILABLE = "measured", "estimated", "not available"
+
+
+class Basis(Enum):
+    """What a figure rests on; with what a run had (a power sensor, a price) it decides the label."""
+    MEASURED = "measured"
+    SENSOR = "measured where a power sensor exists"
+    PEAK = "estimated: peak FLOP/s from a datasheet or the CPU's ISA (measured where the peak was)"
+    PRICE = "estimated from a configured price"
+    SENSOR_PRICE = "estimated from measured energy and a configured price"
+
+
+class Aggregation(Enum):
+    PER_REQUEST = "per request"
+    PER_WINDOW = "per window"
+    PER_PHASE = "per phase"
+
+
+class Replicates(Enum):
+    """How a figure is to combine across replicate runs of one cell (declared ahead of replicates)."""
+    POOL = "pool the samples, recompute the distribution"
+    MEAN = "mean, with its spread"
+    SUM = "sum"
+    MAX = "maximum"
+
+
+CONVENTIONS = (
+    ("**Clock.** Every timestamp is on one monotonic clock (ns). Each streamed event carries the kernel's "
+     "receive time of the socket read that delivered it, so chunks that arrive in one read share a timestamp."),
+    ("**Issuing window.** From the phase's start until it stopped issuing requests (`duration_s`). Throughput "
+     "and goodput count inside it; the drain that follows (`drain_s`: in-flight requests finishing) is excluded."),
+    ("**Telemetry window.** A phase's telemetry samples run from its start to the next phase's start (the last "
+     "phase: to the end of its drain), so they include its drain. Power, energy and utilisation use these samples."),
+    ("**Output tokens.** The server's usage count (`stream_options.include_usage`), or the chunk count where the "
+     "server sends none (`output_tokens_source` says which). To place tokens in time, a request's count is "
+     "spread evenly over its content chunks."),
+    ("**Requests.** Latency distributions cover the phase's requests that finished ok; a formula says so where "
+     "failed requests count too (\"any status\")."),
+    (f"**Aggregation.** *per request*: one value per request (ITL: per gap between chunks), reported as n, mean, "
+     f"std, min, max and percentiles {', '.join(f'p{p}' for p in PERCENTILES)} (linear interpolation); "
+     f"*per window*: one value per whole {WINDOW_S:g} s window of the issuing window, reported the same way; "
+     f"*per phase*: one value."),
+)
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # the key in a phase of metrics.json
+    label: str  # display label; the unit is appended in headers
+    unit: str
+    formula: str  # as the code computes it, quoted on the Methodology page
+    basis: Basis = Basis.MEASURED
+    aggregation: Aggregation = Aggregation.PER_PHASE
+    replicates: Replicates = Replicates.MEAN
+    digits: int = 1
+    percent: bool = False  # a fraction, shown as a percentage
+    price: str | None = None  # the HardwareSpec field a PRICE or SENSOR_PRICE figure needs
+    summary: Mapping[str, str | None] = field(default_factory=dict)  # summary column -> statistic (None: the value)
+
+    def label_in(self, run: RunEvidence) -> str:
+        """measured / estimated / not available, for this metric in a run with this evidence."""
+        priced = self.price is not None and getattr(run.hardware, self.price) is not None
+        match self.basis:
+            case Basis.MEASURED:
+                return MEASURED
+            case Basis.SENSOR:
+                return MEASURED if run.power_measured else NOT_AVAILABLE
+            case Basis.PEAK:
+                return MEASURED if run.peak_measured else ESTIMATED
+            case Basis.PRICE:
+                return ESTIMATED if priced else NOT_AVAILABLE
+            case Basis.SENSOR_PRICE:
+                return ESTIMATED if priced and run.power_measured else NOT_AVAILABLE
+
+    def header(self, stats: tuple[str, ...] = ()) -> str:
+        name = " ".join([self.label, " / ".join(stats)]) if stats else self.label
+        return name if self.percent else f"{name} ({self.unit})"
+
+    def format(self, value: Any) -> str:
+        return fmt(value, self.digits, self.percent)
+
+    def definition(self) -> dict[str, str]:
+        return {"label": self.label, "unit": self.unit, "formula": self.formula, "basis": self.basis.value,
+                "aggregation": self.aggregation.value, "replicates": self.replicates.value}
+
+
+@dataclass(frozen=True)
+class RunEvidence:
+    """What a run had to go on beyond request records: a power sensor, a measured peak, prices."""
+    power_measured: bool
+    peak_measured: bool
+    hardware: HardwareSpec
+
+
+def fmt(value: Any, digits: int = 1, pct: bool = False) -> str:
+    """A figure as text: n/a for a missing or non-finite value, thousands grouped, fractions as %."""
+    if value is None or (isinstance(value, float) and (math.isnan(value) or math.isinf(value))):
+        return "n/a"
+    if pct:
+        return f"{100 * value:.{digits}f} %"
+    if isinstance(value, int) or (isinstance(value, float) and abs(value) >= 1000):
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+_PER_REQUEST = {"aggregation": Aggregation.PER_REQUEST, "replicates": Replicates.POOL}
+_OPEN_LOOP_ONLY = "Open-loop phases only. "
+
+_DECLARED = [
+    # ---- throughput and requests (the order of summary columns follows this list)
+    Metric("output_tok_s", "output throughput", "tok/s",
+           "output_tokens_in_window ÷ duration_s: output tokens that arrived inside the issuing window per "
+           "second (the drain is excluded).",
+           summary={"output_tok_s": None}),
+    Metric("request_rps", "finished", "req/s",
+           "Ok requests of the phase whose response ended inside the issuing window ÷ duration_s.",
+           digits=2, summary={"request_rps": None}),
+    Metric("success_rate", "success", "fraction",
+           "Ok requests ÷ requests the phase sent.", percent=True, summary={"success_rate": None}),
+    Metric("requests_sent", "sent", "requests", "Requests the phase sent, any status.",
+           replicates=Replicates.SUM, digits=0, summary={"requests_sent": None}),
+    # ---- latency
+    Metric("ttft_ms", "TTFT", "ms", "First content chunk's receive time − actual send time, per ok request.",
+           summary={"ttft_p50_ms": "p50", "ttft_p95_ms": "p95", "ttft_p99_ms": "p99", "ttft_mean_ms": "mean"},
+           **_PER_REQUEST),
+    Metric("e2e_ms", "E2E", "ms", "End of the response − actual send time, per ok request.",
+           summary={"e2e_p50_ms": "p50", "e2e_p99_ms": "p99", "e2e_mean_ms": "mean"}, **_PER_REQUEST),
+    Metric("tpot_ms", "TPOT", "ms",
+           "(E2E − TTFT) ÷ (output_tokens − 1), per ok request with at least 2 output tokens.",
+           digits=2, summary={"tpot_p50_ms": "p50", "tpot_p99_ms": "p99"}, **_PER_REQUEST),
+    Metric("itl_ms", "ITL", "ms",
+           "Gaps between the receive times of consecutive content chunks of an ok request, pooled over the "
+           "phase's requests (chunks delivered by one socket read: gap 0).",
+           digits=2, summary={"itl_p50_ms": "p50", "itl_p99_ms": "p99"}, **_PER_REQUEST),
+    Metric("window_output_tok_s", "output throughput per window", "tok/s",
+           f"Output tokens that arrived in each whole {WINDOW_S:g} s window of the issuing window ÷ {WINDOW_S:g} s "
+           f"(a remainder shorter than {WINDOW_S:g} s is dropped; a shorter phase has one window, still divided "
+           f"by {WINDOW_S:g} s).",
+           aggregation=Aggregation.PER_WINDOW, replicates=Replicates.POOL,
+           summary={"window_tok_s_std": "std", "windows": "n"}),
+    # ---- efficiency and cost
+    Metric("mfu_pct", "MFU", "%",
+           "output_tok_s × 2 × parameters ÷ peak FLOP/s × 100: decode weight FLOPs only (prefill and attention "
+           "excluded). Peak: hardware.name's datasheet dense FP16 figure, else the detected accelerator's, else "
+           "an ISA-derived CPU peak. n/a without a parameter count or a peak.",
+           basis=Basis.PEAK, digits=3, summary={"mfu_pct": None}),
+    Metric("power_w", "power", "W",
+           "Mean power over the phase's telemetry window (drain included): the NVML energy counters' increase, "
+           "summed over GPUs, ÷ (last − first GPU sample time); else NVML power samples summed over GPUs per "
+           "sample time, averaged; else the RAPL package energy's increase ÷ (last − first CPU sample time). "
+           "`power_source` says which.",
+           basis=Basis.SENSOR, summary={"power_w": None}),
+    Metric("tok_per_j", "energy efficiency", "tok/J",
+           "output_tokens_in_window ÷ (power_w × duration_s). The windows differ: power is averaged over the "
+           "telemetry window (phase start to the next phase's start, drain included); tokens and duration are "
+           "the issuing window's.",
+           basis=Basis.SENSOR, digits=2, summary={"tok_per_j": None}),
+    Metric("usd_per_mtok", "cost", "$/M tok",
+           "hardware.price_usd_per_hour ÷ (output_tok_s × 3600) × 10^6: the configured hourly price over the "
+           "output tokens an hour at this throughput produces.",
+           basis=Basis.PRICE, price="price_usd_per_hour", digits=2, summary={"usd_per_mtok": None}),
+    # ---- utilisation
+    Metric("cpu_util_pct", "host CPU busy", "%",
+           "Mean over the phase's telemetry window of the host's CPU busy time per second, as % of all cores "
+           "(rates over spans of at least 250 ms of the tick-quantised counter).",
+           summary={"cpu_util_pct": None}),
+    Metric("server_cpu_util_pct", "server CPU", "% of all cores",
+           "Mean over the phase's telemetry window of the server process tree's CPU time per second, as % of "
+           "all cores (rates over spans of at least 250 ms).",
+           summary={"server_cpu_util_pct": None}),
+    Metric("gpu_util_pct", "GPU utilisation", "%",
+           "Mean of NVML's GPU utilisation over the phase's telemetry samples, all GPUs pooled.",
+           summary={"gpu_util_pct": None}),
+    # ---- goodput
+    Metric("goodput_rps", "goodput", "req/s",
+           "Ok requests ending inside the issuing window that met every configured SLO bound (TTFT, TPOT, E2E; "
+           "a 1-token request has no TPOT and passes that bound) ÷ duration_s.",
+           digits=2, summary={"goodput_rps": None}),
+    Metric("slo_attainment", "SLO met", "fraction",
+           "Requests counted in goodput_rps ÷ ok requests ending inside the issuing window (1 when no bound is "
+           "configured).",
+           percent=True, digits=0, summary={"slo_attainment": None}),
+    # ---- not in the summary table
+    Metric("duration_s", "duration", "s", "Issuing window length: from the phase's start until it stopped "
+           "issuing requests."),
+    Metric("drain_s", "drain", "s", "From the phase stopping issuing to its last request finishing or being "
+           "cancelled."),
+    Metric("ttft_sched_ms", "TTFT from schedule", "ms",
+           _OPEN_LOOP_ONLY + "First content chunk's receive time − scheduled send time, per ok request (queueing in the "
+           "client included).", **_PER_REQUEST),
+    Metric("first_byte_ms", "first byte", "ms",
+           "First response body byte's receive time − actual send time, per ok request (how far TTFT is from "
+           "the first byte).", **_PER_REQUEST),
+    Metric("send_lag_ms", "send lag", "ms",
+           _OPEN_LOOP_ONLY + "Actual − scheduled send time, per request sent (any status). With the client's event-loop "
+           "lag it bounds the timing error the client itself adds.", digits=2, **_PER_REQUEST),
+    Metric("decode_tok_s_per_request", "decode rate per request", "tok/s",
+           "1000 ÷ TPOT (ms), per ok request with TPOT > 0 (TPOT 0: every chunk came in one socket read, no "
+           "rate to report).", **_PER_REQUEST),
+    Metric("achieved_send_rps", "send rate", "req/s", "Requests the phase sent (any status) ÷ duration_s.",
+           digits=2),
+    Metric("schedule_rps", "scheduled rate", "req/s",
+           _OPEN_LOOP_ONLY + "Arrivals scheduled inside the issuing window ÷ duration_s (a Poisson or gamma schedule "
+           "deviates from its target rate by chance).", digits=2),
+    Metric("delivered_ratio", "delivered on schedule", "fraction",
+           _OPEN_LOOP_ONLY + "Arrivals scheduled inside the issuing window that were sent before it closed ÷ arrivals "
+           "scheduled inside it: whether the client kept up with its schedule.", percent=True),
+    Metric("rate_ratio", "achieved / target rate", "fraction",
+           _OPEN_LOOP_ONLY + "achieved_send_rps ÷ the phase's target rate_rps, where it has one.", percent=True),
+    Metric("output_tokens_in_window", "output tokens in window", "tokens",
+           "Output tokens of the phase's ok requests whose chunks arrived inside the issuing window.",
+           replicates=Replicates.SUM, digits=0),
+    Metric("output_tokens_total", "output tokens", "tokens",
+           "Sum of output_tokens over the phase's ok requests, wherever they arrived (drain included).",
+           replicates=Replicates.SUM, digits=0),
+    Metric("token_count_checked", "token counts checked", "requests",
+           "Ok requests with both the server's usage count and the client's re-tokenization of the streamed "
+           "text by the model's own tokenizer (where the engine can tokenize).",
+           replicates=Replicates.SUM, digits=0),
+    Metric("token_count_mismatch_rate", "token count mismatch", "fraction",
+           "Checked requests whose client count differs from the server's ÷ checked requests "
+           "(detokenize → re-tokenize is not always one-to-one).", percent=True),
+    Metric("token_count_mean_diff", "token count difference", "tokens",
+           "Mean of (client count − server count) over checked requests.", digits=2),
+    Metric("prompt_tokens_mean", "prompt length", "tokens",
+           "Mean of the server's prompt_tokens over ok requests that report it."),
+    Metric("goodput_tok_s", "goodput", "tok/s",
+           "output_tokens of the requests counted in goodput_rps (all their tokens, wherever they "
+           "arrived) ÷ duration_s."),
+    Metric("energy_j", "energy", "J",
+           "Energy over the phase's telemetry window (drain included), from the source power_w used: the NVML "
+           "energy counters' increase summed over GPUs; or mean NVML power × (last − first sample time); or "
+           "the RAPL package energy's increase.",
+           basis=Basis.SENSOR, replicates=Replicates.SUM, digits=0),
+    Metric("energy_kwh_per_mtok", "energy per M tokens", "kWh/M tok",
+           "power_w ÷ output_tok_s × 10^6 ÷ 3.6 × 10^6. The windows differ: power over the telemetry window "
+           "(drain included), throughput over the issuing window.",
+           basis=Basis.SENSOR, digits=3),
+    Metric("energy_usd_per_mtok", "electricity cost", "$/M tok",
+           "energy_kwh_per_mtok × hardware.electricity_usd_per_kwh (configured).",
+           basis=Basis.SENSOR_PRICE, price="electricity_usd_per_kwh", digits=3),
+    Metric("server_rss_peak_mb", "server RSS peak", "MiB",
+           "Largest resident memory of the server process tree over the phase's telemetry window ÷ 2^20.",
+           replicates=Replicates.MAX, digits=0),
+    Metric("gpu_mem_used_peak_mb", "GPU memory peak", "MiB",
+           "Largest NVML memory used of any GPU over the phase's telemetry window ÷ 2^20.",
+           replicates=Replicates.MAX, digits=0),
+    Metric("temp_max_c", "GPU temperature peak", "°C",
+           "Highest NVML temperature of any GPU over the phase's telemetry window.",
+           replicates=Replicates.MAX, digits=0),
+    Metric("sm_clock_mean_mhz", "SM clock", "MHz",
+           "Mean NVML SM clock over the phase's telemetry samples, all GPUs pooled.", digits=0),
+    Metric("telemetry_samples", "telemetry samples", "samples",
+           "Telemetry samples (all devices) in the phase's telemetry window.", replicates=Replicates.SUM, digits=0),
+]
+
+METRICS: dict[str, Metric] = {m.key: m for m in _DECLARED}
+
+# phase fields that describe the phase or explain a figure rather than measure it
+PHASE_FIELDS = {
+    "phase": "the phase's name in the load",
+    "label": "the phase's load in words, as the load generator ran it",
+    "mode": "closed, poisson, gamma, constant, trace or idle",
+    "warmup": "warm-up phases are left out of steady-state figures",
+    "target": "the offered load: users, or rate_rps, and the phase's bound",
+    "status_counts": "requests sent, by final status",
+    "output_tokens_source": "where output token counts came from: usage (the server) or chunks (a fallback)",
+    "power_source": "the sensor behind power_w and energy_j",
+    "slo": "the SLO bounds goodput counted against",
+    "validity": "MLPerf-LoadGen-style checks: the phase ran long enough, sent enough requests, kept errors under "
+                "the bound, the client kept up (send lag, event-loop lag) and, open loop, delivered its "
+                "schedule; each failed check is named with its numbers",
+}
+
+# summary.parquet column -> (metric key, statistic or None for the value)
+SUMMARY_COLUMNS: dict[str, tuple[str, str | None]] = {
+    col: (m.key, stat) for m in _DECLARED for col, stat in m.summary.items()}
+
+
+def labels(run: RunEvidence) -> dict[str, str]:
+    """metrics.json's ``labels``: measured / estimated / not available, per metric."""
+    return {key: m.label_in(run) for key, m in METRICS.items()}
+
+
+def definitions() -> dict[str, Any]:
+    """metrics.json's ``definitions``: the conventions and every metric's declaration."""
+    return {"conventions": list(CONVENTIONS), "metrics": {key: m.definition() for key, m in METRICS.items()},
+            "phase_fields": dict(PHASE_FIELDS)}
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column showing one metric of a phase: its value, or some statistics of its distribution."""
+    key: str
+    stats: tuple[str, ...] = ()
+
+    @property
+    def metric(self) -> Metric:
+        return METRICS[self.key]
+
+    def header(self) -> str:
+        return self.metric.header(self.stats)
+
+    def cell(self, phase: Mapping[str, Any]) -> str:
+        value = phase.get(self.key)
+        if not self.stats:
+            return self.metric.format(value)
+        return " / ".join(self.metric.format((value or {}).get(s)) for s in self.stats)

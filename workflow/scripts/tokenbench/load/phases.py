@@ -1,0 +1,381 @@
+"""Load phases: one class per mode. Each class is that mode's config schema (``loads.<load>.phases``),
+its human label, the target figures its PhaseMark records, and how it sends its requests.
+
+The load test (tokenbench.load.generator.LoadTest) runs every phase the same way,
+``await phase.run(test)``. A phase that is one window of the run (all but the sweep) sends through a
+PhaseWindow: ``window.send(user, scheduled_ns, item)`` records and starts one request,
+``window.more(t_ns)`` says whether the phase may still send at t_ns (its duration and request budget),
+``window.sleep_until_end()`` waits out its duration. Adding a mode is one class here, added to
+PHASE_CLASSES, plus its test.
+
+Modes:
+
+- ``closed``: N users, each sending its next request when the previous one ends (plus optional
+  think time); users start spread evenly over ``ramp_s``.
+- ``poisson`` / ``gamma`` / ``constant``: open-loop arrivals at ``rate_rps`` (gamma with shape
+  ``burstiness``: 1 is Poisson, < 1 burstier, > 1 smoother), optional concurrency cap. Each
+  request's scheduled send time is kept, so latency can be read from the schedule too.
+- ``idle``: nothing sent (the seeds' cooldown valley).
+- ``trace``: replay (timestamp, prompt[, output_tokens]) rows from a JSONL file.
+- ``sweep``: GuideLLM's profile: synchronous (1 user), then throughput (``max_users``), then
+  ``rates`` open-loop rates interpolated between the two, stopping once over-saturated.
+
+A bounded phase runs for ``duration_s`` or until it has sent ``requests`` requests; then it drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from abc import abstractmethod
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import Field, model_validator
+
+from tokenbench.load.clock import now_ns, sleep_until, wait_precisely
+from tokenbench.load.schema import Name, Strict
+
+if TYPE_CHECKING:
+    from tokenbench.load.generator import LoadTest, PhaseWindow
+
+Arrival = tuple[int, dict[str, Any] | None]  # (offset from the phase start in ns, a prompt item or None)
+
+
+def _num(x: float) -> str:
+    """A figure for a label: three significant digits below 100, whole numbers above."""
+    return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+
+
+class LoadPhase(Strict):
+    """What every phase has, and the interface the load test runs it through."""
+
+    open_loop: ClassVar[bool] = False  # True only on OpenLoopPhase: the one place the open-loop set is defined
+    name: Name
+    warmup: bool = False  # excluded from steady-state figures
+    timeout_s: float = Field(120, gt=0)  # per request
+    drain_timeout_s: float = Field(120, ge=0)  # wait for in-flight requests after the phase ends
+
+    @property
+    @abstractmethod
+    def label(self) -> str:
+        """What the phase offers, in words, for tables and charts."""
+
+    @abstractmethod
+    async def run(self, test: LoadTest) -> None:
+        """Send this phase's requests through the load test, leaving its PhaseMark(s) there."""
+
+
+class WindowPhase(LoadPhase):
+    """A phase that is one window of the run: it sends, drains, and leaves one PhaseMark."""
+
+    async def run(self, test: LoadTest) -> None:
+        await test.run_window(self)
+
+    def bounds(self) -> tuple[float | None, int | None]:
+        """(duration_s, requests): when the phase stops sending; None where it has no such bound."""
+        return None, None
+
+    @abstractmethod
+    def target(self) -> dict[str, Any]:
+        """The load it offers, as recorded in its PhaseMark (what the figures are read against)."""
+
+    @abstractmethod
+    async def send_requests(self, window: PhaseWindow) -> None:
+        """Send until the window no longer allows it; the load test then drains and marks the phase."""
+
+
+class BoundedPhase(WindowPhase):
+    """A phase that sends requests: it runs for duration_s, or until it has sent `requests`."""
+
+    duration_s: float | None = Field(None, gt=0)
+    requests: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_bound(self):
+        if (self.duration_s is None) == (self.requests is None):
+            raise ValueError("give exactly one of duration_s or requests")
+        return self
+
+    def bounds(self) -> tuple[float | None, int | None]:
+        return self.duration_s, self.requests
+
+    def target(self) -> dict[str, Any]:
+        return {k: v for k, v in (("duration_s", self.duration_s), ("requests", self.requests)) if v is not None}
+
+
+class ClosedPhase(BoundedPhase):
+    mode: Literal["closed"] = "closed"
+    users: int = Field(ge=1)
+    ramp_s: float = Field(0.0, ge=0)  # users start spread evenly over this many seconds
+    think_s: float = Field(0.0, ge=0)  # a user's pause between its requests
+
+    @model_validator(mode="after")
+    def _ramp_inside(self):
+        if self.duration_s is not None and self.ramp_s >= self.duration_s:
+            raise ValueError(f"ramp_s ({self.ramp_s}) must be shorter than duration_s ({self.duration_s})")
+        return self
+
+    @property
+    def label(self) -> str:
+        parts = [f"{self.users} user{'s' if self.users != 1 else ''}"]
+        if self.ramp_s:
+            parts.append(f"ramp {self.ramp_s:g} s")
+        if self.think_s:
+            parts.append(f"think {self.think_s:g} s")
+        return ", ".join(parts)
+
+    def target(self) -> dict[str, Any]:
+        return {**super().target(), "users": self.users, "ramp_s": self.ramp_s, "think_s": self.think_s}
+
+    async def send_requests(self, window: PhaseWindow) -> None:
+        users, ramp_ns, think = self.users, self.ramp_s * 1e9, self.think_s
+        budget_spent = asyncio.Event()
+
+        async def user(u: int) -> None:
+            await sleep_until(window.start_ns + int(ramp_ns * u / users))
+            while window.more(now_ns()):
+                await asyncio.shield(window.send(u, now_ns()))
+                if think:
+                    await asyncio.sleep(think)
+            if window.budget is not None and window.sent >= window.budget:
+                budget_spent.set()
+
+        workers = [asyncio.create_task(user(u)) for u in range(users)]
+        try:
+            if window.end_ns is not None:
+                await sleep_until(window.end_ns)
+            else:
+                await budget_spent.wait()
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+
+class OpenLoopPhase(WindowPhase):
+    """Requests leave on a schedule fixed in advance, whatever the server does (open loop).
+
+    A request whose turn comes while ``max_concurrency`` are in flight waits for a slot; its
+    scheduled time is kept, so latency measured from the schedule shows the queueing."""
+
+    open_loop: ClassVar[bool] = True
+    max_concurrency: int | None = Field(None, ge=1)
+
+    @abstractmethod
+    def schedule(self, seed: int) -> Iterator[Arrival]:
+        """Arrivals in order of offset; the phase stops at the first one its window no longer allows."""
+
+    def _cap_label(self) -> str:
+        return f", cap {self.max_concurrency}" if self.max_concurrency else ""
+
+    def _cap_target(self) -> dict[str, Any]:
+        return {"max_concurrency": self.max_concurrency} if self.max_concurrency else {}
+
+    async def send_requests(self, window: PhaseWindow) -> None:
+        cap = self.max_concurrency
+        sem = asyncio.Semaphore(cap) if cap else None
+        start = window.start_ns
+        for offset, item in self.schedule(window.seed):
+            t_sched = start + offset
+            if not window.more(t_sched):
+                break
+            await wait_precisely(t_sched)
+            if sem is not None:
+                await sem.acquire()  # the wait is queueing: latency from the schedule shows it
+            task = window.send(-1, t_sched, item)
+            if sem is not None:
+                task.add_done_callback(lambda _t: sem.release())
+        await window.sleep_until_end()  # the phase lasts its full duration, not until its last arrival
+
+
+class RatePhase(BoundedPhase, OpenLoopPhase):
+    """Open-loop arrivals at a mean rate; each mode draws the gaps its own way."""
+
+    rate_rps: float = Field(gt=0)
+
+    @abstractmethod
+    def arrival_offsets(self, rng: random.Random) -> Iterator[Arrival]:
+        """Endless (offset_ns, None) arrivals."""
+
+    def schedule(self, seed: int) -> Iterator[Arrival]:
+        return self.arrival_offsets(random.Random(f"{seed}:{self.name}:arrivals"))
+
+    def target(self) -> dict[str, Any]:
+        return {**super().target(), "rate_rps": self.rate_rps, "arrivals": self.mode, **self._cap_target()}
+
+
+class PoissonPhase(RatePhase):
+    mode: Literal["poisson"] = "poisson"
+
+    @property
+    def label(self) -> str:
+        return f"Poisson {_num(self.rate_rps)} req/s{self._cap_label()}"
+
+    def arrival_offsets(self, rng: random.Random) -> Iterator[Arrival]:
+        """Exponential gaps, accumulated in float seconds and rounded to ns once."""
+        t = 0.0
+        while True:
+            t += rng.expovariate(self.rate_rps)
+            yield round(t * 1e9), None
+
+
+class GammaPhase(RatePhase):
+    mode: Literal["gamma"] = "gamma"
+    burstiness: float = Field(1.0, gt=0)  # gamma shape: 1 = Poisson, < 1 burstier, > 1 smoother
+
+    @property
+    def label(self) -> str:
+        return f"gamma, burstiness {self.burstiness:g}, {_num(self.rate_rps)} req/s{self._cap_label()}"
+
+    def target(self) -> dict[str, Any]:
+        return {**super().target(), "burstiness": self.burstiness}
+
+    def arrival_offsets(self, rng: random.Random) -> Iterator[Arrival]:
+        """Gamma gaps of shape `burstiness` and mean 1 / rate (coefficient of variation 1 / sqrt(shape))."""
+        shape, scale = self.burstiness, 1.0 / (self.rate_rps * self.burstiness)
+        t = 0.0
+        while True:
+            t += rng.gammavariate(shape, scale)
+            yield round(t * 1e9), None
+
+
+class ConstantPhase(RatePhase):
+    mode: Literal["constant"] = "constant"
+
+    @property
+    def label(self) -> str:
+        return f"constant {_num(self.rate_rps)} req/s{self._cap_label()}"
+
+    def arrival_offsets(self, rng: random.Random) -> Iterator[Arrival]:
+        """Arrival k at exactly k / rate (no accumulated rounding)."""
+        k = 0
+        while True:
+            k += 1
+            yield round(k / self.rate_rps * 1e9), None
+
+
+class IdlePhase(WindowPhase):
+    mode: Literal["idle"] = "idle"
+    duration_s: float = Field(gt=0)
+
+    @property
+    def label(self) -> str:
+        return f"idle {self.duration_s:g} s"
+
+    def bounds(self) -> tuple[float | None, int | None]:
+        return self.duration_s, None
+
+    def target(self) -> dict[str, Any]:
+        return {"duration_s": self.duration_s}
+
+    async def send_requests(self, window: PhaseWindow) -> None:
+        await window.sleep_until_end()
+
+
+class TracePhase(OpenLoopPhase):
+    mode: Literal["trace"] = "trace"
+    path: str  # JSONL rows: {"timestamp": s, "prompt": str[, "output_tokens": n]}
+    time_scale: float = Field(1.0, gt=0)  # 2 replays twice as fast
+    requests: int | None = Field(None, ge=1)  # replay only the first N rows
+
+    @property
+    def label(self) -> str:
+        speed = f" ×{self.time_scale:g}" if self.time_scale != 1 else ""
+        first = f", first {self.requests} rows" if self.requests else ""
+        return f"trace {Path(self.path).name}{speed}{first}{self._cap_label()}"
+
+    @cached_property
+    def rows(self) -> list[Arrival]:
+        """The arrivals replayed: the trace's first `requests` rows (all without it), read once."""
+        rows = trace_schedule(self.path, self.time_scale)
+        return rows[: self.requests] if self.requests else rows
+
+    def target(self) -> dict[str, Any]:
+        return {"trace": self.path, "requests": len(self.rows), **self._cap_target()}
+
+    def schedule(self, seed: int) -> Iterator[Arrival]:
+        return iter(self.rows)
+
+
+def trace_schedule(path: str, time_scale: float) -> list[Arrival]:
+    """Rows of a JSONL trace: {"timestamp": s, "prompt": str[, "output_tokens": n][, "id": str]}.
+
+    Timestamps are relative to the first row and divided by time_scale (2 replays twice as fast)."""
+    rows = []
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                ts = float(row["timestamp"])
+                text = row["prompt"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{lineno}: a trace row needs 'timestamp' (seconds) and 'prompt' ({exc})") from None
+            item = {"id": str(row.get("id", f"trace-{lineno}")), "text": text}
+            if row.get("output_tokens") is not None:
+                item["max_tokens"] = int(row["output_tokens"])
+            rows.append((ts, item))
+    if not rows:
+        raise ValueError(f"{path}: empty trace")
+    rows.sort(key=lambda r: r[0])
+    t0 = rows[0][0]
+    return [(int((ts - t0) / time_scale * 1e9), item) for ts, item in rows]
+
+
+class SweepPhase(LoadPhase):
+    """GuideLLM's sweep: synchronous, throughput, then `rates` interpolated open-loop rates.
+
+    Not one window: it runs a closed-loop step with 1 user, one with ``max_users``, then open-loop
+    steps at rates between the two measured completion rates, each step its own PhaseMark
+    (``<name>-sync``, ``<name>-max``, ``<name>-r<i>``) carrying ``measured_rps``."""
+
+    mode: Literal["sweep"] = "sweep"
+    step_duration_s: float = Field(gt=0)
+    max_users: int = Field(64, ge=2)  # concurrency of the throughput step
+    rates: int = Field(5, ge=1)
+    arrivals: Literal["poisson", "constant"] = "poisson"
+    saturation_ratio: float = Field(0.95, gt=0, le=1)  # stop once achieved < ratio x target
+
+    @property
+    def label(self) -> str:
+        return (f"sweep: 1 user, {self.max_users} users, then up to {self.rates} "
+                f"{'Poisson' if self.arrivals == 'poisson' else 'constant'} rates")
+
+    def _step(self) -> dict[str, Any]:
+        return {"warmup": self.warmup, "timeout_s": self.timeout_s, "drain_timeout_s": self.drain_timeout_s,
+                "duration_s": self.step_duration_s}
+
+    def closed_step(self, suffix: str, users: int) -> ClosedPhase:
+        return ClosedPhase(name=f"{self.name}-{suffix}", users=users, **self._step())
+
+    def rate_step(self, index: int, rate_rps: float) -> PoissonPhase | ConstantPhase:
+        step_class = PoissonPhase if self.arrivals == "poisson" else ConstantPhase
+        return step_class(name=f"{self.name}-r{index}", rate_rps=rate_rps, **self._step())
+
+    def step_rates(self, sync_rps: float, max_rps: float) -> list[float]:
+        """`rates` rates spread evenly strictly between the two measured rates (none if both are 0)."""
+        n = self.rates
+        rates = [sync_rps + (max_rps - sync_rps) * i / (n + 1) for i in range(1, n + 1)]
+        return [r for r in rates if r > 0]
+
+    async def run(self, test: LoadTest) -> None:
+        sync = await test.run_window(self.closed_step("sync", 1))
+        peak = await test.run_window(self.closed_step("max", self.max_users))
+        sync_rps, max_rps = test.completion_rate(sync), test.completion_rate(peak)
+        sync.target["measured_rps"], peak.target["measured_rps"] = sync_rps, max_rps
+        for i, rate in enumerate(self.step_rates(sync_rps, max_rps), 1):
+            mark = await test.run_window(self.rate_step(i, rate))
+            achieved = test.completion_rate(mark)
+            mark.target["measured_rps"] = achieved
+            if achieved < self.saturation_ratio * rate:
+                mark.target["saturated"] = True  # the server no longer keeps up: stop the sweep
+                break
+
+
+PHASE_CLASSES = (ClosedPhase, PoissonPhase, GammaPhase, ConstantPhase, IdlePhase, TracePhase, SweepPhase)
+Phase = Annotated[Union[PHASE_CLASSES], Field(discriminator="mode")]
