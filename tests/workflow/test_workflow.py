@@ -100,21 +100,6 @@ def test_hub_config_requires_hf_token_unless_offline(tmp_path):
     assert out.returncode != 0 and "HF_TOKEN" in out.stdout + out.stderr
 
 
-def test_every_engine_kind_has_an_env_file_with_its_engine():
-    import typing
-
-    from tokenbench.config import EngineKind, engine_env_file
-
-    wanted = {"vllm": "vllm", "sglang": "sglang", "lmdeploy": "lmdeploy", "trtllm": "tensorrt_llm",
-              "mlc-llm": "mlc-llm", "bentoml-vllm": "bentoml", "llama.cpp": "aiohttp", "external": "aiohttp",
-              "tgi": "aiohttp"}  # TGI: a container image provides the engine
-    for kind in typing.get_args(EngineKind):
-        env = yaml.safe_load((ROOT / engine_env_file(kind)).read_text())
-        deps = str(env["dependencies"])
-        assert wanted[kind] in deps and "aiohttp" in deps and "pandas" in deps, kind
-    assert "engine_conda_env" in (ROOT / "workflow" / "rules" / "load.smk").read_text()
-
-
 def test_local_profile_dry_runs_with_one_load_test_at_a_time(tmp_path):
     out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--workflow-profile", "workflow/profiles/local",
                           "--configfile", "config/smoke.yaml", "-d", str(tmp_path)],

@@ -6,14 +6,13 @@ import os
 import platform
 import subprocess
 import time
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, requires, version
 from pathlib import Path
 from typing import Any
 
 from tokenbench import SCHEMA_VERSION, __version__
 
-PACKAGES = ("aiohttp", "pandas", "pyarrow", "numpy", "scipy", "altair", "snakemake",
-            "nvidia-ml-py", "psutil", "mkdocs", "mkdocs-material", "gguf", "huggingface-hub")
+PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"  # in a checkout
 
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "API_KEY")
 _EXTRA_SECRETS: set[str] = set()  # env var names a config declared as holding secrets (api_key_env)
@@ -38,9 +37,24 @@ def git_sha(repo: str | Path | None = None) -> str | None:
     return sha + ("-dirty" if dirty else "")
 
 
-def package_versions(names=PACKAGES) -> dict[str, str | None]:
+def runtime_dependencies() -> list[str]:
+    """Names of tokenbench's runtime dependencies, from its one list (pyproject.toml): the installed
+    distribution's metadata, or the checkout's pyproject.toml where the package runs uninstalled
+    (a per-engine conda env imports it from workflow/scripts)."""
+    from packaging.requirements import Requirement
+
+    try:
+        reqs = [r for r in (requires("tokenbench") or []) if "extra ==" not in r]
+    except PackageNotFoundError:
+        import tomllib
+
+        reqs = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    return [Requirement(r).name for r in reqs]
+
+
+def package_versions(names: list[str] | None = None) -> dict[str, str | None]:
     out = {}
-    for n in names:
+    for n in names if names is not None else runtime_dependencies():
         try:
             out[n] = version(n)
         except PackageNotFoundError:
