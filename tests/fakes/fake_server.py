@@ -149,14 +149,19 @@ def make_app(b: Behaviour) -> web.Application:
     return app
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m tests.fakes.fake_server")
+def server_args(prog: str) -> argparse.ArgumentParser:
+    """The command-line options both fake servers take: where to listen and the Behaviour basics."""
+    ap = argparse.ArgumentParser(prog=prog)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--ttft-ms", type=float, default=0.0)
     ap.add_argument("--itl-ms", type=float, default=0.0)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> None:
+    a = server_args("python -m tests.fakes.fake_server").parse_args(argv)
     web.run_app(make_app(Behaviour(a.tokens, a.ttft_ms, a.itl_ms)), host=a.host, port=a.port, print=None)
 
 

@@ -23,7 +23,6 @@ Streaming responses use ``Transfer-Encoding: chunked`` like real engines; ``cont
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import selectors
@@ -32,7 +31,7 @@ import threading
 from dataclasses import dataclass
 from time import monotonic_ns as now_ns
 
-from .fake_server import Behaviour
+from .fake_server import Behaviour, server_args
 
 
 @dataclass
@@ -373,12 +372,7 @@ class ThreadedFastFakeServer:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m tests.fakes.fast_fake_server")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--tokens", type=int, default=16)
-    ap.add_argument("--ttft-ms", type=float, default=0.0)
-    ap.add_argument("--itl-ms", type=float, default=0.0)
+    ap = server_args("python -m tests.fakes.fast_fake_server")
     ap.add_argument("--stamp", action="store_true", help="put the server's send time (monotonic ns) in each chunk")
     ap.add_argument("--burst", action="store_true", help="zero delays: one write per response")
     ap.add_argument("--group", type=int, default=1, help="zero delays: tokens per write (default 1)")
