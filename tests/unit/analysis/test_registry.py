@@ -14,7 +14,7 @@ from tokenbench.load.endpoint import summary_lines
 from tokenbench.report import pages
 from tokenbench.telemetry.merge import merge_telemetry
 
-from ..test_metrics import MARK, S, frame, req
+from .test_metrics import MARK, S, frame, req
 
 # summary.parquet's columns before the registry existed: charts and pages read these names
 SUMMARY_COLUMNS_BEFORE_REGISTRY = [

@@ -103,11 +103,3 @@ def package_files(script: str | Path) -> list[str]:
     seen.discard(start)
     return sorted(str(p) for p in seen | data)
 
-
-def importers(scripts: dict[str, str | Path]) -> dict[str, set[str]]:
-    """package file -> names (keys of ``scripts``) whose script depends on it."""
-    out: dict[str, set[str]] = {}
-    for name, script in scripts.items():
-        for f in package_files(script):
-            out.setdefault(f, set()).add(name)
-    return out

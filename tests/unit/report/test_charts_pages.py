@@ -10,7 +10,7 @@ from tokenbench.report import pages
 from tokenbench.analysis.fit import fit_saturation
 from tokenbench.analysis.metrics import compute_metrics, summarize_metrics
 
-from .test_metrics import MARK, S, frame, req
+from ..analysis.test_metrics import MARK, S, frame, req
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from tokenbench.engines.server import Server, ServerError, free_port, port_is_free
 
-FAKE = str(Path(__file__).resolve().parents[1] / "fakes" / "fake_engine.py")
+FAKE = str(Path(__file__).resolve().parents[2] / "fakes" / "fake_engine.py")
 
 
 def launch(tmp_path, *args, port=None):
@@ -71,7 +71,7 @@ def test_port_in_use_is_a_clear_error(tmp_path):
 # ----------------------------------------------------------------------------- preflight (NVML faked at the boundary)
 from types import SimpleNamespace  # noqa: E402
 
-from tests.unit.test_telemetry import FakeNvml  # noqa: E402
+from tests.unit.telemetry.test_sampler import FakeNvml  # noqa: E402
 from tokenbench.engines.server import gpu_idle_check, gpu_memory_used, pick_port, wait_gpu_memory_returned  # noqa: E402
 
 

@@ -3,7 +3,7 @@ import pytest
 from tokenbench.telemetry import hardware
 from tokenbench.analysis.metrics import resolve_peak
 
-from .test_telemetry import FakeNvml
+from .test_sampler import FakeNvml
 
 CPUINFO = """processor\t: 0
 model name\t: Intel(R) Xeon(R) Processor @ 2.10GHz

@@ -15,7 +15,7 @@ from tokenbench import records
 from tokenbench.config import CellSettings, cell_settings, validate
 from tokenbench.engines.server import group_alive
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FAKE = ROOT / "tests" / "fakes" / "fake_engine.py"
 
 

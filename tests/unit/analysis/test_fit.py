@@ -6,7 +6,7 @@ import pytest
 
 from tokenbench.analysis.fit import curve, fit_saturation, michaelis_menten
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 
 
 @pytest.mark.parametrize("engine", ["sglang", "lmdeploy"])
