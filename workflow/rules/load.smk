@@ -1,10 +1,10 @@
 rule run_load_test:
+    """One cell: launch the server, sample telemetry, run the load's phases, tear down."""
     input:
         model="data/models/{model}/manifest.json",
         engine="data/engines/{engine}/probe.json",
         load_files=load_files,
         code=imports_of("run_load_test"),
-    """One cell: launch the server, sample telemetry, run the load's phases, tear down."""
     output:
         requests="data/runs/{engine}/{model}/{load}/requests.parquet",
         telemetry="data/runs/{engine}/{model}/{load}/telemetry.parquet",

@@ -1,8 +1,8 @@
 rule resolve_model:
-    input:
-        code=imports_of("resolve_model"),
     """Model download stage: resolve a model (package file, local path or pinned hub snapshot),
     hash its files and read the architecture figures MFU needs."""
+    input:
+        code=imports_of("resolve_model"),
     output:
         "data/models/{model}/manifest.json",
     log:
@@ -10,6 +10,6 @@ rule resolve_model:
     conda:
         "../envs/tokenbench.yaml"
     params:
-        spec=lambda wc: CFG.models[wc.model].model_dump(),
+        spec=lambda wc: CFG.models[wc.model].model_dump(mode="json"),
     script:
         "../scripts/resolve_model.py"

@@ -1,9 +1,9 @@
 rule plot_timeline:
+    """Telemetry timeline of one cell with its phases shaded."""
     input:
         timeline="data/merged/{engine}/{model}/{load}/timeline.parquet",
         run="data/runs/{engine}/{model}/{load}/run.json",
         code=imports_of("plot_timeline"),
-    """Telemetry timeline of one cell with its phases shaded."""
     output:
         "data/charts/timeline/{engine}.{model}.{load}.vl.json",
     log:
@@ -15,6 +15,7 @@ rule plot_timeline:
 
 
 rule plot_throughput:
+    """Throughput vs users, measured points and the saturation fit."""
     input:
         summary="data/analysis/summary.parquet",
         fits=(
@@ -23,7 +24,6 @@ rule plot_throughput:
             else []
         ),
         code=imports_of("plot_throughput"),
-    """Throughput vs users, measured points and the saturation fit."""
     output:
         "data/charts/throughput.vl.json",
     log:
@@ -37,10 +37,10 @@ rule plot_throughput:
 
 
 rule plot_latency:
+    """TTFT / E2E / TPOT percentiles vs users."""
     input:
         summary="data/analysis/summary.parquet",
         code=imports_of("plot_latency"),
-    """TTFT / E2E / TPOT percentiles vs users."""
     output:
         "data/charts/latency.vl.json",
     log:
@@ -54,6 +54,7 @@ rule plot_latency:
 
 
 rule render_pages:
+    """Markdown pages generated from the results (no number typed by hand) and the mkdocs config."""
     input:
         unpack(lambda wc: chart_inputs()),
         metrics=cell_paths("metrics", "metrics.json"),
@@ -64,7 +65,6 @@ rule render_pages:
             else []
         ),
         code=imports_of("render_pages"),
-    """Markdown pages generated from the results (no number typed by hand) and the mkdocs config."""
     output:
         pages=expand(
             "site/docs/{page}.md", page=["index", "runs", "methodology", "provenance"]
@@ -76,7 +76,7 @@ rule render_pages:
     conda:
         "../envs/tokenbench.yaml"
     params:
-        study=CFG.study.model_dump(),
+        study=CFG.study.model_dump(mode="json"),
         config_hash=canonical_hash(CFG.model_dump()),
         charts=list(chart_inputs()),
     script:
@@ -84,9 +84,9 @@ rule render_pages:
 
 
 rule bundle_vega:
+    """vega + vega-lite + vega-embed as one local script, so the site needs no CDN."""
     input:
         code=imports_of("bundle_vega"),
-    """vega + vega-lite + vega-embed as one local script, so the site needs no CDN."""
     output:
         "site/docs/assets/vega-bundle.js",
     log:
@@ -98,12 +98,12 @@ rule bundle_vega:
 
 
 rule build_site:
+    """The static report site (mkdocs-material)."""
     input:
         pages=rules.render_pages.output.pages,
         mkdocs="site/mkdocs.yml",
         bundle="site/docs/assets/vega-bundle.js",
         code=imports_of("build_site"),
-    """The static report site (mkdocs-material)."""
     output:
         "site/public/index.html",
     log:

@@ -1,11 +1,11 @@
 rule merge_telemetry:
+    """Telemetry onto the request timeline: rates from counters, phase per sample, in-flight
+    requests and output tokens/s at each sample."""
     input:
         requests="data/runs/{engine}/{model}/{load}/requests.parquet",
         telemetry="data/runs/{engine}/{model}/{load}/telemetry.parquet",
         run="data/runs/{engine}/{model}/{load}/run.json",
         code=imports_of("merge_telemetry"),
-    """Telemetry onto the request timeline: rates from counters, phase per sample, in-flight
-    requests and output tokens/s at each sample."""
     output:
         "data/merged/{engine}/{model}/{load}/timeline.parquet",
     log:

@@ -1,12 +1,13 @@
 """Snakemake wrapper for rule render_pages."""
 from pathlib import Path
 
+from tokenbench.config import StudySpec
 from tokenbench.joblog import to_log
 from tokenbench.report.pages import render_pages
 
 to_log(snakemake.log[0])
 render_pages(
-    study=snakemake.params.study,
+    study=StudySpec.model_validate(snakemake.params.study),
     config_hash=snakemake.params.config_hash,
     metric_paths=list(snakemake.input.metrics),
     run_paths=list(snakemake.input.runs),

@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tokenbench.config import StudySpec
+
 from tokenbench.analysis import registry
 from tokenbench.analysis.metrics import compute_metrics, summarize_metrics
 from tokenbench.config import HardwareSpec, SloSpec, ValiditySpec
@@ -120,7 +122,7 @@ def test_table_headers_come_from_the_registry(every_kind_of_phase, monkeypatch):
     renamed = dataclasses.replace(registry.METRICS["output_tok_s"], label="delivered tokens", unit="tokens per second")
     monkeypatch.setitem(registry.METRICS, "output_tok_s", renamed)
     runs_header = pages.table(pages.phase_rows(doc)).splitlines()[0]
-    index = pages.render_index({"title": "T"}, [doc], [], {})
+    index = pages.render_index(StudySpec(title="T"), [doc], [], {})
     cli_header = summary_lines(doc)[0]
     for text in (runs_header, index, cli_header):
         assert "delivered tokens (tokens per second)" in text
@@ -130,9 +132,9 @@ def test_table_headers_come_from_the_registry(every_kind_of_phase, monkeypatch):
 def test_estimated_marker_follows_the_labels(every_kind_of_phase):
     doc = every_kind_of_phase
     cost = registry.METRICS["usd_per_mtok"].header()
-    assert f"{cost} {pages.EST}" in pages.render_index({"title": "T"}, [doc], [], {})
+    assert f"{cost} {pages.EST}" in pages.render_index(StudySpec(title="T"), [doc], [], {})
     unpriced = {**doc, "labels": {**doc["labels"], "usd_per_mtok": "not available"}}
-    index = pages.render_index({"title": "T"}, [unpriced], [], {})
+    index = pages.render_index(StudySpec(title="T"), [unpriced], [], {})
     assert cost in index and f"{cost} {pages.EST}" not in index
 
 

@@ -4,6 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tokenbench.config import StudySpec
+
 from tokenbench.config import HardwareSpec
 from tokenbench.report import charts
 from tokenbench.report import pages
@@ -60,7 +62,7 @@ def test_pages_show_computed_numbers_labels_and_fit_caveats(results, tmp_path):
     summary = summarize_metrics(docs)
     fit = fit_saturation(summary.users, summary.output_tok_s)
     fits = [{"engine": "llamacpp", "model": "smol", "fit": fit}]
-    text = pages.render_index({"title": "T", "description": "D"}, docs, fits, {"throughput": {"a": 1}})
+    text = pages.render_index(StudySpec(title="T", description="D"), docs, fits, {"throughput": {"a": 1}})
     tok = docs[1]["phases"][0]["output_tok_s"]
     assert pages.fmt(tok) in text
     assert "estimated: test" in text and pages.EST in text

@@ -19,7 +19,8 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tokenbench.load.phases import ClosedPhase, IdlePhase, Phase
-from tokenbench.load.schema import Name, Strict
+from tokenbench.models import ModelSpec
+from tokenbench.schema import Name, Strict
 
 
 class ConfigError(ValueError):
@@ -38,32 +39,6 @@ def is_loopback(host: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- models
-class ModelSpec(Strict):
-    source: Literal["package", "local", "hub"]
-    # source: package -> a file shipped inside an installed Python package (no hub access)
-    package: str | None = None
-    file: str | None = None
-    # source: local -> a path on disk (file or directory)
-    path: str | None = None
-    # source: hub -> huggingface_hub.snapshot_download, revision pinned
-    repo_id: str | None = None
-    revision: str | None = None
-    allow_patterns: list[str] | None = None
-    served_name: str | None = None  # the "model" field sent in requests; default: the model key
-
-    @model_validator(mode="after")
-    def _check_source(self):
-        need = {"package": ("package", "file"), "local": ("path",), "hub": ("repo_id", "revision")}
-        missing = [k for k in need[self.source] if getattr(self, k) in (None, "")]
-        if missing:
-            raise ValueError(f"source '{self.source}' needs {', '.join(missing)}")
-        if self.source == "hub" and not re.fullmatch(r"[0-9a-f]{40}|v?[0-9][\w.\-]*", self.revision):
-            raise ValueError(
-                f"revision '{self.revision}' is not pinned: give a 40-hex commit sha or a version tag"
-            )
-        return self
-
-
 # ----------------------------------------------------------------------------- engines
 EngineKind = Literal["llama.cpp", "vllm", "sglang", "lmdeploy", "tgi", "trtllm", "mlc-llm", "bentoml-vllm", "external"]
 ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"

@@ -11,8 +11,39 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import model_validator
+
+from tokenbench.schema import Strict
+
+
+class ModelSpec(Strict):
+    source: Literal["package", "local", "hub"]
+    # source: package -> a file shipped inside an installed Python package (no hub access)
+    package: str | None = None
+    file: str | None = None
+    # source: local -> a path on disk (file or directory)
+    path: str | None = None
+    # source: hub -> huggingface_hub.snapshot_download, revision pinned
+    repo_id: str | None = None
+    revision: str | None = None
+    allow_patterns: list[str] | None = None
+    served_name: str | None = None  # the "model" field sent in requests; default: the model key
+
+    @model_validator(mode="after")
+    def _check_source(self):
+        need = {"package": ("package", "file"), "local": ("path",), "hub": ("repo_id", "revision")}
+        missing = [k for k in need[self.source] if getattr(self, k) in (None, "")]
+        if missing:
+            raise ValueError(f"source '{self.source}' needs {', '.join(missing)}")
+        if self.source == "hub" and not re.fullmatch(r"[0-9a-f]{40}|v?[0-9][\w.\-]*", self.revision):
+            raise ValueError(
+                f"revision '{self.revision}' is not pinned: give a 40-hex commit sha or a version tag"
+            )
+        return self
 
 
 class ModelError(RuntimeError):
@@ -198,20 +229,20 @@ def safetensors_parameters(files: list[Path]) -> int | None:
     return total
 
 
-def resolve_model(name: str, spec: dict[str, Any], cache_dir: str | None = None) -> dict[str, Any]:
+def resolve_model(name: str, spec: ModelSpec, cache_dir: str | None = None) -> dict[str, Any]:
     """Resolve a model spec to files on disk and describe them in a manifest dict."""
-    source = spec["source"]
+    source = spec.source
     if source == "package":
-        path = package_file(spec["package"], spec["file"])
-        origin = {"package": spec["package"], "file": spec["file"], "package_version": _dist_version(spec["package"])}
+        path = package_file(spec.package, spec.file)
+        origin = {"package": spec.package, "file": spec.file, "package_version": _dist_version(spec.package)}
     elif source == "local":
-        path = Path(spec["path"]).expanduser()
+        path = Path(spec.path).expanduser()
         if not path.exists():
             raise ModelError(f"models.{name}.path: {path} does not exist")
         origin = {"path": str(path)}
     elif source == "hub":
-        path = hub_download(spec["repo_id"], spec["revision"], spec.get("allow_patterns"), cache_dir)
-        origin = {"repo_id": spec["repo_id"], "revision": spec["revision"]}
+        path = hub_download(spec.repo_id, spec.revision, spec.allow_patterns, cache_dir)
+        origin = {"repo_id": spec.repo_id, "revision": spec.revision}
     else:  # pragma: no cover - the schema rejects it first
         raise ModelError(f"models.{name}.source: unknown source {source!r}")
 
@@ -233,7 +264,7 @@ def resolve_model(name: str, spec: dict[str, Any], cache_dir: str | None = None)
     digest = hashlib.sha256("".join(h["sha256"] for h in hashed).encode()).hexdigest() if len(hashed) > 1 else hashed[0]["sha256"]
     return {
         "name": name,
-        "served_name": spec.get("served_name") or name,
+        "served_name": spec.served_name or name,
         "source": source,
         "origin": origin,
         "path": str(serve_path),

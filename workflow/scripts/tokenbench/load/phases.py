@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 from pydantic import Field, model_validator
 
 from tokenbench.load.clock import now_ns, sleep_until, wait_precisely
-from tokenbench.load.schema import Name, Strict
+from tokenbench.schema import Name, Strict
 
 if TYPE_CHECKING:
     from tokenbench.load.generator import LoadTest, PhaseWindow
@@ -208,6 +208,14 @@ class RatePhase(BoundedPhase, OpenLoopPhase):
         return {**super().target(), "rate_rps": self.rate_rps, "arrivals": self.mode, **self._cap_target()}
 
 
+def _accumulated(gap_s) -> Iterator[Arrival]:
+    """Arrivals from random gaps (seconds): accumulated in float seconds, rounded to ns once each."""
+    t = 0.0
+    while True:
+        t += gap_s()
+        yield round(t * 1e9), None
+
+
 class PoissonPhase(RatePhase):
     mode: Literal["poisson"] = "poisson"
 
@@ -216,11 +224,8 @@ class PoissonPhase(RatePhase):
         return f"Poisson {_num(self.rate_rps)} req/s{self._cap_label()}"
 
     def arrival_offsets(self, rng: random.Random) -> Iterator[Arrival]:
-        """Exponential gaps, accumulated in float seconds and rounded to ns once."""
-        t = 0.0
-        while True:
-            t += rng.expovariate(self.rate_rps)
-            yield round(t * 1e9), None
+        """Exponential gaps of mean 1 / rate."""
+        return _accumulated(lambda: rng.expovariate(self.rate_rps))
 
 
 class GammaPhase(RatePhase):
@@ -237,10 +242,7 @@ class GammaPhase(RatePhase):
     def arrival_offsets(self, rng: random.Random) -> Iterator[Arrival]:
         """Gamma gaps of shape `burstiness` and mean 1 / rate (coefficient of variation 1 / sqrt(shape))."""
         shape, scale = self.burstiness, 1.0 / (self.rate_rps * self.burstiness)
-        t = 0.0
-        while True:
-            t += rng.gammavariate(shape, scale)
-            yield round(t * 1e9), None
+        return _accumulated(lambda: rng.gammavariate(shape, scale))
 
 
 class ConstantPhase(RatePhase):

@@ -12,6 +12,7 @@ import pandas as pd
 import yaml
 
 from tokenbench import provenance
+from tokenbench.config import StudySpec
 from tokenbench.analysis.registry import CONVENTIONS, ESTIMATED, METRICS, PHASE_FIELDS, Column, fmt
 
 CHARTS_JS = """\
@@ -106,10 +107,10 @@ def _steady(doc):
     return [p for p in doc["phases"] if not p["warmup"] and p["mode"] != "idle"]
 
 
-def render_index(study: dict[str, Any], docs: list[dict[str, Any]], fits: list[dict[str, Any]],
+def render_index(study: StudySpec, docs: list[dict[str, Any]], fits: list[dict[str, Any]],
                  specs: dict[str, dict]) -> str:
     hw = docs[0]["hardware"] if docs else {}
-    lines = [f"# {study['title']}\n", study.get("description", "") + "\n"]
+    lines = [f"# {study.title}\n", study.description + "\n"]
     lines.append(
         f"Measured on **{(hw.get('detected') or 'unknown hardware').replace('cpu', 'CPU')}** "
         f"({(hw.get('cpu') or {}).get('name', '')}, {(hw.get('cpu') or {}).get('cores', '?')} cores). "
@@ -242,9 +243,9 @@ def render_provenance(runs: list[dict[str, Any]], config_hash: str) -> str:
     return "\n".join(lines)
 
 
-def mkdocs_config(study: dict[str, Any]) -> dict[str, Any]:
+def mkdocs_config(study: StudySpec) -> dict[str, Any]:
     return {
-        "site_name": study["title"],
+        "site_name": study.title,
         "docs_dir": "docs",
         "site_dir": "public",
         "use_directory_urls": False,  # pages open straight from disk (file://)
@@ -258,7 +259,7 @@ def mkdocs_config(study: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def render_pages(study: dict[str, Any], config_hash: str, metric_paths: list[str], run_paths: list[str],
+def render_pages(study: StudySpec, config_hash: str, metric_paths: list[str], run_paths: list[str],
                  fit_paths: list[str], chart_paths: dict[str, str], out_dir: str) -> list[str]:
     from tokenbench.records import read_json
 

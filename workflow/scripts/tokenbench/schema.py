@@ -1,5 +1,5 @@
 """Pydantic building blocks shared by the config schema (tokenbench.config) and the phase schemas
-(tokenbench.load.phases). They live apart from both so that config.py can import the phases, and
+(tokenbench.load.phases) and the model stage's (tokenbench.models). They live apart from both so that config.py can import the phases, and
 the phases these blocks, without an import cycle."""
 
 from __future__ import annotations
