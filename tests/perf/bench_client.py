@@ -205,7 +205,7 @@ def schedule(arrival: str, rate: float, duration: float, seed: int = 0):
 
 
 async def job_open(kind, url, arrival, rate, duration, scheduler, max_tokens):
-    """Open loop. scheduler 'loadgen': LoadTest's own poisson phase (asyncio.sleep to each arrival).
+    """Open loop. scheduler 'loadgen': LoadTest running a PoissonPhase, as the pipeline does.
     scheduler 'precise': sleep until 1.5 ms before each arrival, then yield in a loop until it is due."""
     from tokenbench.load import generator as loadgen
     from tokenbench.load.phases import PoissonPhase
