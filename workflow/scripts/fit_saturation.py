@@ -1,15 +1,17 @@
 """Snakemake wrapper for rule fit_saturation."""
 from tokenbench import provenance, records
-from tokenbench.analysis.fit import fit_saturation
+from tokenbench.analysis.fit import fit_saturation, invalid_reason
 from tokenbench.joblog import to_log
 
 log = to_log(snakemake.log[0])
-users, tput = [], []
-for path, phase in zip(snakemake.input.metrics, snakemake.params.phases):
-    ph = next(p for p in records.read_json(path)["phases"] if p["phase"] == phase)
+users, tput, invalid = [], [], []
+for path, load, phase in zip(snakemake.input.metrics, snakemake.params.loads, snakemake.params.phases):
+    doc = records.read_json(path)
+    ph = next(p for p in doc["phases"] if p["phase"] == phase)
     users.append(ph["target"]["users"])
     tput.append(ph["output_tok_s"])
-fit = fit_saturation(users, tput)
+    invalid.append(invalid_reason(load, doc, ph))
+fit = fit_saturation(users, tput, invalid)
 w = snakemake.wildcards
 records.write_json({"engine": w.engine, "model": w.model, "loads": snakemake.params.loads, "fit": fit},
                    snakemake.output[0], "saturation_fit", provenance.block())

@@ -66,7 +66,7 @@ def test_pages_show_computed_numbers_labels_and_fit_caveats(results, tmp_path):
     tok = docs[1]["phases"][0]["output_tok_s"]
     assert pages.fmt(tok) in text
     assert "estimated: test" in text and pages.EST in text
-    assert "| 3 | 1 |" in text  # points, dof of the fit table
+    assert "| 3 | 0 | 1 |" in text  # valid points, excluded, dof of the fit table
     assert "1 degree of freedom" in text
     assert 'window.TB_SPECS["throughput"]={"a":1}' in text
     runs_md = pages.render_runs(docs, [r for r, _ in runs], {})

@@ -2,7 +2,13 @@
 
 Seed 002 fits this to three points and quotes R^2 > 0.999 without uncertainty. Two parameters on
 n points leave n - 2 degrees of freedom; we report them, the standard errors and 95 % intervals
-(Student t with n - 2 dof), and refuse to report uncertainty we cannot estimate.
+(Student t with n - 2 dof), and refuse to report uncertainty we cannot estimate. Only points whose
+phase passed its validity checks are fitted; the others are listed with their reasons. A parameter
+is *not estimable* when there is no residual degree of freedom, its covariance is not finite, or
+its 95 % interval is wider than the estimate itself (the points do not pin it down: a sweep that
+never bends gives Vmax in the billions with an interval of +-10^18). Its least-squares value is
+kept in the JSON, but pages show "not estimable", and the curve is drawn only over the measured
+range, where it interpolates whatever the parameters.
 """
 
 from __future__ import annotations
@@ -18,17 +24,25 @@ def michaelis_menten(u, vmax, k):
     return vmax * u / (k + u)
 
 
-def fit_saturation(users, throughput) -> dict[str, Any]:
+PARAMETERS = ("vmax", "k")
+
+
+def fit_saturation(users, throughput, invalid: list[str | None] | None = None) -> dict[str, Any]:
+    """Fit the points; ``invalid[i]`` is the reason point i failed its validity checks (None: valid)."""
     x = np.asarray(users, dtype=float)
     y = np.asarray(throughput, dtype=float)
-    keep = np.isfinite(x) & np.isfinite(y)
+    reasons = list(invalid) if invalid is not None else [None] * x.size
+    excluded = [{"users": float(u), "output_tok_s": float(t) if np.isfinite(t) else None, "reason": r}
+                for u, t, r in zip(x, y, reasons) if r is not None]
+    keep = np.isfinite(x) & np.isfinite(y) & np.array([r is None for r in reasons], dtype=bool)
     x, y = x[keep], y[keep]
     n = int(x.size)
     out: dict[str, Any] = {
         "model": "michaelis_menten", "formula": "throughput(u) = Vmax * u / (K + u)",
-        "points": n, "dof": n - 2, "x": x.tolist(), "y": y.tolist(),
+        "points": n, "dof": n - 2, "x": x.tolist(), "y": y.tolist(), "excluded": excluded,
         "vmax": None, "k": None, "vmax_se": None, "k_se": None,
-        "vmax_ci95": None, "k_ci95": None, "r2": None, "notes": [],
+        "vmax_ci95": None, "k_ci95": None, "vmax_estimable": False, "k_estimable": False,
+        "r2": None, "notes": [f"{len(excluded)} point(s) failed validity checks and are not fitted"] if excluded else [],
     }
     if n < 2 or np.unique(x).size < 2:
         out["notes"].append(f"{n} distinct load level(s): a two-parameter fit needs at least 2; not fitted")
@@ -55,9 +69,14 @@ def fit_saturation(users, throughput) -> dict[str, Any]:
         se = np.sqrt(np.diag(pcov))
         if np.all(np.isfinite(se)):
             t = float(stats.t.ppf(0.975, dof))
-            out.update(vmax_se=float(se[0]), k_se=float(se[1]),
-                       vmax_ci95=[vmax - t * se[0], vmax + t * se[0]],
-                       k_ci95=[k - t * se[1], k + t * se[1]])
+            out.update(vmax_se=float(se[0]), k_se=float(se[1]))
+            for name, est, s_e in zip(PARAMETERS, (vmax, k), se):
+                lo, hi = est - t * s_e, est + t * s_e
+                if hi - lo > abs(est):
+                    out["notes"].append(f"{'Vmax' if name == 'vmax' else 'K'} not estimable: its 95 % interval is "
+                                        f"wider than the estimate itself ({n} points do not pin it down)")
+                else:
+                    out.update({f"{name}_ci95": [lo, hi], f"{name}_estimable": True})
         else:
             out["notes"].append("covariance not estimable: parameters are not identified by these points")
         if dof == 1:
@@ -71,9 +90,20 @@ def fit_saturation(users, throughput) -> dict[str, Any]:
     return out
 
 
-def curve(fit: dict[str, Any], u_max: float, n: int = 60) -> list[dict[str, float]]:
-    if fit.get("vmax") is None:
+def curve(fit: dict[str, Any], n: int = 60) -> list[dict[str, float]]:
+    """The fitted curve over the measured range only (0 to the largest fitted load): no extrapolation."""
+    if fit.get("vmax") is None or not fit["x"]:
         return []
-    grid = np.linspace(0, u_max, n)
+    grid = np.linspace(0, max(fit["x"]), n)
     return [{"users": float(u), "output_tok_s": float(v)} for u, v in zip(grid, michaelis_menten(grid, fit["vmax"], fit["k"]))]
 
+
+def invalid_reason(load: str, doc: dict[str, Any], phase: dict[str, Any]) -> str | None:
+    """Why a sweep point must not be fitted (its phase's failed checks, an incomplete run, a server
+    that died), or None when it is valid."""
+    reasons = list((phase.get("validity") or {}).get("failed_checks") or [])
+    if not doc["complete"]:
+        reasons.append("the run did not complete")
+    if doc.get("server_exited_during_run"):
+        reasons.append("the server died during the run")
+    return f"{load}: " + "; ".join(reasons) if reasons else None

@@ -71,10 +71,9 @@ def plot_timeline(tl: pd.DataFrame, marks: list[dict[str, Any]], title: str, max
 def plot_throughput(summary: pd.DataFrame, fits: list[dict[str, Any]]) -> alt.LayerChart:
     pts = summary.dropna(subset=["users", "output_tok_s"]).copy()
     pts["series"] = pts["engine"] + " · " + pts["model"]
-    u_max = float(pts["users"].max()) * 1.25 if len(pts) else 1
     curves = []
     for f in fits:
-        for p in curve(f["fit"], u_max):
+        for p in curve(f["fit"]):
             curves.append({**p, "series": f"{f['engine']} · {f['model']}"})
     points = alt.Chart(pts).mark_point(filled=True, size=70).encode(
         x=alt.X("users:Q", title="concurrent users (closed loop)"),
@@ -88,7 +87,7 @@ def plot_throughput(summary: pd.DataFrame, fits: list[dict[str, Any]]) -> alt.La
         layers.append(alt.Chart(pd.DataFrame(curves)).mark_line(strokeDash=[5, 3]).encode(
             x="users:Q", y="output_tok_s:Q", color="series:N"))
     return alt.layer(*layers).properties(width=600, height=320,
-                                         title="Throughput vs users (points measured; dashed: Michaelis–Menten fit)")
+                                         title="Throughput vs users (points measured; dashed: Michaelis–Menten fit over the valid points' range)")
 
 
 LATENCY_COLUMNS = ("ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "tpot_p50_ms")

@@ -93,11 +93,13 @@ def fit_rows(fits: list[dict[str, Any]]) -> list[dict[str, str]]:
     for f in fits:
         fit = f["fit"]
         ci = lambda c: f"[{fmt(c[0])}, {fmt(c[1])}]" if c else "not estimable"  # noqa: E731
+        # a parameter the points do not pin down is not shown as a number (its raw value is in the JSON)
+        value = lambda name, digits=1: fmt(fit[name], digits) if fit[f"{name}_estimable"] else "not estimable"  # noqa: E731
         rows.append({
             "engine · model": f"{f['engine']} · {f['model']}",
-            "points": str(fit["points"]), "dof": str(fit["dof"]),
-            "Vmax (tok/s)": fmt(fit["vmax"]), "Vmax 95 % CI": ci(fit.get("vmax_ci95")),
-            "K (users)": fmt(fit["k"], 2), "K 95 % CI": ci(fit.get("k_ci95")),
+            "valid points": str(fit["points"]), "excluded": str(len(fit["excluded"])), "dof": str(fit["dof"]),
+            "Vmax (tok/s)": value("vmax"), "Vmax 95 % CI": ci(fit.get("vmax_ci95")),
+            "K (users)": value("k", 2), "K 95 % CI": ci(fit.get("k_ci95")),
             "R²": fmt(fit.get("r2"), 4),
         })
     return rows
@@ -155,7 +157,7 @@ def render_index(study: StudySpec, docs: list[dict[str, Any]], fits: list[dict[s
         lines.append(chart_html("throughput", specs["throughput"]))
         lines.append(table(fit_rows(fits)))
         for f in fits:
-            for note in f["fit"]["notes"]:
+            for note in f["fit"]["notes"] + [f"excluded {x['reason']}" for x in f["fit"]["excluded"]]:
                 lines.append(f"- **{f['engine']} · {f['model']}**: {note}")
         lines.append("")
     if "latency" in specs:
