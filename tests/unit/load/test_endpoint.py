@@ -2,8 +2,9 @@ import json
 
 import pytest
 
+from tokenbench import provenance
 from tokenbench.cli import main
-from tokenbench.config import ConfigError, RequestSpec
+from tokenbench.config import ConfigError, RequestSpec, SloSpec
 from tokenbench.load.endpoint import check_loopback, parse_profile, run_endpoint
 from tokenbench.load.phases import GammaPhase
 from tokenbench.records import read_json, read_meta, read_table
@@ -41,7 +42,7 @@ def test_run_endpoint_writes_records_and_metrics(fake_server, tmp_path, monkeypa
     phases = [parse_profile("constant:rate_rps=40,duration_s=0.5", 0), parse_profile("closed:users=3,requests=9", 1)]
     m = run_endpoint(srv.url, "fake", phases, RequestSpec(max_tokens=6), str(tmp_path), route_prefix="/v1",
                      capabilities={"chat", "completions", "stream_usage"}, api_key_env="MY_KEY",
-                     slo={"ttft_ms": 1000}, progress=None)
+                     slo=SloSpec(ttft_ms=1000), progress=None)
     req = read_table(tmp_path / "requests.parquet")
     assert len(req) == srv.requests and (req.status == "ok").all()
     from tests.fakes.fake_server import STATE
@@ -54,6 +55,8 @@ def test_run_endpoint_writes_records_and_metrics(fake_server, tmp_path, monkeypa
         assert "sk-test-secret" not in (tmp_path / f).read_bytes().decode(errors="replace")
     run_doc = read_json(tmp_path / "run.json")
     assert run_doc["complete"] is True
+    assert provenance.scrub("key sk-test-secret") == "key <MY_KEY>"  # registered as a secret, as in the pipeline
+    assert run_doc["client"]["requests_sent"] == len(req) and run_doc["client"]["status_counts"] == {"ok": len(req)}
     assert [(p["label"], p["open_loop"]) for p in run_doc["phases"]] == [("constant 40 req/s", True), ("3 users", False)]
 
 
@@ -64,3 +67,12 @@ def test_cli_run_prints_a_summary(fake_server, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "closed0" in out and "valid" in out
     assert main(["run", "--endpoint", srv.url, "--model", "f", "--out", str(tmp_path)]) == 2
+
+
+def test_cli_run_without_its_api_key_in_the_environment_is_a_config_error(fake_server, tmp_path, monkeypatch, capsys):
+    srv = fake_server(tokens=4)
+    monkeypatch.delenv("TB_NO_SUCH_KEY", raising=False)
+    rc = main(["run", "--endpoint", srv.url, "--model", "fake", "--out", str(tmp_path), "--quiet",
+               "--api-key-env", "TB_NO_SUCH_KEY", "--profile", "closed:users=1,requests=1"])
+    assert rc == 2 and "--api-key-env names TB_NO_SUCH_KEY, which is not set" in capsys.readouterr().err
+    assert srv.requests == 0

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from tokenbench import records
-from tokenbench.config import CellSettings, cell_settings, validate
+from tokenbench.config import CellSettings, ConfigError, ValiditySpec, cell_settings, validate
 from tokenbench.engines.server import group_alive
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -149,7 +149,7 @@ def test_external_endpoint_without_its_key_in_the_environment(tmp_path, fake_ser
     monkeypatch.delenv("TB_MISSING_KEY", raising=False)
     eng = {"kind": "external", "url": srv.url, "api_key_env": "TB_MISSING_KEY", "capabilities": ["chat", "ignore_eos"]}
     settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 1, "duration_s": 1}])
-    with pytest.raises(RuntimeError, match="engines.e.api_key_env names TB_MISSING_KEY, which is not set"):
+    with pytest.raises(ConfigError, match="engines.e.api_key_env names TB_MISSING_KEY, which is not set"):
         run_load_test(settings, man, probe, **paths)
     assert srv.requests == 0
 
@@ -184,6 +184,6 @@ def test_server_crash_mid_run_keeps_every_request_and_marks_the_run_invalid(tmp_
     assert set(req["status"]) <= {"ok", "disconnect"}
     run = records.read_json(paths["out_run"])
     tl = merge_telemetry(req, records.read_table(paths["out_telemetry"]), run)
-    m, _ = compute_metrics(req, tl, run, {"name": "m", "figures": {}}, {"name": "auto"}, None, {"max_error_rate": 0.01})
+    m, _ = compute_metrics(req, tl, run, {"name": "m", "figures": {}}, None, None, ValiditySpec(max_error_rate=0.01))
     assert m["valid"] is False and m["server_exited_during_run"]
     assert any("error rate" in f for f in m["phases"][0]["validity"]["failed_checks"])

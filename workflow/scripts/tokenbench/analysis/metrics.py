@@ -275,9 +275,8 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
 def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], manifest: dict[str, Any],
                     hardware: HardwareSpec | None = None, slo: SloSpec | None = None,
                     bounds: ValiditySpec | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
-    """metrics.json of one cell and its per-window table. A spec left out takes the config model's
-    defaults; a plain mapping (a caller outside the pipeline) is validated into the model."""
-    hardware, slo, bounds = _as_config(HardwareSpec, hardware), _as_config(SloSpec, slo), _as_config(ValiditySpec, bounds)
+    """metrics.json of one cell and its per-window table. A spec left out takes the config model's defaults."""
+    hardware, slo, bounds = hardware or HardwareSpec(), slo or SloSpec(), bounds or ValiditySpec()
     params = manifest["figures"].get("parameters")
     peak = resolve_peak(run["hardware"], hardware.name)
     lag = (run.get("client") or {}).get("event_loop_lag_by_phase") or {}
@@ -302,10 +301,6 @@ def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], ma
         "phases": phases,
     }
     return doc, (pd.concat(win, ignore_index=True) if win else pd.DataFrame())
-
-
-def _as_config(model, value):
-    return model() if value is None else model.model_validate(value)
 
 
 def summarize_metrics(docs: list[dict[str, Any]]) -> pd.DataFrame:

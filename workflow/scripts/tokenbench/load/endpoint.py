@@ -7,7 +7,6 @@ drives the same load generator, records and metrics as the pipeline, with a prog
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 import urllib.parse
@@ -19,11 +18,13 @@ from pydantic import TypeAdapter, ValidationError
 
 from tokenbench import provenance, records
 from tokenbench.analysis.metrics import compute_metrics
-from tokenbench.config import ConfigError, Phase, RequestSpec, canonical_hash, is_loopback
-from tokenbench.load.generator import LoadTest, event_loop_name, loop_lag_by_phase, run_async, session_factory
+from tokenbench.analysis.registry import Column
+from tokenbench.config import (ConfigError, HardwareSpec, Phase, RequestSpec, SloSpec, ValiditySpec, canonical_hash,
+                               is_loopback)
+from tokenbench.load.generator import LoadTest, run_async, session_factory
 from tokenbench.load.phases import LoadPhase
 from tokenbench.load.prompts import PromptStream, load_prompts, prompt_set_hash
-from tokenbench.load.run import cancellable, records_frame
+from tokenbench.load.run import api_key_headers, cancellable, client_summary, records_frame
 from tokenbench.telemetry import hardware
 from tokenbench.telemetry.merge import merge_telemetry
 
@@ -73,22 +74,13 @@ async def _progress(test: LoadTest, out, every_s: float = 0.5) -> None:
         out.flush()
 
 
-def api_key_header(api_key_env: str | None) -> dict[str, str] | None:
-    if not api_key_env:
-        return None
-    key = os.environ.get(api_key_env)
-    if not key:
-        raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is not set")
-    return {"Authorization": f"Bearer {key}"}
-
-
 def run_endpoint(endpoint: str, model: str, phases: list[LoadPhase], request: RequestSpec, out_dir: str, *,
                  route_prefix: str, capabilities: set[str], api_key_env: str | None = None,
-                 allow_remote: bool = False, slo: dict | None = None, validity: dict | None = None,
+                 allow_remote: bool = False, slo: SloSpec | None = None, validity: ValiditySpec | None = None,
                  progress=sys.stderr) -> dict[str, Any]:
     """Run the phases against the endpoint; write requests.parquet, run.json and metrics.json to out_dir."""
     check_loopback(endpoint, allow_remote)
-    headers = api_key_header(api_key_env)
+    headers = api_key_headers(api_key_env, "--api-key-env") or None
     prompts, _ = load_prompts(request.prompts, None, request.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -119,24 +111,19 @@ def run_endpoint(endpoint: str, model: str, phases: list[LoadPhase], request: Re
             doc["interrupted"] = True
     prov = provenance.block(config_hash=canonical_hash(settings), prompt_set_sha256=prompt_set_hash(prompts))
     doc["phases"] = [m.__dict__ for m in test.marks]
-    lag = loop_lag_by_phase(test.loop_lag, test.marks)
-    doc["client"] = {"event_loop_lag_p99_ms": (lag.get("(run)") or {}).get("p99_ms"),
-                     "event_loop_lag_by_phase": {k: v for k, v in lag.items() if k != "(run)"},
-                     "requests_sent": len(test.records), "event_loop": event_loop_name()}
+    doc["client"] = client_summary(test)
     doc["provenance"] = prov
     req_df = records_frame(test.records)
     records.write_table(req_df, out / "requests.parquet", "requests", prov, {"complete": doc["complete"]})
     records.write_json({k: v for k, v in doc.items() if k != "provenance"}, out / "run.json", "run", prov)
     tl = merge_telemetry(req_df, pd.DataFrame({"t_ns": pd.Series(dtype="int64"), "device": pd.Series(dtype="string")}), doc)
-    metrics, _ = compute_metrics(req_df, tl, doc, {"name": model, "figures": {}}, {"name": "auto"}, slo, validity)
+    metrics, _ = compute_metrics(req_df, tl, doc, {"name": model, "figures": {}}, HardwareSpec(), slo, validity)
     records.write_json(metrics, out / "metrics.json", "metrics", prov)
     return metrics
 
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
     """The CLI's per-phase summary: registry headers and precision, each column as wide as its widest cell."""
-    from tokenbench.analysis.registry import Column
-
     columns = (Column("requests_sent"), Column("success_rate"), Column("output_tok_s"), Column("request_rps"),
                Column("ttft_ms", ("p50",)), Column("ttft_ms", ("p99",)), Column("tpot_ms", ("p50",)),
                Column("e2e_ms", ("p99",)))

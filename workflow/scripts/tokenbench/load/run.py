@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pandas as pd
 
 from tokenbench import provenance, records
-from tokenbench.config import CellEngine, CellSettings, canonical_hash, is_loopback
+from tokenbench.config import CellEngine, CellSettings, ConfigError, canonical_hash, is_loopback
 from tokenbench.engines import catalog as engines
 from tokenbench.engines import promscrape
 from tokenbench.engines.server import Server, free_port, gpu_idle_check, grep_log, pick_port, wait_endpoint_ready
@@ -79,17 +79,16 @@ def count_output_tokens(recs, tokenizer) -> None:
         r.client_output_tokens = n
 
 
-def api_key_headers(engine: CellEngine) -> dict[str, str]:
-    """Authorization header from the env var named in the config; the key itself is never stored."""
-    var = engine.api_key_env
+def api_key_headers(var: str | None, key: str) -> dict[str, str]:
+    """Authorization header from the environment variable ``var`` names (the config or CLI ``key``
+    that named it). The key is registered as a secret, so it is scrubbed from anything recorded."""
     if not var:
         return {}
-    key = os.environ.get(var)
-    if not key:
-        raise RuntimeError(f"engines.{engine.name}.api_key_env names {var}, which is not set in the "
-                           f"environment; export it before running")
-    provenance.register_secret(var, key)
-    return {"Authorization": f"Bearer {key}"}
+    value = os.environ.get(var)
+    if not value:
+        raise ConfigError(f"{key} names {var}, which is not set in the environment; export it before running")
+    provenance.register_secret(var, value)
+    return {"Authorization": f"Bearer {value}"}
 
 
 def check_loopback(engine: CellEngine, host: str) -> None:
@@ -127,7 +126,7 @@ def resolve_endpoint(engine: CellEngine, entry: engines.Engine, manifest: dict, 
         "request_model": entry.request_model(manifest["served_name"], manifest["path"]),
         "capabilities": set(engine.capabilities or entry.capabilities),
         "metrics_paths": entry.metrics_paths if engine.metrics_paths is None else tuple(engine.metrics_paths),
-        "headers": api_key_headers(engine),
+        "headers": api_key_headers(engine.api_key_env, f"engines.{engine.name}.api_key_env"),
     }
     if engine.kind == "external":
         base_url = engine.url.rstrip("/")
@@ -320,7 +319,7 @@ class CellLoadTest:
         prov = self.provenance()
         recs = self.test.records if self.test else []
         self.doc["phases"] = [asdict(m) for m in self.test.marks] if self.test else []
-        self.doc["client"] = self.client_summary()
+        self.doc["client"] = client_summary(self.test)
         extra = {"complete": self.doc["complete"], "cell": self.doc["cell"]}
         out = self.outputs
         records.write_table(records_frame(recs), out.requests, "requests", prov, extra)
@@ -340,21 +339,6 @@ class CellLoadTest:
             prompt_set_sha256=prompt_set_hash(self.prompts),
         )
 
-    def client_summary(self) -> dict[str, Any]:
-        """How the client itself did: event-loop lag (is the client the bottleneck?) and what it sent."""
-        test = self.test
-        recs = test.records if test else []
-        lag = loop_lag_by_phase(test.loop_lag, test.marks) if test else {}
-        run_lag = lag.get("(run)") or {}
-        return {
-            "event_loop_lag_p99_ms": run_lag.get("p99_ms"),
-            "event_loop_lag_max_ms": run_lag.get("max_ms"),
-            "event_loop_lag_by_phase": {k: v for k, v in lag.items() if k != "(run)"},
-            "event_loop": event_loop_name(),
-            "requests_sent": len(recs),
-            "status_counts": pd.Series([r.status for r in recs], dtype="string").value_counts().to_dict(),
-        }
-
     def telemetry_frame(self) -> pd.DataFrame:
         """The sampler's samples (an empty frame if it never started), its scratch file removed."""
         if not self.raw_telemetry.exists():
@@ -362,6 +346,21 @@ class CellLoadTest:
         tel = pd.read_parquet(self.raw_telemetry)
         self.raw_telemetry.unlink()
         return tel
+
+
+def client_summary(test: LoadTest | None) -> dict[str, Any]:
+    """How the client itself did: event-loop lag (is the client the bottleneck?) and what it sent."""
+    recs = test.records if test else []
+    lag = loop_lag_by_phase(test.loop_lag, test.marks) if test else {}
+    run_lag = lag.get("(run)") or {}
+    return {
+        "event_loop_lag_p99_ms": run_lag.get("p99_ms"),
+        "event_loop_lag_max_ms": run_lag.get("max_ms"),
+        "event_loop_lag_by_phase": {k: v for k, v in lag.items() if k != "(run)"},
+        "event_loop": event_loop_name(),
+        "requests_sent": len(recs),
+        "status_counts": pd.Series([r.status for r in recs], dtype="string").value_counts().to_dict(),
+    }
 
 
 async def cancellable(coro, caught: dict | None = None):
