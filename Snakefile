@@ -4,14 +4,19 @@
 # Data path scheme (all relative to the working directory):
 #   data/models/{model}/manifest.json                 resolve_model: files, sha256, MFU figures
 #   data/engines/{engine}/probe.json                  probe_engine: binary, version, sha256
-#   data/runs/{engine}/{model}/{load}/requests.parquet   run_load_test: one row per request sent
-#   data/runs/{engine}/{model}/{load}/telemetry.parquet  run_load_test: raw telemetry samples
-#   data/runs/{engine}/{model}/{load}/engine_metrics.parquet  run_load_test: engine /metrics samples
-#   data/runs/{engine}/{model}/{load}/run.json        run_load_test: phases, command, provenance
-#   data/merged/{engine}/{model}/{load}/timeline.parquet   merge_telemetry
-#   data/metrics/{engine}/{model}/{load}/metrics.json (+ windows.parquet)   compute_metrics
-#   data/analysis/summary.parquet                     summarize_metrics: one row per cell x phase
-#   data/analysis/saturation/{engine}/{model}.json    fit_saturation (users sweep)
+#   ({rep} = r1, r2, ...: a cell's replicate runs, each on a fresh server launch)
+#   data/runs/{engine}/{model}/{load}/{rep}/requests.parquet   run_load_test: one row per request sent
+#   data/runs/{engine}/{model}/{load}/{rep}/telemetry.parquet  run_load_test: raw telemetry samples
+#   data/runs/{engine}/{model}/{load}/{rep}/engine_metrics.parquet  run_load_test: engine /metrics
+#   data/runs/{engine}/{model}/{load}/{rep}/run.json    run_load_test: phases, command, provenance
+#   data/merged/{engine}/{model}/{load}/{rep}/timeline.parquet   merge_telemetry
+#   data/metrics/{engine}/{model}/{load}/{rep}/metrics.json (+ windows.parquet)   compute_metrics:
+#                                                     per phase, figures with within-run intervals
+#   data/analysis/summary.parquet                     summarize_metrics: one row per run x phase
+#   data/analysis/cells/{engine}/{model}/{load}.json  combine_replicates: across-run intervals
+#   data/analysis/comparisons.json                    compare_configurations: tests, effect sizes
+#   data/analysis/hypotheses.json                     evaluate_hypotheses: confirmed / rejected / ...
+#   data/analysis/saturation/{engine}/{model}.json    fit_saturation (users sweep, model choice)
 #   data/charts/*.vl.json                             plot_*: Vega-Lite specs
 #   site/docs/*.md, site/mkdocs.yml                   render_pages
 #   site/public/index.html                            build_site: the report
@@ -29,7 +34,10 @@ from tokenbench.config import (
     ConfigError,
     validate,
     cells as config_cells,
+    compared_pairs,
     pairs as config_pairs,
+    reps as config_reps,
+    runs as config_runs,
 )
 
 # The default config, unless --configfile names others: those *replace* it rather than being
@@ -47,7 +55,10 @@ except ConfigError as exc:
 ENGINES = list(CFG.engines)
 MODELS = list(CFG.models)
 LOADS = list(CFG.loads)
-CELLS = config_cells(CFG)
+CELLS = config_cells(CFG)  # (engine, model, load)
+REPS = config_reps(CFG)  # r1 .. r<replicates>: each a fresh server launch
+RUNS = config_runs(CFG)  # (engine, model, load, rep)
+COMPARED = compared_pairs(CFG)  # (model, a, b): configurations compared at each load
 PAIRS = config_pairs(CFG)  # (engine, model) pairs: an engine may serve only some models
 
 # HF_TOKEN is needed only to download gated hub models. Snakemake's `envvars:` makes a variable
@@ -59,6 +70,13 @@ if any(m.source == "hub" for m in CFG.models.values()) and os.environ.get(
 
     envvars:
         "HF_TOKEN",
+
+
+wildcard_constraints:
+    engine="[^/.]+",
+    model="[^/.]+",
+    load="[^/.]+",
+    rep="r[0-9]+",
 
 
 include: "workflow/rules/common.smk"

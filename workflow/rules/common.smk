@@ -5,6 +5,7 @@ from tokenbench.config import (
     cell_settings,
     canonical_hash,
     engine_env_file,
+    hypothesis_phase,
     sweep_phase,
 )
 from tokenbench.imports import package_files
@@ -18,7 +19,9 @@ def imports_of(rule_name):
 
 
 def settings_of(wc):
-    return cell_settings(CFG, wc.engine, wc.model, wc.load).model_dump(mode="json")
+    return cell_settings(CFG, wc.engine, wc.model, wc.load, wc.rep).model_dump(
+        mode="json"
+    )
 
 
 def load_files(wc):
@@ -32,8 +35,29 @@ def load_files(wc):
     return files
 
 
-def cell_paths(stage, name):
-    return [f"data/{stage}/{e}/{m}/{l}/{name}" for e, m, l in CELLS]
+def run_paths(stage, name):
+    """One path per replicate run of every cell."""
+    return [f"data/{stage}/{e}/{m}/{l}/{r}/{name}" for e, m, l, r in RUNS]
+
+
+def replicate_paths(stage, name):
+    """The paths of one cell's replicate runs (wildcards engine, model, load)."""
+    return lambda wc: [
+        f"data/{stage}/{wc.engine}/{wc.model}/{wc.load}/{r}/{name}" for r in REPS
+    ]
+
+
+def cell_results():
+    """One combined result per cell (its replicates pooled)."""
+    return [f"data/analysis/cells/{e}/{m}/{l}.json" for e, m, l in CELLS]
+
+
+def hypotheses_of():
+    """The configured hypotheses with the phase each reads, as plain data."""
+    return [
+        {**h.model_dump(mode="json"), "phase": hypothesis_phase(CFG, h)}
+        for h in CFG.hypotheses
+    ]
 
 
 def sweep_loads():
@@ -42,8 +66,8 @@ def sweep_loads():
 
 def chart_inputs():
     charts = {
-        f"timeline.{e}.{m}.{l}": f"data/charts/timeline/{e}.{m}.{l}.vl.json"
-        for e, m, l in CELLS
+        f"timeline.{e}.{m}.{l}.{r}": f"data/charts/timeline/{e}.{m}.{l}.{r}.vl.json"
+        for e, m, l, r in RUNS
     }
     if CFG.sweep:
         charts["throughput"] = "data/charts/throughput.vl.json"

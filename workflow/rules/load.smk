@@ -6,14 +6,14 @@ rule run_load_test:
         load_files=load_files,
         code=imports_of("run_load_test"),
     output:
-        requests="data/runs/{engine}/{model}/{load}/requests.parquet",
-        telemetry="data/runs/{engine}/{model}/{load}/telemetry.parquet",
-        engine_metrics="data/runs/{engine}/{model}/{load}/engine_metrics.parquet",
-        run="data/runs/{engine}/{model}/{load}/run.json",
+        requests="data/runs/{engine}/{model}/{load}/{rep}/requests.parquet",
+        telemetry="data/runs/{engine}/{model}/{load}/{rep}/telemetry.parquet",
+        engine_metrics="data/runs/{engine}/{model}/{load}/{rep}/engine_metrics.parquet",
+        run="data/runs/{engine}/{model}/{load}/{rep}/run.json",
     log:
-        job="logs/run_load_test/{engine}/{model}/{load}.log",
-        server="logs/run_load_test/{engine}/{model}/{load}.server.log",
-        journal="logs/run_load_test/{engine}/{model}/{load}.requests.jsonl",
+        job="logs/run_load_test/{engine}/{model}/{load}/{rep}.log",
+        server="logs/run_load_test/{engine}/{model}/{load}/{rep}.server.log",
+        journal="logs/run_load_test/{engine}/{model}/{load}/{rep}.requests.jsonl",
     conda:
         engine_conda_env
     container:

@@ -1,13 +1,13 @@
 rule plot_timeline:
     """Telemetry timeline of one cell with its phases shaded."""
     input:
-        timeline="data/merged/{engine}/{model}/{load}/timeline.parquet",
-        run="data/runs/{engine}/{model}/{load}/run.json",
+        timeline="data/merged/{engine}/{model}/{load}/{rep}/timeline.parquet",
+        run="data/runs/{engine}/{model}/{load}/{rep}/run.json",
         code=imports_of("plot_timeline"),
     output:
-        "data/charts/timeline/{engine}.{model}.{load}.vl.json",
+        "data/charts/timeline/{engine}.{model}.{load}.{rep}.vl.json",
     log:
-        "logs/plot_timeline/{engine}.{model}.{load}.log",
+        "logs/plot_timeline/{engine}.{model}.{load}.{rep}.log",
     conda:
         "../envs/tokenbench.yaml"
     script:
@@ -57,8 +57,8 @@ rule render_pages:
     """Markdown pages generated from the results (no number typed by hand) and the mkdocs config."""
     input:
         unpack(lambda wc: chart_inputs()),
-        metrics=cell_paths("metrics", "metrics.json"),
-        runs=cell_paths("runs", "run.json"),
+        metrics=run_paths("metrics", "metrics.json"),
+        runs=run_paths("runs", "run.json"),
         fits=(
             [f"data/analysis/saturation/{e}/{m}.json" for e, m in PAIRS]
             if CFG.sweep

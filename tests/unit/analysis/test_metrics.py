@@ -152,8 +152,27 @@ def test_goodput_counts_requests_meeting_every_slo():
     assert m["goodput_tok_s"] == pytest.approx(9 * 5 / 10)
     tight = _phase(rows, slo=SloSpec(ttft_ms=500, tpot_ms=10))
     assert tight["goodput_rps"] == 0
-    none = _phase(rows, slo=SloSpec())
-    assert none["slo_attainment"] == 1.0 and none["slo"] == {}
+    none = _phase(rows, slo=SloSpec())  # no SLO: no goodput and no "SLO met" (not a vacuous 100 %)
+    assert none["slo_attainment"] is None and none["goodput_rps"] is None and none["slo"] == {}
+
+
+def test_failed_requests_count_against_slo_attainment_and_show_as_failure_rate():
+    # 10 fast ok requests and 10 that failed: attainment is 10 of the 20 sent, not 10 of 10
+    rows = [req(i, "steady", i * S // 2, 100, 5, 20) for i in range(10)]
+    rows += [req(10 + i, "steady", i * S // 2, 100, 5, 20, status="error") for i in range(10)]
+    m = _phase(rows, slo=SloSpec(ttft_ms=500))
+    assert m["slo_attainment"] == pytest.approx(0.5) and m["failure_rate"] == pytest.approx(0.5)
+    assert m["ttft_ms"]["n"] == 10  # the percentiles cover ok requests; the failure share stands beside them
+
+
+def test_fairness_figures_from_per_request_decode_rates():
+    # TPOT 20 ms and 40 ms alternating: decode rates 50 and 25 tok/s
+    rows = [req(i, "steady", i * S // 2, 100, 11, 20 if i % 2 else 40) for i in range(18)]
+    m = _phase(rows)
+    rates = np.array([1000 / (20 + 0.1) if i % 2 else 1000 / (40 + 0.1) for i in range(18)])
+    assert m["decode_rate_cv"] == pytest.approx(rates.std(ddof=1) / rates.mean(), rel=1e-3)
+    assert m["decode_rate_range"] == pytest.approx(rates.max() - rates.min(), rel=1e-3)
+    assert m["ttft_jitter_ms"] == pytest.approx(m["ttft_ms"]["p99"] - m["ttft_ms"]["mean"])
 
 
 def test_validity_names_each_failed_check():

@@ -105,8 +105,14 @@ def test_metrics_json_carries_every_definition(every_kind_of_phase):
     assert set(every_kind_of_phase["labels"]) == set(registry.METRICS)
 
 
-def test_summary_columns_are_unchanged(every_kind_of_phase):
-    assert list(summarize_metrics([every_kind_of_phase]).columns) == SUMMARY_COLUMNS_BEFORE_REGISTRY
+ADDED_SINCE = ["failure_rate", "decode_rate_cv", "decode_rate_range", "ttft_jitter_ms", "foreign_cpu_pct"]
+
+
+def test_summary_columns_keep_their_names_and_add_replicates_and_new_figures(every_kind_of_phase):
+    cols = list(summarize_metrics([every_kind_of_phase]).columns)
+    before = SUMMARY_COLUMNS_BEFORE_REGISTRY
+    expected = before[:3] + ["rep"] + before[3:] + ADDED_SINCE
+    assert cols == expected
 
 
 def test_methodology_lists_every_metric_with_its_formula():

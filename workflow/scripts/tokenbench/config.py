@@ -191,13 +191,24 @@ class SloSpec(Strict):
 
 
 class ValiditySpec(Strict):
-    """When a phase's figures can be trusted (MLPerf LoadGen style); a failed check is reported."""
+    """When a phase's figures can be trusted (MLPerf LoadGen style); a failed check is reported.
+
+    The contention and stability bounds and why they are where they are: see
+    tokenbench.analysis.metrics.validity, which the Methodology page quotes."""
     min_duration_s: float = Field(10, ge=0)
     min_requests: int = Field(20, ge=0)
     max_error_rate: float = Field(0.01, ge=0, le=1)
     max_send_lag_p99_ms: float = Field(10, gt=0)  # open loop: actual minus scheduled send
     max_loop_lag_p99_ms: float = Field(20, gt=0)  # the client's event loop must keep up
     min_rate_ratio: float = Field(0.98, gt=0, le=1)  # open loop: achieved / target send rate
+    # contention: CPU time nobody in the benchmark used (host busy - server - client), % of all cores
+    max_foreign_cpu_pct: float = Field(10.0, ge=0, le=100)
+    # contention on GPUs: share of samples with a process not of the server on the device, or with
+    # thermal / hardware-slowdown clock throttling
+    max_gpu_contended_share: float = Field(0.05, ge=0, le=1)
+    # stability: |second half - first half| / first half of the issuing window, for throughput
+    # (closed loop) and median TPOT
+    max_halves_change: float = Field(0.25, gt=0)
 
 
 class TelemetrySpec(Strict):
@@ -216,6 +227,37 @@ class StudySpec(Strict):
     description: str = ""
 
 
+class ComparisonSpec(Strict):
+    """Between configurations (engines entries serving the same model) at each load level."""
+    baseline: Name | None = None  # compared against every other configuration; default: all pairs
+    level: float = Field(0.95, gt=0.5, lt=1)  # confidence level of intervals
+    alpha: float = Field(0.05, gt=0, lt=0.5)  # family-wise error rate (Holm) for naming a winner
+    resolve_difference: float = Field(0.05, gt=0)  # relative difference "replicates needed" is quoted for
+    bootstrap_resamples: int = Field(1000, ge=200)
+
+
+# the figures compared between configurations (and so the ones a hypothesis may name); which way is
+# better and how each is resampled is in tokenbench.analysis.compare
+COMPARED_FIGURES = ("output_tok_s", "goodput_rps", "ttft_p50_ms", "ttft_p95_ms", "tpot_p50_ms", "e2e_p50_ms",
+                    "e2e_p99_ms")
+
+
+class HypothesisSpec(Strict):
+    """A claim to test from the data, e.g. seed 000 §7: "A >= 1.5 x B output tok/s at 16 users".
+
+    Confirmed when the whole interval of a/b lies at or above ``factor`` (``at_least``), rejected when
+    it lies below, otherwise not resolvable at this sample size."""
+    name: Name
+    statement: str = ""
+    metric: str  # one of COMPARED_FIGURES
+    a: Name  # engines entries
+    b: Name
+    load: Name
+    phase: Name | None = None  # default: the load's last non-warmup phase that sends requests
+    relation: Literal["at_least", "at_most"] = "at_least"  # a/b >= factor, or a/b <= factor
+    factor: float = Field(1.0, gt=0)
+
+
 class Config(Strict):
     study: StudySpec
     hardware: HardwareSpec = HardwareSpec()
@@ -228,6 +270,9 @@ class Config(Strict):
     engines: dict[Name, EngineSpec] = Field(min_length=1)
     loads: dict[Name, LoadSpec] = Field(min_length=1)
     sweep: SweepSpec | None = None
+    replicates: int = Field(1, ge=1, le=100)  # each cell runs this many times, each on a fresh server launch
+    comparison: ComparisonSpec = ComparisonSpec()
+    hypotheses: list[HypothesisSpec] = []
 
     @model_validator(mode="after")
     def _check_refs(self):
@@ -268,7 +313,36 @@ class Config(Strict):
                     raise ValueError(
                         f"load '{lname}' in the users sweep needs a closed-loop steady phase to read"
                     )
+        self._check_comparisons()
         return self
+
+    def _check_comparisons(self) -> None:
+        if self.comparison.baseline and self.comparison.baseline not in self.engines:
+            raise ValueError(f"comparison.baseline '{self.comparison.baseline}' is not an engine; known: {sorted(self.engines)}")
+        names = [h.name for h in self.hypotheses]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"hypotheses: names must be unique: {dupes}")
+        for i, h in enumerate(self.hypotheses):
+            where = f"hypotheses.{i}"
+            for key in ("a", "b"):
+                if getattr(h, key) not in self.engines:
+                    raise ValueError(f"{where}.{key}: '{getattr(h, key)}' is not an engine; known: {sorted(self.engines)}")
+            if h.a == h.b:
+                raise ValueError(f"{where}: a and b are both '{h.a}'; a hypothesis compares two configurations")
+            if h.load not in self.loads:
+                raise ValueError(f"{where}.load: '{h.load}' is not a load; known: {sorted(self.loads)}")
+            if h.metric not in COMPARED_FIGURES:
+                raise ValueError(f"{where}.metric: '{h.metric}' is not a compared figure; allowed: {list(COMPARED_FIGURES)}")
+            phases = [p.name for p in self.loads[h.load].phases if not isinstance(p, IdlePhase)]
+            if h.phase is not None and h.phase not in phases:
+                raise ValueError(f"{where}.phase: '{h.phase}' is not a phase of load '{h.load}' that sends requests; "
+                                 f"allowed: {phases}")
+
+
+def hypothesis_phase(cfg: Config, h: HypothesisSpec) -> str:
+    """The phase a hypothesis reads: its own, else the load's last non-warmup phase that sends requests."""
+    return h.phase or sweep_phase(cfg.loads[h.load]).name
 
 
 def sweep_phase(load: LoadSpec):
@@ -342,18 +416,33 @@ class CellSettings(Strict):
     engine: CellEngine
     model: CellModel
     load: CellLoad
+    replicate: int = Field(1, ge=1)  # which run of the cell: each is a fresh server launch
     request: RequestSpec
     telemetry: TelemetrySpec
     preflight: PreflightSpec
 
 
-def cell_settings(cfg: Config, engine: str, model: str, load: str) -> CellSettings:
-    """The settings of one (engine, model, load) cell; a load's own request block replaces the top-level one."""
+def rep_name(replicate: int) -> str:
+    """The {rep} path component of replicate n (1-based): r1, r2, ..."""
+    return f"r{replicate}"
+
+
+def rep_number(rep: str) -> int:
+    if not re.fullmatch(r"r[1-9][0-9]*", rep):
+        raise ConfigError(f"replicate '{rep}' is not r1, r2, ...")
+    return int(rep[1:])
+
+
+def cell_settings(cfg: Config, engine: str, model: str, load: str, rep: str = "r1") -> CellSettings:
+    """The settings of one (engine, model, load) cell's replicate; a load's own request block replaces the
+    top-level one. Replicates share every setting (prompts and seed too): what differs between them is
+    the server launch, so their spread is run-to-run variation."""
     load_spec = cfg.loads[load]
     return CellSettings(
         engine=CellEngine(name=engine, **cfg.engines[engine].model_dump()),
         model=CellModel(name=model, **cfg.models[model].model_dump()),
         load=CellLoad(name=load, phases=load_spec.phases),
+        replicate=rep_number(rep),
         request=load_spec.request or cfg.request,
         telemetry=cfg.telemetry,
         preflight=cfg.preflight,
@@ -364,6 +453,33 @@ def cells(cfg: Config) -> list[tuple[str, str, str]]:
     """(engine, model, load) cells: every load for each model an engine serves."""
     return [(e, m, l) for e, spec in cfg.engines.items() for m in cfg.models
             if spec.models is None or m in spec.models for l in cfg.loads]
+
+
+def reps(cfg: Config) -> list[str]:
+    """The {rep} values: r1 .. r<replicates>."""
+    return [rep_name(i) for i in range(1, cfg.replicates + 1)]
+
+
+def runs(cfg: Config) -> list[tuple[str, str, str, str]]:
+    """(engine, model, load, rep): every replicate run of every cell."""
+    return [(e, m, l, r) for e, m, l in cells(cfg) for r in reps(cfg)]
+
+
+def compared_pairs(cfg: Config) -> list[tuple[str, str, str]]:
+    """(model, a, b): configurations compared, a against b; with a baseline, every other engine
+    against it, else every pair in config order; and every pair a hypothesis names."""
+    out = []
+    for m in cfg.models:
+        serving = [e for e, spec in cfg.engines.items() if spec.models is None or m in spec.models]
+        base = cfg.comparison.baseline
+        if base is not None and base in serving:
+            out += [(m, e, base) for e in serving if e != base]
+        elif base is None:
+            out += [(m, a, b) for i, a in enumerate(serving) for b in serving[i + 1:]]
+        for h in cfg.hypotheses:
+            if h.a in serving and h.b in serving and not {(m, h.a, h.b), (m, h.b, h.a)} & set(out):
+                out.append((m, h.a, h.b))
+    return out
 
 
 def pairs(cfg: Config) -> list[tuple[str, str]]:

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 
 from tokenbench.analysis import registry
+from tokenbench.analysis.intervals import itl_by_request, phase_intervals
 from tokenbench.analysis.registry import PERCENTILES, WINDOW_S
+from tokenbench.analysis.validity import contention, stability, validity
 from tokenbench.config import HardwareSpec, SloSpec, ValiditySpec
 from tokenbench.telemetry.merge import token_times
 
@@ -161,54 +163,42 @@ def slo_mask(ok: pd.DataFrame, slo: SloSpec) -> pd.Series:
     return meets
 
 
-def goodput(ok: pd.DataFrame, mark: dict[str, Any], slo: SloSpec) -> dict[str, Any]:
+def goodput(ok: pd.DataFrame, mark: dict[str, Any], slo: SloSpec, sent: int | None = None) -> dict[str, Any]:
+    """Goodput and SLO attainment; None for both when no SLO bound is configured. Every request
+    the phase sent is in the attainment's denominator: one that failed, timed out or was cancelled
+    missed its SLO."""
     bounds = slo_bounds(slo)
+    if not bounds:
+        return {"slo": {}, "goodput_rps": None, "goodput_tok_s": None, "slo_attainment": None}
     dur = (mark["end_ns"] - mark["start_ns"]) / 1e9
     in_win = (ok["end_ns"] >= mark["start_ns"]) & (ok["end_ns"] < mark["end_ns"])
-    meets = in_win & slo_mask(ok, slo)
+    meets_all = slo_mask(ok, slo)
+    meets = in_win & meets_all
     n_meet = int(meets.sum())
+    sent = len(ok) if sent is None else sent
     return {
         "slo": bounds,
         "goodput_rps": n_meet / dur if dur > 0 else None,
         "goodput_tok_s": float(ok.loc[meets, "output_tokens"].sum()) / dur if dur > 0 else None,
-        "slo_attainment": n_meet / int(in_win.sum()) if int(in_win.sum()) else None,
+        "slo_attainment": int(meets_all.sum()) / sent if sent else None,
     }
-
-
-def validity(m: dict[str, Any], bounds: ValiditySpec, loop_lag: dict[str, Any] | None) -> dict[str, Any]:
-    """MLPerf-LoadGen-style checks of one phase; each failure names the check and the numbers."""
-    fails = []
-    if m["duration_s"] < bounds.min_duration_s:
-        fails.append(f"ran {m['duration_s']:.1f} s < min_duration_s {bounds.min_duration_s:g}")
-    if m["requests_sent"] < bounds.min_requests:
-        fails.append(f"sent {m['requests_sent']} requests < min_requests {bounds.min_requests}")
-    err = 1 - m["success_rate"] if m.get("success_rate") is not None else None
-    if err is not None and err > bounds.max_error_rate:
-        fails.append(f"error rate {err:.1%} > max_error_rate {bounds.max_error_rate:.1%}")
-    lag = (m.get("send_lag_ms") or {}).get("p99")
-    if lag is not None and lag > bounds.max_send_lag_p99_ms:
-        fails.append(f"send lag p99 {lag:.2f} ms > {bounds.max_send_lag_p99_ms:g} ms (client or concurrency cap behind schedule)")
-    ll = (loop_lag or {}).get("p99_ms")
-    if ll is not None and ll > bounds.max_loop_lag_p99_ms:
-        fails.append(f"client event-loop lag p99 {ll:.2f} ms > {bounds.max_loop_lag_p99_ms:g} ms (client is a bottleneck)")
-    delivered = m.get("delivered_ratio")
-    if delivered is not None and delivered < bounds.min_rate_ratio:
-        fails.append(f"the client sent {delivered:.1%} of its scheduled arrivals inside the window "
-                     f"(< min_rate_ratio {bounds.min_rate_ratio:.0%}): it fell behind its schedule")
-    return {"valid": not fails, "failed_checks": fails, "event_loop_lag_p99_ms": ll}
 
 
 def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], params: int | None,
                   peak: dict[str, Any], hardware: HardwareSpec, slo: SloSpec, bounds: ValiditySpec,
-                  loop_lag: dict[str, Any] | None = None) -> dict[str, Any]:
+                  loop_lag: dict[str, Any] | None = None, level: float = 0.95,
+                  resamples: int = 1000) -> dict[str, Any]:
     """Every registered metric of one phase (registry.py says what each is)."""
     name = mark["name"]
     pr = req[req["phase"] == name]
     dur = (mark["end_ns"] - mark["start_ns"]) / 1e9
     m: dict[str, Any] = {"phase": name, "label": mark["label"], "mode": mark["mode"], "warmup": mark["warmup"],
                          "target": mark["target"], "duration_s": dur,
+                         "start_ns": int(mark["start_ns"]), "end_ns": int(mark["end_ns"]),
                          "drain_s": (mark["drained_ns"] - mark["end_ns"]) / 1e9}
     m.update(telemetry_summary(tl, name))
+    m.update(contention(tl, name))
+    m["open_loop"] = bool(mark["open_loop"])
     if mark["mode"] == "idle":
         m["requests_sent"] = int(len(pr))
         return m
@@ -217,6 +207,7 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
     m["requests_sent"] = int(len(pr))
     m["status_counts"] = {k: int(v) for k, v in counts.items()}
     m["success_rate"] = len(ok) / len(pr) if len(pr) else None
+    m["failure_rate"] = 1 - m["success_rate"] if m["success_rate"] is not None else None
     tok_t, tok_w = token_times(pr)
     in_win = (tok_t >= mark["start_ns"]) & (tok_t < mark["end_ns"])
     m["output_tokens_in_window"] = float(tok_w[in_win].sum())
@@ -247,10 +238,18 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
     # per-request decode rate (seed 002's "per-request tok/s"): 1000 / TPOT
     # (TPOT is 0 when all of a request's chunks came in one socket read: no rate to report)
     m["decode_tok_s_per_request"] = dist((1000.0 / ok["tpot_ms"].where(ok["tpot_ms"] > 0)).astype(float).tolist())
+    rate = m["decode_tok_s_per_request"]
+    m["decode_rate_cv"] = rate["std"] / rate["mean"] if rate["std"] is not None and rate["mean"] else None
+    m["decode_rate_range"] = rate["max"] - rate["min"] if rate["n"] else None
+    ttft = m["ttft_ms"]
+    m["ttft_jitter_ms"] = ttft["p99"] - ttft["mean"] if ttft["n"] else None
     w = windows(pr, mark, slo)
     m["window_output_tok_s"] = dist(w["output_tok_s"].tolist())
-    m.update(goodput(ok, mark, slo))
+    m.update(goodput(ok, mark, slo, sent=len(pr)))
+    m["stability"] = stability(tok_t, tok_w, ok, mark)
     m["validity"] = validity(m, bounds, loop_lag)
+    met = ok.loc[slo_mask(ok, slo), "end_ns"].to_numpy(dtype=np.int64) if slo_bounds(slo) else None
+    m["intervals"] = phase_intervals(ok, itl_by_request(ok), (tok_t, tok_w), met, mark, level, resamples)
 
     # ---- efficiency: measured where the inputs are measured, estimated where they are not
     tps = m["output_tok_s"]
@@ -274,13 +273,14 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
 
 def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], manifest: dict[str, Any],
                     hardware: HardwareSpec | None = None, slo: SloSpec | None = None,
-                    bounds: ValiditySpec | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+                    bounds: ValiditySpec | None = None, level: float = 0.95,
+                    resamples: int = 1000) -> tuple[dict[str, Any], pd.DataFrame]:
     """metrics.json of one cell and its per-window table. A spec left out takes the config model's defaults."""
     hardware, slo, bounds = hardware or HardwareSpec(), slo or SloSpec(), bounds or ValiditySpec()
     params = manifest["figures"].get("parameters")
     peak = resolve_peak(run["hardware"], hardware.name)
     lag = (run.get("client") or {}).get("event_loop_lag_by_phase") or {}
-    phases = [phase_metrics(req, tl, mk, params, peak, hardware, slo, bounds, lag.get(mk["name"]))
+    phases = [phase_metrics(req, tl, mk, params, peak, hardware, slo, bounds, lag.get(mk["name"]), level, resamples)
               for mk in run["phases"]]
     steady = [p for p in phases if not p["warmup"] and p["mode"] != "idle"]
     win = [windows(req[req["phase"] == mk["name"]], mk, slo) for mk in run["phases"] if mk["mode"] != "idle"]
@@ -309,7 +309,9 @@ def summarize_metrics(docs: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for d in docs:
         for ph in d["phases"]:
-            row = {**d["cell"], "phase": ph["phase"], "mode": ph["mode"], "warmup": ph["warmup"],
+            c = d["cell"]
+            row = {"engine": c["engine"], "model": c["model"], "load": c["load"], "rep": c.get("rep", "r1"),
+                   "phase": ph["phase"], "mode": ph["mode"], "warmup": ph["warmup"],
                    "users": ph["target"].get("users"), "rate_rps": ph["target"].get("rate_rps"),
                    "duration_s": ph["duration_s"], "complete": d["complete"],
                    "valid": (ph.get("validity") or {}).get("valid")}

@@ -197,12 +197,34 @@ _DECLARED = [
     # ---- goodput
     Metric("goodput_rps", "goodput", "req/s",
            "Ok requests ending inside the issuing window that met every configured SLO bound (TTFT, TPOT, E2E; "
-           "a 1-token request has no TPOT and passes that bound) ÷ duration_s.",
+           "a 1-token request has no TPOT and passes that bound) ÷ duration_s. n/a when no SLO is configured.",
            digits=2, summary={"goodput_rps": None}),
     Metric("slo_attainment", "SLO met", "fraction",
-           "Requests counted in goodput_rps ÷ ok requests ending inside the issuing window (1 when no bound is "
-           "configured).",
+           "Requests of the phase that finished ok and met every configured SLO bound ÷ every request the phase "
+           "sent, any status (a failed, timed-out or cancelled request missed its SLO). n/a when no SLO is "
+           "configured.",
            percent=True, digits=0, summary={"slo_attainment": None}),
+    Metric("failure_rate", "failed", "fraction",
+           "Requests the phase sent that did not finish ok (error, timeout, cancelled) ÷ requests it sent. Shown "
+           "beside latency percentiles, which cover ok requests only: an engine that drops requests must not "
+           "look faster.", percent=True, summary={"failure_rate": None}),
+    # ---- fairness and stability (seed 002 §5)
+    Metric("decode_rate_cv", "decode rate CV", "fraction",
+           "std ÷ mean of the per-request decode rate (decode_tok_s_per_request): how evenly the server shares "
+           "its decode capacity between requests.", percent=True, summary={"decode_rate_cv": None}),
+    Metric("decode_rate_range", "decode rate range", "tok/s",
+           "max − min of the per-request decode rate.", summary={"decode_rate_range": None}),
+    Metric("ttft_jitter_ms", "TTFT jitter", "ms", "TTFT p99 − TTFT mean, per phase (seed 002's jitter).",
+           summary={"ttft_jitter_ms": None}),
+    # ---- contention (validity)
+    Metric("foreign_cpu_pct", "foreign CPU", "% of all cores",
+           "Mean over the phase's telemetry window of host CPU busy − the server process tree's CPU − the client's "
+           "(load generator and telemetry sampler), clipped at 0: CPU time other processes took.",
+           summary={"foreign_cpu_pct": None}),
+    Metric("gpu_contended_share", "GPU contended", "fraction",
+           "Share of the phase's GPU samples in which a process that is not the server's held a GPU (checked about "
+           "once a second) or NVML reported thermal, hardware-slowdown or power-brake clock events.",
+           percent=True),
     # ---- not in the summary table
     Metric("duration_s", "duration", "s", "Issuing window length: from the phase's start until it stopped "
            "issuing requests."),
@@ -292,7 +314,14 @@ PHASE_FIELDS = {
     "slo": "the SLO bounds goodput counted against",
     "validity": "MLPerf-LoadGen-style checks: the phase ran long enough, sent enough requests, kept errors under "
                 "the bound, the client kept up (send lag, event-loop lag) and, open loop, delivered its "
-                "schedule; each failed check is named with its numbers",
+                "schedule; nothing else took the hardware (contention) and the window's halves agree "
+                "(stability); each failed check is named with its numbers",
+    "start_ns": "the issuing window's start (monotonic clock, ns)",
+    "end_ns": "the issuing window's end: when the phase stopped issuing requests (monotonic clock, ns)",
+    "open_loop": "whether the phase's arrivals follow a schedule (poisson, gamma, constant, trace)",
+    "stability": "the issuing window's halves: output tok/s and median TPOT of the requests ending in each",
+    "intervals": "within-run confidence intervals: a block bootstrap over time blocks of the issuing window "
+                 "(block length, block count and rule given); per latency metric its mean, p50, p95 and p99",
 }
 
 # summary.parquet column -> (metric key, statistic or None for the value)

@@ -86,7 +86,7 @@ def run_endpoint(endpoint: str, model: str, phases: list[LoadPhase], request: Re
     out.mkdir(parents=True, exist_ok=True)
     settings = {"endpoint": endpoint, "model": model, "request": request.model_dump(mode="json"),
                 "load": {"name": "cli", "phases": [p.model_dump(mode="json") for p in phases]}}
-    doc: dict[str, Any] = {"cell": {"engine": "endpoint", "model": model, "load": "cli"}, "settings": settings,
+    doc: dict[str, Any] = {"cell": {"engine": "endpoint", "model": model, "load": "cli", "rep": "r1"}, "settings": settings,
                            "server_command": [f"(external endpoint {endpoint})"], "complete": False,
                            "clock": {"timestamps": "CLOCK_MONOTONIC ns", "anchor": {"wall_ns": time.time_ns(),
                                                                                     "monotonic_ns": time.monotonic_ns()}},

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pandas as pd
 
 from tokenbench import provenance, records
-from tokenbench.config import CellEngine, CellSettings, ConfigError, canonical_hash, is_loopback
+from tokenbench.config import CellEngine, CellSettings, ConfigError, canonical_hash, is_loopback, rep_name
 from tokenbench.engines import catalog as engines
 from tokenbench.engines import promscrape
 from tokenbench.engines.server import Server, free_port, gpu_idle_check, grep_log, pick_port, wait_endpoint_ready
@@ -201,7 +201,8 @@ class CellLoadTest:
         ep, launch = self.endpoint, self.endpoint.launch
         anchor = {"wall_ns": time.time_ns(), "monotonic_ns": time.monotonic_ns()}
         return {
-            "cell": {"engine": self.engine.name, "model": self.manifest["name"], "load": self.settings.load.name},
+            "cell": {"engine": self.engine.name, "model": self.manifest["name"], "load": self.settings.load.name,
+                     "rep": rep_name(self.settings.replicate)},
             "settings": self.settings.model_dump(mode="json"),
             "server_command": [provenance.scrub(str(c)) for c in ep.command],
             "server_env": {k: provenance.scrub(v) for k, v in {**self.engine.env, **(launch.env if launch else {})}.items()},

@@ -121,12 +121,12 @@ def render_index(study: StudySpec, docs: list[dict[str, Any]], fits: list[dict[s
     crashed = [d["cell"] for d in docs if d.get("server_exited_during_run")]
     if crashed:
         lines.append('!!! danger "The server died during the load test"\n    ' + ", ".join(
-            f"{c['engine']}/{c['model']}/{c['load']}" for c in crashed) +
+            f"{c['engine']}/{c['model']}/{c['load']}/{c.get('rep', 'r1')}" for c in crashed) +
             ": every request sent is recorded with its status; see the server log tail on the Runs page.\n")
     incomplete = [d["cell"] for d in docs if not d["complete"]]
     if incomplete:
         lines.append('!!! warning "Incomplete runs"\n    ' + ", ".join(
-            f"{c['engine']}/{c['model']}/{c['load']}" for c in incomplete) + " did not finish; their figures cover what was recorded.\n")
+            f"{c['engine']}/{c['model']}/{c['load']}/{c.get('rep', 'r1')}" for c in incomplete) + " did not finish; their figures cover what was recorded.\n")
     lines.append("## Steady-state results\n")
     labels = [d["labels"] for d in docs]
     rows = []
@@ -134,7 +134,7 @@ def render_index(study: StudySpec, docs: list[dict[str, Any]], fits: list[dict[s
         for ph in _steady(d):
             rows.append({
                 "engine": d["cell"]["engine"], "model": d["cell"]["model"], "load": d["cell"]["load"],
-                "phase": ph["phase"], "offered": ph["label"],
+                "rep": d["cell"].get("rep", "r1"), "phase": ph["phase"], "offered": ph["label"],
                 **metric_cells(ph, STEADY_COLUMNS, labels),
                 "valid": "yes" if (ph.get("validity") or {}).get("valid") else "no",
             })
@@ -142,11 +142,11 @@ def render_index(study: StudySpec, docs: list[dict[str, Any]], fits: list[dict[s
     invalid = [(d["cell"], ph) for d in docs for ph in _steady(d) if not (ph.get("validity") or {}).get("valid", True)]
     if invalid:
         lines.append('\n!!! warning "Figures that failed a validity check"\n' + "\n".join(
-            f"    - {c['engine']}/{c['model']}/{c['load']} {ph['phase']}: " + "; ".join(ph["validity"]["failed_checks"])
+            f"    - {c['engine']}/{c['model']}/{c['load']}/{c.get('rep', 'r1')} {ph['phase']}: " + "; ".join(ph["validity"]["failed_checks"])
             for c, ph in invalid) + "\n")
     slo = next((ph.get("slo") for d in docs for ph in _steady(d) if ph.get("slo") is not None), None)
     if slo:
-        lines.append("SLO met: share of requests finished in the window that met " +
+        lines.append("SLO met: share of every request sent (any status) that finished ok and met " +
                      ", ".join(f"{k.removesuffix('_ms').upper()} ≤ {v:g} ms" for k, v in slo.items()) + ".\n")
     if docs:
         first = labels[0]
@@ -171,8 +171,8 @@ def render_runs(docs: list[dict[str, Any]], runs: list[dict[str, Any]], specs: d
     lines = ["# Runs\n", "One section per load test: every phase, then the telemetry timeline with phases shaded.\n"]
     for d, r in zip(docs, runs):
         c = d["cell"]
-        key = f"{c['engine']}.{c['model']}.{c['load']}"
-        lines.append(f"## {c['engine']} · {c['model']} · {c['load']}\n")
+        key = f"{c['engine']}.{c['model']}.{c['load']}.{c.get('rep', 'r1')}"
+        lines.append(f"## {c['engine']} · {c['model']} · {c['load']} · {c.get('rep', 'r1')}\n")
         client = d.get("client") or {}
         status = ", ".join(f"{k}: {v}" for k, v in sorted((client.get("status_counts") or {}).items())) or "none"
         lines.append(f"Server ready after {fmt(d.get('server_ready_s'), 2)} s. Requests sent: "
@@ -240,7 +240,7 @@ def render_provenance(runs: list[dict[str, Any]], config_hash: str) -> str:
     lines = ["# Provenance\n", f"Whole-config sha256: `{config_hash}`\n"]
     for r in runs:
         c = r["cell"]
-        lines.append(f"## {c['engine']} · {c['model']} · {c['load']}\n")
+        lines.append(f"## {c['engine']} · {c['model']} · {c['load']} · {c.get('rep', 'r1')}\n")
         lines.append("```yaml\n" + yaml.safe_dump(r["provenance"], sort_keys=False) + "```\n")
     return "\n".join(lines)
 

@@ -82,6 +82,11 @@ def merge_telemetry(requests: pd.DataFrame, telemetry: pd.DataFrame, run: dict[s
             df["cpu_util_pct"] = rate_from_counter(df, "cpu_busy_s", 100.0 / cores)
             if df["server_cpu_s"].notna().any():
                 df["server_cpu_util_pct"] = rate_from_counter(df, "server_cpu_s", 100.0 / cores)
+            if "client_cpu_s" in df and df["client_cpu_s"].notna().any():
+                df["client_cpu_util_pct"] = rate_from_counter(df, "client_cpu_s", 100.0 / cores)
+                # CPU time nobody in the benchmark used: another job competing for the cores
+                df["foreign_cpu_pct"] = (df["cpu_util_pct"] - df.get("server_cpu_util_pct", 0.0)
+                                         - df["client_cpu_util_pct"]).clip(lower=0)
             if "energy_j" in df and df["energy_j"].notna().any():
                 df["power_w"] = rate_from_counter(df, "energy_j")
         parts.append(df)

@@ -3,8 +3,11 @@
 Backends:
 - NVML (``pynvml`` from nvidia-ml-py) when a GPU is present: utilisation, memory, power,
   cumulative energy, temperature and SM clock per device, at 20 Hz by default;
-- on CPU: system and server-process-tree CPU time, memory, and RAPL package energy where the
-  powercap files are readable. Counters are recorded raw (cumulative seconds / joules) and turned
+- on CPU: system, server-process-tree and client CPU time (the load generator, which is this
+  sampler's parent, and the sampler itself), memory, and RAPL package energy where the powercap
+  files are readable: host busy minus server minus client is CPU time someone else took.
+- contention on GPUs: processes on the device that are not the server's (checked about once a
+  second) and the clock-event (throttle) reasons NVML reports. Counters are recorded raw (cumulative seconds / joules) and turned
   into rates at merge time, so nothing is lost to a too-short sampling window.
 
 Run as ``python -m tokenbench.telemetry.sampler --out F --interval S [--pid P]``; it prints ``ready``
@@ -62,12 +65,32 @@ def _decode(v):
     return v.decode() if isinstance(v, bytes) else v
 
 
+# clock-event reasons that mean the device was slowed by something other than the workload's own
+# demand: hardware slowdown, software/hardware thermal slowdown, power brake (NVML bit values; the
+# power cap and idle reasons are normal operation under load and are not counted)
+THROTTLE_MASK = 0x8 | 0x20 | 0x40 | 0x80
+PROCESS_EVERY = 20  # samples between checks of the device's process list (NVML's slowest call)
+
+
 class NvmlSampler:
     source = "nvml"
 
-    def __init__(self, nvml):
+    def __init__(self, nvml, own_pids=None):
         self.nv = nvml
         self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+        self.own_pids = own_pids or (lambda: set())  # the server tree and the client
+        self.k = 0
+
+    def _reasons(self, h):
+        for fn in ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"):
+            if hasattr(self.nv, fn):
+                return self._try(getattr(self.nv, fn), h)
+        return None
+
+    def _foreign(self, h, own):
+        from tokenbench.engines.server import _gpu_processes
+
+        return sum(1 for pid, _ in _gpu_processes(self.nv, h) if pid not in own)
 
     def _try(self, fn, *args):
         try:
@@ -78,7 +101,10 @@ class NvmlSampler:
     def sample(self, t_ns: int) -> list[dict[str, Any]]:
         nv = self.nv
         rows = []
+        own = self.own_pids() if self.k % PROCESS_EVERY == 0 else None
+        self.k += 1
         for i, h in enumerate(self.handles):
+            reasons = self._reasons(h)
             util = self._try(nv.nvmlDeviceGetUtilizationRates, h)
             mem = self._try(nv.nvmlDeviceGetMemoryInfo, h)
             power_mw = self._try(nv.nvmlDeviceGetPowerUsage, h)
@@ -94,6 +120,9 @@ class NvmlSampler:
                 "energy_j": None if energy_mj is None else energy_mj / 1000.0,
                 "temp_c": None if temp is None else float(temp),
                 "sm_clock_mhz": None if sm is None else float(sm),
+                "clock_event_reasons": None if reasons is None else int(reasons),
+                "throttled": None if reasons is None else bool(int(reasons) & THROTTLE_MASK),
+                "foreign_processes": None if own is None else self._foreign(h, own),
             })
         return rows
 
@@ -114,11 +143,13 @@ def rapl_zones(pattern: str = RAPL_GLOB) -> list[str]:
 class CpuSampler:
     source = "cpu"
 
-    def __init__(self, pid: int | None = None, rapl_pattern: str = RAPL_GLOB):
+    def __init__(self, pid: int | None = None, rapl_pattern: str = RAPL_GLOB, client_pid: int | None = None):
         import psutil
 
         self.psutil = psutil
         self.proc = psutil.Process(pid) if pid else None
+        self.me = psutil.Process()
+        self.client = psutil.Process(client_pid) if client_pid else None
         self.zones = rapl_zones(rapl_pattern)
         self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
@@ -138,6 +169,30 @@ class CpuSampler:
             except self.psutil.Error:
                 continue
         return cpu, rss
+
+    def pids(self) -> set[int]:
+        """The benchmark's own processes: the server tree, the client and this sampler."""
+        out = {self.me.pid} | ({self.client.pid} if self.client else set())
+        if self.proc is not None:
+            try:
+                out |= {self.proc.pid} | {p.pid for p in self.proc.children(recursive=True)}
+            except self.psutil.Error:
+                pass
+        return out
+
+    def _client_cpu(self):
+        """CPU seconds of the client (its own threads, not its children: the server is one) and
+        of this sampler."""
+        total = 0.0
+        for p in (self.me, self.client):
+            if p is None:
+                continue
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except self.psutil.Error:
+                return None
+        return total
 
     def _rapl_j(self):
         if not self.zones:
@@ -160,6 +215,7 @@ class CpuSampler:
             "t_ns": t_ns, "device": "cpu",
             "cpu_busy_s": busy,
             "server_cpu_s": server_cpu,
+            "client_cpu_s": self._client_cpu(),
             "server_rss_bytes": server_rss,
             "mem_used_bytes": int(vm.total - vm.available),
             "energy_j": self._rapl_j(),
@@ -168,14 +224,16 @@ class CpuSampler:
 
 # ----------------------------------------------------------------------------- loop
 def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
-                max_duration_s: float | None = None, announce=None) -> int:
-    """Sample until SIGTERM/SIGINT (or max_duration_s); write Parquet; return the sample count."""
+                max_duration_s: float | None = None, announce=None, client_pid: int | None = None) -> int:
+    """Sample until SIGTERM/SIGINT (or max_duration_s); write Parquet; return the sample count.
+    client_pid: the load generator's process (default: none; the CLI passes its parent)."""
     import pandas as pd
 
     nv = load_nvml(nvml)
-    samplers = [CpuSampler(pid)]
+    cpu = CpuSampler(pid, client_pid=client_pid)
+    samplers = [cpu]
     if nv is not None and nv.nvmlDeviceGetCount() > 0:
-        samplers.insert(0, NvmlSampler(nv))
+        samplers.insert(0, NvmlSampler(nv, own_pids=cpu.pids))
     rows: list[dict[str, Any]] = []
     stop = False
 
@@ -223,7 +281,8 @@ def main(argv=None) -> int:
     def announce():
         print("ready", flush=True)
 
-    run_sampler(args.out, args.interval, args.pid, max_duration_s=args.max_duration, announce=announce)
+    run_sampler(args.out, args.interval, args.pid, max_duration_s=args.max_duration, announce=announce,
+                client_pid=os.getppid())
     return 0
 
 

@@ -1,0 +1,124 @@
+"""Whether a phase's figures can be trusted: MLPerf-LoadGen-style checks, contention, stability.
+
+Each failed check is named with its numbers; an invalid phase is left out of fits, comparisons,
+hypotheses and verdicts, and listed with its reasons.
+
+The bounds (``validity:`` in the config) and why they sit where they do:
+
+- **Contention, CPU** (``max_foreign_cpu_pct``, default 10 % of all cores): host CPU busy minus
+  the server's process tree minus the client (load generator and telemetry sampler), averaged
+  over the phase's telemetry window. A quiet host leaves 1-3 % of all cores to the kernel and
+  the workflow manager; a competing job shows up as tens of percent. llama.cpp on a 2-core host
+  loses most of its throughput to one busy competitor, so 10 % (a fifth of a core on 2 cores)
+  is already a visible share of the machine.
+- **Contention, GPU** (``max_gpu_contended_share``, default 5 % of samples): samples where a
+  process that is not the server's held the device, or NVML reported thermal, hardware-slowdown
+  or power-brake clock events. The power cap is normal operation under load and is not counted.
+- **Stability** (``max_halves_change``, default 25 %): the issuing window's halves compared:
+  output throughput (closed loop only; open-loop throughput follows its random arrivals) and
+  median TPOT of the requests ending in each half (at least 5 in each). A steady closed loop on a
+  quiet host changes by a few percent between halves; a host that got busy mid-window (TPOT 65 ->
+  234 ms in the run that motivated this check) changes by multiples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tokenbench.config import ValiditySpec
+
+MIN_PER_HALF = 5  # requests per half for a TPOT comparison
+
+
+def contention(tl: pd.DataFrame, phase: str) -> dict[str, Any]:
+    """Foreign CPU (mean % of all cores) and the share of GPU samples with a foreign process or
+    clock throttling, over a phase's telemetry window; None where not recorded."""
+    t = tl[tl["phase"] == phase] if len(tl) else tl
+    out: dict[str, Any] = {"foreign_cpu_pct": None, "gpu_contended_share": None}
+    if "foreign_cpu_pct" in t:
+        s = t["foreign_cpu_pct"].dropna()
+        out["foreign_cpu_pct"] = float(s.mean()) if len(s) else None
+    if "device" in t and len(t):
+        gpu = t[t["device"].astype(str).str.startswith("gpu")]
+        flags = []
+        if "throttled" in gpu and gpu["throttled"].notna().any():
+            flags.append(gpu["throttled"].astype("boolean"))
+        if "foreign_processes" in gpu and gpu["foreign_processes"].notna().any():
+            # checked about once a second: a sample counts as contended when the last check saw a foreign process
+            seen = gpu.groupby("device")["foreign_processes"].ffill()
+            flags.append(seen.fillna(0).astype(float) > 0)
+        if flags:
+            any_flag = flags[0].fillna(False)
+            for f in flags[1:]:
+                any_flag = any_flag | f.fillna(False)
+            out["gpu_contended_share"] = float(any_flag.astype(bool).mean())
+    return out
+
+
+def stability(tok_t: np.ndarray, tok_w: np.ndarray, ok: pd.DataFrame, mark: dict[str, Any]) -> dict[str, Any]:
+    """The issuing window's halves: output tok/s and median TPOT of requests ending in each half."""
+    start, end = int(mark["start_ns"]), int(mark["end_ns"])
+    mid = start + (end - start) // 2
+    half_s = (end - start) / 2e9
+    out: dict[str, Any] = {"tok_s_halves": None, "tok_s_change": None, "tpot_p50_halves_ms": None,
+                           "tpot_change": None}
+    if half_s <= 0:
+        return out
+    first = float(tok_w[(tok_t >= start) & (tok_t < mid)].sum()) / half_s
+    second = float(tok_w[(tok_t >= mid) & (tok_t < end)].sum()) / half_s
+    out["tok_s_halves"] = [first, second]
+    if first > 0:
+        out["tok_s_change"] = (second - first) / first
+    if len(ok) and "tpot_ms" in ok:
+        ends = ok["end_ns"].to_numpy(dtype=float, na_value=np.nan)
+        tpot = ok["tpot_ms"].to_numpy(dtype=float, na_value=np.nan)
+        a = tpot[(ends >= start) & (ends < mid) & np.isfinite(tpot)]
+        b = tpot[(ends >= mid) & (ends < end) & np.isfinite(tpot)]
+        if a.size >= MIN_PER_HALF and b.size >= MIN_PER_HALF:
+            ma, mb = float(np.median(a)), float(np.median(b))
+            out["tpot_p50_halves_ms"] = [ma, mb]
+            out["tpot_change"] = (mb - ma) / ma if ma > 0 else None
+    return out
+
+
+def validity(m: dict[str, Any], bounds: ValiditySpec, loop_lag: dict[str, Any] | None) -> dict[str, Any]:
+    """Every check of one phase; each failure names the check and the numbers."""
+    fails = []
+    if m["duration_s"] < bounds.min_duration_s:
+        fails.append(f"ran {m['duration_s']:.1f} s < min_duration_s {bounds.min_duration_s:g}")
+    if m["requests_sent"] < bounds.min_requests:
+        fails.append(f"sent {m['requests_sent']} requests < min_requests {bounds.min_requests}")
+    err = 1 - m["success_rate"] if m.get("success_rate") is not None else None
+    if err is not None and err > bounds.max_error_rate:
+        fails.append(f"error rate {err:.1%} > max_error_rate {bounds.max_error_rate:.1%}")
+    lag = (m.get("send_lag_ms") or {}).get("p99")
+    if lag is not None and lag > bounds.max_send_lag_p99_ms:
+        fails.append(f"send lag p99 {lag:.2f} ms > {bounds.max_send_lag_p99_ms:g} ms (client or concurrency cap behind schedule)")
+    ll = (loop_lag or {}).get("p99_ms")
+    if ll is not None and ll > bounds.max_loop_lag_p99_ms:
+        fails.append(f"client event-loop lag p99 {ll:.2f} ms > {bounds.max_loop_lag_p99_ms:g} ms (client is a bottleneck)")
+    delivered = m.get("delivered_ratio")
+    if delivered is not None and delivered < bounds.min_rate_ratio:
+        fails.append(f"the client sent {delivered:.1%} of its scheduled arrivals inside the window "
+                     f"(< min_rate_ratio {bounds.min_rate_ratio:.0%}): it fell behind its schedule")
+    foreign = m.get("foreign_cpu_pct")
+    if foreign is not None and foreign > bounds.max_foreign_cpu_pct:
+        fails.append(f"contended: other processes used {foreign:.0f} % of all CPU cores "
+                     f"(> max_foreign_cpu_pct {bounds.max_foreign_cpu_pct:g} %)")
+    share = m.get("gpu_contended_share")
+    if share is not None and share > bounds.max_gpu_contended_share:
+        fails.append(f"contended: a foreign process on the GPU or thermal/slowdown clock throttling in {share:.0%} of "
+                     f"samples (> max_gpu_contended_share {bounds.max_gpu_contended_share:.0%})")
+    st = m.get("stability") or {}
+    if not m.get("open_loop") and st.get("tok_s_change") is not None and abs(st["tok_s_change"]) > bounds.max_halves_change:
+        a, b = st["tok_s_halves"]
+        fails.append(f"not steady: output tok/s went from {a:.1f} to {b:.1f} between the window's halves "
+                     f"({st['tok_s_change']:+.0%}, bound ±{bounds.max_halves_change:.0%})")
+    if st.get("tpot_change") is not None and abs(st["tpot_change"]) > bounds.max_halves_change:
+        a, b = st["tpot_p50_halves_ms"]
+        fails.append(f"not steady: median TPOT went from {a:.1f} to {b:.1f} ms between the window's halves "
+                     f"({st['tpot_change']:+.0%}, bound ±{bounds.max_halves_change:.0%})")
+    return {"valid": not fails, "failed_checks": fails, "event_loop_lag_p99_ms": ll}
