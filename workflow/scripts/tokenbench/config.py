@@ -181,6 +181,9 @@ class HardwareSpec(Strict):
     name: str = "auto"  # a key of hardware.yaml, or "auto" (detect GPU via NVML, else the CPU)
     price_usd_per_hour: float | None = Field(None, ge=0)
     electricity_usd_per_kwh: float | None = Field(None, ge=0)
+    # the output tokens a day you plan to serve: yearly hardware and electricity cost at the measured
+    # throughput and energy per token (analysis/efficiency.py); None: no yearly figures
+    daily_output_tokens: float | None = Field(None, gt=0)
 
 
 class SloSpec(Strict):

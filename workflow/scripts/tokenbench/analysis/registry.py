@@ -37,6 +37,7 @@ class Aggregation(Enum):
     PER_REQUEST = "per request"
     PER_WINDOW = "per window"
     PER_PHASE = "per phase"
+    PER_CELL = "per cell"
 
 
 class Replicates(Enum):
@@ -329,6 +330,213 @@ SUMMARY_COLUMNS: dict[str, tuple[str, str | None]] = {
     col: (m.key, stat) for m in _DECLARED for col, stat in m.summary.items()}
 
 
+# ============================================================================ cell-level figures
+# Figures of a whole cell (one server launch and load test), computed by analysis/efficiency.py
+# and written under metrics.json's "cell". Kept in this separate block so that edits to the
+# per-phase list above merge cleanly. The engine_* figures are per phase (rows of the cell's
+# phase_table) but come from the engine's own /metrics samples, so they are declared here too.
+
+# The engine's Prometheus metric names each engine_* figure reads, per metric-name family (the
+# names the catalog scrapes; engines/catalog.py). The first name present wins (vLLM renamed its
+# KV-cache gauge). KV-cache usage is a fraction (1 = full) in every family listed.
+ENGINE_STAT_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
+    "llama.cpp": {"prompt_tokens": ("llamacpp:prompt_tokens_total",),
+                  "generation_tokens": ("llamacpp:tokens_predicted_total",),
+                  "kv_cache_usage": ("llamacpp:kv_cache_usage_ratio",),  # gone from recent llama-server builds
+                  "requests_running": ("llamacpp:requests_processing",),
+                  "requests_waiting": ("llamacpp:requests_deferred",)},
+    "vllm": {"prompt_tokens": ("vllm:prompt_tokens_total",),
+             "generation_tokens": ("vllm:generation_tokens_total",),
+             "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+             "requests_running": ("vllm:num_requests_running",),
+             "requests_waiting": ("vllm:num_requests_waiting",)},
+    "sglang": {"prompt_tokens": ("sglang:prompt_tokens_total",),
+               "generation_tokens": ("sglang:generation_tokens_total",),
+               "kv_cache_usage": ("sglang:token_usage",),
+               "requests_running": ("sglang:num_running_reqs",),
+               "requests_waiting": ("sglang:num_queue_reqs",)},
+    "lmdeploy": {"prompt_tokens": ("lmdeploy:prompt_tokens_total",),
+                 "generation_tokens": ("lmdeploy:generation_tokens_total",),
+                 "kv_cache_usage": ("lmdeploy:gpu_cache_usage_perc",),
+                 "requests_running": ("lmdeploy:num_requests_running",),
+                 "requests_waiting": ("lmdeploy:num_requests_waiting",)},
+    "tgi": {"prompt_tokens": ("tgi_request_input_length_sum",),  # histogram sums: grow as requests end
+            "generation_tokens": ("tgi_request_generated_tokens_sum",),
+            "kv_cache_usage": (),
+            "requests_running": ("tgi_batch_current_size",),
+            "requests_waiting": ("tgi_queue_size",)},
+}
+
+
+def _engine_names(stat: str) -> str:
+    return "; ".join(f"{fam}: {', '.join(n[stat]) or 'none'}" for fam, n in ENGINE_STAT_NAMES.items())
+
+
+@dataclass(frozen=True)
+class CellMetric(Metric):
+    """A cell-level figure. ``needs``: HardwareSpec fields it needs besides its price (a planned
+    daily volume); without them it is not available, with them it is a projection, so estimated."""
+    needs: tuple[str, ...] = ()
+
+    def label_in(self, run: RunEvidence) -> str:
+        if any(getattr(run.hardware, f) is None for f in self.needs):
+            return NOT_AVAILABLE
+        label = super().label_in(run)
+        return ESTIMATED if self.needs and label == MEASURED else label
+
+    def definition(self) -> dict[str, str]:
+        out = super().definition()
+        if self.needs:
+            out["basis"] += "; projected to the configured " + ", ".join(f"hardware.{f}" for f in self.needs)
+        return out
+
+
+_CELL = {"aggregation": Aggregation.PER_CELL}
+_NON_IDLE = "the cell's non-idle phases (warm-up included)"
+_ENGINE = {"aggregation": Aggregation.PER_PHASE}
+_ENGINE_WINDOW = ("over the phase's telemetry window (its start to the next phase's start), from the engine's "
+                  "own /metrics scrapes; n/a for an engine whose metric names are not listed, or with no scrape")
+
+CELL_CONVENTIONS = (
+    ("**Cell figures.** Pooled over a cell's phases, not averaged over them: sums of the phases' tokens, "
+     "seconds and joules, then one division. *per cell*: one value for the cell."),
+    ("**Engine figures.** The engine's own Prometheus counters and gauges, scraped about once a second on the "
+     "same clock as the telemetry, per phase over its telemetry window. They are the engine's view (its own "
+     "token counts, its own queue), beside the client's."),
+)
+
+_CELL_DECLARED = [
+    # ---- MFU and throughput over the cell
+    CellMetric("overall_output_tok_s", "overall output throughput", "tok/s",
+               f"Σ output_tokens_in_window ÷ Σ duration_s over {_NON_IDLE}: their issuing windows pooled.",
+               **_CELL),
+    CellMetric("overall_mfu_pct", "overall MFU", "%",
+               "overall_output_tok_s × 2 × parameters ÷ peak FLOP/s × 100 (the non-idle phases' mfu_pct weighted "
+               "by their issuing seconds): decode weight FLOPs only, the peak as for mfu_pct.",
+               basis=Basis.PEAK, digits=3, **_CELL),
+    # ---- energy over the cell
+    CellMetric("overall_tok_per_j", "overall energy efficiency", "tok/J",
+               f"Σ output_tokens_total ÷ Σ energy_j over {_NON_IDLE}: both cover the phases' telemetry windows, "
+               "drains included. n/a unless every one of those phases has energy_j.",
+               basis=Basis.SENSOR, digits=2, **_CELL),
+    CellMetric("overall_energy_kwh_per_mtok", "overall energy per M tokens", "kWh/M tok",
+               "(Σ energy_j ÷ 3.6 × 10^6) ÷ (Σ output_tokens_total ÷ 10^6) over the phases of overall_tok_per_j.",
+               basis=Basis.SENSOR, digits=4, **_CELL),
+    CellMetric("overall_energy_usd_per_mtok", "overall electricity cost", "$/M tok",
+               "overall_energy_kwh_per_mtok × hardware.electricity_usd_per_kwh (configured).",
+               basis=Basis.SENSOR_PRICE, price="electricity_usd_per_kwh", digits=4, **_CELL),
+    # ---- idle and active power: seed 000's "cooldown valley"
+    CellMetric("idle_power_w", "idle power", "W",
+               "Mean power over the idle phases: Σ energy_j ÷ Σ (energy_j ÷ power_w), each idle phase's power_w "
+               "weighted by its telemetry span (a plain mean of power_w where a phase has no energy_j). With no "
+               "idle phase: power_w's rule applied to the samples before the first phase, from the server being "
+               "ready (`idle_power_from` says which).",
+               basis=Basis.SENSOR, **_CELL),
+    CellMetric("active_power_w", "active power", "W",
+               "Mean power over the non-idle, non-warm-up phases, weighted as idle_power_w.",
+               basis=Basis.SENSOR, **_CELL),
+    CellMetric("active_idle_delta_w", "power of the work", "W",
+               "active_power_w − idle_power_w: what serving adds to the idle draw.",
+               basis=Basis.SENSOR, **_CELL),
+    # ---- power against utilisation: seed 000 §6.2
+    CellMetric("power_util_slope_w_per_pct", "power per utilisation point", "W/%",
+               "Least-squares slope (scipy.stats.linregress) of power against utilisation over the telemetry "
+               "samples inside the phases (idle included): per GPU sample time, NVML power summed over the GPUs "
+               "against their mean GPU utilisation; without GPU power, the RAPL power against host CPU busy % "
+               "(`power_util_x` says which). n/a with fewer than 3 samples or one utilisation value only.",
+               basis=Basis.SENSOR, digits=2, **_CELL),
+    CellMetric("power_util_intercept_w", "power at 0 % utilisation", "W",
+               "The intercept of the power_util_slope_w_per_pct fit.", basis=Basis.SENSOR, **_CELL),
+    CellMetric("power_util_r2", "power/utilisation fit r²", "r²",
+               "Squared correlation of the power_util_slope_w_per_pct fit.", basis=Basis.SENSOR, digits=3, **_CELL),
+    CellMetric("power_util_n", "power/utilisation fit samples", "samples",
+               "Sample times the power_util_slope_w_per_pct fit used.",
+               basis=Basis.SENSOR, replicates=Replicates.SUM, digits=0, **_CELL),
+    # ---- yearly cost at a planned daily volume
+    CellMetric("serving_hours_per_day", "serving hours a day", "h/day",
+               "hardware.daily_output_tokens ÷ (overall_output_tok_s × 3600): machine-hours a day to serve the "
+               "planned volume at the measured throughput (over 24: more than one machine).",
+               needs=("daily_output_tokens",), digits=2, **_CELL),
+    CellMetric("yearly_hardware_usd", "yearly hardware cost", "$/year",
+               "hardware.price_usd_per_hour × serving_hours_per_day × 365.",
+               basis=Basis.PRICE, price="price_usd_per_hour", needs=("daily_output_tokens",), digits=0, **_CELL),
+    CellMetric("yearly_electricity_usd", "yearly electricity cost", "$/year",
+               "overall_energy_kwh_per_mtok × hardware.daily_output_tokens ÷ 10^6 × 365 × "
+               "hardware.electricity_usd_per_kwh: energy while serving only (idle hours are not counted).",
+               basis=Basis.SENSOR_PRICE, price="electricity_usd_per_kwh", needs=("daily_output_tokens",),
+               digits=0, **_CELL),
+    # ---- hardware state over the cell (seed 000 §3.2)
+    CellMetric("overall_gpu_mem_used_peak_mb", "GPU memory peak", "MiB",
+               "Largest NVML memory used of any GPU over the telemetry samples inside the phases ÷ 2^20.",
+               replicates=Replicates.MAX, digits=0, **_CELL),
+    CellMetric("overall_server_rss_peak_mb", "server RSS peak", "MiB",
+               "Largest resident memory of the server process tree over the telemetry samples inside the "
+               "phases ÷ 2^20.", replicates=Replicates.MAX, digits=0, **_CELL),
+    CellMetric("overall_temp_max_c", "GPU temperature peak", "°C",
+               "Highest NVML temperature of any GPU over the telemetry samples inside the phases.",
+               replicates=Replicates.MAX, digits=0, **_CELL),
+    CellMetric("overall_sm_clock_mean_mhz", "SM clock under load", "MHz",
+               f"Mean NVML SM clock over the GPU samples of {_NON_IDLE}, all GPUs pooled.", digits=0, **_CELL),
+    # ---- the engine's own figures, per phase (rows of phase_table)
+    CellMetric("engine_prompt_tok_s", "engine prompt throughput", "tok/s",
+               "The engine's prompt-token counter: its increase between the first and last scrape ÷ the time "
+               "between them (a drop counts as a restart from 0), summed over label sets, "
+               f"{_ENGINE_WINDOW}. Counters: {_engine_names('prompt_tokens')}.", **_ENGINE),
+    CellMetric("engine_generation_tok_s", "engine generation throughput", "tok/s",
+               f"As engine_prompt_tok_s, for the generated-token counter: {_engine_names('generation_tokens')}. "
+               "Some engines count a request's tokens only when it ends.", **_ENGINE),
+    CellMetric("engine_kv_cache_usage_mean", "KV-cache usage", "fraction",
+               "Mean over scrapes of the engine's KV-cache usage gauge (the fraction in use, averaged over label "
+               f"sets), {_ENGINE_WINDOW}. Gauges: {_engine_names('kv_cache_usage')}.",
+               percent=True, **_ENGINE),
+    CellMetric("engine_kv_cache_usage_max", "KV-cache usage peak", "fraction",
+               "Largest scrape of the gauge engine_kv_cache_usage_mean averages.",
+               percent=True, replicates=Replicates.MAX, **_ENGINE),
+    CellMetric("engine_requests_running_mean", "engine running requests", "requests",
+               "Mean over scrapes of the engine's running-requests gauge (summed over label sets), "
+               f"{_ENGINE_WINDOW}. Gauges: {_engine_names('requests_running')}.", **_ENGINE),
+    CellMetric("engine_requests_running_max", "engine running requests peak", "requests",
+               "Largest scrape of the gauge engine_requests_running_mean averages.",
+               replicates=Replicates.MAX, digits=0, **_ENGINE),
+    CellMetric("engine_requests_waiting_mean", "engine queued requests", "requests",
+               "Mean over scrapes of the engine's waiting-requests gauge (summed over label sets), "
+               f"{_ENGINE_WINDOW}. Gauges: {_engine_names('requests_waiting')}.", **_ENGINE),
+    CellMetric("engine_requests_waiting_max", "engine queued requests peak", "requests",
+               "Largest scrape of the gauge engine_requests_waiting_mean averages.",
+               replicates=Replicates.MAX, digits=0, **_ENGINE),
+    CellMetric("engine_scrapes", "engine scrapes", "scrapes",
+               "Scrapes of the engine's /metrics in the phase's telemetry window (the path with the most).",
+               replicates=Replicates.SUM, digits=0, **_ENGINE),
+]
+
+CELL_METRICS: dict[str, CellMetric] = {m.key: m for m in _CELL_DECLARED}
+
+# metrics.json "cell" fields that describe or hold figures rather than being one
+CELL_FIELDS = {
+    "phases_pooled": "the non-idle phases the overall_* figures pool",
+    "active_phases": "the non-idle, non-warm-up phases active_power_w averages",
+    "idle_power_from": "what idle_power_w came from: idle phases, or the samples before the first phase",
+    "power_util_x": "the utilisation the power fit used: gpu_util_pct or cpu_util_pct",
+    "engine_family": "the metric-name family the engine_* figures were read from (None: not one listed)",
+    "phase_table": "one row per phase (idle included): utilisation, memory, clock, temperature, power and MFU "
+                   "from the phase's figures, and the engine_* figures",
+    "labels": "measured / estimated / not available, per cell figure",
+}
+
+
+def cell_labels(run: RunEvidence) -> dict[str, str]:
+    """The cell's ``labels``: measured / estimated / not available, per cell figure."""
+    return {key: m.label_in(run) for key, m in CELL_METRICS.items()}
+
+
+def cell_definitions() -> dict[str, Any]:
+    """The cell figures' part of metrics.json's ``definitions``."""
+    return {"cell_conventions": list(CELL_CONVENTIONS),
+            "cell_metrics": {key: m.definition() for key, m in CELL_METRICS.items()},
+            "cell_fields": dict(CELL_FIELDS)}
+# ============================================================================ end of cell-level figures
+
+
 def labels(run: RunEvidence) -> dict[str, str]:
     """metrics.json's ``labels``: measured / estimated / not available, per metric."""
     return {key: m.label_in(run) for key, m in METRICS.items()}
@@ -337,7 +545,7 @@ def labels(run: RunEvidence) -> dict[str, str]:
 def definitions() -> dict[str, Any]:
     """metrics.json's ``definitions``: the conventions and every metric's declaration."""
     return {"conventions": list(CONVENTIONS), "metrics": {key: m.definition() for key, m in METRICS.items()},
-            "phase_fields": dict(PHASE_FIELDS)}
+            "phase_fields": dict(PHASE_FIELDS), **cell_definitions()}
 
 
 @dataclass(frozen=True)
