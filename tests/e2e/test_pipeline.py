@@ -1,4 +1,5 @@
-"""The real Snakefile against the real llama-server, on config/smoke.yaml (about 2 minutes)."""
+"""The real Snakefile against the real llama-server, on config/smoke.yaml (about 4 minutes): two
+configurations (4 slots, 1 slot), two replicates each."""
 import json
 import math
 import shutil
@@ -15,6 +16,8 @@ from tokenbench.records import read_json, read_meta, read_table
 pytestmark = pytest.mark.e2e
 SMOKE = ROOT / "config" / "smoke.yaml"
 CELLS = ["three_phase", "users-1", "users-4"]
+ENGINES = ["llamacpp", "llamacpp-1slot"]
+REPS = ["r1", "r2"]
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +31,25 @@ def run_dir(tmp_path_factory):
     return wd
 
 
-def cell(wd, load):
-    return wd / "data" / "runs" / "llamacpp" / "smollm2-135m" / load
+def cell(wd, load, engine="llamacpp", rep="r1"):
+    return wd / "data" / "runs" / engine / "smollm2-135m" / load / rep
+
+
+def metrics_of(wd, load, engine="llamacpp", rep="r1"):
+    return read_json(wd / "data" / "metrics" / engine / "smollm2-135m" / load / rep / "metrics.json")
 
 
 def finite(x):
     return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("load", CELLS)
-def test_every_request_recorded_with_timestamps_in_order(run_dir, load):
-    req = read_table(cell(run_dir, load) / "requests.parquet")
-    run = read_json(cell(run_dir, load) / "run.json")
-    metrics = read_json(run_dir / "data" / "metrics" / "llamacpp" / "smollm2-135m" / load / "metrics.json")
+def test_every_request_recorded_with_timestamps_in_order(run_dir, load, engine):
+    req = read_table(cell(run_dir, load, engine) / "requests.parquet")
+    run = read_json(cell(run_dir, load, engine) / "run.json")
+    metrics = metrics_of(run_dir, load, engine)
+    assert run["cell"] == {"engine": engine, "model": "smollm2-135m", "load": load, "rep": "r1"}
     assert run["complete"] and len(req) == run["client"]["requests_sent"] > 0
     assert len(req) == sum(p.get("requests_sent", 0) for p in metrics["phases"])
     assert req["request_id"].is_unique
@@ -51,7 +60,7 @@ def test_every_request_recorded_with_timestamps_in_order(run_dir, load):
         ch = list(r["chunk_ns"])
         assert r["sent_ns"] <= r["first_byte_ns"] <= r["first_token_ns"] == ch[0] <= ch[-1] <= r["end_ns"]
         assert ch == sorted(ch)
-    meta = read_meta(cell(run_dir, load) / "requests.parquet")
+    meta = read_meta(cell(run_dir, load, engine) / "requests.parquet")
     manifest = read_json(run_dir / "data" / "models" / "smollm2-135m" / "manifest.json")
     assert meta["provenance"]["model"]["sha256"] == manifest["sha256"]
     assert meta["provenance"]["engine"]["binary_sha256"] and meta["provenance"]["config_hash"]
@@ -62,7 +71,7 @@ def test_three_phase_shape(run_dir):
     assert [p["name"] for p in run["phases"]] == ["warmup", "cooldown", "stress"]
     req = read_table(cell(run_dir, "three_phase") / "requests.parquet")
     assert set(req["phase"]) == {"warmup", "stress"}  # nothing sent in the idle cooldown
-    tl = read_table(run_dir / "data" / "merged" / "llamacpp" / "smollm2-135m" / "three_phase" / "timeline.parquet")
+    tl = read_table(run_dir / "data" / "merged" / "llamacpp" / "smollm2-135m" / "three_phase" / "r1" / "timeline.parquet")
     cpu = tl[tl.device == "cpu"]
     for p in run["phases"]:
         rate = (cpu.phase == p["name"]).sum() / ((p["end_ns"] - p["start_ns"]) / 1e9)
@@ -71,11 +80,50 @@ def test_three_phase_shape(run_dir):
     busy = cpu.groupby("phase")["server_cpu_util_pct"].mean()
     assert busy["stress"] > 3 * busy["cooldown"]
     assert (cpu.loc[cpu.phase == "cooldown", "inflight"] == 0).all()
+    # the client's own CPU is accounted, so what is left is foreign (other processes)
+    assert cpu["client_cpu_util_pct"].notna().any() and (cpu["foreign_cpu_pct"].dropna() >= 0).all()
+
+
+def test_replicates_are_separate_server_launches(run_dir):
+    runs = [read_json(cell(run_dir, "users-1", "llamacpp", r) / "run.json") for r in REPS]
+    assert [r["cell"]["rep"] for r in runs] == REPS
+    assert runs[0]["server_pid"] != runs[1]["server_pid"]
+    assert runs[0]["settings"]["replicate"] == 1 and runs[1]["settings"]["replicate"] == 2
+
+
+def test_cells_carry_intervals_across_replicates_and_within_runs(run_dir):
+    doc = read_json(run_dir / "data" / "analysis" / "cells" / "llamacpp" / "smollm2-135m" / "users-4.json")
+    assert doc["replicates"] == REPS
+    steady = next(p for p in doc["phases"] if p["phase"] == "steady")
+    fig = steady["figures"]["output_tok_s"]
+    assert len(fig["values"]) == len(steady["valid_replicates"]) == 2 - len(steady["excluded"])
+    if len(fig["values"]) == 2:  # t interval with 1 dof around the replicates' mean
+        iv = fig["interval"]
+        assert iv["lo"] < iv["estimate"] < iv["hi"] and "1 dof" in iv["method"]
+    m = metrics_of(run_dir, "users-4")
+    within = next(p for p in m["phases"] if p["phase"] == "steady")["intervals"]
+    assert within["blocks"] >= 1 and within["block_s"] >= 1.0 and "rule" in within
+
+
+def test_configurations_are_compared_and_hypotheses_evaluated(run_dir):
+    comp = read_json(run_dir / "data" / "analysis" / "comparisons.json")
+    rows = comp["comparisons"]
+    assert {(c["a"], c["b"]) for c in rows} == {("llamacpp", "llamacpp-1slot")}
+    assert {(c["load"], c["phase"]) for c in rows} == {("three_phase", "stress"), ("users-1", "steady"),
+                                                       ("users-4", "steady")}
+    for c in rows:
+        assert c["verdict"] and (c["winner"] in (None, "llamacpp", "llamacpp-1slot"))
+        if c["winner"]:  # a winner only when the difference's interval excludes 0 and Holm's p is small
+            assert c["difference"]["lo"] > 0 or c["difference"]["hi"] < 0
+            assert c["mann_whitney_p_holm"] < comp["alpha"]
+    hyp = read_json(run_dir / "data" / "analysis" / "hypotheses.json")["hypotheses"]
+    assert [h["name"] for h in hyp] == ["slots-raise-throughput"]
+    assert hyp[0]["status"] in ("confirmed", "rejected", "not resolvable", "not evaluable") and hyp[0]["reason"]
 
 
 def test_metrics_are_finite_and_labelled(run_dir):
     for load in CELLS:
-        doc = read_json(run_dir / "data" / "metrics" / "llamacpp" / "smollm2-135m" / load / "metrics.json")
+        doc = metrics_of(run_dir, load)
         for ph in doc["phases"]:
             if ph["mode"] == "idle":
                 continue
@@ -91,11 +139,13 @@ def test_metrics_are_finite_and_labelled(run_dir):
 
 
 def test_saturation_fit_reports_its_degrees_of_freedom(run_dir):
-    fit = read_json(run_dir / "data" / "analysis" / "saturation" / "llamacpp" / "smollm2-135m.json")["fit"]
-    # two sweep points; one that failed its validity checks (a contended machine) is excluded, not fitted
-    assert fit["points"] + len(fit["excluded"]) == 2 and fit["dof"] == fit["points"] - 2
-    assert fit["vmax_se"] is None and fit["vmax_ci95"] is None and not fit["vmax_estimable"]
-    assert any("no uncertainty" in n or "not fitted" in n for n in fit["notes"])
+    doc = read_json(run_dir / "data" / "analysis" / "saturation" / "llamacpp" / "smollm2-135m.json")
+    fit = doc["fit"]
+    # two levels x two replicates; a point that failed its validity checks (a contended machine) is excluded
+    assert fit["points"] + len(fit["excluded"]) == 4 and fit["dof"] == fit["points"] - 2
+    assert set(fit["models"]) >= {"michaelis_menten", "usl", "knee"} and fit["criterion"] == "AICc"
+    # two levels cannot pick a model: no AICc winner is claimed
+    assert fit["best"] is None
 
 
 def test_site_pages_contain_the_charts_and_no_nan(run_dir):
@@ -105,13 +155,16 @@ def test_site_pages_contain_the_charts_and_no_nan(run_dir):
     for name in ("throughput", "latency"):
         assert f'data-spec="{name}"' in index and f'window.TB_SPECS["{name}"]=' in index
     for load in CELLS:
-        assert f'window.TB_SPECS["timeline.llamacpp.smollm2-135m.{load}"]=' in runs
+        for engine in ENGINES:
+            for rep in REPS:
+                assert f'window.TB_SPECS["timeline.{engine}.smollm2-135m.{load}.{rep}"]=' in runs
     assert "assets/vega-bundle.js" in index and (public / "assets" / "vega-bundle.js").stat().st_size > 100_000
     for page in ("index.html", "runs.html", "methodology.html", "provenance.html"):
         text = (public / page).read_text()
         assert ">nan<" not in text.lower() and "NaN" not in text.split("<script")[0]
     summary = read_table(run_dir / "data" / "analysis" / "summary.parquet")
-    stress = summary[(summary.load == "three_phase") & (summary.phase == "stress")].iloc[0]
+    stress = summary[(summary.load == "three_phase") & (summary.phase == "stress")
+                     & (summary.engine == "llamacpp") & (summary.rep == "r1")].iloc[0]
     assert f"{stress.output_tok_s:.1f}" in index  # the page shows the computed figure
     spec = json.loads(index.split('window.TB_SPECS["throughput"]=')[1].split(";</script>")[0].replace("<\\/", "</"))
     assert spec["$schema"].startswith("https://vega.github.io/schema/vega-lite/")
@@ -131,11 +184,14 @@ def test_changed_load_reruns_only_its_cell_and_downstream(run_dir, tmp_path):
     out = snakemake(run_dir, "-n", configfile=changed)
     assert out.returncode == 0, out.stderr
     jobs = planned_jobs(out.stdout)
-    per_cell = {(r, w.get("load")) for r, w in jobs if "load" in w}
-    assert per_cell == {("run_load_test", "users-4"), ("merge_telemetry", "users-4"),
-                        ("compute_metrics", "users-4"), ("plot_timeline", "users-4")}
+    per_run = {(r, w.get("engine"), w.get("load"), w.get("rep")) for r, w in jobs if "rep" in w}
+    assert per_run == {(r, e, "users-4", rep) for r in ("run_load_test", "merge_telemetry", "compute_metrics",
+                                                        "plot_timeline") for e in ENGINES for rep in REPS}
+    per_cell = {(r, w.get("engine"), w.get("load")) for r, w in jobs if "load" in w and "rep" not in w}
+    assert per_cell == {("combine_replicates", e, "users-4") for e in ENGINES}
     rules = {r for r, _ in jobs}
     assert rules == {"run_load_test", "merge_telemetry", "compute_metrics", "plot_timeline", "summarize_metrics",
+                     "combine_replicates", "compare_configurations", "evaluate_hypotheses",
                      "fit_saturation", "plot_throughput", "plot_latency", "render_pages", "build_site", "all"}
 
 

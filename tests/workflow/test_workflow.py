@@ -25,8 +25,11 @@ def test_dry_run_default_config(tmp_path):
     out = snakemake(tmp_path, "-n", configfile=ROOT / "config" / "config.yaml")
     assert out.returncode == 0, out.stderr
     counts = job_counts(out.stdout)
-    assert counts["run_load_test"] == 4 and counts["merge_telemetry"] == 4 and counts["plot_timeline"] == 4
-    assert counts["fit_saturation"] == 1 and counts["build_site"] == 1 and counts["resolve_model"] == 1
+    # 2 configurations x 5 loads x 2 replicates; one combined result per cell, one fit per configuration
+    assert counts["run_load_test"] == 20 and counts["merge_telemetry"] == 20 and counts["plot_timeline"] == 20
+    assert counts["combine_replicates"] == 10 and counts["fit_saturation"] == 2
+    assert counts["compare_configurations"] == counts["evaluate_hypotheses"] == 1
+    assert counts["build_site"] == 1 and counts["resolve_model"] == 1 and counts["probe_engine"] == 2
 
 
 def test_dry_run_smoke_config_replaces_the_default(tmp_path):
@@ -34,7 +37,7 @@ def test_dry_run_smoke_config_replaces_the_default(tmp_path):
     out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "config/smoke.yaml"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert job_counts(out.stdout)["run_load_test"] == 3
+    assert job_counts(out.stdout)["run_load_test"] == 12  # 2 configurations x 3 loads x 2 replicates
 
 
 def test_dry_run_without_sweep(tmp_path):

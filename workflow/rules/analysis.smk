@@ -4,6 +4,7 @@ rule compute_metrics:
         requests="data/runs/{engine}/{model}/{load}/{rep}/requests.parquet",
         timeline="data/merged/{engine}/{model}/{load}/{rep}/timeline.parquet",
         run="data/runs/{engine}/{model}/{load}/{rep}/run.json",
+        engine_metrics="data/runs/{engine}/{model}/{load}/{rep}/engine_metrics.parquet",
         model="data/models/{model}/manifest.json",
         code=imports_of("compute_metrics"),
     output:
@@ -58,7 +59,8 @@ rule combine_replicates:
 
 rule compare_configurations:
     """Configurations against each other at each load level: difference and ratio with bootstrap
-    intervals, Welch t and Mann-Whitney U, Cohen's d and Cliff's delta, Holm across the family."""
+    intervals, Welch t and Mann-Whitney U, Cohen's d and Cliff's delta, Holm across the family.
+    """
     input:
         metrics=run_paths("metrics", "metrics.json"),
         requests=run_paths("runs", "requests.parquet"),

@@ -59,6 +59,9 @@ rule render_pages:
         unpack(lambda wc: chart_inputs()),
         metrics=run_paths("metrics", "metrics.json"),
         runs=run_paths("runs", "run.json"),
+        cells=cell_results(),
+        comparisons="data/analysis/comparisons.json",
+        hypotheses="data/analysis/hypotheses.json",
         fits=(
             [f"data/analysis/saturation/{e}/{m}.json" for e, m in PAIRS]
             if CFG.sweep

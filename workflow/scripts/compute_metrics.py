@@ -11,7 +11,8 @@ doc, windows = compute_metrics(records.read_table(snakemake.input.requests), rec
                                HardwareSpec.model_validate(snakemake.params.hardware),
                                SloSpec.model_validate(snakemake.params.slo),
                                ValiditySpec.model_validate(snakemake.params.validity),
-                               level=snakemake.params.level, resamples=snakemake.params.resamples)
+                               level=snakemake.params.level, resamples=snakemake.params.resamples,
+                               engine_metrics=records.read_table(snakemake.input.engine_metrics))
 records.write_json(doc, snakemake.output.metrics, "metrics", run["provenance"])
 records.write_table(windows, snakemake.output.windows, "windows", run["provenance"], {"cell": run["cell"]})
 log.info("metrics for %s: %d phases", run["cell"], len(doc["phases"]))

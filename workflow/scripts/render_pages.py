@@ -12,6 +12,9 @@ render_pages(
     metric_paths=list(snakemake.input.metrics),
     run_paths=list(snakemake.input.runs),
     fit_paths=list(snakemake.input.fits),
+    cell_paths=list(snakemake.input.cells),
+    comparisons_path=snakemake.input.comparisons,
+    hypotheses_path=snakemake.input.hypotheses,
     chart_paths={name: snakemake.input[name] for name in snakemake.params.charts},
     out_dir=str(Path(snakemake.output.mkdocs).parent),
 )

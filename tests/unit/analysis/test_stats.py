@@ -365,3 +365,21 @@ def test_within_run_se_feeds_variation_sources():
     assert bootstrap_rate([], 1.0).estimate is None
     assert bootstrap_distribution(np.ones(10), np.arange(10) // 5).se() == {
         "mean": None, "p50": None, "p95": None, "p99": None}
+
+
+def test_welch_difference_matches_scipy_confidence_interval_and_covers_the_ratio():
+    from scipy import stats as sps
+
+    from tokenbench.analysis.stats import welch_difference
+
+    a, b = [101.0, 97.0, 104.0], [50.0, 53.0]
+    res = welch_difference(a, b, 0.95)
+    ci = sps.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (res["difference"].lo, res["difference"].hi) == pytest.approx((ci.low, ci.high))
+    assert res["ratio"].lo < np.mean(a) / np.mean(b) < res["ratio"].hi and res["ratio"].excludes(1.0)
+    rng = np.random.default_rng(3)
+    covered = sum(welch_difference(rng.normal(12, 1, 3), rng.normal(10, 1, 3))["ratio"].excludes(1.2) is False
+                  for _ in range(300))
+    assert covered / 300 >= 0.9  # log-scale delta method: close to nominal at CV 8-10 %
+    one = welch_difference([1.0], [2.0, 3.0])
+    assert one["difference"].lo is None and "at least 2 replicate runs" in one["difference"].note

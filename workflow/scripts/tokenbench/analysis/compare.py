@@ -9,15 +9,18 @@ measured (non-warmup, non-idle) phases, and each compared figure:
 - Welch's t on the replicate values (where both sides have at least two valid replicates) and
   Mann-Whitney U on the per-unit values (per request for latencies, per time block for rates);
 - Cohen's d (pooled SD) and Cliff's delta on the per-unit values;
-- Holm's correction across the whole family of comparisons in the file, separately for the
-  Mann-Whitney and the Welch p-values.
+- Holm's correction within each figure's family (that figure compared across every pair, load
+  and phase), separately for the Mann-Whitney and the Welch p-values.
 
-A winner is named only when the difference's interval excludes 0 and the Holm-adjusted
-Mann-Whitney p is below alpha; and, where both sides have replicates and run-to-run variation
-dominates the within-run noise on either side, the Holm-adjusted Welch p must be below alpha
-too (the test that matches the dominant variance). Otherwise the verdict is "not resolvable at
-this sample size", with the replicates per side a Welch test would need to resolve a difference of
-``comparison.resolve_difference`` at the replicates' observed coefficient of variation.
+Each comparison has a primary interval, the one that carries the dominant uncertainty: across
+replicate runs (Welch intervals on the replicate means; the ratio on the log scale) when both
+sides have at least two valid runs and either the within-run bootstrap has too few blocks or
+run-to-run variation dominates the within-run noise; otherwise the within-run block bootstrap.
+A winner is named only when the primary interval excludes no difference and the test that
+matches it (Welch for replicates, Mann-Whitney for the bootstrap) has a Holm-adjusted p below
+alpha. Otherwise the verdict is "not resolvable at this sample size", with the replicates per
+side a Welch test would need to resolve a difference of ``comparison.resolve_difference`` at the
+replicates' observed coefficient of variation.
 Replicates whose phase failed validity are left out; a side with none left is not compared.
 """
 
@@ -152,11 +155,12 @@ def compare_pair(a: Side, b: Side, spec: Compared, cfg: ComparisonSpec, seed: in
         out.update(a_value=None, b_value=None, difference=None, ratio=None, mann_whitney=None, cohens_d=None,
                    cliffs_delta=None, welch=None, note="no data on one side")
         return out
-    out["difference"], out["ratio"] = res["difference"].to_dict(), res["ratio"].to_dict()
     ra, rb = a.replicate_values(spec.column), b.replicate_values(spec.column)
     out["a_value"] = float(np.mean(ra)) if ra else None
     out["b_value"] = float(np.mean(rb)) if rb else None
     out["a_replicate_values"], out["b_replicate_values"] = ra, rb
+    out["block_bootstrap"] = {k: v.to_dict() for k, v in res.items()}
+    out["replicate_welch"] = {k: v.to_dict() for k, v in stats.welch_difference(ra, rb, cfg.level).items()}
     out["mann_whitney"] = stats.mann_whitney(ua, ub)
     out["cohens_d"] = stats.cohens_d(ua, ub)
     out["cliffs_delta"] = stats.cliffs_delta(ua, ub)
@@ -167,6 +171,13 @@ def compare_pair(a: Side, b: Side, spec: Compared, cfg: ComparisonSpec, seed: in
     out["between_runs_dominate"] = any(
         (stats.variation_sources([_within_se(r, spec, cfg.level) for r in side.runs], vals) or {}).get("dominant")
         == "between runs" for side, vals in ((a, ra), (b, rb)) if len(vals) >= 2)
+    # the interval that carries the dominant uncertainty: across runs where there are replicates and the
+    # within-run bootstrap has no interval or run-to-run variation dominates; else the block bootstrap
+    boot_ok = out["block_bootstrap"]["difference"].get("lo") is not None
+    use_reps = len(ra) >= 2 and len(rb) >= 2 and (not boot_ok or out["between_runs_dominate"])
+    out["interval_source"] = "replicates" if use_reps else "blocks"
+    primary = out["replicate_welch"] if use_reps else out["block_bootstrap"]
+    out["difference"], out["ratio"] = primary["difference"], primary["ratio"]
     return out
 
 
@@ -177,35 +188,30 @@ def _within_se(r: RunPhase, spec: Compared, level: float) -> float | None:
 
 
 def verdict(c: dict[str, Any], a: str, b: str, cfg: ComparisonSpec) -> dict[str, Any]:
-    """Winner or 'not resolvable', from the adjusted p-values already in c."""
+    """Winner or 'not resolvable', from the primary interval and the Holm-adjusted p of the test
+    that matches it (Welch across replicate runs, Mann-Whitney within them)."""
     diff = c.get("difference")
+    reps = c.get("interval_source") == "replicates"
+    test, p = ("Welch", c.get("welch_p_holm")) if reps else ("Mann-Whitney", c.get("mann_whitney_p_holm"))
+    out: dict[str, Any] = {"test": test}
+    excludes = bool(diff) and diff.get("lo") is not None and (diff["lo"] > 0 or diff["hi"] < 0)
+    if excludes and p is not None and p < cfg.alpha:
+        a_higher = diff["lo"] > 0
+        winner = a if (a_higher == (c["better"] == HIGHER)) else b
+        return {**out, "winner": winner, "verdict": f"{winner} ({c['better']} is better)"}
     if not diff or diff.get("lo") is None:
-        return {"winner": None, "verdict": "not resolvable: " + ((diff or {}).get("note") or c.get("note") or "no interval")}
-    excludes = diff["lo"] > 0 or diff["hi"] < 0
-    p = c.get("mann_whitney_p_holm")
-    ok = excludes and p is not None and p < cfg.alpha
-    why = []
-    if not excludes:
-        why.append("the difference's interval includes 0")
-    elif p is None or p >= cfg.alpha:
-        why.append(f"Mann-Whitney p (Holm) {p:.3g} ≥ {cfg.alpha:g}" if p is not None else "no Mann-Whitney p")
-    if ok and c.get("between_runs_dominate"):
-        wp = c.get("welch_p_holm")
-        if wp is None or wp >= cfg.alpha:
-            ok = False
-            why.append("run-to-run variation dominates and Welch p (Holm) "
-                       + (f"{wp:.3g} ≥ {cfg.alpha:g}" if wp is not None else "is not available"))
-    if not ok:
-        out = {"winner": None, "verdict": "not resolvable at this sample size: " + "; ".join(why)}
-        cv = c.get("replicate_cv")
-        if cv:
-            out["replicates_needed"] = stats.replicates_needed(cfg.resolve_difference, cv, alpha=cfg.alpha)
-            out["replicates_needed_for"] = (f"a {cfg.resolve_difference:.0%} difference at the observed replicate "
-                                            f"CV {cv:.1%} (Welch, alpha {cfg.alpha:g}, power 0.8)")
-        return out
-    a_higher = diff["lo"] > 0
-    winner = a if (a_higher == (c["better"] == HIGHER)) else b
-    return {"winner": winner, "verdict": f"{winner} is better ({c['better']} is better)"}
+        why = (diff or {}).get("note") or c.get("note") or "no interval"
+    elif not excludes:
+        why = "the difference's interval includes 0"
+    else:
+        why = f"{test} p (Holm) {p:.3g} ≥ {cfg.alpha:g}" if p is not None else f"no {test} p-value"
+    out.update(winner=None, verdict="not resolvable at this sample size: " + why)
+    cv = c.get("replicate_cv")
+    if cv:
+        out["replicates_needed"] = stats.replicates_needed(cfg.resolve_difference, cv, alpha=cfg.alpha)
+        out["replicates_needed_for"] = (f"a {cfg.resolve_difference:.0%} difference at the observed replicate "
+                                        f"CV {cv:.1%}")
+    return out
 
 
 def compare_configurations(runs: dict[tuple[str, str, str, str], tuple[dict[str, Any], Callable[[], pd.DataFrame]]],
@@ -257,13 +263,19 @@ def compare_configurations(runs: dict[tuple[str, str, str, str], tuple[dict[str,
                                                + " and ".join(n for n, r in ((a, ra), (b, rb)) if not r)})
                         continue
                     out.append({**base, **compare_pair(Side(ra), Side(rb), spec, cfg, seed=len(out))})
-    mw = [c.get("mann_whitney", {}).get("p") if c.get("mann_whitney") else None for c in out]
-    wt = [c.get("welch", {}).get("p") if c.get("welch") else None for c in out]
-    for c, p_mw, p_w in zip(out, stats.holm(mw), stats.holm(wt)):
-        c["mann_whitney_p_holm"], c["welch_p_holm"] = p_mw, p_w
-        if "verdict" not in c:
-            c.update(verdict(c, c["a"], c["b"], cfg))
-    return {"level": cfg.level, "alpha": cfg.alpha, "family_size": sum(p is not None for p in mw),
+    # Holm per figure: a family is one figure compared across every pair, load and phase
+    families: dict[str, int] = {}
+    for metric in COMPARED:
+        rows = [c for c in out if c["metric"] == metric]
+        mw = [(c.get("mann_whitney") or {}).get("p") for c in rows]
+        wt = [(c.get("welch") or {}).get("p") for c in rows]
+        for c, p_mw, p_w in zip(rows, stats.holm(mw), stats.holm(wt)):
+            c["mann_whitney_p_holm"], c["welch_p_holm"] = p_mw, p_w
+            if "verdict" not in c:
+                c.update(verdict(c, c["a"], c["b"], cfg))
+        if rows:
+            families[metric] = sum(p is not None for p in mw)
+    return {"level": cfg.level, "alpha": cfg.alpha, "families": families,
             "method": __doc__.strip(), "comparisons": out}
 
 

@@ -274,7 +274,8 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
 def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], manifest: dict[str, Any],
                     hardware: HardwareSpec | None = None, slo: SloSpec | None = None,
                     bounds: ValiditySpec | None = None, level: float = 0.95,
-                    resamples: int = 1000) -> tuple[dict[str, Any], pd.DataFrame]:
+                    resamples: int = 1000, engine_metrics: pd.DataFrame | None = None
+                    ) -> tuple[dict[str, Any], pd.DataFrame]:
     """metrics.json of one cell and its per-window table. A spec left out takes the config model's defaults."""
     hardware, slo, bounds = hardware or HardwareSpec(), slo or SloSpec(), bounds or ValiditySpec()
     params = manifest["figures"].get("parameters")
@@ -300,6 +301,10 @@ def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], ma
         "client": run.get("client"),
         "phases": phases,
     }
+    from tokenbench.analysis.efficiency import cell_figures
+
+    doc["cell_figures"] = cell_figures(phases, tl, engine_metrics if engine_metrics is not None else pd.DataFrame(),
+                                       run, manifest, hardware, peak)
     return doc, (pd.concat(win, ignore_index=True) if win else pd.DataFrame())
 
 

@@ -13,7 +13,7 @@ import yaml
 
 from tokenbench import provenance
 from tokenbench.config import StudySpec
-from tokenbench.analysis.registry import CONVENTIONS, ESTIMATED, METRICS, PHASE_FIELDS, Column, fmt
+from tokenbench.analysis.registry import CONVENTIONS, ESTIMATED, METRICS, PHASE_FIELDS, SUMMARY_COLUMNS, Column, fmt
 
 CHARTS_JS = """\
 // Embed every tokenbench chart on the page (specs are inlined, so this works from file:// too).
@@ -109,8 +109,72 @@ def _steady(doc):
     return [p for p in doc["phases"] if not p["warmup"] and p["mode"] != "idle"]
 
 
+def _interval(iv: dict[str, Any] | None, digits: int = 1, pct: bool = False) -> str:
+    """estimate [lo, hi], or the estimate with the reason there is no interval."""
+    if not iv or iv.get("estimate") is None:
+        return "n/a"
+    est = fmt(iv["estimate"], digits, pct)
+    if iv.get("lo") is None:
+        return f"{est} (no interval: {iv.get('note') or 'too few samples'})"
+    return f"{est} [{fmt(iv['lo'], digits, pct)}, {fmt(iv['hi'], digits, pct)}]"
+
+
+def _p(p: float | None) -> str:
+    return "n/a" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def cell_rows(cells: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Per cell and measured phase: the replicates' mean with its t interval, and what was excluded."""
+    rows = []
+    for c in cells:
+        for ph in c["phases"]:
+            if ph["warmup"] or ph["mode"] == "idle":
+                continue
+            figs = ph.get("figures") or {}
+            row = {"engine": c["cell"]["engine"], "load": c["cell"]["load"], "phase": ph["phase"],
+                   "valid runs": f"{len(ph.get('valid_replicates') or [])} of {len(c['replicates'])}"}
+            for col in ("output_tok_s", "ttft_p50_ms", "tpot_p50_ms", "failure_rate"):
+                key, _ = SUMMARY_COLUMNS[col]
+                m = METRICS[key]
+                row[f"{col} (mean [{int(100 * c['level'])} % t interval])"] = _interval(
+                    (figs.get(col) or {}).get("interval"), m.digits, m.percent)
+            var = (figs.get("output_tok_s") or {}).get("variation") or {}
+            row["tok/s variation dominated by"] = var.get("dominant") or "n/a"
+            row["excluded"] = "; ".join(x["reason"] for x in ph.get("excluded") or []) or "none"
+            rows.append(row)
+    return rows
+
+
+def comparison_rows(comparisons: dict[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    for c in comparisons["comparisons"]:
+        diff, ratio = c.get("difference") or {}, c.get("ratio") or {}
+        rows.append({
+            "load": c["load"], "phase": c["phase"], "a vs b": f"{c['a']} vs {c['b']}", "figure": c["metric"],
+            "a": fmt(c.get("a_value")), "b": fmt(c.get("b_value")),
+            "a − b [CI]": _interval(diff), "a ÷ b [CI]": _interval(ratio, 3),
+            "interval from": {"replicates": "runs (Welch)", "blocks": "blocks (bootstrap)"}.get(
+                c.get("interval_source"), "n/a"),
+            "Mann-Whitney p (Holm)": _p(c.get("mann_whitney_p_holm")),
+            "Welch p (Holm)": _p(c.get("welch_p_holm")),
+            "Cliff's δ": fmt(c.get("cliffs_delta"), 2), "Cohen's d": fmt(c.get("cohens_d"), 2),
+            "verdict": c.get("verdict", "") + (f" (≈{c['replicates_needed']} replicates per side for "
+                                                 f"{c['replicates_needed_for']})" if c.get("replicates_needed") else ""),
+        })
+    return rows
+
+
+def hypothesis_rows(hypotheses: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [{"hypothesis": h["name"], "statement": h.get("statement") or "",
+             "test": f"{h['a']} ÷ {h['b']}, {h['metric']}, {h['load']} {h['phase']}: "
+                     f"{'≥' if h['relation'] == 'at_least' else '≤'} {h['factor']:g}",
+             "a ÷ b [CI]": _interval(h.get("ratio"), 3), "result": f"**{h['status']}**",
+             "why": h.get("reason") or ""} for h in hypotheses]
+
+
 def render_index(study: StudySpec, docs: list[dict[str, Any]], fits: list[dict[str, Any]],
-                 specs: dict[str, dict]) -> str:
+                 specs: dict[str, dict], cells: list[dict[str, Any]] = (), comparisons: dict[str, Any] | None = None,
+                 hypotheses: list[dict[str, Any]] = ()) -> str:
     hw = docs[0]["hardware"] if docs else {}
     lines = [f"# {study.title}\n", study.description + "\n"]
     lines.append(
@@ -127,7 +191,25 @@ def render_index(study: StudySpec, docs: list[dict[str, Any]], fits: list[dict[s
     if incomplete:
         lines.append('!!! warning "Incomplete runs"\n    ' + ", ".join(
             f"{c['engine']}/{c['model']}/{c['load']}/{c.get('rep', 'r1')}" for c in incomplete) + " did not finish; their figures cover what was recorded.\n")
-    lines.append("## Steady-state results\n")
+    if hypotheses:
+        lines.append("## Hypotheses\n")
+        lines.append("Each hypothesis is tested on the ratio a ÷ b and its interval: *confirmed* when the whole "
+                     "interval is on the claimed side, *rejected* when it is wholly on the other, otherwise *not "
+                     "resolvable* at this sample size. Invalid runs are left out.\n")
+        lines.append(table(hypothesis_rows(hypotheses)))
+    if comparisons and comparisons["comparisons"]:
+        lines.append("## Comparison\n")
+        lines.append(f"{int(100 * comparisons['level'])} % intervals, across replicate runs (Welch) or within them "
+                     f"(block bootstrap), whichever carries the dominant uncertainty; Holm's correction within each "
+                     f"figure's family; a winner only when the interval excludes no difference and the matching "
+                     f"test holds at α = {comparisons['alpha']:g}.\n")
+        lines.append(table(comparison_rows(comparisons)))
+    if cells:
+        lines.append("## Across replicate runs\n")
+        lines.append("Each cell ran on fresh server launches; the interval is Student t over its valid runs "
+                     "(k − 1 degrees of freedom).\n")
+        lines.append(table(cell_rows(cells)))
+    lines.append("## Steady-state results per run\n")
     labels = [d["labels"] for d in docs]
     rows = []
     for d in docs:
@@ -262,17 +344,21 @@ def mkdocs_config(study: StudySpec) -> dict[str, Any]:
 
 
 def render_pages(study: StudySpec, config_hash: str, metric_paths: list[str], run_paths: list[str],
-                 fit_paths: list[str], chart_paths: dict[str, str], out_dir: str) -> list[str]:
+                 fit_paths: list[str], chart_paths: dict[str, str], out_dir: str, cell_paths: list[str] = (),
+                 comparisons_path: str | None = None, hypotheses_path: str | None = None) -> list[str]:
     from tokenbench.records import read_json
 
     docs = [read_json(p) for p in metric_paths]
     runs = [read_json(p) for p in run_paths]
     fits = [read_json(p) for p in fit_paths]
+    cells = [read_json(p) for p in cell_paths]
+    comparisons = read_json(comparisons_path) if comparisons_path else None
+    hypotheses = read_json(hypotheses_path)["hypotheses"] if hypotheses_path else []
     specs = {name: json.loads(Path(p).read_text()) for name, p in chart_paths.items()}
     out = Path(out_dir)
     (out / "docs" / "assets").mkdir(parents=True, exist_ok=True)
     pages = {
-        "index.md": render_index(study, docs, fits, specs),
+        "index.md": render_index(study, docs, fits, specs, cells, comparisons, hypotheses),
         "runs.md": render_runs(docs, runs, specs),
         "methodology.md": render_methodology(docs, runs),
         "provenance.md": render_provenance(runs, config_hash),
