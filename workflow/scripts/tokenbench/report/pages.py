@@ -101,8 +101,19 @@ def fit_rows(fits: list[dict[str, Any]]) -> list[dict[str, str]]:
             "Vmax (tok/s)": value("vmax"), "Vmax 95 % CI": ci(fit.get("vmax_ci95")),
             "K (users)": value("k", 2), "K 95 % CI": ci(fit.get("k_ci95")),
             "R²": fmt(fit.get("r2"), 4),
+            "best model (AICc)": fit.get("best") or "none: " + ("not distinguishable" if fit.get("models") else "n/a"),
         })
     return rows
+
+
+def published_rows() -> list[dict[str, str]]:
+    """The seed reports' published figures: claims beside the measurements, never mixed with them."""
+    from tokenbench.analysis.efficiency import published_runs
+
+    return [{"report": r["report"].split("_")[0], "engine": r["engine"], "hardware": r["gpu"], "model": r["model"],
+             "users": fmt(r["users"], 0), "phase": r["phase"], "output tok/s": fmt(r["output_tok_s"]),
+             "TTFT p95 (ms)": fmt(r["ttft_p95_ms"], 0), "MFU (%)": fmt(r["mfu_pct"]),
+             "claim": r["claim"]} for r in published_runs()]
 
 
 def _steady(doc):
@@ -245,6 +256,11 @@ def render_index(study: StudySpec, docs: list[dict[str, Any]], fits: list[dict[s
     if "latency" in specs:
         lines.append("## Latency vs users\n")
         lines.append(chart_html("latency", specs["latency"]))
+    lines.append("## Published figures (seed reports)\n")
+    lines.append("What the reports tokenbench grew from published, as data: *published*, not measured here, on "
+                 "other hardware and models; shown for reference and never mixed into the figures above. Some "
+                 "the reports themselves call estimates.\n")
+    lines.append(table(published_rows()))
     lines.append("\nPer-run detail and telemetry timelines: [Runs](runs.md). What produced these numbers: [Provenance](provenance.md).\n")
     return "\n".join(lines)
 
@@ -269,18 +285,33 @@ def render_runs(docs: list[dict[str, Any]], runs: list[dict[str, Any]], specs: d
 
 
 def metric_definitions() -> str:
-    """The registry as the Methodology page shows it: conventions, then one row per metric."""
+    """The registry as the Methodology page shows it: conventions, then one row per metric (per phase,
+    then per cell)."""
+    from tokenbench.analysis.registry import CELL_METRICS
+
     rows = [{"metric": f"`{m.key}` ({m.label})", "unit": m.unit + (" (shown as %)" if m.percent else ""),
              "measured or estimated": m.basis.value, "aggregation": m.aggregation.value,
-             "across replicates": m.replicates.value, "formula": m.formula} for m in METRICS.values()]
+             "across replicates": m.replicates.value, "formula": m.formula}
+            for m in [*METRICS.values(), *CELL_METRICS.values()]]
     fields = "\n".join(f"- `{name}`: {text}" for name, text in PHASE_FIELDS.items())
     return ("These are the definitions the code applies, from its metric registry "
             "(`tokenbench/analysis/registry.py`).\n\n" + "\n".join(f"- {c}" for c in CONVENTIONS) + "\n\n"
             + table(rows) + "\nA phase also records:\n\n" + fields + "\n")
 
 
+def statistics_methods() -> str:
+    """How intervals, comparisons, validity and fits are made: the analysis modules' own docstrings."""
+    from tokenbench.analysis import compare, fit, intervals, replicates, scaling, validity
+
+    parts = [("Within-run intervals", intervals), ("Across replicate runs", replicates),
+             ("Between configurations and hypotheses", compare), ("Validity: contention and stability", validity),
+             ("Saturation fits", fit), ("Scaling between load levels", scaling)]
+    return "\n".join(f"### {title}\n\n{(mod.__doc__ or '').strip()}\n" for title, mod in parts)
+
+
 def render_methodology(docs: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
     lines = ["# Methodology\n", "## Metric definitions\n", metric_definitions(),
+             "## Statistics\n", statistics_methods(),
              "## Labels\n",
              f"- *measured*: computed from recorded request timestamps, server usage counts or telemetry samples.\n"
              f"- {EST} *estimated*: depends on a figure that was not measured in this run (a datasheet or "
