@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -45,9 +46,52 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def read_table(path: str | Path, columns: list[str] | None = None, arrow_lists: bool = False) -> pd.DataFrame:
+    """A results table; ``columns``: only these. ``arrow_lists``: list columns (``chunk_ns``) as
+    pandas' Arrow list dtype over one contiguous buffer, which ``tokenbench.chunks`` reads without a
+    copy, instead of a NumPy array object per row (a million of them take seconds to make and GBs
+    to hold)."""
     read_meta(path)
-    return pd.read_parquet(path)
+    if not arrow_lists:
+        return pd.read_parquet(path, columns=columns)
+    schema = pq.read_schema(path)
+    names = columns if columns is not None else schema.names
+    nested = [c for c in names if pa.types.is_list(schema.field(c).type) or pa.types.is_large_list(schema.field(c).type)]
+    df = pq.read_table(path, columns=[c for c in names if c not in nested]).to_pandas()
+    for c in nested:
+        df[c] = pd.arrays.ArrowExtensionArray(_read_list_column(path, c))
+    return df[names]
+
+
+def _read_list_column(path: str | Path, column: str, batch_rows: int = 1 << 16) -> pa.LargeListArray:
+    """One list column as a single array, read a batch at a time into buffers sized from the file's
+    metadata: memory for the column once, not its decoded chunks plus their concatenation."""
+    f = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 23)
+    md = f.metadata
+    leaf = [i for i in range(md.num_columns) if md.schema.column(i).path.split(".")[0] == column]
+    upper = sum(md.row_group(r).column(i).num_values for r in range(md.num_row_groups) for i in leaf)
+    value_type = f.schema_arrow.field(column).type.value_type
+    values = np.empty(upper, dtype=value_type.to_pandas_dtype())
+    offsets = np.zeros(md.num_rows + 1, dtype=np.int64)
+    valid = np.ones(md.num_rows, dtype=bool)
+    pos = row = 0
+    for batch in f.iter_batches(batch_size=batch_rows, columns=[column]):
+        a = batch.column(0)
+        if a.null_count or a.values.null_count:
+            valid[row:row + len(a)] = np.asarray(a.is_valid())
+            a = a.fill_null([])
+            v = np.asarray(a.flatten().fill_null(0))  # a missing element would not survive either way
+            o = np.concatenate([[0], np.cumsum(np.asarray(a.value_lengths(), dtype=np.int64))])
+        else:
+            o = np.asarray(a.offsets, dtype=np.int64)
+            v = a.values.to_numpy(zero_copy_only=False)[o[0]:o[-1]]
+            o = o - o[0]
+        values[pos:pos + len(v)] = v
+        offsets[row + 1:row + 1 + len(a)] = o[1:] + pos
+        pos += len(v)
+        row += len(a)
+    mask = None if valid.all() else pa.array(~valid)
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values[:pos]), mask=mask)
 
 
 def write_json(doc: dict[str, Any], path: str | Path, kind: str, provenance: dict[str, Any] | None) -> None:
