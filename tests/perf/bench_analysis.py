@@ -11,7 +11,9 @@ phase marks; a model manifest), each written with ``tokenbench.records``, then r
 wrapper scripts themselves (``workflow/scripts/merge_telemetry.py``, ``compute_metrics.py``,
 ``summarize_metrics.py``) with a stand-in ``snakemake`` object, each in a fresh Python process, and
 prints per stage the process's wall time (interpreter start and imports included, as under
-Snakemake), the wrapper's own time, and the process's peak RSS (VmHWM), then the totals.
+Snakemake), the wrapper's own time, the process's CPU time (user + system; close to what the wall
+time would be on an idle machine, as long as the stage runs on one core) and its peak RSS (VmHWM),
+then the totals.
 
 It is not a test: it asserts nothing and pytest does not collect it. Timings depend on the machine
 and on what else runs on it: the load average is printed with them.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import runpy
 import subprocess
 import sys
@@ -249,7 +252,9 @@ def child(stage: str, d: Path, result: Path) -> None:
         runpy.run_path(str(SCRIPTS / f"{stage}.py"), init_globals={"snakemake": snakemake_object(stage, d)},
                        run_name="__main__")
         info = {}
-    result.write_text(json.dumps({"script_s": time.perf_counter() - t0, "peak_rss_mb": vm_hwm_mb(), **info}))
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    result.write_text(json.dumps({"script_s": time.perf_counter() - t0, "cpu_s": ru.ru_utime + ru.ru_stime,
+                                  "peak_rss_mb": vm_hwm_mb(), **info}))
 
 
 def run_stage(stage: str, d: Path, env: dict | None = None) -> dict:
@@ -306,16 +311,16 @@ def main(argv=None) -> int:
     print("  files: " + ", ".join(f"{k} {v:.0f} MB" for k, v in sizes.items()))
 
     rows = []
-    print(f"\n{'stage':<20}{'wall s':>9}{'script s':>10}{'peak RSS MB':>13}   load avg before")
+    print(f"\n{'stage':<20}{'wall s':>9}{'script s':>10}{'CPU s':>8}{'peak RSS MB':>13}   load avg before")
     for stage in args.stages.split(","):
         la = loadavg()
         r = run_stage(stage, d)
         rows.append({"stage": stage, "loadavg_before": la, **r})
-        print(f"{stage:<20}{r['wall_s']:>9.2f}{r['script_s']:>10.2f}{r['peak_rss_mb']:>13.0f}   {la}")
-    total = {"wall_s": sum(r["wall_s"] for r in rows), "script_s": sum(r["script_s"] for r in rows),
-             "peak_rss_mb": max(r["peak_rss_mb"] for r in rows)}
-    print(f"{'total':<20}{total['wall_s']:>9.2f}{total['script_s']:>10.2f}{total['peak_rss_mb']:>13.0f}   "
-          f"(peak: the largest stage's)   load avg after {loadavg()}")
+        print(f"{stage:<20}{r['wall_s']:>9.2f}{r['script_s']:>10.2f}{r['cpu_s']:>8.2f}{r['peak_rss_mb']:>13.0f}   {la}")
+    total = {k: sum(r[k] for r in rows) for k in ("wall_s", "script_s", "cpu_s")}
+    total["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rows)
+    print(f"{'total':<20}{total['wall_s']:>9.2f}{total['script_s']:>10.2f}{total['cpu_s']:>8.2f}"
+          f"{total['peak_rss_mb']:>13.0f}   (peak: the largest stage's)   load avg after {loadavg()}")
     print(f"host: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
     if args.json:
         Path(args.json).write_text(json.dumps({"params": params, "generated": gen, "stages": rows, "total": total,

@@ -13,7 +13,7 @@ server's usage count, else its chunk count) spread evenly over its content chunk
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -103,22 +103,23 @@ class Tokens:
     chunks: Chunks
     weight: np.ndarray  # float, per row; 0 where not counted
     counted: np.ndarray  # bool, per row: finished ok, with at least one chunk
+    _memo: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def of_requests(cls, req: pd.DataFrame, chunks: Chunks | None = None,
                     rows: np.ndarray | None = None) -> Tokens:
         """The ok requests' tokens among ``req``'s rows (or among ``rows``, ascending positions);
         ``chunks``: all of ``req["chunk_ns"]`` already flattened (else it is taken from ``req``)."""
-        status = req["status"].to_numpy(dtype=object, na_value=None)
+        ok = (req["status"] == "ok").to_numpy(dtype=bool, na_value=False)
         n_tok = req["output_tokens"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
         if rows is not None:
             rows = np.asarray(rows, dtype=np.int64)
-            status, n_tok = status[rows], n_tok[rows]
+            ok, n_tok = ok[rows], n_tok[rows]
             chunks = Chunks.of(req["chunk_ns"].iloc[rows]) if chunks is None else chunks.take(rows)
         elif chunks is None:
             chunks = Chunks.of(req["chunk_ns"])
         lengths = chunks.lengths
-        counted = (status == "ok") & (lengths > 0)
+        counted = ok & (lengths > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
             weight = np.where(counted, np.where(np.isnan(n_tok), 1.0, n_tok / lengths), 0.0)
         if 4 * int((~counted & (lengths > 0)).sum()) > len(lengths):  # many uncounted rows with chunks
@@ -130,9 +131,6 @@ class Tokens:
     def row_total(self) -> np.ndarray:
         """Tokens per row (its usage count, else its chunk count; 0 where not counted)."""
         return self.weight * self.chunks.lengths
-
-    def total(self) -> float:
-        return float(self.row_total.sum())
 
     @cached_property
     def _row_span(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,14 +174,17 @@ class Tokens:
     def per_window(self, start_ns: int, width_ns: int, n: int, last_closed: bool = False) -> np.ndarray:
         """Tokens per window [start + k width, start + (k + 1) width), k < n; ``last_closed``: the
         last window includes its end (as ``np.histogram``'s last bin does)."""
-        end = start_ns + n * width_ns
+        key = ("per_window", start_ns, width_ns, n, last_closed)
+        if key not in self._memo:  # a phase's windows are asked for twice (its metrics, the windows table)
+            end = start_ns + n * width_ns
 
-        def bin_of(t):
-            k = (t - start_ns) // width_ns
-            if last_closed:
-                k[t == end] = n - 1
-            return k
-        return self._binned(bin_of, n)
+            def bin_of(t):
+                k = (t - start_ns) // width_ns
+                if last_closed:
+                    k[t == end] = n - 1
+                return k
+            self._memo[key] = self._binned(bin_of, n)
+        return self._memo[key].copy()
 
     def until(self, q: np.ndarray) -> np.ndarray:
         """Tokens whose chunk arrived at or before each of the ascending times ``q``.
