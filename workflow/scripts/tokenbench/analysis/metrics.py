@@ -8,6 +8,8 @@ formula text there: the site quotes that text as the definition of the number it
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -80,14 +82,39 @@ def itl_ms(ok: pd.DataFrame, tokens: Tokens | None = None) -> np.ndarray:
     return (tokens if tokens is not None else Tokens.of_requests(ok)).gaps_ms()
 
 
-def phase_tokens(req: pd.DataFrame, marks: list[dict[str, Any]]) -> dict[str, Tokens]:
-    """Each request phase's chunk timestamps, flat, from ``req["chunk_ns"]`` read once. A phase's rows
-    (recorded in sending order) are one run of the column, so each phase's arrays are a view."""
+def itl_dist(ok: pd.DataFrame, tokens: Tokens | None = None) -> dict[str, Any]:
+    """``dist`` of ``itl_ms``: the heaviest figure of a phase (one value per chunk), so
+    ``phase_tokens`` queues it for a worker thread; this takes the worker's result, or computes it
+    here if the worker has not started on it yet."""
+    if isinstance(tokens, PhaseTokens) and tokens.itl is not None and not tokens.itl.cancel():
+        return tokens.itl.result()
+    return dist(itl_ms(ok, tokens), overwrite_input=True)
+
+
+@dataclass(eq=False)
+class PhaseTokens(Tokens):
+    """A phase's ok requests' chunks (``Tokens``) and, computing meanwhile, the dist of their ITL."""
+    itl: Future | None = None
+
+
+_WORKERS: ThreadPoolExecutor | None = None
+
+
+def phase_tokens(req: pd.DataFrame, marks: list[dict[str, Any]]) -> dict[str, PhaseTokens]:
+    """Each request phase's chunk timestamps, flat, from ``req["chunk_ns"]`` read once (a phase's
+    rows, recorded in sending order, are one run of the column: its arrays are a view), with its
+    ITL dist queued for a worker thread, largest phase first (NumPy's partition releases the GIL:
+    the phases' other metrics go on meanwhile, on the other core)."""
+    global _WORKERS
     chunks = Chunks.of(req["chunk_ns"])
     phase = req["phase"]
-    return {mk["name"]: Tokens.of_requests(req, chunks, np.flatnonzero((phase == mk["name"]).to_numpy(dtype=bool,
-                                                                                                      na_value=False)))
-            for mk in marks if mk["mode"] != "idle"}
+    out = {mk["name"]: PhaseTokens.of_requests(req, chunks, np.flatnonzero((phase == mk["name"]).to_numpy(
+               dtype=bool, na_value=False))) for mk in marks if mk["mode"] != "idle"}
+    if _WORKERS is None:
+        _WORKERS = ThreadPoolExecutor(1, thread_name_prefix="itl")
+    for tk in sorted(out.values(), key=lambda tk: -len(tk.chunks.values)):
+        tk.itl = _WORKERS.submit(lambda tk=tk: dist(tk.gaps_ms(), overwrite_input=True))
+    return out
 
 
 def windows(req: pd.DataFrame, mark: dict[str, Any], slo: SloSpec, window_s: float = WINDOW_S,
@@ -307,7 +334,7 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
             m["rate_ratio"] = m["achieved_send_rps"] / mark["target"]["rate_rps"]
         m["ttft_sched_ms"] = dist(ok["ttft_sched_ms"])
         m["send_lag_ms"] = dist((pr["sent_ns"] - pr["scheduled_ns"]) / 1e6)
-    m["itl_ms"] = dist(itl_ms(ok, tokens), overwrite_input=True)
+    m["itl_ms"] = itl_dist(ok, tokens)
     # per-request decode rate (seed 002's "per-request tok/s"): 1000 / TPOT
     # (TPOT is 0 when all of a request's chunks came in one socket read: no rate to report)
     m["decode_tok_s_per_request"] = dist(1000.0 / ok["tpot_ms"].where(ok["tpot_ms"] > 0))
