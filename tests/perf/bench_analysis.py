@@ -7,13 +7,18 @@ summarize_metrics take on a large cell?
 It generates one cell's records the way the load test writes them (``requests.parquet``: the columns
 and dtypes of ``tokenbench.load.run.records_frame``, ``chunk_ns`` a list of int64 per request;
 ``telemetry.parquet``: CPU rows at 20 Hz with the sampler's cumulative counters; ``run.json`` with
-phase marks; a model manifest), each written with ``tokenbench.records``, then runs the Snakemake
+phase marks; a model manifest), each written with ``tokenbench.records``. Then it runs the Snakemake
 wrapper scripts themselves (``workflow/scripts/merge_telemetry.py``, ``compute_metrics.py``,
-``summarize_metrics.py``) with a stand-in ``snakemake`` object, each in a fresh Python process, and
-prints per stage the process's wall time (interpreter start and imports included, as under
-Snakemake), the wrapper's own time, the process's CPU time (user + system; close to what the wall
-time would be on an idle machine, as long as the stage runs on one core) and its peak RSS (VmHWM),
-then the totals.
+``summarize_metrics.py``) with a stand-in ``snakemake`` object, each in a fresh Python process with
+OMP_NUM_THREADS set to the rule's ``threads`` (as Snakemake sets it), and prints per stage:
+
+- wall s: the process's wall time, interpreter start and imports included (as under Snakemake);
+- script s: the wrapper script's own time;
+- CPU s: the process's user + system time, all its threads;
+- peak RSS MB: the process's VmHWM;
+
+then the totals (peak: the largest stage's). ``--repeat N`` runs the stages N times and also prints
+the fastest run of each, the least disturbed by whatever else the host runs.
 
 It is not a test: it asserts nothing and pytest does not collect it. Timings depend on the machine
 and on what else runs on it: the load average is printed with them.
@@ -39,6 +44,7 @@ sys.path.insert(0, str(SCRIPTS))  # this checkout's tokenbench before any instal
 S = 1_000_000_000
 MS = 1_000_000
 STAGES = ("merge_telemetry", "compute_metrics", "summarize_metrics")
+RULE_THREADS = {"merge_telemetry": 2, "compute_metrics": 2, "summarize_metrics": 1}  # the rules' `threads:`
 SLO = {"ttft_ms": 500.0, "tpot_ms": 100.0, "e2e_ms": None}
 VALIDITY = {"min_duration_s": 10, "min_requests": 10, "max_error_rate": 0.01}
 
@@ -287,6 +293,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse", action="store_true", help="keep records already generated with the same parameters")
     ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ",".join(STAGES))
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads per stage (OMP_NUM_THREADS, which Snakemake sets to a rule's threads); "
+                         "default: each rule's own")
     ap.add_argument("--repeat", type=int, default=1, help="run the stages this many times; prints the fastest too")
     ap.add_argument("--json", help="also write the figures here as JSON")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
@@ -318,7 +327,7 @@ def main(argv=None) -> int:
         print(f"\n{head:<20}{'wall s':>9}{'script s':>10}{'CPU s':>8}{'peak RSS MB':>13}   load avg before")
         for stage in args.stages.split(","):
             la = loadavg()
-            r = run_stage(stage, d)
+            r = run_stage(stage, d, {"OMP_NUM_THREADS": str(args.threads or RULE_THREADS[stage])})
             rows.append({"stage": stage, "loadavg_before": la, **r})
             print(f"{stage:<20}{r['wall_s']:>9.2f}{r['script_s']:>10.2f}{r['cpu_s']:>8.2f}{r['peak_rss_mb']:>13.0f}   {la}")
         total = {k: sum(r[k] for r in rows) for k in ("wall_s", "script_s", "cpu_s")}

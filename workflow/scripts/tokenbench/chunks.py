@@ -13,6 +13,7 @@ server's usage count, else its chunk count) spread evenly over its content chunk
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -20,8 +21,26 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from tokenbench.joblog import threads
+
 BLOCK = 1 << 22  # timestamps per step where a temporary per timestamp would otherwise be allocated
 LIST = pa.large_list(pa.int64())
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _split(fn, blocks: list) -> list:
+    """``fn`` over interleaved shares of ``blocks``, one share per thread the job may use
+    (``joblog.threads``): one here, the others on worker threads (NumPy releases the GIL in its
+    array loops). Returns each share's result."""
+    global _POOL
+    n = threads()
+    shares = [blocks[i::n] for i in range(min(n, len(blocks)))]
+    if len(shares) < 2:
+        return [fn(blocks)]
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(n - 1, thread_name_prefix="chunks")
+    rest = [_POOL.submit(fn, share) for share in shares[1:]]
+    return [fn(shares[0])] + [f.result() for f in rest]
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -204,27 +223,32 @@ class Tokens:
         cell_bin = np.searchsorted(q, t0 + (np.arange(ncell, dtype=np.int64) << shift), side="left")
         c = self.chunks
         common = self._common_weight()
-        per_cell = np.zeros(ncell, dtype=float)
-        exact_t, exact_w = [], []
-        for r0, r1 in c.blocks():
-            a, b = c.offsets[r0], c.offsets[r1]
-            cell = c.values[a:b] - t0
-            np.right_shift(cell, shift, out=cell)
-            np.clip(cell, 0, ncell - 1, out=cell)
-            w_rows, len_rows = self.weight[r0:r1], c.lengths[r0:r1]
-            w_tok = None
-            if common is not None and ((w_rows == common) | (len_rows == 0)).all():
-                per_cell += np.bincount(cell, minlength=ncell) * common
-            else:
-                w_tok = np.repeat(w_rows, len_rows)
-                per_cell += np.bincount(cell, weights=w_tok, minlength=ncell)
-            sel = np.flatnonzero(holds_q[cell])
-            exact_t.append(c.values[a:b][sel])
-            exact_w.append(np.full(len(sel), common) if w_tok is None else w_tok[sel])
+
+        def share(blocks):
+            per_cell = np.zeros(ncell, dtype=float)
+            exact_t, exact_w = [np.zeros(0, dtype=np.int64)], [np.zeros(0)]
+            for r0, r1 in blocks:
+                a, b = c.offsets[r0], c.offsets[r1]
+                cell = c.values[a:b] - t0
+                np.right_shift(cell, shift, out=cell)
+                np.clip(cell, 0, ncell - 1, out=cell)
+                w_rows, len_rows = self.weight[r0:r1], c.lengths[r0:r1]
+                w_tok = None
+                if common is not None and ((w_rows == common) | (len_rows == 0)).all():
+                    per_cell += np.bincount(cell, minlength=ncell) * common
+                else:
+                    w_tok = np.repeat(w_rows, len_rows)
+                    per_cell += np.bincount(cell, weights=w_tok, minlength=ncell)
+                sel = np.flatnonzero(holds_q[cell])
+                exact_t.append(c.values[a:b][sel])
+                exact_w.append(np.full(len(sel), common) if w_tok is None else w_tok[sel])
+            return per_cell, np.concatenate(exact_t), np.concatenate(exact_w)
+
+        parts = _split(share, list(c.blocks()))
+        per_cell = sum(p[0] for p in parts)
         counts = np.bincount(cell_bin[~holds_q], weights=per_cell[~holds_q], minlength=m + 1)
-        if exact_t:
-            et, ew = np.concatenate(exact_t), np.concatenate(exact_w)
-            counts += np.bincount(np.searchsorted(q, et, side="left"), weights=ew, minlength=m + 1)
+        et, ew = np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+        counts += np.bincount(np.searchsorted(q, et, side="left"), weights=ew, minlength=m + 1)
         return np.cumsum(counts[:m])
 
     def _common_weight(self) -> float | None:
@@ -248,22 +272,23 @@ class Tokens:
         """Gaps between consecutive chunks of each counted row, in ms, in row order."""
         c = self.chunks
         lengths = c.lengths
-        out = np.empty(int(np.maximum(lengths - 1, 0)[self.counted].sum()), dtype=float)
-        pos = 0
-        for r0, r1 in c.blocks():
-            a, b = int(c.offsets[r0]), int(c.offsets[r1])
-            if b - a < 2:
-                continue
-            v = c.values[a:b]
-            d = v[1:] - v[:-1]  # the gap after each timestamp; drop those across rows and in uncounted rows
-            keep = np.ones(len(d), dtype=bool)
-            cross = c.offsets[r0 + 1:r1] - a - 1
-            keep[cross[(cross >= 0) & (cross < len(d))]] = False
-            skip = np.flatnonzero(~self.counted[r0:r1] & (lengths[r0:r1] > 1)) + r0
-            if len(skip):
-                keep[_ranges(c.offsets[skip] - a, lengths[skip] - 1)] = False
-            d = d[keep]
-            np.divide(d, 1e6, out=out[pos:pos + len(d)])
-            pos += len(d)
-        assert pos == len(out)
+        n_gap = np.concatenate([[0], np.cumsum(np.where(self.counted, np.maximum(lengths - 1, 0), 0))])
+        out = np.empty(int(n_gap[-1]), dtype=float)
+
+        def share(blocks):
+            for r0, r1 in blocks:
+                a, b = int(c.offsets[r0]), int(c.offsets[r1])
+                if b - a < 2:
+                    continue
+                v = c.values[a:b]
+                d = v[1:] - v[:-1]  # the gap after each timestamp; drop those across rows and in uncounted rows
+                keep = np.ones(len(d), dtype=bool)
+                cross = c.offsets[r0 + 1:r1] - a - 1
+                keep[cross[(cross >= 0) & (cross < len(d))]] = False
+                skip = np.flatnonzero(~self.counted[r0:r1] & (lengths[r0:r1] > 1)) + r0
+                if len(skip):
+                    keep[_ranges(c.offsets[skip] - a, lengths[skip] - 1)] = False
+                np.divide(d[keep], 1e6, out=out[n_gap[r0]:n_gap[r1]])
+
+        _split(share, list(c.blocks()))
         return out

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokenbench import SCHEMA_VERSION
+from tokenbench.joblog import threads
 
 META_KEY = b"tokenbench"
 
@@ -75,7 +76,7 @@ def read_table(path: str | Path, columns: list[str] | None = None, arrow_lists: 
     schema = pq.read_schema(path)
     names = columns if columns is not None else schema.names
     nested = [c for c in names if pa.types.is_list(schema.field(c).type) or pa.types.is_large_list(schema.field(c).type)]
-    df = pq.read_table(path, columns=[c for c in names if c not in nested]).to_pandas()
+    df = pq.read_table(path, columns=[c for c in names if c not in nested], use_threads=threads() > 1).to_pandas()
     for c in nested:
         df[c] = pd.arrays.ArrowExtensionArray(_read_list_column(path, c))
     pa.default_memory_pool().release_unused()  # decoding's scratch, else kept by the allocator (~200 MB)
@@ -114,7 +115,7 @@ def _read_list_column(path: str | Path, column: str, batch_rows: int = 1 << 16) 
             row += len(a)
         return pos - int(at[r])
 
-    workers = min(md.num_row_groups, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    workers = min(md.num_row_groups, threads())
     if workers > 1:
         with ThreadPoolExecutor(workers) as ex:
             counts = list(ex.map(read, range(md.num_row_groups)))

@@ -19,6 +19,7 @@ from tokenbench.analysis import registry
 from tokenbench.analysis.registry import PERCENTILES, WINDOW_S
 from tokenbench.chunks import BLOCK, Chunks, Tokens
 from tokenbench.config import HardwareSpec, SloSpec, ValiditySpec
+from tokenbench.joblog import threads
 
 # what compute_metrics reads of requests.parquet (the wrapper reads only these: add a column here
 # before using it)
@@ -110,6 +111,8 @@ def phase_tokens(req: pd.DataFrame, marks: list[dict[str, Any]]) -> dict[str, Ph
     phase = req["phase"]
     out = {mk["name"]: PhaseTokens.of_requests(req, chunks, np.flatnonzero((phase == mk["name"]).to_numpy(
                dtype=bool, na_value=False))) for mk in marks if mk["mode"] != "idle"}
+    if threads() < 2:
+        return out
     if _WORKERS is None:
         _WORKERS = ThreadPoolExecutor(1, thread_name_prefix="itl")
     for tk in sorted(out.values(), key=lambda tk: -len(tk.chunks.values)):
