@@ -9,19 +9,22 @@ from tokenbench.chunks import Chunks, Tokens
 S = 1_000_000_000
 
 
-def cell(seed, n=300):
+def cell(seed, n=300, fixed=False):
     """Requests with ragged (some unsorted, some empty or missing) chunk lists, failures that
-    streamed chunks, and usage counts that differ from the chunk counts."""
+    streamed chunks, and usage counts that differ from the chunk counts; ``fixed``: every ok
+    request streams 16 chunks, the others none (the max_tokens + ignore_eos shape)."""
     rng = np.random.default_rng(seed)
     lists, status, usage = [], [], []
     for _ in range(n):
-        k = int(rng.integers(0, 30))
+        k = 16 if fixed else int(rng.integers(0, 30))
         t = int(rng.integers(0, 20 * S)) + np.cumsum(rng.choice([0, 1, 10**6, 2 * 10**7, S], size=k))
         if rng.random() < 0.1:
             t = t[::-1]
         if rng.random() < 0.1 and k:
             t[0] = 5 * S * int(rng.integers(0, 4))  # on a window edge
         st = str(rng.choice(["ok", "ok", "ok", "timeout", "http_error"]))
+        if fixed and st != "ok":
+            t = t[:0]
         lists.append(None if rng.random() < 0.03 else [int(x) for x in t])
         status.append(st)
         usage.append(None if rng.random() < 0.3 else int(rng.choice([k, 2 * k, k + 1])))
@@ -41,11 +44,12 @@ def naive(req):
     return np.array(times, dtype=np.int64), np.array(weights), np.array(gaps)
 
 
+@pytest.mark.parametrize("fixed", [False, True])
 @pytest.mark.parametrize("block", [3, 50, C.BLOCK])
 @pytest.mark.parametrize("seed", range(6))
-def test_tokens_match_a_loop_over_requests(seed, block, monkeypatch):
+def test_tokens_match_a_loop_over_requests(seed, block, fixed, monkeypatch):
     monkeypatch.setattr(C, "BLOCK", block)
-    req = cell(seed)
+    req = cell(seed, fixed=fixed)
     t, w, gaps = naive(req)
     rows = np.flatnonzero(np.random.default_rng(seed).random(len(req)) < 0.7) if seed % 2 else None
     tok = Tokens.of_requests(req, Chunks.of(req["chunk_ns"]), rows) if rows is not None else Tokens.of_requests(req)

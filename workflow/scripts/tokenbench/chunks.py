@@ -281,6 +281,12 @@ class Tokens:
                 if b - a < 2:
                     continue
                 v = c.values[a:b]
+                ln, cnt = lengths[r0:r1], self.counted[r0:r1]
+                width = int(ln.max())
+                if width > 1 and ((ln == 0) | ((ln == width) & cnt)).all():  # rows all as long (max_tokens)
+                    rows = v.reshape(-1, width)
+                    np.divide(rows[:, 1:] - rows[:, :-1], 1e6, out=out[n_gap[r0]:n_gap[r1]].reshape(-1, width - 1))
+                    continue
                 d = v[1:] - v[:-1]  # the gap after each timestamp; drop those across rows and in uncounted rows
                 keep = np.ones(len(d), dtype=bool)
                 cross = c.offsets[r0 + 1:r1] - a - 1

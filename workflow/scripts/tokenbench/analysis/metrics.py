@@ -48,9 +48,25 @@ def dist(values, overwrite_input: bool = False) -> dict[str, Any]:
         return out
     mean = float(v.mean())
     out.update(mean=mean, std=_std(v, mean) if v.size > 1 else None, min=float(v.min()), max=float(v.max()),
-               **{f"p{p}": float(x) for p, x in zip(PERCENTILES, np.percentile(v, PERCENTILES,
-                                                                               overwrite_input=overwrite_input))})
+               **{f"p{p}": float(x) for p, x in zip(PERCENTILES, _percentiles(v, PERCENTILES, overwrite_input))})
     return out
+
+
+def _percentiles(v: np.ndarray, qs, overwrite_input: bool = False) -> np.ndarray:
+    """``np.percentile(v, qs)`` (its "linear" method, step by step) for finite ``v``: partitioned at
+    the ranks it needs only (np.percentile also finds the min and max, to look for NaN)."""
+    virtual = (v.size - 1) * np.true_divide(qs, 100)
+    below = np.floor(virtual).astype(np.intp)
+    above = np.minimum(below + 1, v.size - 1)
+    x = v if overwrite_input else v.copy()
+    x.partition(np.unique(np.concatenate([below, above])))
+    return _lerp(x[below], x[above], virtual - below)
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+    """numpy's linear interpolation between neighbouring order statistics, to the last bit."""
+    diff = b - a
+    return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
 
 
 def _std(v: np.ndarray, mean: float) -> float:
@@ -163,10 +179,7 @@ def _percentiles_by_group(group: np.ndarray, values: np.ndarray, n: int, qs) -> 
         virtual = (count[g] - 1) * np.true_divide(q, 100)  # numpy's "linear" method, step by step
         below = np.floor(virtual).astype(np.int64)
         above = np.minimum(below + 1, count[g] - 1)
-        a, b = v[first[g] + below], v[first[g] + above]
-        gamma = virtual - below
-        diff = b - a
-        out[g] = np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+        out[g] = _lerp(v[first[g] + below], v[first[g] + above], virtual - below)
         res.append(out)
     return res
 
