@@ -13,6 +13,7 @@ server's usage count, else its chunk count) spread evenly over its content chunk
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,6 +27,7 @@ from tokenbench.joblog import threads
 BLOCK = 1 << 22  # timestamps per step where a temporary per timestamp would otherwise be allocated
 LIST = pa.large_list(pa.int64())
 _POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
 
 
 def _split(fn, blocks: list) -> list:
@@ -37,8 +39,9 @@ def _split(fn, blocks: list) -> list:
     shares = [blocks[i::n] for i in range(min(n, len(blocks)))]
     if len(shares) < 2:
         return [fn(blocks)]
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(n - 1, thread_name_prefix="chunks")
+    with _POOL_LOCK:  # the analysis may call in from two threads
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(n - 1, thread_name_prefix="chunks")
     rest = [_POOL.submit(fn, share) for share in shares[1:]]
     return [fn(shares[0])] + [f.result() for f in rest]
 

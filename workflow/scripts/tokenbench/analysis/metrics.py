@@ -387,12 +387,12 @@ def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], ma
     params = manifest["figures"].get("parameters")
     peak = resolve_peak(run["hardware"], hardware.name)
     lag = (run.get("client") or {}).get("event_loop_lag_by_phase") or {}
-    tokens = phase_tokens(req, run["phases"])  # per-chunk data, flat, once; the rest needs one row per request
-    req = req.drop(columns=["chunk_ns"])
-    phases = [phase_metrics(req, tl, mk, params, peak, hardware, slo, bounds, lag.get(mk["name"]), tokens.get(mk["name"]))
-              for mk in run["phases"]]
+    tokens = phase_tokens(req, run["phases"])  # the per-chunk data, flat, once per phase
+    per_req = req.drop(columns=["chunk_ns"])  # the rest: one row per request, cheap to filter
+    phases = [phase_metrics(per_req, tl, mk, params, peak, hardware, slo, bounds, lag.get(mk["name"]),
+                            tokens.get(mk["name"])) for mk in run["phases"]]
     steady = [p for p in phases if not p["warmup"] and p["mode"] != "idle"]
-    win = [windows(req[req["phase"] == mk["name"]], mk, slo, tokens=tokens[mk["name"]])
+    win = [windows(per_req[per_req["phase"] == mk["name"]], mk, slo, tokens=tokens[mk["name"]])
            for mk in run["phases"] if mk["mode"] != "idle"]
     evidence = registry.RunEvidence(power_measured=any(p.get("power_source") for p in phases),
                                     peak_measured=bool(run["hardware"].get("peak_measured")), hardware=hardware)
