@@ -50,7 +50,7 @@ VALIDITY = {"min_duration_s": 10, "min_requests": 10, "max_error_rate": 0.01}
 
 
 # ================================================================================ data generation
-def phase_plan(hours: float) -> list[dict]:
+def phase_plan() -> list[dict]:
     """Phases of a long cell as fractions of its length: an open-loop warmup, an idle cooldown, an
     open-loop (Poisson) steady phase and a closed-loop stress phase."""
     return [
@@ -75,7 +75,7 @@ def generate(n_req: int, n_chunks: int, hours: float, out: Path, seed: int = 0) 
     rng = np.random.default_rng(seed)
     total_ns = int(hours * 3600 * S)
     t_start = 10 * S  # monotonic clock offset: the run starts 10 s after the sampler
-    plan = phase_plan(hours)
+    plan = phase_plan()
     busy_share = sum(p["share"] for p in plan if p["mode"] != "idle")
     drain_ns = 3 * S  # room for the last requests to finish, at most
 
@@ -87,7 +87,7 @@ def generate(n_req: int, n_chunks: int, hours: float, out: Path, seed: int = 0) 
         start, end = t, t + length
         n = 0
         if p["mode"] != "idle":
-            n = left if p is busy[-1] else int(round(n_req * p["share"] / busy_share))
+            n = left if p is busy[-1] else round(n_req * p["share"] / busy_share)
             left -= n
         dur_s = length / S
         if p["open_loop"]:
@@ -97,7 +97,7 @@ def generate(n_req: int, n_chunks: int, hours: float, out: Path, seed: int = 0) 
             sent = sched + lag
             user = np.full(n, -1)
         elif p["mode"] == "closed":
-            users = max(1, int(round(n / dur_s * 0.9)))  # ~0.9 s per request per user
+            users = max(1, round(n / dur_s * 0.9))  # ~0.9 s per request per user
             p["target"] = {"users": users, "duration_s": dur_s}
             sent = np.sort(rng.integers(start, end, n))
             sched = sent.copy()
@@ -268,7 +268,7 @@ def run_stage(stage: str, d: Path, env: dict | None = None) -> dict:
     result.unlink(missing_ok=True)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--_child", stage, "--out", str(d)],
-                          env={**os.environ, **(env or {})}, capture_output=True, text=True)
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0 or not result.exists():
         log = d / "logs" / f"{stage}.log"
