@@ -34,3 +34,23 @@ def test_json_refuses_nan(tmp_path):
     with pytest.raises(ValueError):
         write_json({"x": float("nan")}, tmp_path / "a.json", "k", {})
     assert not (tmp_path / "a.json").exists()
+
+
+@pytest.mark.parametrize("group_rows", [7, 1 << 17])
+def test_list_columns_read_as_one_arrow_buffer(tmp_path, monkeypatch, group_rows):
+    import numpy as np
+
+    from tokenbench import records
+
+    monkeypatch.setattr(records, "ROW_GROUP_ROWS", group_rows)  # several row groups, read in parallel
+    rng = np.random.default_rng(0)
+    lists = [None if rng.random() < 0.05 else [int(x) for x in rng.integers(0, 10**15, rng.integers(0, 6))]
+             for _ in range(200)]
+    df = pd.DataFrame({"a": range(200), "s": pd.array(rng.choice(["ok", "x"], 200), dtype="string"), "chunk_ns": lists})
+    p = tmp_path / "r.parquet"
+    write_table(df, p, "requests", {})
+    got = read_table(p, columns=["s", "chunk_ns"], arrow_lists=True)
+    assert list(got.columns) == ["s", "chunk_ns"] and got["s"].equals(df["s"])
+    assert isinstance(got["chunk_ns"].dtype, pd.ArrowDtype)
+    assert [None if x is pd.NA else list(x) for x in got["chunk_ns"].array.tolist()] == lists
+    assert [list(x) if x is not None else None for x in read_table(p)["chunk_ns"]] == lists  # the default: unchanged

@@ -14,6 +14,7 @@ rule compute_metrics:
         "logs/compute_metrics/{engine}/{model}/{load}/{rep}.log",
     conda:
         "../envs/tokenbench.yaml"
+    threads: 2  # NumPy work split over two threads (tokenbench.joblog.threads)
     params:
         hardware=lambda wc: CFG.hardware.model_dump(),
         slo=lambda wc: CFG.slo.model_dump(),

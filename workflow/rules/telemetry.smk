@@ -12,5 +12,6 @@ rule merge_telemetry:
         "logs/merge_telemetry/{engine}/{model}/{load}/{rep}.log",
     conda:
         "../envs/tokenbench.yaml"
+    threads: 2  # NumPy work split over two threads (tokenbench.joblog.threads)
     script:
         "../scripts/merge_telemetry.py"

@@ -46,13 +46,17 @@ def test_unsteady_tpot_fails_and_open_loop_throughput_is_not_judged():
 
 
 def test_stability_halves_from_tokens_and_tpot():
-    tok_t = np.concatenate([np.linspace(0, 5 * S - 1, 100), np.linspace(5 * S, 10 * S - 1, 50)]).astype(np.int64)
+    from tokenbench.chunks import Tokens
+
+    first, second = np.linspace(0, 5 * S - 1, 100).astype(np.int64), np.linspace(5 * S, 10 * S - 1, 50).astype(np.int64)
+    tokens = Tokens.of_requests(pd.DataFrame({"status": ["ok", "ok"], "output_tokens": [100, 50],
+                                              "chunk_ns": [first, second]}))
     ok = pd.DataFrame({"end_ns": [1 * S, 2 * S, 3 * S, 4 * S, 4.5 * S, 6 * S, 7 * S, 8 * S, 9 * S, 9.5 * S],
                        "tpot_ms": [10.0] * 5 + [30.0] * 5})
-    st = stability(tok_t, np.ones(tok_t.size), ok, MARK)
+    st = stability(tokens, ok, MARK)
     assert st["tok_s_halves"] == pytest.approx([20.0, 10.0]) and st["tok_s_change"] == pytest.approx(-0.5)
     assert st["tpot_p50_halves_ms"] == [10.0, 30.0] and st["tpot_change"] == pytest.approx(2.0)
-    few = stability(tok_t, np.ones(tok_t.size), ok.iloc[3:], MARK)  # 2 requests in the first half: no TPOT verdict
+    few = stability(tokens, ok.iloc[3:], MARK)  # 2 requests in the first half: no TPOT verdict
     assert few["tpot_change"] is None
 
 

@@ -6,7 +6,9 @@ and give intervals that are too narrow. The phase's issuing window is cut into t
 least as long as the correlation (``tokenbench.analysis.stats.block_length_ns`` says the rule);
 whole blocks are resampled. A request belongs to the block it was sent in (its ITL gaps too), a
 token to the block it arrived in. Fewer than ``stats.MIN_BLOCKS`` blocks: no interval, and the
-JSON says why.
+JSON says why. ITL has one value per chunk (64 million for a million 64-token requests): above
+``MAX_ITL_GAPS`` its interval is computed on every k-th request's gaps (whole requests, so their
+dependence is kept), which widens the interval a little and never narrows it; the method says k.
 """
 
 from __future__ import annotations
@@ -17,23 +19,25 @@ import numpy as np
 import pandas as pd
 
 from tokenbench.analysis import stats
+from tokenbench.chunks import Tokens
 
 # statistics given an interval, per latency metric (the summary columns' statistics)
 LATENCY_STATS = ("mean", "p50", "p95", "p99")
 LATENCY_METRICS = ("ttft_ms", "tpot_ms", "e2e_ms")
+MAX_ITL_GAPS = 2_000_000
 BLOCK_RULE = (f"block length = max(2 × median E2E, {stats.MIN_BLOCK_NS / 1e9:g} s): longer than the time over which "
               f"requests in flight together are correlated; fewer than {stats.MIN_BLOCKS} whole blocks in the "
               f"issuing window: no interval")
 
 
-def phase_intervals(ok: pd.DataFrame, itl: tuple[np.ndarray, np.ndarray], tok: tuple[np.ndarray, np.ndarray],
-                    met_end_ns: np.ndarray, mark: dict[str, Any], level: float = stats.LEVEL, resamples: int = 1000,
-                    seed: int = 0) -> dict[str, Any]:
+def phase_intervals(ok: pd.DataFrame, itl: tuple[np.ndarray, np.ndarray, int], tokens: Tokens,
+                    met_end_ns: np.ndarray | None, mark: dict[str, Any], level: float = stats.LEVEL,
+                    resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Intervals for a phase's throughput, goodput and latency statistics.
 
     ok: the phase's ok requests with sent_ns, e2e_ms and the latency columns; itl: (gap values in
-    ms, sent_ns of the request each gap belongs to); tok: (token arrival times, tokens each);
-    met_end_ns: end times of the requests that met every SLO bound (None-free; empty if no SLO)."""
+    ms, the send time of each gap's request, the request subsampling step k); tokens: the phase's
+    chunks; met_end_ns: end times of the requests that met every SLO bound (None: no SLO)."""
     start, end = int(mark["start_ns"]), int(mark["end_ns"])
     e2e = ok["e2e_ms"].to_numpy(dtype=float, na_value=np.nan)
     e2e_median_ns = float(np.nanmedian(e2e) * 1e6) if np.isfinite(e2e).any() else None
@@ -48,45 +52,43 @@ def phase_intervals(ok: pd.DataFrame, itl: tuple[np.ndarray, np.ndarray], tok: t
     span = n_blocks * block_ns  # whole blocks only: a remainder would be a block of another length
     block_s = block_ns / 1e9
 
-    def per_block(times: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        idx = stats.block_index(np.asarray(times, dtype=np.int64), start, start + span, block_ns)
-        keep = idx >= 0
-        w = None if weights is None else np.asarray(weights, dtype=float)[keep]
-        return np.bincount(idx[keep], weights=w, minlength=n_blocks).astype(float)
-
-    out["output_tok_s"] = stats.bootstrap_rate(per_block(*tok), block_s, B=resamples, level=level,
-                                               seed=seed).to_dict()
-    if met_end_ns is not None:
-        out["goodput_rps"] = stats.bootstrap_rate(per_block(met_end_ns), block_s, B=resamples, level=level,
-                                                  seed=seed).to_dict()
-    sent = ok["sent_ns"].to_numpy(dtype=np.int64)
-    blocks = stats.block_index(sent, start, start + span, block_ns)
-    for col in LATENCY_METRICS:
-        v = ok[col].to_numpy(dtype=float, na_value=np.nan)
+    def boot(values, times):
+        blocks = stats.block_index(np.asarray(times, dtype=np.int64), start, start + span, block_ns)
+        v = np.asarray(values, dtype=float)
         keep = (blocks >= 0) & np.isfinite(v)
-        out[col] = {k: iv.to_dict() for k, iv in stats.bootstrap_stats(
-            v[keep], blocks[keep], stats=LATENCY_STATS, B=resamples, level=level, seed=seed).items()}
-    gaps, gap_sent = itl
-    gb = stats.block_index(np.asarray(gap_sent, dtype=np.int64), start, start + span, block_ns)
-    keep = gb >= 0
-    out["itl_ms"] = {k: iv.to_dict() for k, iv in stats.bootstrap_stats(
-        np.asarray(gaps, dtype=float)[keep], gb[keep], stats=LATENCY_STATS, B=resamples, level=level,
-        seed=seed).items()}
+        return {k: iv.to_dict() for k, iv in stats.bootstrap_stats(
+            v[keep], blocks[keep], stats=LATENCY_STATS, B=resamples, level=level, seed=seed, block_s=block_s).items()}
+
+    out["output_tok_s"] = stats.bootstrap_rate(tokens.per_window(start, block_ns, int(n_blocks)), block_s,
+                                               B=resamples, level=level, seed=seed).to_dict()
+    if met_end_ns is not None:
+        idx = stats.block_index(np.asarray(met_end_ns, dtype=np.int64), start, start + span, block_ns)
+        met = np.bincount(idx[idx >= 0], minlength=int(n_blocks)).astype(float)
+        out["goodput_rps"] = stats.bootstrap_rate(met, block_s, B=resamples, level=level, seed=seed).to_dict()
+    sent = ok["sent_ns"].to_numpy(dtype=np.int64)
+    for col in LATENCY_METRICS:
+        out[col] = boot(ok[col].to_numpy(dtype=float, na_value=np.nan), sent)
+    gaps, gap_sent, step = itl
+    out["itl_ms"] = boot(gaps, gap_sent)
+    if step > 1:
+        for iv in out["itl_ms"].values():
+            iv["method"] += f", on every {step}th request's gaps"
     return out
 
 
-def itl_by_request(ok: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Every gap between consecutive chunks of the ok requests (ms), and the send time of the
-    request each gap belongs to (its bootstrap block)."""
-    if not len(ok):
-        return np.array([]), np.array([], dtype=np.int64)
-    chunks = [np.asarray(c, dtype=np.int64) if c is not None else np.array([], dtype=np.int64) for c in ok["chunk_ns"]]
-    lengths = np.fromiter((c.size for c in chunks), dtype=np.int64, count=len(chunks))
-    if lengths.sum() == 0:
-        return np.array([]), np.array([], dtype=np.int64)
-    flat = np.concatenate(chunks)
-    owner = np.repeat(np.arange(len(chunks)), lengths)
-    same = owner[1:] == owner[:-1]  # a gap lies inside one request, never across two
-    gaps = np.diff(flat)[same] / 1e6
-    sent = ok["sent_ns"].to_numpy(dtype=np.int64)[owner[1:][same]]
-    return gaps, sent
+def itl_by_request(tokens: Tokens, pr: pd.DataFrame, max_gaps: int = MAX_ITL_GAPS) -> tuple[np.ndarray, np.ndarray, int]:
+    """The gaps between consecutive chunks of the phase's ok requests (ms), the send time of the
+    request each gap belongs to (its bootstrap block), and k: every k-th request is taken when there
+    are more than max_gaps gaps. ``pr``: the phase's request rows that ``tokens`` was built from."""
+    counted, lengths = tokens.counted, tokens.chunks.lengths
+    sent_all = pr["sent_ns"].to_numpy(dtype=np.int64)
+    if tokens.kept is not None:  # Tokens kept only its counted rows
+        sent_all = sent_all[tokens.kept]
+    per_row = np.where(counted, np.maximum(lengths - 1, 0), 0)
+    total = int(per_row.sum())
+    step = max(1, -(-total // max_gaps)) if total else 1
+    if step > 1:
+        rows = np.flatnonzero(counted)[::step]
+        tokens = Tokens(tokens.chunks.take(rows), tokens.weight[rows], tokens.counted[rows])
+        sent_all, per_row = sent_all[rows], per_row[rows]
+    return tokens.gaps_ms(), np.repeat(sent_all, per_row), step

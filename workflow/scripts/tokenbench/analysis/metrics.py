@@ -8,6 +8,8 @@ formula text there: the site quotes that text as the definition of the number it
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,23 +19,67 @@ from tokenbench.analysis import registry
 from tokenbench.analysis.intervals import itl_by_request, phase_intervals
 from tokenbench.analysis.registry import PERCENTILES, WINDOW_S
 from tokenbench.analysis.validity import contention, stability, validity
+from tokenbench.chunks import BLOCK, Chunks, Tokens
 from tokenbench.config import HardwareSpec, SloSpec, ValiditySpec
-from tokenbench.telemetry.merge import token_times
+from tokenbench.joblog import threads
+
+# what compute_metrics reads of requests.parquet (the wrapper reads only these: add a column here
+# before using it)
+REQUEST_COLUMNS_USED = ["phase", "status", "scheduled_ns", "sent_ns", "first_byte_ns", "first_token_ns", "end_ns",
+                        "output_tokens", "prompt_tokens", "output_tokens_source", "client_output_tokens", "chunk_ns"]
 
 
-def dist(values) -> dict[str, Any]:
+def dist(values, overwrite_input: bool = False) -> dict[str, Any]:
     """Summary of a sample: n, mean, std and percentiles (linear interpolation), or Nones.
-    Missing and non-finite values are left out (and so not counted in n)."""
-    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and not math.isfinite(x))],
-                   dtype=float)
+    Missing and non-finite values are left out (and so not counted in n).
+
+    ``values``: a pandas Series, a NumPy array or any sequence of numbers and Nones;
+    ``overwrite_input``: an array that may be reordered in place (no copy of a large sample)."""
+    if isinstance(values, pd.Series):
+        v = values.to_numpy(dtype=float, na_value=np.nan)
+    elif isinstance(values, np.ndarray):
+        v = values.astype(float, copy=False)
+    else:
+        v, overwrite_input = np.array(list(values), dtype=float), True
+    finite = np.isfinite(v)
+    if not finite.all():
+        v, overwrite_input = v[finite], True
     out: dict[str, Any] = {"n": int(v.size)}
     if v.size == 0:
         out.update(mean=None, std=None, min=None, max=None, **{f"p{p}": None for p in PERCENTILES})
         return out
-    out.update(mean=float(v.mean()), std=float(v.std(ddof=1)) if v.size > 1 else None,
-               min=float(v.min()), max=float(v.max()),
-               **{f"p{p}": float(np.percentile(v, p)) for p in PERCENTILES})
+    mean = float(v.mean())
+    out.update(mean=mean, std=_std(v, mean) if v.size > 1 else None, min=float(v.min()), max=float(v.max()),
+               **{f"p{p}": float(x) for p, x in zip(PERCENTILES, _percentiles(v, PERCENTILES, overwrite_input))})
     return out
+
+
+def _percentiles(v: np.ndarray, qs, overwrite_input: bool = False) -> np.ndarray:
+    """``np.percentile(v, qs)`` (its "linear" method, step by step) for finite ``v``: partitioned at
+    the ranks it needs only (np.percentile also finds the min and max, to look for NaN)."""
+    virtual = (v.size - 1) * np.true_divide(qs, 100)
+    below = np.floor(virtual).astype(np.intp)
+    above = np.minimum(below + 1, v.size - 1)
+    x = v if overwrite_input else v.copy()
+    x.partition(np.unique(np.concatenate([below, above])))
+    return _lerp(x[below], x[above], virtual - below)
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+    """numpy's linear interpolation between neighbouring order statistics, to the last bit."""
+    diff = b - a
+    return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+
+
+def _std(v: np.ndarray, mean: float) -> float:
+    """Sample standard deviation (ddof 1); a large sample block by block, without a copy of it."""
+    if v.size <= BLOCK:
+        return float(v.std(ddof=1))
+    ss = 0.0
+    for i in range(0, v.size, BLOCK):
+        x = v[i:i + BLOCK] - mean
+        ss += float(np.dot(x, x))
+    return math.sqrt(ss / (v.size - 1))
 
 
 def request_latencies(req: pd.DataFrame) -> pd.DataFrame:
@@ -49,34 +95,95 @@ def request_latencies(req: pd.DataFrame) -> pd.DataFrame:
     return ok
 
 
-def itl_ms(ok: pd.DataFrame) -> np.ndarray:
-    gaps = [np.diff(np.asarray(c, dtype=np.int64)) for c in ok["chunk_ns"] if c is not None and len(c) > 1]
-    return np.concatenate(gaps) / 1e6 if gaps else np.array([])
+def itl_ms(ok: pd.DataFrame, tokens: Tokens | None = None) -> np.ndarray:
+    """Gaps between consecutive content chunks of each ok request, in ms, pooled; ``tokens``: the
+    same requests' chunks already flattened (else they are taken from ``ok["chunk_ns"]``)."""
+    return (tokens if tokens is not None else Tokens.of_requests(ok)).gaps_ms()
 
 
-def windows(req: pd.DataFrame, mark: dict[str, Any], slo: SloSpec, window_s: float = WINDOW_S) -> pd.DataFrame:
+def itl_dist(ok: pd.DataFrame, tokens: Tokens | None = None) -> dict[str, Any]:
+    """``dist`` of ``itl_ms``: the heaviest figure of a phase (one value per chunk), so
+    ``phase_tokens`` queues it for a worker thread; this takes the worker's result, or computes it
+    here if the worker has not started on it yet."""
+    if isinstance(tokens, PhaseTokens) and tokens.itl is not None and not tokens.itl.cancel():
+        return tokens.itl.result()
+    return dist(itl_ms(ok, tokens), overwrite_input=True)
+
+
+@dataclass(eq=False)
+class PhaseTokens(Tokens):
+    """A phase's ok requests' chunks (``Tokens``) and, computing meanwhile, the dist of their ITL."""
+    itl: Future | None = None
+
+
+_WORKERS: ThreadPoolExecutor | None = None
+
+
+def phase_tokens(req: pd.DataFrame, marks: list[dict[str, Any]]) -> dict[str, PhaseTokens]:
+    """Each request phase's chunk timestamps, flat, from ``req["chunk_ns"]`` read once (a phase's
+    rows, recorded in sending order, are one run of the column: its arrays are a view), with its
+    ITL dist queued for a worker thread, largest phase first (NumPy's partition releases the GIL:
+    the phases' other metrics go on meanwhile, on the other core)."""
+    global _WORKERS
+    chunks = Chunks.of(req["chunk_ns"])
+    phase = req["phase"]
+    out = {mk["name"]: PhaseTokens.of_requests(req, chunks, np.flatnonzero((phase == mk["name"]).to_numpy(
+               dtype=bool, na_value=False))) for mk in marks if mk["mode"] != "idle"}
+    if threads() < 2:
+        return out
+    if _WORKERS is None:
+        _WORKERS = ThreadPoolExecutor(1, thread_name_prefix="itl")
+    for tk in sorted(out.values(), key=lambda tk: -len(tk.chunks.values)):
+        tk.itl = _WORKERS.submit(lambda tk=tk: dist(tk.gaps_ms(), overwrite_input=True))
+    return out
+
+
+def windows(req: pd.DataFrame, mark: dict[str, Any], slo: SloSpec, window_s: float = WINDOW_S,
+            tokens: Tokens | None = None) -> pd.DataFrame:
     """Per fixed window of the phase's issuing interval: output tokens/s (by arrival), finished
-    requests/s, goodput and latency percentiles of the requests that finished in the window."""
+    requests/s, goodput and latency percentiles of the requests that finished in the window.
+    ``tokens``: the phase's chunks already flattened (else they are taken from ``req["chunk_ns"]``)."""
     start, end = mark["start_ns"], mark["end_ns"]
     w = int(window_s * 1e9)
     n = max(1, int((end - start) // w))
     edges = start + np.arange(n + 1) * w
-    tok_t, tok_w = token_times(req)
-    tok = np.histogram(tok_t, bins=edges, weights=tok_w)[0] if len(tok_t) else np.zeros(n)
+    tokens = tokens if tokens is not None else Tokens.of_requests(req)
+    tok = tokens.per_window(start, w, n, last_closed=True)
     out = pd.DataFrame({"phase": mark["name"], "window": np.arange(n), "start_s": (edges[:-1] - start) / 1e9,
                         "output_tok_s": tok / window_s})
     ok = request_latencies(req)
-    ok = ok[ok["end_ns"].notna()]
-    idx = ((ok["end_ns"].to_numpy(dtype=np.int64) - start) // w)
-    ok = ok.assign(window=idx, meets=slo_mask(ok, slo))
-    ok = ok[(ok["window"] >= 0) & (ok["window"] < n)]
-    g = ok.groupby("window")
-    out["requests_per_s"] = g.size().reindex(out["window"], fill_value=0).to_numpy() / window_s
-    out["goodput_rps"] = g["meets"].sum().reindex(out["window"], fill_value=0).to_numpy() / window_s
-    for col, q in (("ttft_ms", 50), ("ttft_ms", 99), ("e2e_ms", 50), ("e2e_ms", 99)):
-        vals = g[col].apply(lambda v, q=q: float(np.percentile(v.astype(float), q)) if len(v) else np.nan)
-        out[f"{col.removesuffix('_ms')}_p{q}_ms"] = vals.reindex(out["window"]).to_numpy(dtype=float)
+    ends = ok["end_ns"].to_numpy(dtype=np.int64, na_value=start - 1)
+    idx = (ends - start) // w
+    sel = ok["end_ns"].notna().to_numpy() & (idx >= 0) & (idx < n)
+    k = idx[sel]
+    out["requests_per_s"] = np.bincount(k, minlength=n) / window_s
+    out["goodput_rps"] = np.bincount(k, weights=slo_mask(ok, slo).to_numpy(dtype=float)[sel], minlength=n) / window_s
+    for col in ("ttft_ms", "e2e_ms"):
+        vals = ok[col].to_numpy(dtype=float, na_value=np.nan)[sel]
+        for q, v in zip((50, 99), _percentiles_by_group(k, vals, n, (50, 99))):
+            out[f"{col.removesuffix('_ms')}_p{q}_ms"] = v
     return out
+
+
+def _percentiles_by_group(group: np.ndarray, values: np.ndarray, n: int, qs) -> list[np.ndarray]:
+    """For each q, ``np.percentile(values[group == g], q)`` for every g < n at once: NaN where a
+    group is empty or holds a NaN (as np.percentile gives), the same linear interpolation otherwise."""
+    order = np.argsort(values)  # by value (NaN last), then stably by group (a radix sort for < 65536 groups)
+    key = group[order].astype(np.uint16 if n <= np.iinfo(np.uint16).max else np.int64)
+    v = values[order[np.argsort(key, kind="stable")]]
+    count = np.bincount(group, minlength=n)
+    first = np.cumsum(count) - count
+    has_nan = np.bincount(group, weights=np.isnan(values), minlength=n) > 0
+    g = np.flatnonzero((count > 0) & ~has_nan)
+    res = []
+    for q in qs:
+        out = np.full(n, np.nan)
+        virtual = (count[g] - 1) * np.true_divide(q, 100)  # numpy's "linear" method, step by step
+        below = np.floor(virtual).astype(np.int64)
+        above = np.minimum(below + 1, count[g] - 1)
+        out[g] = _lerp(v[first[g] + below], v[first[g] + above], virtual - below)
+        res.append(out)
+    return res
 
 
 def telemetry_summary(tl: pd.DataFrame, phase: str) -> dict[str, Any]:
@@ -186,9 +293,10 @@ def goodput(ok: pd.DataFrame, mark: dict[str, Any], slo: SloSpec, sent: int | No
 
 def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], params: int | None,
                   peak: dict[str, Any], hardware: HardwareSpec, slo: SloSpec, bounds: ValiditySpec,
-                  loop_lag: dict[str, Any] | None = None, level: float = 0.95,
+                  loop_lag: dict[str, Any] | None = None, tokens: Tokens | None = None, level: float = 0.95,
                   resamples: int = 1000) -> dict[str, Any]:
-    """Every registered metric of one phase (registry.py says what each is)."""
+    """Every registered metric of one phase (registry.py says what each is). ``tokens``: the phase's
+    ok requests' chunk timestamps, flat (``phase_tokens``); else they are taken from ``req["chunk_ns"]``."""
     name = mark["name"]
     pr = req[req["phase"] == name]
     dur = (mark["end_ns"] - mark["start_ns"]) / 1e9
@@ -208,9 +316,8 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
     m["status_counts"] = {k: int(v) for k, v in counts.items()}
     m["success_rate"] = len(ok) / len(pr) if len(pr) else None
     m["failure_rate"] = 1 - m["success_rate"] if m["success_rate"] is not None else None
-    tok_t, tok_w = token_times(pr)
-    in_win = (tok_t >= mark["start_ns"]) & (tok_t < mark["end_ns"])
-    m["output_tokens_in_window"] = float(tok_w[in_win].sum())
+    tokens = tokens if tokens is not None else Tokens.of_requests(pr)  # the ok requests' chunks, flat
+    m["output_tokens_in_window"] = tokens.between(mark["start_ns"], mark["end_ns"])
     m["output_tok_s"] = m["output_tokens_in_window"] / dur if dur > 0 else None
     ends = ok["end_ns"].to_numpy(dtype=np.int64)
     m["request_rps"] = float(((ends >= mark["start_ns"]) & (ends < mark["end_ns"])).sum() / dur)
@@ -220,7 +327,7 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
     m.update(token_count_check(ok))
     m["prompt_tokens_mean"] = float(ok["prompt_tokens"].astype("Float64").mean()) if ok["prompt_tokens"].notna().any() else None
     for col in ("ttft_ms", "first_byte_ms", "e2e_ms", "tpot_ms"):
-        m[col] = dist(ok[col].astype(float).tolist())
+        m[col] = dist(ok[col])
     if mark["open_loop"]:
         # Poisson/gamma schedules deviate from the target rate by chance (sd ~ sqrt(rate x T));
         # whether the client kept up is delivered_ratio: scheduled arrivals sent inside the window
@@ -232,24 +339,24 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
         m["delivered_ratio"] = float((in_sched & (sent < mark["end_ns"])).sum() / n_sched) if n_sched else None
         if mark["target"].get("rate_rps"):
             m["rate_ratio"] = m["achieved_send_rps"] / mark["target"]["rate_rps"]
-        m["ttft_sched_ms"] = dist(ok["ttft_sched_ms"].astype(float).tolist())
-        m["send_lag_ms"] = dist(((pr["sent_ns"] - pr["scheduled_ns"]) / 1e6).astype(float).tolist())
-    m["itl_ms"] = dist(itl_ms(ok).tolist())
+        m["ttft_sched_ms"] = dist(ok["ttft_sched_ms"])
+        m["send_lag_ms"] = dist((pr["sent_ns"] - pr["scheduled_ns"]) / 1e6)
+    m["itl_ms"] = itl_dist(ok, tokens)
     # per-request decode rate (seed 002's "per-request tok/s"): 1000 / TPOT
     # (TPOT is 0 when all of a request's chunks came in one socket read: no rate to report)
-    m["decode_tok_s_per_request"] = dist((1000.0 / ok["tpot_ms"].where(ok["tpot_ms"] > 0)).astype(float).tolist())
+    m["decode_tok_s_per_request"] = dist(1000.0 / ok["tpot_ms"].where(ok["tpot_ms"] > 0))
     rate = m["decode_tok_s_per_request"]
     m["decode_rate_cv"] = rate["std"] / rate["mean"] if rate["std"] is not None and rate["mean"] else None
     m["decode_rate_range"] = rate["max"] - rate["min"] if rate["n"] else None
     ttft = m["ttft_ms"]
     m["ttft_jitter_ms"] = ttft["p99"] - ttft["mean"] if ttft["n"] else None
-    w = windows(pr, mark, slo)
+    w = windows(pr, mark, slo, tokens=tokens)
     m["window_output_tok_s"] = dist(w["output_tok_s"].tolist())
     m.update(goodput(ok, mark, slo, sent=len(pr)))
-    m["stability"] = stability(tok_t, tok_w, ok, mark)
+    m["stability"] = stability(tokens, ok, mark)
     m["validity"] = validity(m, bounds, loop_lag)
     met = ok.loc[slo_mask(ok, slo), "end_ns"].to_numpy(dtype=np.int64) if slo_bounds(slo) else None
-    m["intervals"] = phase_intervals(ok, itl_by_request(ok), (tok_t, tok_w), met, mark, level, resamples)
+    m["intervals"] = phase_intervals(ok, itl_by_request(tokens, pr), tokens, met, mark, level, resamples)
 
     # ---- efficiency: measured where the inputs are measured, estimated where they are not
     tps = m["output_tok_s"]
@@ -281,10 +388,13 @@ def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], ma
     params = manifest["figures"].get("parameters")
     peak = resolve_peak(run["hardware"], hardware.name)
     lag = (run.get("client") or {}).get("event_loop_lag_by_phase") or {}
-    phases = [phase_metrics(req, tl, mk, params, peak, hardware, slo, bounds, lag.get(mk["name"]), level, resamples)
-              for mk in run["phases"]]
+    tokens = phase_tokens(req, run["phases"])  # the per-chunk data, flat, once per phase
+    per_req = req.drop(columns=["chunk_ns"])  # the rest: one row per request, cheap to filter
+    phases = [phase_metrics(per_req, tl, mk, params, peak, hardware, slo, bounds, lag.get(mk["name"]),
+                            tokens.get(mk["name"]), level, resamples) for mk in run["phases"]]
     steady = [p for p in phases if not p["warmup"] and p["mode"] != "idle"]
-    win = [windows(req[req["phase"] == mk["name"]], mk, slo) for mk in run["phases"] if mk["mode"] != "idle"]
+    win = [windows(per_req[per_req["phase"] == mk["name"]], mk, slo, tokens=tokens[mk["name"]])
+           for mk in run["phases"] if mk["mode"] != "idle"]
     evidence = registry.RunEvidence(power_measured=any(p.get("power_source") for p in phases),
                                     peak_measured=bool(run["hardware"].get("peak_measured")), hardware=hardware)
     doc = {

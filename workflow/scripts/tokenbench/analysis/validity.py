@@ -59,8 +59,9 @@ def contention(tl: pd.DataFrame, phase: str) -> dict[str, Any]:
     return out
 
 
-def stability(tok_t: np.ndarray, tok_w: np.ndarray, ok: pd.DataFrame, mark: dict[str, Any]) -> dict[str, Any]:
-    """The issuing window's halves: output tok/s and median TPOT of requests ending in each half."""
+def stability(tokens, ok: pd.DataFrame, mark: dict[str, Any]) -> dict[str, Any]:
+    """The issuing window's halves: output tok/s and median TPOT of requests ending in each half.
+    tokens: the phase's chunks (``tokenbench.chunks.Tokens``: ``between(lo, hi)`` counts tokens)."""
     start, end = int(mark["start_ns"]), int(mark["end_ns"])
     mid = start + (end - start) // 2
     half_s = (end - start) / 2e9
@@ -68,8 +69,8 @@ def stability(tok_t: np.ndarray, tok_w: np.ndarray, ok: pd.DataFrame, mark: dict
                            "tpot_change": None}
     if half_s <= 0:
         return out
-    first = float(tok_w[(tok_t >= start) & (tok_t < mid)].sum()) / half_s
-    second = float(tok_w[(tok_t >= mid) & (tok_t < end)].sum()) / half_s
+    first = tokens.between(start, mid) / half_s
+    second = tokens.between(mid, end) / half_s
     out["tok_s_halves"] = [first, second]
     if first > 0:
         out["tok_s_change"] = (second - first) / first

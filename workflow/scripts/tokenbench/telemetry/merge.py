@@ -12,7 +12,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tokenbench.chunks import Tokens
+
 OUTSIDE = ("startup", "teardown")  # before the first phase / after the last phase drained
+# what merge_telemetry reads of requests.parquet (the wrapper reads only these)
+REQUEST_COLUMNS_USED = ["status", "sent_ns", "end_ns", "output_tokens", "chunk_ns"]
 
 
 def phase_of(t_ns: np.ndarray, marks: list[dict[str, Any]]) -> np.ndarray:
@@ -28,23 +32,13 @@ def phase_of(t_ns: np.ndarray, marks: list[dict[str, Any]]) -> np.ndarray:
 
 
 def token_times(requests: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Every content chunk's arrival time and the output tokens it carried.
+    """Every content chunk's arrival time and the output tokens it carried, in time order.
 
     The server's usage count is spread evenly over a request's chunks (llama.cpp and most engines
     stream one token per chunk; engines that batch tokens per chunk are weighted correctly).
+    (The analysis itself counts tokens with ``tokenbench.chunks.Tokens``, which never sorts them.)
     """
-    ok = requests[requests["status"] == "ok"]
-    times, weights = [], []
-    for chunks, n_tok in zip(ok["chunk_ns"], ok["output_tokens"]):
-        if chunks is None or len(chunks) == 0:
-            continue
-        arr = np.asarray(chunks, dtype=np.int64)
-        times.append(arr)
-        weights.append(np.full(len(arr), (n_tok if pd.notna(n_tok) else len(arr)) / len(arr)))
-    if not times:
-        return np.array([], dtype=np.int64), np.array([], dtype=float)
-    t = np.concatenate(times)
-    w = np.concatenate(weights)
+    t, w = Tokens.of_requests(requests).times()
     order = np.argsort(t, kind="stable")
     return t[order], w[order]
 
@@ -95,10 +89,9 @@ def merge_telemetry(requests: pd.DataFrame, telemetry: pd.DataFrame, run: dict[s
     tl["t_s"] = (t - t0) / 1e9
     tl["phase"] = phase_of(t, marks)
     tl["inflight"] = inflight_at(t, requests) if len(requests) else 0
-    tok_t, tok_w = token_times(requests)
-    cum = np.concatenate([[0.0], np.cumsum(tok_w)])
     w_ns = int(window_s * 1e9)
-    hi = np.searchsorted(tok_t, t, side="right")
-    lo = np.searchsorted(tok_t, t - w_ns, side="right")
-    tl["output_tok_s"] = (cum[hi] - cum[lo]) / window_s  # trailing 1-second window
+    q = np.unique(np.concatenate([t, t - w_ns]))
+    cum = Tokens.of_requests(requests).until(q) if len(requests) else np.zeros(len(q))
+    hi, lo = cum[np.searchsorted(q, t)], cum[np.searchsorted(q, t - w_ns)]
+    tl["output_tok_s"] = (hi - lo) / window_s  # tokens in the trailing 1-second window (t - 1 s, t]
     return tl.sort_values(["t_ns", "device"]).reset_index(drop=True)
