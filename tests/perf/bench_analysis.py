@@ -192,9 +192,23 @@ def generate(n_req: int, n_chunks: int, hours: float, out: Path, seed: int = 0) 
         "server_rss_bytes": (2**30 + rng.integers(0, 2**24, n_t)).astype(np.int64),
         "mem_used_bytes": (8 * 2**30 + rng.integers(0, 2**26, n_t)).astype(np.int64),
         "energy_j": np.cumsum(rng.uniform(2.0, 4.0, n_t)) + 1e5,  # RAPL: ~60 W
+        "client_cpu_s": np.floor(np.cumsum(rng.uniform(0.0, 0.02, n_t)) / tick) * tick,
         "source": "cpu",
     })
     records.write_table(tel, out / "telemetry.parquet", "telemetry", prov, extra)
+
+    # the engine's own /metrics, scraped at 1 Hz: llama.cpp's counters and gauges
+    ts = np.arange(0, t_end, S, dtype=np.int64)
+    names = [("llamacpp:prompt_tokens_total", "counter"), ("llamacpp:tokens_predicted_total", "counter"),
+             ("llamacpp:requests_processing", "gauge"), ("llamacpp:requests_deferred", "gauge")]
+    em = pd.DataFrame({
+        "t_ns": np.repeat(ts, len(names)), "path": "/metrics",
+        "metric": np.tile([n for n, _ in names], len(ts)), "labels": "{}",
+        "type": np.tile([t for _, t in names], len(ts)),
+        "value": np.column_stack([np.arange(len(ts)) * 300.0, np.arange(len(ts)) * 1000.0,
+                                  rng.integers(0, 9, len(ts)), rng.integers(0, 3, len(ts))]).ravel().astype(float),
+    }).astype({"path": "string", "metric": "string", "labels": "string", "type": "string"})
+    records.write_table(em, out / "engine_metrics.parquet", "engine_metrics", prov, extra)
 
     run = {
         "cell": cell, "complete": True, "server_ready_s": 3.2,
@@ -230,10 +244,12 @@ def snakemake_object(stage: str, d: Path) -> SimpleNamespace:
                                output=_Io(timeline=str(d / "timeline.parquet")), log=log, params=SimpleNamespace())
     if stage == "compute_metrics":
         return SimpleNamespace(input=_Io(requests=str(d / "requests.parquet"), timeline=str(d / "timeline.parquet"),
-                                         run=str(d / "run.json"), model=str(d / "manifest.json")),
+                                         run=str(d / "run.json"), model=str(d / "manifest.json"),
+                                         engine_metrics=str(d / "engine_metrics.parquet")),
                                output=_Io(metrics=str(d / "metrics.json"), windows=str(d / "windows.parquet")),
                                log=log, params=SimpleNamespace(hardware={"price_usd_per_hour": 1.0},
-                                                               slo=SLO, validity=VALIDITY))
+                                                               slo=SLO, validity=VALIDITY, level=0.95,
+                                                               resamples=1000))
     if stage == "summarize_metrics":
         return SimpleNamespace(input=_Io(metrics=[str(d / "metrics.json")]), output=_Io(summary=str(d / "summary.parquet")),
                                log=log, params=SimpleNamespace())

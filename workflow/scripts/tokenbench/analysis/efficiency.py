@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from tokenbench.analysis import registry
 from tokenbench.analysis.metrics import telemetry_summary
@@ -164,9 +163,11 @@ def power_vs_utilisation(timeline: pd.DataFrame, phase_names: list[str]) -> dict
     x, y = points["x"].to_numpy(dtype=float), points["y"].to_numpy(dtype=float)
     if np.ptp(x) == 0:
         return {**none, "power_util_x": x_col, "power_util_n": int(len(x))}
-    fit = stats.linregress(x, y)
-    return {"power_util_x": x_col, "power_util_slope_w_per_pct": float(fit.slope),
-            "power_util_intercept_w": float(fit.intercept), "power_util_r2": float(fit.rvalue ** 2),
+    # ordinary least squares (numpy's: scipy.stats.linregress gives the same line and R², at 0.6 s of import)
+    slope, intercept = np.polyfit(x, y, 1)
+    r = np.corrcoef(x, y)[0, 1] if np.ptp(y) > 0 else 0.0
+    return {"power_util_x": x_col, "power_util_slope_w_per_pct": float(slope),
+            "power_util_intercept_w": float(intercept), "power_util_r2": float(r ** 2),
             "power_util_n": int(len(x))}
 
 

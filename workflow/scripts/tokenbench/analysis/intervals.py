@@ -19,15 +19,18 @@ import numpy as np
 import pandas as pd
 
 from tokenbench.analysis import stats
+from tokenbench.analysis.registry import WINDOW_S
 from tokenbench.chunks import Tokens
 
 # statistics given an interval, per latency metric (the summary columns' statistics)
 LATENCY_STATS = ("mean", "p50", "p95", "p99")
 LATENCY_METRICS = ("ttft_ms", "tpot_ms", "e2e_ms")
-MAX_ITL_GAPS = 2_000_000
-BLOCK_RULE = (f"block length = max(2 × median E2E, {stats.MIN_BLOCK_NS / 1e9:g} s): longer than the time over which "
-              f"requests in flight together are correlated; fewer than {stats.MIN_BLOCKS} whole blocks in the "
-              f"issuing window: no interval")
+MAX_ITL_GAPS = 1_000_000
+LONG_PHASE_WINDOWS = 40  # a phase of at least this many per-window periods gets window-aligned blocks
+BLOCK_RULE = (f"block length = max(2 × median E2E, {stats.MIN_BLOCK_NS / 1e9:g} s, duration ÷ {stats.MAX_BLOCKS}): "
+              f"longer than the time over which requests in flight together are correlated; in phases of at "
+              f"least {LONG_PHASE_WINDOWS * WINDOW_S:g} s rounded up to a whole number of {WINDOW_S:g} s windows; fewer than "
+              f"{stats.MIN_BLOCKS} whole blocks in the issuing window: no interval")
 
 
 def phase_intervals(ok: pd.DataFrame, itl: tuple[np.ndarray, np.ndarray, int], tokens: Tokens,
@@ -42,6 +45,10 @@ def phase_intervals(ok: pd.DataFrame, itl: tuple[np.ndarray, np.ndarray, int], t
     e2e = ok["e2e_ms"].to_numpy(dtype=float, na_value=np.nan)
     e2e_median_ns = float(np.nanmedian(e2e) * 1e6) if np.isfinite(e2e).any() else None
     block_ns = stats.block_length_ns(e2e_median_ns, end - start)
+    window_ns = int(WINDOW_S * 1e9)
+    aligned = end - start >= LONG_PHASE_WINDOWS * window_ns
+    if aligned:  # a long phase: whole per-window tables make the blocks (longer blocks are only safer)
+        block_ns = -(-block_ns // window_ns) * window_ns
     n_blocks = max(0, (end - start) // block_ns)
     out: dict[str, Any] = {
         "block_s": block_ns / 1e9, "blocks": int(n_blocks), "level": level, "resamples": resamples,
@@ -59,8 +66,14 @@ def phase_intervals(ok: pd.DataFrame, itl: tuple[np.ndarray, np.ndarray, int], t
         return {k: iv.to_dict() for k, iv in stats.bootstrap_stats(
             v[keep], blocks[keep], stats=LATENCY_STATS, B=resamples, level=level, seed=seed, block_s=block_s).items()}
 
-    out["output_tok_s"] = stats.bootstrap_rate(tokens.per_window(start, block_ns, int(n_blocks)), block_s,
-                                               B=resamples, level=level, seed=seed).to_dict()
+    if aligned:  # the tokens per window the window table counted (memoised), summed per block
+        per = block_ns // window_ns
+        n_win = max(1, (end - start) // window_ns)
+        counts = tokens.per_window(start, window_ns, int(n_win), last_closed=True)[:n_blocks * per]
+        per_block = counts.reshape(int(n_blocks), int(per)).sum(axis=1)
+    else:
+        per_block = tokens.per_window(start, block_ns, int(n_blocks))
+    out["output_tok_s"] = stats.bootstrap_rate(per_block, block_s, B=resamples, level=level, seed=seed).to_dict()
     if met_end_ns is not None:
         idx = stats.block_index(np.asarray(met_end_ns, dtype=np.int64), start, start + span, block_ns)
         met = np.bincount(idx[idx >= 0], minlength=int(n_blocks)).astype(float)

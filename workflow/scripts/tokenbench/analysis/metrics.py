@@ -139,10 +139,11 @@ def phase_tokens(req: pd.DataFrame, marks: list[dict[str, Any]]) -> dict[str, Ph
 
 
 def windows(req: pd.DataFrame, mark: dict[str, Any], slo: SloSpec, window_s: float = WINDOW_S,
-            tokens: Tokens | None = None) -> pd.DataFrame:
+            tokens: Tokens | None = None, ok: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per fixed window of the phase's issuing interval: output tokens/s (by arrival), finished
     requests/s, goodput and latency percentiles of the requests that finished in the window.
-    ``tokens``: the phase's chunks already flattened (else they are taken from ``req["chunk_ns"]``)."""
+    ``tokens``: the phase's chunks already flattened (else they are taken from ``req["chunk_ns"]``);
+    ``ok``: ``request_latencies(req)`` where the caller has it already."""
     start, end = mark["start_ns"], mark["end_ns"]
     w = int(window_s * 1e9)
     n = max(1, int((end - start) // w))
@@ -294,7 +295,7 @@ def goodput(ok: pd.DataFrame, mark: dict[str, Any], slo: SloSpec, sent: int | No
 def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], params: int | None,
                   peak: dict[str, Any], hardware: HardwareSpec, slo: SloSpec, bounds: ValiditySpec,
                   loop_lag: dict[str, Any] | None = None, tokens: Tokens | None = None, level: float = 0.95,
-                  resamples: int = 1000) -> dict[str, Any]:
+                  resamples: int = 1000, window_tables: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
     """Every registered metric of one phase (registry.py says what each is). ``tokens``: the phase's
     ok requests' chunk timestamps, flat (``phase_tokens``); else they are taken from ``req["chunk_ns"]``."""
     name = mark["name"]
@@ -350,7 +351,9 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
     m["decode_rate_range"] = rate["max"] - rate["min"] if rate["n"] else None
     ttft = m["ttft_ms"]
     m["ttft_jitter_ms"] = ttft["p99"] - ttft["mean"] if ttft["n"] else None
-    w = windows(pr, mark, slo, tokens=tokens)
+    w = windows(pr, mark, slo, tokens=tokens, ok=ok)
+    if window_tables is not None:  # compute_metrics writes the same table: computed once
+        window_tables[name] = w
     m["window_output_tok_s"] = dist(w["output_tok_s"].tolist())
     m.update(goodput(ok, mark, slo, sent=len(pr)))
     m["stability"] = stability(tokens, ok, mark)
@@ -390,11 +393,11 @@ def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], ma
     lag = (run.get("client") or {}).get("event_loop_lag_by_phase") or {}
     tokens = phase_tokens(req, run["phases"])  # the per-chunk data, flat, once per phase
     per_req = req.drop(columns=["chunk_ns"])  # the rest: one row per request, cheap to filter
+    tables: dict[str, pd.DataFrame] = {}
     phases = [phase_metrics(per_req, tl, mk, params, peak, hardware, slo, bounds, lag.get(mk["name"]),
-                            tokens.get(mk["name"]), level, resamples) for mk in run["phases"]]
+                            tokens.get(mk["name"]), level, resamples, tables) for mk in run["phases"]]
     steady = [p for p in phases if not p["warmup"] and p["mode"] != "idle"]
-    win = [windows(per_req[per_req["phase"] == mk["name"]], mk, slo, tokens=tokens[mk["name"]])
-           for mk in run["phases"] if mk["mode"] != "idle"]
+    win = [tables[mk["name"]] for mk in run["phases"] if mk["mode"] != "idle"]
     evidence = registry.RunEvidence(power_measured=any(p.get("power_source") for p in phases),
                                     peak_measured=bool(run["hardware"].get("peak_measured")), hardware=hardware)
     doc = {

@@ -31,7 +31,19 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
+
+
+class _LazyScipyStats:
+    """scipy.stats, imported on first use: it takes 0.6 s to import, and most callers of this module
+    (the summary stage, the metrics of short phases) never need it."""
+
+    def __getattr__(self, name):
+        from scipy import stats
+
+        return getattr(stats, name)
+
+
+sps = _LazyScipyStats()
 
 LEVEL = 0.95
 MIN_BLOCKS = 8  # fewer blocks than this: no bootstrap interval (the note says so)
