@@ -120,13 +120,14 @@ def _steady(doc):
     return [p for p in doc["phases"] if not p["warmup"] and p["mode"] != "idle"]
 
 
-def _interval(iv: dict[str, Any] | None, digits: int = 1, pct: bool = False) -> str:
-    """estimate [lo, hi], or the estimate with the reason there is no interval."""
+def _interval(iv: dict[str, Any] | None, digits: int = 1, pct: bool = False, why: bool = True) -> str:
+    """estimate [lo, hi], or the estimate with the reason there is no interval (``why``) or
+    'no CI' where the row says the reason elsewhere."""
     if not iv or iv.get("estimate") is None:
         return "n/a"
     est = fmt(iv["estimate"], digits, pct)
     if iv.get("lo") is None:
-        return f"{est} (no interval: {iv.get('note') or 'too few samples'})"
+        return f"{est} (no interval: {iv.get('note') or 'too few samples'})" if why else f"{est} (no CI)"
     return f"{est} [{fmt(iv['lo'], digits, pct)}, {fmt(iv['hi'], digits, pct)}]"
 
 
@@ -156,23 +157,32 @@ def cell_rows(cells: list[dict[str, Any]]) -> list[dict[str, str]]:
     return rows
 
 
-def comparison_rows(comparisons: dict[str, Any]) -> list[dict[str, str]]:
-    rows = []
-    for c in comparisons["comparisons"]:
+def comparison_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, str]], list[str]]:
+    """One pair's comparisons, a row per load level, phase and figure, and the reasons behind the
+    'not resolvable' verdicts as numbered notes (a table cell holds the number)."""
+    out, notes = [], []
+    for c in rows:
         diff, ratio = c.get("difference") or {}, c.get("ratio") or {}
-        rows.append({
-            "load": c["load"], "phase": c["phase"], "a vs b": f"{c['a']} vs {c['b']}", "figure": c["metric"],
+        verdict = c.get("verdict", "")
+        if c.get("winner"):
+            shown = f"**{c['winner']}**"
+        else:
+            head, _, why = verdict.partition(": ")
+            why = why or head
+            if why not in notes:
+                notes.append(why)
+            shown = f"{'excluded' if head.startswith('excluded') else 'not resolvable'} [{notes.index(why) + 1}]"
+        out.append({
+            "load · phase": f"{c['load']} · {c['phase']}", "figure": c["metric"],
             "a": fmt(c.get("a_value")), "b": fmt(c.get("b_value")),
-            "a − b [CI]": _interval(diff), "a ÷ b [CI]": _interval(ratio, 3),
-            "interval from": {"replicates": "runs (Welch)", "blocks": "blocks (bootstrap)"}.get(
-                c.get("interval_source"), "n/a"),
-            "Mann-Whitney p (Holm)": _p(c.get("mann_whitney_p_holm")),
-            "Welch p (Holm)": _p(c.get("welch_p_holm")),
+            "a − b [CI]": _interval(diff, why=False), "a ÷ b [CI]": _interval(ratio, 3, why=False),
+            "CI from": {"replicates": "runs", "blocks": "blocks"}.get(c.get("interval_source"), "n/a"),
+            "MW p (Holm)": _p(c.get("mann_whitney_p_holm")), "Welch p (Holm)": _p(c.get("welch_p_holm")),
             "Cliff's δ": fmt(c.get("cliffs_delta"), 2), "Cohen's d": fmt(c.get("cohens_d"), 2),
-            "verdict": c.get("verdict", "") + (f" (≈{c['replicates_needed']} replicates per side for "
-                                                 f"{c['replicates_needed_for']})" if c.get("replicates_needed") else ""),
+            "better": shown,
+            "runs a side to resolve": fmt(c.get("replicates_needed"), 0) if c.get("replicates_needed") else "",
         })
-    return rows
+    return out, notes
 
 
 def hypothesis_rows(hypotheses: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -214,7 +224,19 @@ def render_index(study: StudySpec, docs: list[dict[str, Any]], fits: list[dict[s
                      f"(block bootstrap), whichever carries the dominant uncertainty; Holm's correction within each "
                      f"figure's family; a winner only when the interval excludes no difference and the matching "
                      f"test holds at α = {comparisons['alpha']:g}.\n")
-        lines.append(table(comparison_rows(comparisons)))
+        pairs = list(dict.fromkeys((c["model"], c["a"], c["b"]) for c in comparisons["comparisons"]))
+        for model, a, b in pairs:
+            lines.append(f"### {a} (a) against {b} (b), {model}\n")
+            rows, notes = comparison_rows([c for c in comparisons["comparisons"]
+                                           if (c["model"], c["a"], c["b"]) == (model, a, b)])
+            lines.append(table(rows))
+            lines.append("\n".join(f"{i}. {n}" for i, n in enumerate(notes, 1)) + "\n")
+            needed = next((c["replicates_needed_for"] for c in comparisons["comparisons"]
+                           if c.get("replicates_needed_for")), None)
+            if needed:
+                lines.append(f"*Runs a side to resolve*: replicates per configuration a Welch test would need "
+                             f"to resolve {needed.split(' at ')[0]} at the observed replicate CV "
+                             f"(α = {comparisons['alpha']:g}, power 0.8).\n")
     if cells:
         lines.append("## Across replicate runs\n")
         lines.append("Each cell ran on fresh server launches; the interval is Student t over its valid runs "
