@@ -187,3 +187,33 @@ def test_server_crash_mid_run_keeps_every_request_and_marks_the_run_invalid(tmp_
     m, _ = compute_metrics(req, tl, run, {"name": "m", "figures": {}}, None, None, ValiditySpec(max_error_rate=0.01))
     assert m["valid"] is False and m["server_exited_during_run"]
     assert any("error rate" in f for f in m["phases"][0]["validity"]["failed_checks"])
+
+
+def test_sampler_dies_with_a_sigkilled_load_test(tmp_path):
+    """A SIGKILLed load test (the job killed hard) must not leave its telemetry sampler running
+    under init, writing into the data folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[3] / 'workflow' / 'scripts')!r})\n"
+            "from pathlib import Path\n"
+            "from tokenbench.load.run import Telemetry\n"
+            f"t = Telemetry(Path({str(tmp_path / 'tel.parquet')!r}), 0.05, None)\n"
+            "print(t.proc.pid, flush=True)\n"
+            "import time; time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    sampler = int(parent.stdout.readline())
+    assert psutil.pid_exists(sampler)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and psutil.pid_exists(sampler) and \
+            psutil.Process(sampler).status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.05)
+    assert not psutil.pid_exists(sampler) or psutil.Process(sampler).status() == psutil.STATUS_ZOMBIE
+    assert not (tmp_path / "tel.parquet").exists()  # killed, not left to write after its job died

@@ -125,9 +125,11 @@ def wait_gpu_memory_returned(baseline: list[int] | None, nvml=None, tolerance_mi
         time.sleep(poll_s)
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL if the parent dies (Linux), so even a SIGKILLed
-    load test leaves no engine behind. Best effort; the process group teardown is the main path."""
+def die_with_parent() -> None:
+    """In a child, before exec (``preexec_fn``): get SIGKILL when the parent dies (Linux), so even
+    a SIGKILLed load test leaves no engine or sampler behind. A parent already gone by then (the
+    child was re-parented to init) ends the child at once. Best effort elsewhere; the orderly
+    teardown is the main path."""
     try:
         import ctypes
 
@@ -135,7 +137,9 @@ def _die_with_parent() -> None:
         PR_SET_PDEATHSIG = 1
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
-        pass
+        return
+    if os.getppid() == 1:
+        os._exit(1)
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -241,7 +245,7 @@ class Server:
         # start_new_session: the server and all its children form one process group we can kill
         self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True, env=self.env,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent)
         return self
 
     def _health(self, timeout: float) -> bool:

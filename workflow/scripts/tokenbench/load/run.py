@@ -20,7 +20,8 @@ from tokenbench import provenance, records
 from tokenbench.config import CellEngine, CellSettings, ConfigError, canonical_hash, is_loopback, rep_name
 from tokenbench.engines import catalog as engines
 from tokenbench.engines import promscrape
-from tokenbench.engines.server import Server, free_port, gpu_idle_check, grep_log, pick_port, wait_endpoint_ready
+from tokenbench.engines.server import (Server, die_with_parent, free_port, gpu_idle_check, grep_log, pick_port,
+                                       wait_endpoint_ready)
 from tokenbench.load.generator import LoadTest, event_loop_name, loop_lag_by_phase, record_dict, run_async, session_factory
 from tokenbench.load.prompts import PromptStream, load_prompts, prompt_set_hash
 from tokenbench.load.tokenizer import EngineTokenizer
@@ -56,6 +57,7 @@ class Telemetry:
             [sys.executable, "-m", "tokenbench.telemetry.sampler", "--out", str(out), "--interval", str(interval_s)]
             + (["--pid", str(pid)] if pid else []),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            preexec_fn=die_with_parent,  # a SIGKILLed load test must not leave a sampler running
         )
         line = self.proc.stdout.readline().strip()  # blocks until the first sample is taken
         if line != "ready":
