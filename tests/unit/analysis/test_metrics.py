@@ -4,7 +4,8 @@ import pytest
 
 from tokenbench.config import HardwareSpec, SloSpec, ValiditySpec
 from tokenbench.load.run import REQUEST_COLUMNS
-from tokenbench.telemetry.merge import inflight_at, merge_telemetry, phase_of, rate_from_counter, token_times
+from tokenbench.chunks import Tokens
+from tokenbench.telemetry.merge import inflight_at, merge_telemetry, phase_of, rate_from_counter
 from tokenbench.analysis.metrics import compute_metrics, dist, phase_metrics, summarize_metrics, windows
 
 S = 1_000_000_000
@@ -70,7 +71,7 @@ def test_failed_requests_count_in_success_rate_not_in_latency():
 def test_tokens_after_window_end_do_not_count():
     # one request whose 10 tokens straddle the end of the window (9.5 s .. 10.4 s)
     rows = [req(0, "steady", int(9.4 * S), 100, 10, 100)]
-    tok_t, tok_w = token_times(frame(rows))
+    tok_t, tok_w = Tokens.of_requests(frame(rows)).times()
     assert tok_w.sum() == 10
     m = _phase(rows)
     assert m["output_tokens_in_window"] == 5 and m["output_tok_s"] == pytest.approx(0.5)
@@ -79,7 +80,7 @@ def test_tokens_after_window_end_do_not_count():
 def test_usage_count_is_spread_over_chunks():
     r = req(0, "steady", 0, 0, 4, 10)
     r["output_tokens"] = 8  # an engine that sends 2 tokens per chunk
-    t, w = token_times(frame([r]))
+    t, w = Tokens.of_requests(frame([r])).times()
     assert list(w) == [2, 2, 2, 2]
 
 

@@ -26,8 +26,9 @@ Replicates whose phase failed validity are left out; a side with none left is no
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,9 +36,9 @@ import pandas as pd
 from tokenbench.analysis import stats
 from tokenbench.analysis.fit import invalid_reason
 from tokenbench.analysis.metrics import request_latencies, slo_bounds, slo_mask
-from tokenbench.analysis.replicates import summary_value
+from tokenbench.analysis.replicates import summary_value, within_interval
+from tokenbench.chunks import Tokens
 from tokenbench.config import COMPARED_FIGURES, ComparisonSpec, SloSpec
-from tokenbench.telemetry.merge import token_times
 
 HIGHER, LOWER = "higher", "lower"
 
@@ -69,7 +70,7 @@ class RunPhase:
     rep: str
     metrics: dict[str, Any]
     ok: pd.DataFrame
-    tok: tuple[np.ndarray, np.ndarray]
+    tokens: Tokens
     met_end_ns: np.ndarray | None
     start_ns: int
     end_ns: int
@@ -79,7 +80,7 @@ def run_phase(rep: str, doc: dict[str, Any], requests: pd.DataFrame, phase: dict
     pr = requests[requests["phase"] == phase["phase"]]
     ok = request_latencies(pr)
     met = ok.loc[slo_mask(ok, slo), "end_ns"].to_numpy(dtype=np.int64) if slo_bounds(slo) else None
-    return RunPhase(rep, phase, ok, token_times(pr), met, int(phase["start_ns"]), int(phase["end_ns"]))
+    return RunPhase(rep, phase, ok, Tokens.of_requests(pr), met, int(phase["start_ns"]), int(phase["end_ns"]))
 
 
 class Side:
@@ -102,13 +103,13 @@ class Side:
             n = self._blocks(r)
             if n == 0:
                 continue
-            times, weights = (r.tok if column == "output_tok_s" else (r.met_end_ns, None))
-            if times is None:
+            if column == "output_tok_s":
+                parts.append(r.tokens.per_window(r.start_ns, self.block_ns, n))
+                continue
+            if r.met_end_ns is None:
                 return np.array([])
-            idx = stats.block_index(np.asarray(times, dtype=np.int64), r.start_ns, r.start_ns + n * self.block_ns,
-                                    self.block_ns)
-            keep = idx >= 0
-            parts.append(np.bincount(idx[keep], weights=None if weights is None else weights[keep], minlength=n))
+            idx = stats.block_index(r.met_end_ns, r.start_ns, r.start_ns + n * self.block_ns, self.block_ns)
+            parts.append(np.bincount(idx[idx >= 0], minlength=n))
         return np.concatenate(parts).astype(float) if parts else np.array([])
 
     def values(self, column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -137,9 +138,10 @@ def compare_pair(a: Side, b: Side, spec: Compared, cfg: ComparisonSpec, seed: in
                            "a_replicates": [r.rep for r in a.runs], "b_replicates": [r.rep for r in b.runs],
                            "block_s": [a.block_s, b.block_s]}
     if spec.unit == "rate":
-        ua, ub = a.amounts(spec.column) / a.block_s, b.amounts(spec.column) / b.block_s
+        amount_a, amount_b = a.amounts(spec.column), b.amounts(spec.column)
+        ua, ub = amount_a / a.block_s, amount_b / b.block_s  # per-block rates: the per-unit values
         if ua.size and ub.size:
-            res = stats.compare_rates(a.amounts(spec.column), a.block_s, b.amounts(spec.column), b.block_s,
+            res = stats.compare_rates(amount_a, a.block_s, amount_b, b.block_s,
                                       B=cfg.bootstrap_resamples, level=cfg.level, seed=seed)
         else:
             res = None
@@ -182,9 +184,7 @@ def compare_pair(a: Side, b: Side, spec: Compared, cfg: ComparisonSpec, seed: in
 
 
 def _within_se(r: RunPhase, spec: Compared, level: float) -> float | None:
-    from tokenbench.analysis.replicates import _se, within_interval
-
-    return _se(within_interval(r.metrics, spec.column), level)
+    return stats.se_from_interval(within_interval(r.metrics, spec.column), level)
 
 
 def verdict(c: dict[str, Any], a: str, b: str, cfg: ComparisonSpec) -> dict[str, Any]:

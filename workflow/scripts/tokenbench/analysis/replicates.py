@@ -32,22 +32,13 @@ def summary_value(phase: dict[str, Any], column: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def _se(iv: dict[str, Any] | None, level: float) -> float | None:
-    """A standard error read back from a percentile interval: half its width over z."""
-    if not iv or iv.get("lo") is None or iv.get("hi") is None:
-        return None
-    from scipy.stats import norm
-
-    return (iv["hi"] - iv["lo"]) / (2 * float(norm.ppf(0.5 + iv.get("level", level) / 2)))
-
-
 def combine_replicates(docs: list[dict[str, Any]], level: float = stats.LEVEL) -> dict[str, Any]:
     """cells/{engine}/{model}/{load}.json from the metrics.json of the cell's replicate runs."""
     docs = sorted(docs, key=lambda d: int(d["cell"].get("rep", "r1")[1:]))
     cell = {k: docs[0]["cell"][k] for k in ("engine", "model", "load")}
     out: dict[str, Any] = {"cell": cell, "replicates": [d["cell"].get("rep", "r1") for d in docs],
                            "level": level, "phases": []}
-    for i, ph0 in enumerate(docs[0]["phases"]):
+    for ph0 in docs[0]["phases"]:
         name = ph0["phase"]
         runs = [(d["cell"].get("rep", "r1"), d, next(p for p in d["phases"] if p["phase"] == name)) for d in docs]
         entry: dict[str, Any] = {"phase": name, "mode": ph0["mode"], "warmup": ph0["warmup"], "target": ph0["target"],
@@ -72,7 +63,7 @@ def combine_replicates(docs: list[dict[str, Any]], level: float = stats.LEVEL) -
             fig = {"values": values, "reps": [rep for rep, _ in valid],
                    "interval": stats.t_interval(finite, level).to_dict(), "within": within}
             if any(w is not None for w in within):
-                fig["variation"] = stats.variation_sources([_se(w, level) for w in within], finite)
+                fig["variation"] = stats.variation_sources([stats.se_from_interval(w, level) for w in within], finite)
             figures[col] = fig
         entry["figures"] = figures
         out["phases"].append(entry)

@@ -537,6 +537,14 @@ def t_interval(replicate_values, level: float = LEVEL) -> Interval:
     return Interval(mean, float(lo), float(hi), level, method, k)
 
 
+def se_from_interval(iv: dict[str, Any] | None, level: float = LEVEL) -> float | None:
+    """A standard error read back from an interval's JSON form: its half-width over the normal
+    quantile of its level (None without an interval)."""
+    if not iv or iv.get("lo") is None or iv.get("hi") is None:
+        return None
+    return (iv["hi"] - iv["lo"]) / (2 * float(sps.norm.ppf(0.5 + iv.get("level", level) / 2)))
+
+
 def variation_sources(within_se: list[float | None], replicate_values: list[float]) -> dict[str, Any]:
     """Where a figure's spread comes from: noise within a run, or differences between runs.
 

@@ -31,18 +31,6 @@ def phase_of(t_ns: np.ndarray, marks: list[dict[str, Any]]) -> np.ndarray:
     return out
 
 
-def token_times(requests: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Every content chunk's arrival time and the output tokens it carried, in time order.
-
-    The server's usage count is spread evenly over a request's chunks (llama.cpp and most engines
-    stream one token per chunk; engines that batch tokens per chunk are weighted correctly).
-    (The analysis itself counts tokens with ``tokenbench.chunks.Tokens``, which never sorts them.)
-    """
-    t, w = Tokens.of_requests(requests).times()
-    order = np.argsort(t, kind="stable")
-    return t[order], w[order]
-
-
 def inflight_at(t_ns: np.ndarray, requests: pd.DataFrame) -> np.ndarray:
     sent = np.sort(requests["sent_ns"].to_numpy(dtype=np.int64))
     ends = requests["end_ns"].astype("Float64").fillna(np.inf).to_numpy(dtype=float)
