@@ -9,6 +9,12 @@ from tokenbench.config import (
     sweep_phase,
 )
 from tokenbench.imports import package_files
+from tokenbench.report.pages import ASSETS, PAGES, TEMPLATES
+
+# the report's pages and the assets they load, as the package declares them
+SITE_PAGES = [stem for stem, _ in PAGES]
+SITE_ASSETS = sorted(p.name for p in ASSETS.iterdir())
+SITE_SOURCES = sorted(str(p) for p in [*TEMPLATES.iterdir(), *ASSETS.iterdir()])
 
 
 def imports_of(rule_name):

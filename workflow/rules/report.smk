@@ -54,11 +54,18 @@ rule plot_latency:
 
 
 rule render_pages:
-    """Markdown pages generated from the results (no number typed by hand) and the mkdocs config."""
+    """The report's pages, from Jinja2 templates filled with the results (no number typed by hand),
+    each table's and chart's data as CSV and JSON, each run's raw requests, and the mkdocs config."""
     input:
         unpack(lambda wc: chart_inputs()),
+        chart_data=lambda wc: [
+            p.removesuffix(".vl.json") + ext
+            for p in chart_inputs().values()
+            for ext in (".csv", ".json")
+        ],
         metrics=run_paths("metrics", "metrics.json"),
         runs=run_paths("runs", "run.json"),
+        requests=run_paths("runs", "requests.parquet"),
         cells=cell_results(),
         comparisons="data/analysis/comparisons.json",
         hypotheses="data/analysis/hypotheses.json",
@@ -68,12 +75,19 @@ rule render_pages:
             else []
         ),
         code=imports_of("render_pages"),
+        templates=SITE_SOURCES,
     output:
-        pages=expand(
-            "site/docs/{page}.md", page=["index", "runs", "methodology", "provenance"]
+        pages=expand("site/docs/{page}.md", page=SITE_PAGES),
+        run_pages=expand(
+            "site/docs/runs/{e}.{m}.{l}.{r}.md",
+            zip,
+            e=[r[0] for r in RUNS],
+            m=[r[1] for r in RUNS],
+            l=[r[2] for r in RUNS],
+            r=[r[3] for r in RUNS],
         ),
         mkdocs="site/mkdocs.yml",
-        assets=["site/docs/assets/charts.js", "site/docs/assets/tokenbench.css"],
+        assets=expand("site/docs/assets/{name}", name=SITE_ASSETS),
     log:
         "logs/render_pages.log",
     conda:
@@ -82,6 +96,7 @@ rule render_pages:
         study=CFG.study.model_dump(mode="json"),
         config_hash=canonical_hash(CFG.model_dump()),
         charts=list(chart_inputs()),
+        runs=["{}.{}.{}.{}".format(*r) for r in RUNS],
     script:
         "../scripts/render_pages.py"
 
@@ -104,6 +119,7 @@ rule build_site:
     """The static report site (mkdocs-material)."""
     input:
         pages=rules.render_pages.output.pages,
+        run_pages=rules.render_pages.output.run_pages,
         mkdocs="site/mkdocs.yml",
         bundle="site/docs/assets/vega-bundle.js",
         code=imports_of("build_site"),

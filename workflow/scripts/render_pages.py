@@ -16,5 +16,6 @@ render_pages(
     comparisons_path=snakemake.input.comparisons,
     hypotheses_path=snakemake.input.hypotheses,
     chart_paths={name: snakemake.input[name] for name in snakemake.params.charts},
+    request_paths=dict(zip(snakemake.params.runs, snakemake.input.requests)),
     out_dir=str(Path(snakemake.output.mkdocs).parent),
 )

@@ -1,383 +1,785 @@
-"""Render the report's markdown pages from results. No number on a page is typed by hand."""
+"""Render the report's pages: Jinja2 templates (report/templates/) filled from the results.
+
+This module turns results files into plain page data (``Table``s, sentences with intervals, chart
+references); the templates decide the layout, so a page's look changes without touching the
+analysis. No number on a page is typed by hand: every one comes from a results file, through the
+metric registry's labels, units and precision.
+"""
 
 from __future__ import annotations
 
 import html
 import json
 import shlex
+import shutil
+from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import jinja2
 import yaml
+from markupsafe import Markup
 
 from tokenbench import provenance
+from tokenbench.analysis.registry import (CELL_METRICS, CONVENTIONS, ESTIMATED, METRICS, PHASE_FIELDS,
+                                          SUMMARY_COLUMNS, fmt)
 from tokenbench.config import StudySpec
-from tokenbench.analysis.registry import CONVENTIONS, ESTIMATED, METRICS, PHASE_FIELDS, SUMMARY_COLUMNS, Column, fmt
+from tokenbench.report.tables import Row, Table, interval_text, write_downloads
 
-CHARTS_JS = """\
-// Embed every tokenbench chart on the page (specs are inlined, so this works from file:// too).
-document.addEventListener("DOMContentLoaded", function () {
-  document.querySelectorAll(".tb-chart").forEach(function (el) {
-    var spec = (window.TB_SPECS || {})[el.dataset.spec];
-    if (!spec) { el.textContent = "chart spec missing: " + el.dataset.spec; return; }
-    vegaEmbed(el, spec, {actions: {export: true, source: true, compiled: false, editor: false}, renderer: "svg"})
-      .catch(function (err) { el.textContent = "chart failed to render: " + err; });
-  });
-});
-"""
+TEMPLATES = Path(__file__).parent / "templates"
+ASSETS = Path(__file__).parent / "assets"
 
-CSS = """\
-.md-grid { max-width: 1500px; }
-.tb-chart { overflow-x: auto; margin: 1em 0; }
-.tb-est { color: var(--md-accent-fg-color, #c05); font-weight: bold; }
-.md-typeset table:not([class]) { font-size: .7rem; }
-"""
+# (file stem, nav title); runs/<run key>.md pages hang off runs.md
+PAGES = (("index", "Summary"), ("comparison", "Comparison"), ("results", "Results per load"),
+         ("efficiency", "Efficiency and cost"), ("runs", "Runs"), ("health", "Run health"),
+         ("published", "Published references"), ("methodology", "Methodology"),
+         ("provenance", "Provenance"))
+
+EST = Markup('<span class="tb-est" title="estimated: see Methodology">†</span>')
 
 
-def chart_html(name: str, spec: dict[str, Any]) -> str:
-    blob = json.dumps(spec, separators=(",", ":")).replace("</", "<\\/")
-    return (f'<div class="tb-chart" data-spec="{html.escape(name)}"></div>\n'
-            f'<script>window.TB_SPECS=window.TB_SPECS||{{}};window.TB_SPECS["{name}"]={blob};</script>\n')
+# ============================================================================ results, loaded once
+@dataclass
+class Chart:
+    name: str
+    spec: dict[str, Any]
+    data: dict[str, str] = field(default_factory=dict)  # "csv"/"json" -> source path of its full data
+    href: dict[str, str] = field(default_factory=dict)  # "csv"/"json" -> link from the site root
+
+    @property
+    def title(self) -> str:
+        t = self.spec.get("title")
+        return (t.get("text") if isinstance(t, dict) else t) or self.name
+
+    def inline(self) -> Markup:
+        """The spec as a script body (``</`` escaped so a title cannot end the script)."""
+        return Markup(json.dumps(self.spec, separators=(",", ":")).replace("</", "<\\/"))
 
 
-def table(rows: list[dict[str, str]]) -> str:
-    if not rows:
-        return "_no rows_\n"
-    cols = list(dict.fromkeys(k for r in rows for k in r))  # union of keys, first-seen order
-    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    out += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(out) + "\n"
+@dataclass
+class Results:
+    docs: list[dict[str, Any]]  # metrics.json per run
+    runs: list[dict[str, Any]]  # run.json per run, same order
+    fits: list[dict[str, Any]] = field(default_factory=list)
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    comparisons: dict[str, Any] | None = None
+    hypotheses: list[dict[str, Any]] = field(default_factory=list)
+    charts: dict[str, Chart] = field(default_factory=dict)
+    frontiers: dict[str, Any] | None = None
+    requests: dict[str, str] = field(default_factory=dict)  # run key -> requests.parquet path
+
+    @property
+    def hardware(self) -> dict[str, Any]:
+        return self.docs[0]["hardware"] if self.docs else {}
 
 
-EST = '<span class="tb-est" title="estimated: see Methodology">†</span>'
-
-# the metrics each table shows; headers, units and precision come from the registry
-RUN_COLUMNS = (Column("duration_s"), Column("requests_sent"), Column("success_rate"), Column("output_tok_s"),
-               Column("ttft_ms", ("p50", "p95")), Column("e2e_ms", ("p50", "p99")), Column("tpot_ms", ("p50",)),
-               Column("mfu_pct"), Column("goodput_rps"), Column("token_count_mismatch_rate"),
-               Column("cpu_util_pct"), Column("power_w"))
-STEADY_COLUMNS = (Column("output_tok_s"), Column("request_rps"), Column("ttft_ms", ("p50", "p95")),
-                  Column("e2e_ms", ("p99",)), Column("success_rate"), Column("slo_attainment"), Column("mfu_pct"),
-                  Column("tok_per_j"), Column("usd_per_mtok"))
+def run_key(cell: dict[str, Any]) -> str:
+    return f"{cell['engine']}.{cell['model']}.{cell['load']}.{cell.get('rep', 'r1')}"
 
 
-def metric_cells(ph: dict[str, Any], columns: tuple[Column, ...], labels: list[dict[str, str]]) -> dict[str, str]:
-    """A row's metric cells under the registry's headers, marked † where a run labelled the figure estimated."""
-    return {c.header() + (f" {EST}" if any(lb.get(c.key) == ESTIMATED for lb in labels) else ""): c.cell(ph)
-            for c in columns}
+def run_title(cell: dict[str, Any]) -> str:
+    return f"{cell['engine']} · {cell['model']} · {cell['load']} · {cell.get('rep', 'r1')}"
 
 
-def phase_rows(doc: dict[str, Any]) -> list[dict[str, str]]:
-    rows = []
-    for ph in doc["phases"]:
-        rows.append({
-            "phase": ph["phase"],
-            "steady state": "no (warmup)" if ph["warmup"] else ("no (idle)" if ph["mode"] == "idle" else "yes"),
-            "load": ph["label"],
-            **metric_cells(ph, RUN_COLUMNS, [doc["labels"]]),
-            "valid": _valid(ph),
-        })
-    return rows
+def measured(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The phases a figure is reported for: not warm-up, not idle."""
+    return [p for p in phases if not p.get("warmup") and p.get("mode") != "idle"]
 
 
-def _valid(ph: dict[str, Any]) -> str:
-    v = ph.get("validity")
-    if v is None:
+# ============================================================================ summary columns
+def col_header(col: str) -> str:
+    key, stat = SUMMARY_COLUMNS[col]
+    return METRICS[key].header((stat,) if stat else ())
+
+
+def col_label(col: str) -> str:
+    """A summary column's name without its unit, for sentences."""
+    key, stat = SUMMARY_COLUMNS[col]
+    return f"{METRICS[key].label} {stat}" if stat else METRICS[key].label
+
+
+def col_format(col: str) -> tuple[int, bool]:
+    m = METRICS[SUMMARY_COLUMNS[col][0]]
+    return m.digits, m.percent
+
+
+def cell_figure(ph: dict[str, Any], col: str) -> dict[str, Any] | None:
+    """A cell phase's across-replicate interval of a summary column (combine_replicates)."""
+    return ((ph.get("figures") or {}).get(col) or {}).get("interval")
+
+
+def figure_text(iv: dict[str, Any] | None, col: str) -> str:
+    digits, pct = col_format(col)
+    return interval_text(iv, digits, pct)
+
+
+def mean_concurrency(ph: dict[str, Any]) -> float | None:
+    """Requests in flight on average (Little's law: finished req/s × mean E2E): how heavy a load
+    level was, comparable across closed and open loops."""
+    rps, e2e = cell_figure(ph, "request_rps"), cell_figure(ph, "e2e_mean_ms")
+    if not rps or not e2e or rps.get("estimate") is None or e2e.get("estimate") is None:
+        return None
+    return rps["estimate"] * e2e["estimate"] / 1000
+
+
+def requests_of(res: Results, cell: dict[str, Any], phase: str, reps: list[str]) -> int:
+    return sum(p.get("requests_sent", 0) for d in res.docs if {k: d["cell"][k] for k in ("engine", "model", "load")}
+               == {k: cell[k] for k in ("engine", "model", "load")} and d["cell"].get("rep", "r1") in reps
+               for p in d["phases"] if p["phase"] == phase)
+
+
+# ============================================================================ Summary: the verdict
+@dataclass
+class Goal:
+    title: str
+    winner: str | None = None  # the configuration
+    figure: str = ""  # its figure with its interval
+    where: str = ""  # the load level and phase, requests and runs behind it
+    margin: str = ""  # against the runner-up, from the comparison at that level
+    reason: str = ""  # why nothing qualifies
+
+
+def _candidates(res: Results) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(cell, phase) of every measured phase with at least one valid replicate."""
+    return [(c, ph) for c in res.cells for ph in measured(c["phases"]) if ph.get("valid")]
+
+
+def _margin(res: Results, cell: dict[str, Any], phase: str, col: str) -> str:
+    """The comparison of ``cell``'s configuration with the others at the same level and figure."""
+    if not res.comparisons:
         return ""
-    return "yes" if v["valid"] else "**no**: " + "; ".join(v["failed_checks"])
+    out = []
+    for c in res.comparisons["comparisons"]:
+        if (c["load"], c["phase"], c["metric"], c["model"]) != (cell["load"], phase, col, cell["model"]):
+            continue
+        if cell["engine"] not in (c["a"], c["b"]):
+            continue
+        other = c["b"] if c["a"] == cell["engine"] else c["a"]
+        ratio = c.get("ratio") or {}
+        if c["a"] != cell["engine"] and ratio.get("estimate"):  # show this configuration ÷ the other
+            ratio = {"estimate": 1 / ratio["estimate"],
+                     "lo": 1 / ratio["hi"] if ratio.get("hi") else None,
+                     "hi": 1 / ratio["lo"] if ratio.get("lo") else None}
+        verdict = ("resolved" if c.get("winner") == cell["engine"] else
+                   f"{c['winner']} better" if c.get("winner") else "not resolvable at this sample size")
+        out.append(f"{interval_text(ratio, 2)}× {other} ({verdict})")
+    return "; ".join(out)
 
 
-def fit_rows(fits: list[dict[str, Any]]) -> list[dict[str, str]]:
-    rows = []
-    for f in fits:
-        fit = f["fit"]
-        ci = lambda c: f"[{fmt(c[0])}, {fmt(c[1])}]" if c else "not estimable"  # noqa: E731
-        # a parameter the points do not pin down is not shown as a number (its raw value is in the JSON)
-        value = lambda name, digits=1: fmt(fit[name], digits) if fit[f"{name}_estimable"] else "not estimable"  # noqa: E731
-        rows.append({
-            "engine · model": f"{f['engine']} · {f['model']}",
-            "valid points": str(fit["points"]), "excluded": str(len(fit["excluded"])), "dof": str(fit["dof"]),
-            "Vmax (tok/s)": value("vmax"), "Vmax 95 % CI": ci(fit.get("vmax_ci95")),
-            "K (users)": value("k", 2), "K 95 % CI": ci(fit.get("k_ci95")),
-            "R²": fmt(fit.get("r2"), 4),
-            "best model (AICc)": fit.get("best") or "none: " + ("not distinguishable" if fit.get("models") else "n/a"),
-        })
-    return rows
+def _goal(res: Results, title: str, col: str, lower: bool, pool: list[tuple[dict, dict]], where_note: str = "") -> Goal:
+    goal = Goal(title)
+    scored = [(cell_figure(ph, col)["estimate"], c, ph) for c, ph in pool
+              if (cell_figure(ph, col) or {}).get("estimate") is not None]
+    if not scored:
+        goal.reason = f"no valid phase has a {col_header(col)} figure"
+        return goal
+    value, c, ph = (min if lower else max)(scored, key=lambda t: t[0])
+    reps = ph.get("valid_replicates") or []
+    goal.winner = c["cell"]["engine"]
+    iv = cell_figure(ph, col)
+    digits, pct = col_format(col)
+    unit = "" if pct else " " + METRICS[SUMMARY_COLUMNS[col][0]].unit
+    goal.figure = f"{fmt(iv['estimate'], digits, pct)}{unit}"
+    goal.figure += (f" [{fmt(iv['lo'], digits, pct)}, {fmt(iv['hi'], digits, pct)}]" if iv.get("lo") is not None
+                    else f" (no interval: {iv.get('note') or 'too few runs'})")
+    goal.where = (f"{c['cell']['load']} · {ph['phase']} ({ph.get('label') or ''}){where_note}; "
+                  f"{requests_of(res, c['cell'], ph['phase'], reps):,} requests over {len(reps)} "
+                  f"run{'s' if len(reps) != 1 else ''}; interval: mean of the runs, Student t")
+    goal.margin = _margin(res, c["cell"], ph["phase"], col)
+    return goal
 
 
-def published_rows() -> list[dict[str, str]]:
-    """The seed reports' published figures: claims beside the measurements, never mixed with them."""
-    from tokenbench.analysis.efficiency import published_runs
-
-    return [{"report": r["report"].split("_")[0], "engine": r["engine"], "hardware": r["gpu"], "model": r["model"],
-             "users": fmt(r["users"], 0), "phase": r["phase"], "output tok/s": fmt(r["output_tok_s"]),
-             "TTFT p95 (ms)": fmt(r["ttft_p95_ms"], 0), "MFU (%)": fmt(r["mfu_pct"]),
-             "claim": r["claim"]} for r in published_runs()]
+def slo_text(res: Results) -> str | None:
+    slo = next((ph.get("slo") for d in res.docs for ph in measured(d["phases"]) if ph.get("slo")), None)
+    return ", ".join(f"{k.removesuffix('_ms').upper()} ≤ {v:g} ms" for k, v in slo.items()) if slo else None
 
 
-def _steady(doc):
-    return [p for p in doc["phases"] if not p["warmup"] and p["mode"] != "idle"]
+SLO_SHARE = 0.95  # a phase is "under the SLO" when 95 % of its requests met every bound
 
 
-def _interval(iv: dict[str, Any] | None, digits: int = 1, pct: bool = False, why: bool = True) -> str:
-    """estimate [lo, hi], or the estimate with the reason there is no interval (``why``) or
-    'no CI' where the row says the reason elsewhere."""
-    if not iv or iv.get("estimate") is None:
-        return "n/a"
-    est = fmt(iv["estimate"], digits, pct)
-    if iv.get("lo") is None:
-        return f"{est} (no interval: {iv.get('note') or 'too few samples'})" if why else f"{est} (no CI)"
-    return f"{est} [{fmt(iv['lo'], digits, pct)}, {fmt(iv['hi'], digits, pct)}]"
+def verdict(res: Results) -> list[Goal]:
+    pool = _candidates(res)
+    goals = [_goal(res, "Highest output throughput", "output_tok_s", False, pool)]
+    slo = slo_text(res)
+    title = "Lowest TTFT p95 under the SLO"
+    if not slo:
+        goals.append(Goal(title, reason="no SLO is configured (`slo:` in the config)"))
+    else:
+        ok = [(c, ph) for c, ph in pool if ((cell_figure(ph, "slo_attainment") or {}).get("estimate") or 0) >= SLO_SHARE]
+        if not ok:
+            goals.append(Goal(title, reason=f"no valid phase had {SLO_SHARE:.0%} of its requests within the SLO ({slo})"))
+        else:
+            # compare where it is hardest: the heaviest load level (most requests in flight) any configuration held
+            heaviest = max(ok, key=lambda t: mean_concurrency(t[1]) or 0)
+            level = (heaviest[0]["cell"]["load"], heaviest[1]["phase"])
+            at = [(c, ph) for c, ph in ok if (c["cell"]["load"], ph["phase"]) == level]
+            goals.append(_goal(res, title, "ttft_p95_ms", True, at,
+                               f", the heaviest level at which {SLO_SHARE:.0%} of requests met {slo}"))
+    for col, title, why in (("tok_per_j", "Most output tokens per joule", "no power sensor was readable on this host"),
+                            ("usd_per_mtok", "Lowest cost per million output tokens",
+                             "no hourly price is configured (`hardware.price_usd_per_hour`)")):
+        has = [(c, ph) for c, ph in pool if (cell_figure(ph, col) or {}).get("estimate") is not None]
+        goals.append(_goal(res, title, col, col == "usd_per_mtok", has) if has else Goal(title, reason=why))
+    return goals
+
+
+def findings(res: Results, limit: int = 6) -> list[str]:
+    """Resolved comparisons as sentences, largest effects first, and what could not be resolved."""
+    if not res.comparisons:
+        return []
+    rows = res.comparisons["comparisons"]
+    won = [c for c in rows if c.get("winner") and (c.get("ratio") or {}).get("estimate")]
+    won.sort(key=lambda c: -abs(__import__("math").log(c["ratio"]["estimate"])))
+    out, seen = [], set()
+    for c in won:
+        if (c["metric"], c["load"]) in seen:
+            continue
+        seen.add((c["metric"], c["load"]))
+        loser = c["b"] if c["winner"] == c["a"] else c["a"]
+        ratio = c["ratio"]
+        if c["winner"] != c["a"]:
+            ratio = {"estimate": 1 / ratio["estimate"], "lo": 1 / ratio["hi"] if ratio.get("hi") else None,
+                     "hi": 1 / ratio["lo"] if ratio.get("lo") else None}
+        test = "Welch across runs" if c.get("interval_source") == "replicates" else "Mann-Whitney within runs"
+        p = c.get("welch_p_holm") if c.get("interval_source") == "replicates" else c.get("mann_whitney_p_holm")
+        out.append(f"At **{c['load']} · {c['phase']}**, **{c['winner']}** has {interval_text(ratio, 2)}× the "
+                   f"{col_label(c['metric'])} of {loser} ({test}, Holm-adjusted p {_p(p)}).")
+        if len(out) >= limit:
+            break
+    unresolved = sum(1 for c in rows if not c.get("winner") and not str(c.get("verdict", "")).startswith("excluded"))
+    out.append(f"{sum(1 for c in rows if c.get('winner'))} of {len(rows)} comparisons name a winner; "
+               f"{unresolved} are not resolvable at this sample size (see [Comparison](comparison.md)).")
+    return out
 
 
 def _p(p: float | None) -> str:
     return "n/a" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
-def cell_rows(cells: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Per cell and measured phase: the replicates' mean with its t interval, and what was excluded."""
+def hypothesis_table(hypotheses: list[dict[str, Any]]) -> Table:
     rows = []
-    for c in cells:
-        for ph in c["phases"]:
-            if ph["warmup"] or ph["mode"] == "idle":
+    for h in hypotheses:
+        r = Row().text("hypothesis", h["name"]).text("statement", h.get("statement") or "")
+        r.text("test", f"{h['a']} ÷ {h['b']}, {h['metric']}, {h['load']} · {h['phase']}: "
+                       f"{'≥' if h['relation'] == 'at_least' else '≤'} {h['factor']:g}")
+        r.interval("a ÷ b [CI]", "ratio", h.get("ratio"), 3, reason=True)
+        r.text("result", Markup(f'<strong class="tb-status tb-{h["status"].replace(" ", "-")}">{html.escape(h["status"])}</strong>'),
+               "status")
+        r.text("why", h.get("reason") or "")
+        rows.append(r)
+    return Table("hypotheses", rows)
+
+
+# ============================================================================ Comparison
+def comparison_tables(res: Results) -> list[dict[str, Any]]:
+    """Per compared pair, per load level and phase: a row per figure (seed 002's executive table
+    with intervals, tests and effect sizes). A level with no valid run on a side is one line."""
+    if not res.comparisons:
+        return []
+    out = []
+    allc = res.comparisons["comparisons"]
+    for model, a, b in dict.fromkeys((c["model"], c["a"], c["b"]) for c in allc):
+        pair = [c for c in allc if (c["model"], c["a"], c["b"]) == (model, a, b)]
+        levels = []
+        for load, phase in dict.fromkeys((c["load"], c["phase"]) for c in pair):
+            rows_in = [c for c in pair if (c["load"], c["phase"]) == (load, phase)]
+            if all(str(c.get("verdict", "")).startswith("excluded") for c in rows_in):
+                levels.append({"title": f"{load} · {phase}", "excluded": rows_in[0]["verdict"], "table": None})
                 continue
-            figs = ph.get("figures") or {}
-            row = {"engine": c["cell"]["engine"], "load": c["cell"]["load"], "phase": ph["phase"],
-                   "valid runs": f"{len(ph.get('valid_replicates') or [])} of {len(c['replicates'])}"}
-            for col in ("output_tok_s", "ttft_p50_ms", "tpot_p50_ms", "failure_rate"):
-                key, _ = SUMMARY_COLUMNS[col]
-                m = METRICS[key]
-                row[f"{col} (mean [{int(100 * c['level'])} % t interval])"] = _interval(
-                    (figs.get(col) or {}).get("interval"), m.digits, m.percent)
-            var = (figs.get("output_tok_s") or {}).get("variation") or {}
-            row["tok/s variation dominated by"] = var.get("dominant") or "n/a"
-            row["excluded"] = "; ".join(x["reason"] for x in ph.get("excluded") or []) or "none"
-            rows.append(row)
-    return rows
+            rows, notes = [], []
+            for c in rows_in:
+                rows.append(comparison_row(c, notes))
+            won = sum(1 for r in rows if r.data.get("winner"))
+            levels.append({"title": f"{load} · {phase}", "excluded": None, "won": won,
+                           "table": Table(f"compare-{a}-vs-{b}-{model}-{load}-{phase}", rows, notes=notes)})
+        won = sum(1 for c in pair if c.get("winner"))
+        out.append({"title": f"{a} (a) against {b} (b), {model}", "a": a, "b": b, "won": won, "total": len(pair),
+                    "levels": levels})
+    return out
 
 
-def comparison_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, str]], list[str]]:
-    """One pair's comparisons, a row per load level, phase and figure, and the reasons behind the
-    'not resolvable' verdicts as numbered notes (a table cell holds the number)."""
-    out, notes = [], []
-    for c in rows:
-        diff, ratio = c.get("difference") or {}, c.get("ratio") or {}
-        verdict = c.get("verdict", "")
-        if c.get("winner"):
-            shown = f"**{c['winner']}**"
-        else:
-            head, _, why = verdict.partition(": ")
-            why = why or head
-            if why not in notes:
-                notes.append(why)
-            shown = f"{'excluded' if head.startswith('excluded') else 'not resolvable'} [{notes.index(why) + 1}]"
-        out.append({
-            "load · phase": f"{c['load']} · {c['phase']}", "figure": c["metric"],
-            "a": fmt(c.get("a_value")), "b": fmt(c.get("b_value")),
-            "a − b [CI]": _interval(diff, why=False), "a ÷ b [CI]": _interval(ratio, 3, why=False),
-            "CI from": {"replicates": "runs", "blocks": "blocks"}.get(c.get("interval_source"), "n/a"),
-            "MW p (Holm)": _p(c.get("mann_whitney_p_holm")), "Welch p (Holm)": _p(c.get("welch_p_holm")),
-            "Cliff's δ": fmt(c.get("cliffs_delta"), 2), "Cohen's d": fmt(c.get("cohens_d"), 2),
-            "better": shown,
-            "runs a side to resolve": fmt(c.get("replicates_needed"), 0) if c.get("replicates_needed") else "",
-        })
-    return out, notes
+def comparison_row(c: dict[str, Any], notes: list[str]) -> Row:
+    r = Row().text("figure", col_header(c["metric"]), "metric")
+    r.data.update(load=c["load"], phase=c["phase"], a=c["a"], b=c["b"])
+    digits, pct = col_format(c["metric"])
+    r.number("a", "a_value", c.get("a_value"), digits, pct).number("b", "b_value", c.get("b_value"), digits, pct)
+    r.interval("Δ % [CI]", "delta_pct", _pct(c.get("ratio") or {}), 1)
+    if c.get("winner"):
+        shown = Markup(f"<strong>{html.escape(c['winner'])}</strong>")
+    else:
+        head, _, why = str(c.get("verdict", "")).partition(": ")
+        why = why or head
+        if why not in notes:
+            notes.append(why)
+        shown = f"{'excluded' if head.startswith('excluded') else 'not resolvable'} [{notes.index(why) + 1}]"
+    r.text("better", shown, "winner")
+    r.data["winner"], r.data["verdict"] = c.get("winner"), c.get("verdict")
+    r.number("Welch p (Holm)", "welch_p_holm", c.get("welch_p_holm"), 3)
+    r.cells["Welch p (Holm)"] = _p(c.get("welch_p_holm"))
+    r.number("MW p (Holm)", "mann_whitney_p_holm", c.get("mann_whitney_p_holm"), 3)
+    r.cells["MW p (Holm)"] = _p(c.get("mann_whitney_p_holm"))
+    r.number("Cliff's δ", "cliffs_delta", c.get("cliffs_delta"), 2)
+    r.number("Cohen's d", "cohens_d", c.get("cohens_d"), 2)
+    r.text("CI from", {"replicates": "runs (Welch)", "blocks": "blocks (bootstrap)"}.get(
+        c.get("interval_source"), "n/a"), "interval_source")
+    r.interval("a − b [CI]", "difference", c.get("difference") or {}, digits, pct)
+    r.number("runs a side to resolve", "replicates_needed", c.get("replicates_needed"), 0)
+    if not c.get("replicates_needed"):
+        r.cells["runs a side to resolve"] = ""
+    return r
 
 
-def hypothesis_rows(hypotheses: list[dict[str, Any]]) -> list[dict[str, str]]:
-    return [{"hypothesis": h["name"], "statement": h.get("statement") or "",
-             "test": f"{h['a']} ÷ {h['b']}, {h['metric']}, {h['load']} {h['phase']}: "
-                     f"{'≥' if h['relation'] == 'at_least' else '≤'} {h['factor']:g}",
-             "a ÷ b [CI]": _interval(h.get("ratio"), 3), "result": f"**{h['status']}**",
-             "why": h.get("reason") or ""} for h in hypotheses]
+def _pct(ratio: dict[str, Any]) -> dict[str, Any] | None:
+    """A ratio interval as a percentage change (a ÷ b − 1)."""
+    if not ratio or ratio.get("estimate") is None:
+        return None
+    f = lambda v: None if v is None else 100 * (v - 1)  # noqa: E731
+    return {"estimate": f(ratio["estimate"]), "lo": f(ratio.get("lo")), "hi": f(ratio.get("hi"))}
 
 
-def render_index(study: StudySpec, docs: list[dict[str, Any]], fits: list[dict[str, Any]],
-                 specs: dict[str, dict], cells: list[dict[str, Any]] = (), comparisons: dict[str, Any] | None = None,
-                 hypotheses: list[dict[str, Any]] = ()) -> str:
-    hw = docs[0]["hardware"] if docs else {}
-    lines = [f"# {study.title}\n", study.description + "\n"]
-    lines.append(
-        f"Measured on **{(hw.get('detected') or 'unknown hardware').replace('cpu', 'CPU')}** "
-        f"({(hw.get('cpu') or {}).get('name', '')}, {(hw.get('cpu') or {}).get('cores', '?')} cores). "
-        f"Every figure below is computed from the recorded per-request and telemetry data of this run; "
-        f"{EST} marks an estimate, *n/a* a figure the data cannot carry. Definitions: [Methodology](methodology.md).\n")
-    crashed = [d["cell"] for d in docs if d.get("server_exited_during_run")]
-    if crashed:
-        lines.append('!!! danger "The server died during the load test"\n    ' + ", ".join(
-            f"{c['engine']}/{c['model']}/{c['load']}/{c.get('rep', 'r1')}" for c in crashed) +
-            ": every request sent is recorded with its status; see the server log tail on the Runs page.\n")
-    incomplete = [d["cell"] for d in docs if not d["complete"]]
-    if incomplete:
-        lines.append('!!! warning "Incomplete runs"\n    ' + ", ".join(
-            f"{c['engine']}/{c['model']}/{c['load']}/{c.get('rep', 'r1')}" for c in incomplete) + " did not finish; their figures cover what was recorded.\n")
-    if hypotheses:
-        lines.append("## Hypotheses\n")
-        lines.append("Each hypothesis is tested on the ratio a ÷ b and its interval: *confirmed* when the whole "
-                     "interval is on the claimed side, *rejected* when it is wholly on the other, otherwise *not "
-                     "resolvable* at this sample size. Invalid runs are left out.\n")
-        lines.append(table(hypothesis_rows(hypotheses)))
-    if comparisons and comparisons["comparisons"]:
-        lines.append("## Comparison\n")
-        lines.append(f"{int(100 * comparisons['level'])} % intervals, across replicate runs (Welch) or within them "
-                     f"(block bootstrap), whichever carries the dominant uncertainty; Holm's correction within each "
-                     f"figure's family; a winner only when the interval excludes no difference and the matching "
-                     f"test holds at α = {comparisons['alpha']:g}.\n")
-        pairs = list(dict.fromkeys((c["model"], c["a"], c["b"]) for c in comparisons["comparisons"]))
-        for model, a, b in pairs:
-            lines.append(f"### {a} (a) against {b} (b), {model}\n")
-            rows, notes = comparison_rows([c for c in comparisons["comparisons"]
-                                           if (c["model"], c["a"], c["b"]) == (model, a, b)])
-            lines.append(table(rows))
-            lines.append("\n".join(f"{i}. {n}" for i, n in enumerate(notes, 1)) + "\n")
-            needed = next((c["replicates_needed_for"] for c in comparisons["comparisons"]
-                           if c.get("replicates_needed_for")), None)
-            if needed:
-                lines.append(f"*Runs a side to resolve*: replicates per configuration a Welch test would need "
-                             f"to resolve {needed.split(' at ')[0]} at the observed replicate CV "
-                             f"(α = {comparisons['alpha']:g}, power 0.8).\n")
-    if cells:
-        lines.append("## Across replicate runs\n")
-        lines.append("Each cell ran on fresh server launches; the interval is Student t over its valid runs "
-                     "(k − 1 degrees of freedom).\n")
-        lines.append(table(cell_rows(cells)))
-    lines.append("## Steady-state results per run\n")
-    labels = [d["labels"] for d in docs]
+def iso_table(frontiers: dict[str, Any] | None) -> Table | None:
+    """The iso-interactivity table (analysis/frontier.py), as the frontier rule wrote it."""
+    rows_in = (frontiers or {}).get("iso") or []
+    if not rows_in:
+        return None
     rows = []
-    for d in docs:
-        for ph in _steady(d):
-            rows.append({
-                "engine": d["cell"]["engine"], "model": d["cell"]["model"], "load": d["cell"]["load"],
-                "rep": d["cell"].get("rep", "r1"), "phase": ph["phase"], "offered": ph["label"],
-                **metric_cells(ph, STEADY_COLUMNS, labels),
-                "valid": "yes" if (ph.get("validity") or {}).get("valid") else "no",
-            })
-    lines.append(table(rows))
-    invalid = [(d["cell"], ph) for d in docs for ph in _steady(d) if not (ph.get("validity") or {}).get("valid", True)]
-    if invalid:
-        lines.append('\n!!! warning "Figures that failed a validity check"\n' + "\n".join(
-            f"    - {c['engine']}/{c['model']}/{c['load']}/{c.get('rep', 'r1')} {ph['phase']}: " + "; ".join(ph["validity"]["failed_checks"])
-            for c, ph in invalid) + "\n")
-    slo = next((ph.get("slo") for d in docs for ph in _steady(d) if ph.get("slo") is not None), None)
-    if slo:
-        lines.append("SLO met: share of every request sent (any status) that finished ok and met " +
-                     ", ".join(f"{k.removesuffix('_ms').upper()} ≤ {v:g} ms" for k, v in slo.items()) + ".\n")
-    if docs:
-        first = labels[0]
-        lines.append(f"\nMFU peak: {hw.get('peak_note') or 'unknown'}. Power: {first['power_w']}. "
-                     f"Cost per million tokens: {first['usd_per_mtok']} (from the configured hourly price).\n")
-    if "throughput" in specs:
-        lines.append("## Throughput and saturation\n")
-        lines.append(chart_html("throughput", specs["throughput"]))
-        lines.append(table(fit_rows(fits)))
-        for f in fits:
-            for note in f["fit"]["notes"] + [f"excluded {x['reason']}" for x in f["fit"]["excluded"]]:
-                lines.append(f"- **{f['engine']} · {f['model']}**: {note}")
-        lines.append("")
-    if "latency" in specs:
-        lines.append("## Latency vs users\n")
-        lines.append(chart_html("latency", specs["latency"]))
-    lines.append("## Published figures (seed reports)\n")
-    lines.append("What the reports tokenbench grew from published, as data: *published*, not measured here, on "
-                 "other hardware and models; shown for reference and never mixed into the figures above. Some "
-                 "the reports themselves call estimates.\n")
-    lines.append(table(published_rows()))
-    lines.append("\nPer-run detail and telemetry timelines: [Runs](runs.md). What produced these numbers: [Provenance](provenance.md).\n")
-    return "\n".join(lines)
+    for x in rows_in:
+        r = Row()
+        for k, v in x.items():
+            if isinstance(v, float):
+                r.number(k.replace("_", " "), k, v, 2 if abs(v) < 10 else 1)
+            else:
+                r.text(k.replace("_", " "), v, k)
+        rows.append(r)
+    return Table("iso-interactivity", rows)
 
 
-def render_runs(docs: list[dict[str, Any]], runs: list[dict[str, Any]], specs: dict[str, dict]) -> str:
-    lines = ["# Runs\n", "One section per load test: every phase, then the telemetry timeline with phases shaded.\n"]
-    for d, r in zip(docs, runs):
-        c = d["cell"]
-        key = f"{c['engine']}.{c['model']}.{c['load']}.{c.get('rep', 'r1')}"
-        lines.append(f"## {c['engine']} · {c['model']} · {c['load']} · {c.get('rep', 'r1')}\n")
+# ============================================================================ Results per load
+RESULT_COLUMNS = ("output_tok_s", "ttft_mean_ms", "ttft_p95_ms", "ttft_p99_ms", "ttft_jitter_ms", "e2e_p99_ms",
+                  "tpot_p50_ms", "decode_rate_cv", "mfu_pct", "success_rate")
+
+
+def per_user_tok_s(res: Results, cell: dict[str, Any], phase: str, reps: list[str]) -> float | None:
+    """Per-user decode rate: the median of each request's output tok/s after its first token,
+    averaged over the valid runs."""
+    vals = [((p.get("decode_tok_s_per_request") or {}).get("p50")) for d in res.docs
+            if all(d["cell"][k] == cell[k] for k in ("engine", "model", "load")) and d["cell"].get("rep", "r1") in reps
+            for p in d["phases"] if p["phase"] == phase]
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def results_tables(res: Results) -> list[dict[str, Any]]:
+    """Seed 002's scaling table per configuration: a row per load level and measured phase."""
+    out = []
+    configs = list(dict.fromkeys((c["cell"]["engine"], c["cell"]["model"]) for c in res.cells))
+    for engine, model in configs:
+        rows, notes = [], []
+        for c in (c for c in res.cells if (c["cell"]["engine"], c["cell"]["model"]) == (engine, model)):
+            for ph in measured(c["phases"]):
+                reps = ph.get("valid_replicates") or []
+                excluded = "; ".join(f"{x['reason']}" for x in ph.get("excluded") or [])
+                r = Row(invalid=None if ph.get("valid") else (excluded or "no valid run"))
+                r.text("load · phase", f"{c['cell']['load']} · {ph['phase']}", "level")
+                r.data.update(load=c["cell"]["load"], phase=ph["phase"])
+                if excluded and excluded not in notes:
+                    notes.append(excluded)
+                r.text("valid runs", f"{len(reps)} of {len(c['replicates'])}"
+                       + (f" [{notes.index(excluded) + 1}]" if excluded else ""), "valid_runs")
+                r.data["valid_runs"] = len(reps)
+                r.text("offered", ph.get("label") or "")
+                r.number("in flight (mean)", "mean_concurrency", mean_concurrency(ph), 1)
+                for col in RESULT_COLUMNS[:1]:
+                    r.interval(col_header(col), col, cell_figure(ph, col), *col_format(col))
+                r.number("per-user decode (tok/s, p50)", "per_user_tok_s", per_user_tok_s(res, c["cell"], ph["phase"], reps))
+                for col in RESULT_COLUMNS[1:]:
+                    r.interval(col_header(col), col, cell_figure(ph, col), *col_format(col))
+                rows.append(r)
+        out.append({"title": f"{engine} · {model}", "table": Table(f"results-{engine}-{model}", rows, notes=notes)})
+    return out
+
+
+# ============================================================================ Efficiency and cost
+def mfu_worked(res: Results) -> list[str]:
+    """MFU's calculation in the run's own numbers, per configuration at its highest-throughput phase
+    (seed 000 §5.1)."""
+    out = []
+    for engine in dict.fromkeys(c["cell"]["engine"] for c in res.cells):
+        best = max(((cell_figure(ph, "output_tok_s") or {}).get("estimate") or 0, c, ph)
+                   for c in res.cells if c["cell"]["engine"] == engine for ph in measured(c["phases"]) if ph.get("valid"))\
+            if any(ph.get("valid") for c in res.cells if c["cell"]["engine"] == engine for ph in measured(c["phases"])) else None
+        if not best:
+            continue
+        tok_s, c, ph = best
+        doc = next((d for d in res.docs if d["cell"]["engine"] == engine), {})
+        params = ((doc.get("model") or {}).get("figures") or {}).get("parameters") or (doc.get("model") or {}).get("parameters")
+        peak = (doc.get("hardware") or {}).get("peak_flops")
+        mfu = cell_figure(ph, "mfu_pct")
+        if not params or not peak:
+            out.append(f"**{engine}**: MFU not computed: "
+                       + ("the model's parameter count is unknown" if not params else "the hardware's peak FLOP/s is unknown"))
+            continue
+        out.append(f"**{engine}** at {c['cell']['load']} · {ph['phase']}: MFU = 2 × N × output tok/s ÷ peak = "
+                   f"2 × {params / 1e6:,.1f} M × {tok_s:,.1f} tok/s ÷ {peak / 1e9:,.1f} GFLOP/s = "
+                   f"{2 * params * tok_s / peak * 100:.2f} % (table figure, mean of the runs' MFU: "
+                   f"{figure_text(mfu, 'mfu_pct')} %) {EST}")
+    return out
+
+
+EFFICIENCY_KEYS = ("overall_output_tok_s", "overall_mfu_pct", "idle_power_w", "active_power_w", "active_idle_delta_w",
+                   "overall_tok_per_j", "overall_energy_kwh_per_mtok", "overall_energy_usd_per_mtok")
+
+
+def efficiency_table(res: Results) -> Table:
+    """Per run: the cell-level figures (analysis/efficiency.py) with the registry's headers."""
+    rows = []
+    for d in res.docs:
+        cf = d.get("cell_figures") or {}
+        r = Row(link=f"runs/{run_key(d['cell'])}.md").text("run", run_title(d["cell"]), "run")
+        for k in EFFICIENCY_KEYS:
+            m = CELL_METRICS[k]
+            r.number(m.header(), k, cf.get(k), m.digits, m.percent)
+        rows.append(r)
+    return Table("efficiency", rows)
+
+
+def cost_table(res: Results, price: float | None) -> Table:
+    rows = []
+    for c, ph in _candidates(res):
+        tok = cell_figure(ph, "output_tok_s")
+        usd = cell_figure(ph, "usd_per_mtok")
+        r = Row().text("configuration", c["cell"]["engine"]).text("load · phase", f"{c['cell']['load']} · {ph['phase']}")
+        r.interval(col_header("output_tok_s"), "output_tok_s", tok, *col_format("output_tok_s"))
+        r.interval(col_header("usd_per_mtok"), "usd_per_mtok", usd, 3)
+        rows.append(r)
+    return Table("cost", rows)
+
+
+def valley_table(res: Results) -> Table:
+    """The cooldown valley (seed 000 §5.4): power idle, under load, and the difference, per run."""
+    rows = []
+    for d in res.docs:
+        cf = d.get("cell_figures") or {}
+        r = Row(link=f"runs/{run_key(d['cell'])}.md").text("run", run_title(d["cell"]), "run")
+        for k in ("idle_power_w", "active_power_w", "active_idle_delta_w"):
+            m = CELL_METRICS[k]
+            r.number(m.header(), k, cf.get(k), m.digits)
+        idle_phases = [p["phase"] for p in d["phases"] if p.get("mode") == "idle"]
+        r.text("idle window", ", ".join(idle_phases) or "before the first phase", "idle_window")
+        rows.append(r)
+    return Table("cooldown-valley", rows)
+
+
+# ============================================================================ Runs and health
+PHASE_COLUMNS = (("duration_s", None), ("requests_sent", None), ("success_rate", None), ("output_tok_s", None),
+                 ("ttft_ms", "p50"), ("ttft_ms", "p95"), ("e2e_ms", "p99"), ("tpot_ms", "p50"), ("mfu_pct", None),
+                 ("cpu_util_pct", None), ("power_w", None))
+
+
+def phase_table(doc: dict[str, Any]) -> Table:
+    rows = []
+    for ph in doc["phases"]:
+        v = ph.get("validity")
+        r = Row(invalid="; ".join(v["failed_checks"]) if v and not v["valid"] else None)
+        r.text("phase", ph["phase"]).text("kind", "warm-up" if ph.get("warmup") else ("idle" if ph["mode"] == "idle" else "measured"))
+        r.text("valid", "" if v is None else ("yes" if v["valid"] else "no: " + "; ".join(v["failed_checks"])), "valid")
+        r.text("offered", ph.get("label") or "")
+        for key, stat in PHASE_COLUMNS:
+            m = METRICS[key]
+            value = ph.get(key)
+            if stat:
+                value = value.get(stat) if isinstance(value, dict) else None
+            header = m.header((stat,) if stat else ())
+            if doc["labels"].get(key) == ESTIMATED:
+                header += " †"
+            r.number(header, f"{key}_{stat}" if stat else key, value, m.digits, m.percent)
+        rows.append(r)
+    return Table("phases", rows)
+
+
+def runs_table(res: Results) -> Table:
+    rows = []
+    for d in res.docs:
         client = d.get("client") or {}
-        status = ", ".join(f"{k}: {v}" for k, v in sorted((client.get("status_counts") or {}).items())) or "none"
-        lines.append(f"Server ready after {fmt(d.get('server_ready_s'), 2)} s. Requests sent: "
-                     f"{client.get('requests_sent', 0)} ({status}). Client event-loop lag p99: "
-                     f"{fmt(client.get('event_loop_lag_p99_ms'), 2)} ms. "
-                     f"Run complete: {'yes' if d['complete'] else '**no**'}.\n")
-        lines.append(table(phase_rows(d)))
-        if f"timeline.{key}" in specs:
-            lines.append(chart_html(f"timeline.{key}", specs[f"timeline.{key}"]))
-        lines.append("Server command:\n\n```\n" + " ".join(r["server_command"]) + "\n```\n")
-    return "\n".join(lines)
+        bad = [p["phase"] for p in measured(d["phases"]) if not (p.get("validity") or {}).get("valid", True)]
+        r = Row(link=f"runs/{run_key(d['cell'])}.md",
+                invalid=("invalid phases: " + ", ".join(bad)) if bad else (None if d["complete"] else "incomplete"))
+        r.text("run", run_title(d["cell"]), "run")
+        r.number("server ready (s)", "server_ready_s", d.get("server_ready_s"), 2)
+        r.text("requests sent", f"{client.get('requests_sent', 0):,}", "requests_sent")
+        r.data["requests_sent"] = client.get("requests_sent", 0)
+        r.text("complete", "yes" if d["complete"] else "no")
+        r.text("measured phases valid", "all" if not bad else "no: " + ", ".join(bad), "valid")
+        rows.append(r)
+    return Table("runs", rows)
 
 
-def metric_definitions() -> str:
-    """The registry as the Methodology page shows it: conventions, then one row per metric (per phase,
-    then per cell)."""
-    from tokenbench.analysis.registry import CELL_METRICS
+def health_tables(res: Results) -> dict[str, Table]:
+    """Every invalid phase and excluded point with its failed checks; the client's self-checks."""
+    invalid = []
+    for d in res.docs:
+        for ph in d["phases"]:
+            v = ph.get("validity")
+            if v and not v["valid"]:
+                invalid.append(Row(link=f"runs/{run_key(d['cell'])}.md").text("run", run_title(d["cell"]), "run")
+                               .text("phase", ph["phase"]).text("failed checks", "; ".join(v["failed_checks"]), "failed_checks"))
+        if not d["complete"]:
+            invalid.append(Row().text("run", run_title(d["cell"]), "run").text("phase", "(whole run)")
+                           .text("failed checks", "the run did not complete", "failed_checks"))
+        if d.get("server_exited_during_run"):
+            invalid.append(Row().text("run", run_title(d["cell"]), "run").text("phase", "(whole run)")
+                           .text("failed checks", "the server died during the run", "failed_checks"))
+    excluded = []
+    for f in res.fits:
+        for x in f["fit"].get("excluded") or []:
+            excluded.append(Row().text("where", f"saturation fit {f['engine']} · {f['model']}", "where")
+                            .text("point", x.get("reason", ""), "reason"))
+    checks = []
+    for d in res.docs:
+        client = d.get("client") or {}
+        for ph in measured(d["phases"]):
+            v = ph.get("validity") or {}
+            r = Row(link=f"runs/{run_key(d['cell'])}.md",
+                    invalid="; ".join(v.get("failed_checks") or []) or None).text("run", run_title(d["cell"]), "run")
+            r.text("phase", ph["phase"])
+            r.number("send lag p99 (ms)", "send_lag_p99_ms", (ph.get("send_lag_ms") or {}).get("p99"), 2)
+            r.number("event-loop lag p99 (ms)", "event_loop_lag_p99_ms", v.get("event_loop_lag_p99_ms",
+                     client.get("event_loop_lag_p99_ms")), 2)
+            r.metric("foreign_cpu_pct", ph.get("foreign_cpu_pct"))
+            r.metric("token_count_mismatch_rate", ph.get("token_count_mismatch_rate"))
+            r.metric("telemetry_samples", ph.get("telemetry_samples"))
+            r.text("valid", "yes" if v.get("valid", True) else "no")
+            checks.append(r)
+    return {"invalid": Table("invalid", invalid), "excluded": Table("excluded-fit-points", excluded),
+            "checks": Table("client-self-checks", checks)}
 
-    rows = [{"metric": f"`{m.key}` ({m.label})", "unit": m.unit + (" (shown as %)" if m.percent else ""),
-             "measured or estimated": m.basis.value, "aggregation": m.aggregation.value,
-             "across replicates": m.replicates.value, "formula": m.formula}
+
+# ============================================================================ Published, Methodology, Provenance
+def published_tables() -> dict[str, Table]:
+    """The seed reports' published figures: claims beside the measurements, never mixed with them."""
+    from tokenbench.analysis.efficiency import published_fits, published_runs
+
+    runs = [Row().text("report", r["report"].split("_")[0]).text("engine", r["engine"]).text("hardware", r["gpu"])
+            .text("model", r["model"]).number("users", "users", r["users"], 0).text("phase", r["phase"])
+            .number("output tok/s", "output_tok_s", r["output_tok_s"]).number("TTFT p95 (ms)", "ttft_p95_ms", r["ttft_p95_ms"], 0)
+            .number("MFU (%)", "mfu_pct", r["mfu_pct"]).text("claim", r["claim"]) for r in published_runs()]
+    fits = [Row().text("report", f["report"].split("_")[0]).text("engine", f["engine"]).text("model", f["model"])
+            .number("Vmax (tok/s)", "vmax_tok_s", f.get("vmax_tok_s")).number("K (users)", "k_users", f.get("k_users"), 2)
+            .number("claimed R²", "r2_claimed", f.get("r2_claimed"), 4).number("points", "points", f.get("points"), 0)
+            .text("claim", f.get("claim", "")) for f in published_fits()]
+    return {"runs": Table("published-runs", runs), "fits": Table("published-fits", fits)}
+
+
+def fit_table(fits: list[dict[str, Any]]) -> Table:
+    rows = []
+    for f in fits:
+        fit = f["fit"]
+        r = Row().text("engine · model", f"{f['engine']} · {f['model']}", "config")
+        r.number("valid points", "points", fit["points"], 0).number("excluded", "excluded", len(fit["excluded"]), 0)
+        r.number("dof", "dof", fit["dof"], 0)
+        for name, label, digits in (("vmax", "Vmax (tok/s)", 1), ("k", "K (users)", 2)):
+            ci = fit.get(f"{name}_ci95")
+            est = fit[name] if fit.get(f"{name}_estimable") else None
+            r.interval(f"{label} [95 % CI]", name, {"estimate": est, "lo": ci[0] if ci else None,
+                                                    "hi": ci[1] if ci else None} if est is not None else None, digits)
+        r.number("R²", "r2", fit.get("r2"), 4)
+        r.text("best model (AICc)", fit.get("best") or ("not distinguishable" if fit.get("models") else "n/a"), "best")
+        rows.append(r)
+    return Table("saturation-fits", rows)
+
+
+def metric_table() -> Table:
+    rows = [Row().text("metric", Markup(f"<code>{m.key}</code> ({html.escape(m.label)})"), "key")
+            .text("unit", m.unit + (" (shown as %)" if m.percent else ""), "unit")
+            .text("measured or estimated", m.basis.value, "basis").text("aggregation", m.aggregation.value, "aggregation")
+            .text("across replicates", m.replicates.value, "replicates").text("formula", m.formula, "formula")
             for m in [*METRICS.values(), *CELL_METRICS.values()]]
-    fields = "\n".join(f"- `{name}`: {text}" for name, text in PHASE_FIELDS.items())
-    return ("These are the definitions the code applies, from its metric registry "
-            "(`tokenbench/analysis/registry.py`).\n\n" + "\n".join(f"- {c}" for c in CONVENTIONS) + "\n\n"
-            + table(rows) + "\nA phase also records:\n\n" + fields + "\n")
+    for r, m in zip(rows, [*METRICS.values(), *CELL_METRICS.values()]):
+        r.data["key"] = m.key
+    return Table("metrics", rows, sticky=False)
 
 
-def statistics_methods() -> str:
+def statistics_methods() -> list[tuple[str, str]]:
     """How intervals, comparisons, validity and fits are made: the analysis modules' own docstrings."""
     from tokenbench.analysis import compare, fit, intervals, replicates, scaling, validity
 
     parts = [("Within-run intervals", intervals), ("Across replicate runs", replicates),
              ("Between configurations and hypotheses", compare), ("Validity: contention and stability", validity),
              ("Saturation fits", fit), ("Scaling between load levels", scaling)]
-    return "\n".join(f"### {title}\n\n{(mod.__doc__ or '').strip()}\n" for title, mod in parts)
+    return [(title, (mod.__doc__ or "").strip()) for title, mod in parts]
 
 
-def render_methodology(docs: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
-    lines = ["# Methodology\n", "## Metric definitions\n", metric_definitions(),
-             "## Statistics\n", statistics_methods(),
-             "## Labels\n",
-             f"- *measured*: computed from recorded request timestamps, server usage counts or telemetry samples.\n"
-             f"- {EST} *estimated*: depends on a figure that was not measured in this run (a datasheet or "
-             "ISA-derived peak FLOP/s, a configured price).\n"
-             "- *n/a*: the data cannot carry this figure (no power sensor readable, no configured price, too few points).\n",
-             "## Loads\n"]
-    seen = set()
-    for r in runs:
-        load = r["settings"]["load"]
-        if load["name"] in seen:
-            continue
-        seen.add(load["name"])
-        lines.append(f"### {load['name']}\n")
-        lines.append(table([{k: ("" if v is None else str(v)) for k, v in p.items()} for p in load["phases"]]))
-        req = r["settings"]["request"]
-        lines.append("Request: " + ", ".join(f"`{k}={v}`" for k, v in req.items()) + "\n")
-    lines.append("## Hardware peaks\n")
-    for d in docs[:1]:
-        lines.append(f"- {d['hardware'].get('peak_note')}\n")
-    lines.append("## Server commands\n")
-    lines.append("Each cell's engine command exactly as launched (shell-quoted), with the environment "
-                 "variables tokenbench added; secrets are never recorded.\n")
+def server_commands(runs: list[dict[str, Any]]) -> list[str]:
+    out = []
     for r in runs:
         c = r["cell"]
         kind = r["settings"]["engine"].get("kind", "")
         ep = r.get("endpoint") or {}
         if ep.get("external"):
             key = f", API key from `${ep['api_key_env']}` (not recorded)" if ep.get("api_key_env") else ""
-            lines.append(f"- **{c['engine']}** (external endpoint; {c['model']}, {c['load']}): "
-                         f"`{provenance.scrub(ep.get('base_url', ''))}`{key}")
+            out.append(f"**{c['engine']}** (external endpoint; {c['model']}, {c['load']}): "
+                       f"`{provenance.scrub(ep.get('base_url', ''))}`{key}")
             continue
         cmd = provenance.scrub(shlex.join(r["server_command"]))
         env = " ".join(f"{k}={shlex.quote(provenance.scrub(v))}" for k, v in sorted((r.get("server_env") or {}).items()))
-        lines.append(f"- **{c['engine']}** ({kind}; {c['model']}, {c['load']}): `{(env + ' ') if env else ''}{cmd}`")
-    return "\n".join(lines) + "\n"
+        out.append(f"**{c['engine']}** ({kind}; {c['model']}, {c['load']}, {c.get('rep', 'r1')}): "
+                   f"`{(env + ' ') if env else ''}{cmd}`")
+    return out
 
 
-def render_provenance(runs: list[dict[str, Any]], config_hash: str) -> str:
-    lines = ["# Provenance\n", f"Whole-config sha256: `{config_hash}`\n"]
+def load_tables(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out, seen = [], set()
     for r in runs:
-        c = r["cell"]
-        lines.append(f"## {c['engine']} · {c['model']} · {c['load']} · {c.get('rep', 'r1')}\n")
-        lines.append("```yaml\n" + yaml.safe_dump(r["provenance"], sort_keys=False) + "```\n")
-    return "\n".join(lines)
+        load = r["settings"]["load"]
+        if load["name"] in seen:
+            continue
+        seen.add(load["name"])
+        rows = []
+        for p in load["phases"]:
+            row = Row()
+            for k, v in p.items():
+                row.text(k, "" if v is None else str(v), k)
+                row.data[k] = v
+            rows.append(row)
+        req = r["settings"]["request"]
+        out.append({"name": load["name"], "table": Table(f"load-{load['name']}", rows, sticky=False),
+                    "request": ", ".join(f"`{k}={v}`" for k, v in req.items())})
+    return out
+
+
+def rerun_command(study: StudySpec, runs: list[dict[str, Any]]) -> str:
+    """The command that reproduces this report from a checkout at the recorded commit."""
+    sha = next((r.get("provenance", {}).get("git_sha") for r in runs if r.get("provenance", {}).get("git_sha")), None)
+    cfg = next((r.get("provenance", {}).get("configfiles") for r in runs if r.get("provenance", {}).get("configfiles")), None)
+    parts = []
+    if sha:
+        parts.append(f"git checkout {sha[:12]}")
+    parts.append("snakemake --cores 1" + (" --configfile " + " ".join(shlex.quote(c) for c in cfg) if cfg else ""))
+    return " && ".join(parts)
+
+
+# ============================================================================ rendering
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True,
+                             lstrip_blocks=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["fmt"] = fmt
+    env.filters["utc"] = lambda ns: datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    env.globals.update(EST=EST, fmt=fmt)
+    return env
+
+
+def _page_charts(names: list[str], charts: dict[str, Chart]) -> list[Chart]:
+    return [charts[n] for n in names if n in charts]
+
+
+def page_contexts(res: Results, study: StudySpec, config_hash: str, history: dict[str, Any] | None) -> dict[str, dict]:
+    """Every page's data: {page stem: template variables}; run pages are ``runs/<run key>``."""
+    hw = res.hardware
+    crashed = [run_title(d["cell"]) for d in res.docs if d.get("server_exited_during_run")]
+    incomplete = [run_title(d["cell"]) for d in res.docs if not d["complete"]]
+    price = next((((r.get("settings") or {}).get("hardware") or {}).get("price_usd_per_hour") for r in res.runs), None)
+    common = {"study": study, "hardware": hw}
+    sweep_charts = _page_charts(["frontier", "frontier_e2e", "frontier_ttft"], res.charts)
+    pages: dict[str, dict] = {
+        "index": {"goals": verdict(res), "findings": findings(res), "hypotheses": hypothesis_table(res.hypotheses),
+                  "crashed": crashed, "incomplete": incomplete, "slo": slo_text(res), "slo_share": SLO_SHARE,
+                  "charts": _page_charts(["throughput"], res.charts),
+                  "level": int(100 * ((res.comparisons or {}).get("level") or 0.95)),
+                  "n_runs": len(res.docs)},
+        "comparison": {"pairs": comparison_tables(res), "comparisons": res.comparisons, "iso": iso_table(res.frontiers),
+                       "frontiers": res.frontiers, "charts": sweep_charts},
+        "results": {"configs": results_tables(res), "slo": slo_text(res),
+                    "charts": _page_charts(["throughput", "latency"], res.charts), "fits": fit_table(res.fits),
+                    "fit_notes": [f"**{f['engine']} · {f['model']}**: {n}" for f in res.fits
+                                  for n in f["fit"]["notes"] + [f"excluded {x['reason']}" for x in f["fit"]["excluded"]]]},
+        "efficiency": {"mfu": mfu_worked(res), "peak_note": hw.get("peak_note") or "unknown",
+                       "energy": efficiency_table(res), "cost": cost_table(res, price), "price": price,
+                       "valley": valley_table(res), "power": (res.docs[0]["labels"].get("power_w") if res.docs else None),
+                       "charts": []},
+        "runs": {"listing": runs_table(res), "charts": []},
+        "health": {**health_tables(res), "max_lag": None, "charts": []},
+        "published": {**published_tables(), "charts": []},
+        "methodology": {"conventions": CONVENTIONS, "metrics": metric_table(), "fields": PHASE_FIELDS,
+                        "statistics": statistics_methods(), "loads": load_tables(res.runs),
+                        "peak_note": hw.get("peak_note"), "commands": server_commands(res.runs), "charts": []},
+        "provenance": {"config_hash": config_hash, "command": rerun_command(study, res.runs),
+                       "runs": [{"title": run_title(r["cell"]),
+                                 "yaml": yaml.safe_dump(r["provenance"], sort_keys=False)} for r in res.runs],
+                       "dates": sorted(r["provenance"].get("created_unix_ns") for r in res.runs
+                                       if r.get("provenance", {}).get("created_unix_ns")), "charts": []},
+    }
+    for d, r in zip(res.docs, res.runs):
+        key = run_key(d["cell"])
+        client = d.get("client") or {}
+        pages[f"runs/{key}"] = {
+            "title": run_title(d["cell"]), "doc": d, "client": client, "phases": phase_table(d),
+            "status": ", ".join(f"{k}: {v}" for k, v in sorted((client.get("status_counts") or {}).items())) or "none",
+            "command": provenance.scrub(shlex.join(r["server_command"])) if r.get("server_command") else "",
+            "charts": _page_charts([f"timeline.{key}", f"engine.{key}", f"latency_breakdown.{key}"], res.charts),
+            "requests": f"../data/runs/{key}.requests.parquet" if key in res.requests else None,
+        }
+    for ctx in pages.values():
+        ctx.update(common)
+    return pages
+
+
+def render_pages(study: StudySpec, config_hash: str, metric_paths: list[str], run_paths: list[str],
+                 fit_paths: list[str], chart_paths: dict[str, str], out_dir: str, cell_paths: list[str] = (),
+                 comparisons_path: str | None = None, hypotheses_path: str | None = None,
+                 frontiers_path: str | None = None, request_paths: dict[str, str] | None = None,
+                 history: dict[str, Any] | None = None) -> list[str]:
+    """site/docs/*.md (and runs/*.md), their downloads under site/docs/data/, assets and mkdocs.yml."""
+    from tokenbench.records import read_json
+
+    charts = {}
+    for name, p in chart_paths.items():
+        stem = str(p).removesuffix(".vl.json")
+        data = {ext: f"{stem}.{ext}" for ext in ("csv", "json") if Path(f"{stem}.{ext}").is_file()}
+        charts[name] = Chart(name, json.loads(Path(p).read_text()), data)
+    res = Results(docs=[read_json(p) for p in metric_paths], runs=[read_json(p) for p in run_paths],
+                  fits=[read_json(p) for p in fit_paths], cells=[read_json(p) for p in cell_paths],
+                  comparisons=read_json(comparisons_path) if comparisons_path else None,
+                  hypotheses=read_json(hypotheses_path)["hypotheses"] if hypotheses_path else [],
+                  charts=charts, frontiers=read_json(frontiers_path) if frontiers_path else None,
+                  requests=dict(request_paths or {}))
+    out = Path(out_dir)
+    docs_dir = out / "docs"
+    data_dir = docs_dir / "data"
+    # a page or download of an earlier config must not linger (assets/ holds the separately built bundle)
+    for old in [*docs_dir.glob("*.md"), docs_dir / "runs", data_dir]:
+        shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+    (docs_dir / "runs").mkdir(parents=True)
+    for name, ch in charts.items():
+        for ext, src in ch.data.items():
+            (data_dir / "charts").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, data_dir / "charts" / f"{name}.{ext}")
+            ch.href[ext] = f"data/charts/{name}.{ext}"
+    for key, src in res.requests.items():
+        (data_dir / "runs").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, data_dir / "runs" / f"{key}.requests.parquet")
+
+    env = environment()
+    written = []
+    for page, ctx in page_contexts(res, study, config_hash, history).items():
+        depth = page.count("/")
+        root = "../" * depth
+        stem = page.replace("/", ".")
+        for value in ctx.values():
+            for t in (value if isinstance(value, list) else [value]):
+                t = t.get("table") if isinstance(t, dict) and isinstance(t.get("table"), Table) else t
+                if isinstance(t, Table):
+                    write_downloads(t, data_dir / "tables", f"{stem}.{t.id}", f"{root}data/tables")
+        template = "run.md.j2" if page.startswith("runs/") else f"{page}.md.j2"
+        text = env.get_template(template).render(root=root, page=page, **ctx)
+        path = docs_dir / f"{page}.md"
+        path.write_text(text)
+        written.append(str(path))
+    (docs_dir / "assets").mkdir(exist_ok=True)
+    for asset in ASSETS.iterdir():
+        shutil.copyfile(asset, docs_dir / "assets" / asset.name)
+    (out / "mkdocs.yml").write_text(yaml.safe_dump(mkdocs_config(study), sort_keys=False))
+    return written
 
 
 def mkdocs_config(study: StudySpec) -> dict[str, Any]:
@@ -386,44 +788,13 @@ def mkdocs_config(study: StudySpec) -> dict[str, Any]:
         "docs_dir": "docs",
         "site_dir": "public",
         "use_directory_urls": False,  # pages open straight from disk (file://)
-        "theme": {"name": "material", "font": False, "features": ["content.code.copy"]},  # no web fonts
+        "theme": {"name": "material", "font": False, "features": ["content.code.copy", "navigation.top"]},  # no web fonts
         "plugins": ["search"],
         "markdown_extensions": ["tables", "admonition", "attr_list", "md_in_html", "toc"],
-        "extra_javascript": ["assets/vega-bundle.js", "assets/charts.js"],
-        "extra_css": ["assets/tokenbench.css"],
-        "nav": [{"Results": "index.md"}, {"Runs": "runs.md"}, {"Methodology": "methodology.md"},
-                {"Provenance": "provenance.md"}],
+        "extra_css": ["assets/tokenbench.css"],  # the chart library is loaded by the pages that have charts
+        "nav": [{title: f"{stem}.md"} for stem, title in PAGES],
+        "validation": {"omitted_files": "info", "absolute_links": "warn", "unrecognized_links": "warn"},
     }
-
-
-def render_pages(study: StudySpec, config_hash: str, metric_paths: list[str], run_paths: list[str],
-                 fit_paths: list[str], chart_paths: dict[str, str], out_dir: str, cell_paths: list[str] = (),
-                 comparisons_path: str | None = None, hypotheses_path: str | None = None) -> list[str]:
-    from tokenbench.records import read_json
-
-    docs = [read_json(p) for p in metric_paths]
-    runs = [read_json(p) for p in run_paths]
-    fits = [read_json(p) for p in fit_paths]
-    cells = [read_json(p) for p in cell_paths]
-    comparisons = read_json(comparisons_path) if comparisons_path else None
-    hypotheses = read_json(hypotheses_path)["hypotheses"] if hypotheses_path else []
-    specs = {name: json.loads(Path(p).read_text()) for name, p in chart_paths.items()}
-    out = Path(out_dir)
-    (out / "docs" / "assets").mkdir(parents=True, exist_ok=True)
-    pages = {
-        "index.md": render_index(study, docs, fits, specs, cells, comparisons, hypotheses),
-        "runs.md": render_runs(docs, runs, specs),
-        "methodology.md": render_methodology(docs, runs),
-        "provenance.md": render_provenance(runs, config_hash),
-    }
-    written = []
-    for name, text in pages.items():
-        (out / "docs" / name).write_text(text)
-        written.append(str(out / "docs" / name))
-    (out / "docs" / "assets" / "charts.js").write_text(CHARTS_JS)
-    (out / "docs" / "assets" / "tokenbench.css").write_text(CSS)
-    (out / "mkdocs.yml").write_text(yaml.safe_dump(mkdocs_config(study), sort_keys=False))
-    return written
 
 
 def write_vega_bundle(path: str | Path) -> None:
