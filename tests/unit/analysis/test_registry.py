@@ -154,3 +154,10 @@ def test_values_use_the_registry_precision(every_kind_of_phase):
     row = pages.phase_rows(every_kind_of_phase)[0]
     assert row[registry.METRICS["tpot_ms"].header(("p50",))] == f"{steady['tpot_ms']['p50']:.2f}"
     assert row[registry.METRICS["success_rate"].header()] == "100.0 %"
+
+
+def test_fmt():
+    from tokenbench.analysis.registry import fmt
+
+    assert fmt(None) == "n/a" and fmt(float("nan")) == "n/a"
+    assert fmt(1234.5) == "1,234" and fmt(0.5, 1, pct=True) == "50.0 %"

@@ -4,11 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tokenbench.config import StudySpec
-
 from tokenbench.config import HardwareSpec
 from tokenbench.report import charts
-from tokenbench.report import pages
 from tokenbench.analysis.fit import fit_saturation
 from tokenbench.analysis.metrics import compute_metrics, summarize_metrics
 
@@ -57,55 +54,3 @@ def test_throughput_chart_has_points_and_fit_curve(results):
     assert charts.plot_latency(summary).to_dict()["facet"]["column"]["field"] == "metric"
 
 
-def test_pages_show_computed_numbers_labels_and_fit_caveats(results, tmp_path):
-    docs, runs = results
-    summary = summarize_metrics(docs)
-    fit = fit_saturation(summary.users, summary.output_tok_s)
-    fits = [{"engine": "llamacpp", "model": "smol", "fit": fit}]
-    text = pages.render_index(StudySpec(title="T", description="D"), docs, fits, {"throughput": {"a": 1}})
-    tok = docs[1]["phases"][0]["output_tok_s"]
-    assert pages.fmt(tok) in text
-    assert "estimated: test" in text and pages.EST in text
-    assert "| 3 | 0 | 1 |" in text  # valid points, excluded, dof of the fit table
-    assert "1 degree of freedom" in text
-    assert 'window.TB_SPECS["throughput"]={"a":1}' in text
-    runs_md = pages.render_runs(docs, [r for r, _ in runs], {})
-    assert "llama-server --port 1" in runs_md
-    import re
-
-    assert not re.search(r"\bnan\b", text.lower())
-
-
-def test_chart_html_escapes_script_end():
-    html = pages.chart_html("x", {"title": "</script><b>"})
-    assert "</script><b>" not in html.split("<script>", 1)[1].rsplit("</script>", 1)[0]
-
-
-def test_fmt():
-    assert pages.fmt(None) == "n/a" and pages.fmt(float("nan")) == "n/a"
-    assert pages.fmt(1234.5) == "1,234" and pages.fmt(0.5, 1, pct=True) == "50.0 %"
-
-
-def test_methodology_lists_resolved_commands_per_engine_and_no_secrets(monkeypatch):
-    from tokenbench import provenance
-    from tokenbench.engines import catalog as engines
-
-    secret = "hf_secret_value_1234567890"
-    monkeypatch.setenv("HF_TOKEN", secret)
-    spec = {"name": "mlc", "binary": "mlc_llm", "host": "127.0.0.1", "served_name": "m", "max_batch": 64,
-            "max_context": 4096}
-    cmd = engines.engine("mlc-llm").build_command(spec, "/models/Llama-3-8B-q0f16-MLC", 8000)
-    load = {"name": "l", "phases": [{"name": "s", "mode": "closed", "users": 1, "duration_s": 1}]}
-    run_mlc = {"cell": {"engine": "mlc", "model": "m", "load": "l"}, "server_command": cmd,
-               "server_env": {"HF_TOKEN": secret, "CUDA_VISIBLE_DEVICES": "0"},
-               "settings": {"engine": {"kind": "mlc-llm"}, "load": load, "request": {"max_tokens": 8}}}
-    run_ext = {"cell": {"engine": "theirs", "model": "m", "load": "l"}, "server_command": ["(external endpoint)"],
-               "endpoint": {"external": True, "base_url": "http://127.0.0.1:9000", "api_key_env": "THEIR_KEY"},
-               "settings": {"engine": {"kind": "external"}, "load": load, "request": {"max_tokens": 8}}}
-    text = pages.render_methodology([{"hardware": {"peak_note": "x"}}], [run_mlc, run_ext])
-    # copy-pastable: the ;-separated overrides are quoted as one argument
-    assert ("`CUDA_VISIBLE_DEVICES=0 HF_TOKEN='<HF_TOKEN>' mlc_llm serve /models/Llama-3-8B-q0f16-MLC --mode server "
-            "--host 127.0.0.1 --port 8000 --overrides 'max_num_sequence=64;context_window_size=4096'`") in text
-    assert "**mlc** (mlc-llm; m, l)" in text
-    assert "**theirs** (external endpoint; m, l): `http://127.0.0.1:9000`, API key from `$THEIR_KEY` (not recorded)" in text
-    assert secret not in text
