@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tokenbench.config import StudySpec
 
 from tokenbench.analysis import registry
 from tokenbench.analysis.metrics import compute_metrics, summarize_metrics
@@ -116,44 +115,47 @@ def test_summary_columns_keep_their_names_and_add_replicates_and_new_figures(eve
 
 
 def test_methodology_lists_every_metric_with_its_formula():
-    text = pages.render_methodology([], [])
+    t = pages.metric_table()
+    keys = [r.data["key"] for r in t.rows]
+    formulas = [r.cells["formula"] for r in t.rows]
     for key, m in registry.METRICS.items():
-        assert f"`{key}`" in text and m.formula in text, key
-    for convention in registry.CONVENTIONS:
-        assert convention in text
+        assert key in keys and m.formula in formulas, key
+    text = (pages.TEMPLATES / "methodology.md.j2").read_text()
+    assert "conventions" in text  # the page lists registry.CONVENTIONS, as page_contexts hands them over
 
 
 def test_table_headers_come_from_the_registry(every_kind_of_phase, monkeypatch):
     doc = every_kind_of_phase
     renamed = dataclasses.replace(registry.METRICS["output_tok_s"], label="delivered tokens", unit="tokens per second")
     monkeypatch.setitem(registry.METRICS, "output_tok_s", renamed)
-    runs_header = pages.table(pages.phase_rows(doc)).splitlines()[0]
-    index = pages.render_index(StudySpec(title="T"), [doc], [], {})
+    runs_header = " | ".join(pages.phase_table(doc).columns)
+    results_header = pages.col_header("output_tok_s")
     cli_header = summary_lines(doc)[0]
-    for text in (runs_header, index, cli_header):
+    for text in (runs_header, results_header, cli_header):
         assert "delivered tokens (tokens per second)" in text
         assert "output throughput" not in text
 
 
 def test_estimated_marker_follows_the_labels(every_kind_of_phase):
     doc = every_kind_of_phase
-    cost = registry.METRICS["usd_per_mtok"].header()
-    assert f"{cost} {pages.EST}" in pages.render_index(StudySpec(title="T"), [doc], [], {})
-    unpriced = {**doc, "labels": {**doc["labels"], "usd_per_mtok": "not available"}}
-    index = pages.render_index(StudySpec(title="T"), [unpriced], [], {})
-    assert cost in index and f"{cost} {pages.EST}" not in index
+    mfu = registry.METRICS["mfu_pct"].header()
+    assert doc["labels"]["mfu_pct"] == "estimated"
+    assert f"{mfu} †" in pages.phase_table(doc).columns
+    measured = {**doc, "labels": {**doc["labels"], "mfu_pct": "measured"}}
+    cols = pages.phase_table(measured).columns
+    assert mfu in cols and f"{mfu} †" not in cols
 
 
 def test_pages_show_the_phase_label_from_the_run(every_kind_of_phase):
-    rows = pages.phase_rows(every_kind_of_phase)
-    assert [r["load"] for r in rows] == ["closed loop, 2 users", "constant, 2 req/s", "idle, 3 s"]
+    rows = pages.phase_table(every_kind_of_phase).rows
+    assert [r.cells["offered"] for r in rows] == ["closed loop, 2 users", "constant, 2 req/s", "idle, 3 s"]
 
 
 def test_values_use_the_registry_precision(every_kind_of_phase):
     steady = every_kind_of_phase["phases"][0]
-    row = pages.phase_rows(every_kind_of_phase)[0]
-    assert row[registry.METRICS["tpot_ms"].header(("p50",))] == f"{steady['tpot_ms']['p50']:.2f}"
-    assert row[registry.METRICS["success_rate"].header()] == "100.0 %"
+    row = pages.phase_table(every_kind_of_phase).rows[0]
+    assert row.cells[registry.METRICS["tpot_ms"].header(("p50",))] == f"{steady['tpot_ms']['p50']:.2f}"
+    assert row.cells[registry.METRICS["success_rate"].header()] == "100.0 %"
 
 
 def test_fmt():
