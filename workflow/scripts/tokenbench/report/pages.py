@@ -25,7 +25,7 @@ from tokenbench import provenance
 from tokenbench.analysis.registry import (CELL_METRICS, CONVENTIONS, ESTIMATED, METRICS, PHASE_FIELDS,
                                           SUMMARY_COLUMNS, fmt)
 from tokenbench.config import StudySpec
-from tokenbench.report.tables import Row, Table, interval_text, write_downloads
+from tokenbench.report.tables import Row, Table, interval_text, no_interval, write_downloads
 
 TEMPLATES = Path(__file__).parent / "templates"
 ASSETS = Path(__file__).parent / "assets"
@@ -179,15 +179,24 @@ def _goal(res: Results, title: str, col: str, lower: bool, pool: list[tuple[dict
     goal.winner = c["cell"]["engine"]
     iv = cell_figure(ph, col)
     digits, pct = col_format(col)
-    unit = "" if pct else " " + METRICS[SUMMARY_COLUMNS[col][0]].unit
-    goal.figure = f"{fmt(iv['estimate'], digits, pct)}{unit}"
-    goal.figure += (f" [{fmt(iv['lo'], digits, pct)}, {fmt(iv['hi'], digits, pct)}]" if iv.get("lo") is not None
-                    else f" (no interval: {iv.get('note') or 'too few runs'})")
+    unit = "" if pct else METRICS[SUMMARY_COLUMNS[col][0]].unit
+    goal.figure = _with_unit(iv, digits, unit, pct)
     goal.where = (f"{c['cell']['load']} · {ph['phase']} ({ph.get('label') or ''}){where_note}; "
                   f"{requests_of(res, c['cell'], ph['phase'], reps):,} requests over {len(reps)} "
                   f"run{'s' if len(reps) != 1 else ''}; interval: mean of the runs, Student t")
     goal.margin = _margin(res, c["cell"], ph["phase"], col)
     return goal
+
+
+def _with_unit(iv: dict[str, Any] | None, digits: int, unit: str, pct: bool = False) -> str:
+    """'12.3 tok/s [11.0, 13.6]', or the estimate and why it has no interval."""
+    if not iv or iv.get("estimate") is None:
+        return "n/a"
+    unit = f" {unit}" if unit else ""
+    est = f"{fmt(iv['estimate'], digits, pct)}{unit}"
+    if iv.get("lo") is None:
+        return f"{est} ({no_interval(iv)})"
+    return f"{est} [{fmt(iv['lo'], digits, pct)}, {fmt(iv['hi'], digits, pct)}]"
 
 
 def slo_text(res: Results) -> str | None:
@@ -420,10 +429,10 @@ def mfu_worked(res: Results) -> list[str]:
             out.append(f"**{engine}**: MFU not computed: "
                        + ("the model's parameter count is unknown" if not params else "the hardware's peak FLOP/s is unknown"))
             continue
-        out.append(f"**{engine}** at {c['cell']['load']} · {ph['phase']}: MFU = 2 × N × output tok/s ÷ peak = "
-                   f"2 × {params / 1e6:,.1f} M × {tok_s:,.1f} tok/s ÷ {peak / 1e9:,.1f} GFLOP/s = "
-                   f"{2 * params * tok_s / peak * 100:.2f} % (table figure, mean of the runs' MFU: "
-                   f"{figure_text(mfu, 'mfu_pct')} %) {EST}")
+        out.append(f"**{engine}** at {c['cell']['load']} · {ph['phase']} (its highest mean output rate): "
+                   f"MFU = 2 × N × output tok/s ÷ peak = 2 × {params / 1e6:,.1f} M × {tok_s:,.1f} tok/s ÷ "
+                   f"{peak / 1e9:,.1f} GFLOP/s = **{2 * params * tok_s / peak * 100:.2f} %** {EST}; per run and "
+                   f"averaged: {_with_unit(mfu, 2, '%')}.")
     return out
 
 
@@ -680,6 +689,7 @@ def page_contexts(res: Results, study: StudySpec, config_hash: str, history: dic
     incomplete = [run_title(d["cell"]) for d in res.docs if not d["complete"]]
     price = next((((r.get("settings") or {}).get("hardware") or {}).get("price_usd_per_hour") for r in res.runs), None)
     common = {"study": study, "hardware": hw}
+    energy, valley = efficiency_table(res), valley_table(res)
     sweep_charts = _page_charts(["frontier", "frontier_e2e", "frontier_ttft"], res.charts)
     pages: dict[str, dict] = {
         "index": {"goals": verdict(res), "findings": findings(res), "hypotheses": hypothesis_table(res.hypotheses),
@@ -694,8 +704,9 @@ def page_contexts(res: Results, study: StudySpec, config_hash: str, history: dic
                     "fit_notes": [f"**{f['engine']} · {f['model']}**: {n}" for f in res.fits
                                   for n in f["fit"]["notes"] + [f"excluded {x['reason']}" for x in f["fit"]["excluded"]]]},
         "efficiency": {"mfu": mfu_worked(res), "peak_note": hw.get("peak_note") or "unknown",
-                       "energy": efficiency_table(res), "cost": cost_table(res, price), "price": price,
-                       "valley": valley_table(res), "power": (res.docs[0]["labels"].get("power_w") if res.docs else None),
+                       "energy": energy, "energy_missing": energy.drop_empty_columns(),
+                       "cost": cost_table(res, price), "price": price,
+                       "valley": valley, "valley_missing": valley.drop_empty_columns(), "power": (res.docs[0]["labels"].get("power_w") if res.docs else None),
                        "charts": []},
         "runs": {"listing": runs_table(res), "charts": []},
         "health": {**health_tables(res), "max_lag": None, "charts": []},

@@ -64,9 +64,14 @@ def interval_text(iv: dict[str, Any] | None, digits: int = 1, pct: bool = False,
         return "n/a"
     est = fmt(iv["estimate"], digits, pct)
     if iv.get("lo") is None:
-        note = iv.get("note") or "too few samples"
-        return f"{est} (no interval: {note})" if reason else f"{est} (no CI)"
+        return f"{est} ({no_interval(iv)})" if reason else f"{est} (no CI)"
     return f"{est} [{fmt(iv['lo'], digits, pct)}, {fmt(iv['hi'], digits, pct)}]"
+
+
+def no_interval(iv: dict[str, Any]) -> str:
+    """Why an estimate has no interval, as its note says it."""
+    note = iv.get("note") or "too few samples"
+    return note if "no interval" in note else f"no interval: {note}"
 
 
 @dataclass
@@ -85,6 +90,14 @@ class Table:
     @property
     def data_columns(self) -> list[str]:
         return list(dict.fromkeys(k for r in self.rows for k in [*r.data, "invalid_reason"]))
+
+    def drop_empty_columns(self) -> list[str]:
+        """Hide the columns no row has a figure in (the download keeps them); returns their headers."""
+        empty = [c for c in self.columns if self.rows and all(r.cells.get(c, "n/a") == "n/a" for r in self.rows)]
+        for r in self.rows:
+            for c in empty:
+                r.cells.pop(c, None)
+        return empty
 
     def records(self) -> list[dict[str, Any]]:
         cols = self.data_columns
