@@ -528,7 +528,7 @@ def health_tables(res: Results) -> dict[str, Table]:
     """Every invalid phase and excluded point with its failed checks; the client's self-checks."""
     invalid = []
     for d in res.docs:
-        for ph in d["phases"]:
+        for ph in measured(d["phases"]):  # a warm-up's checks are recorded too, but nothing rests on it
             v = ph.get("validity")
             if v and not v["valid"]:
                 invalid.append(Row(link=f"runs/{run_key(d['cell'])}.md").text("run", run_title(d["cell"]), "run")
