@@ -35,7 +35,7 @@ from urllib.parse import urldefrag, urljoin, urlparse
 CHROMIUM = "/usr/bin/chromium"
 WIDE, NARROW = 1400, 420
 MAX_PAGE_BYTES = 1_000_000  # "a typical page under 1 MB"
-SCREENSHOT_PAGES = ("index.html", "comparison.html", "runs/*.html")
+SCREENSHOT_PAGES = ("index.html", "comparison.html", "runs/*.html")  # Summary, Comparison, the first Run page
 CHART_TIMEOUT_S = 20.0  # how long a page's charts get to draw
 NAV_SELECTOR = "nav a[href], .md-tabs a[href], header a[href]"
 PAGE_SUFFIXES = ("", ".html", ".htm")
@@ -77,6 +77,7 @@ class Page:
     overflow_px: float = 0.0  # at 420 px: scrollWidth - innerWidth
     overflowing: list[str] = field(default_factory=list)  # elements that stick out of the page at 420 px
     nav_links: list[str] = field(default_factory=list)
+    scrolling_tables: list[str] = field(default_factory=list)  # at 1400 px: tables with columns scrolled out of view
     linked_from: str = ""  # the first page the crawl found a link to this one on
 
 
@@ -126,8 +127,6 @@ class SiteReport:
                     out.append(f"{p.path}: chart {c.name!r}: {what}" + (f" ({c.text})" if c.text else ""))
                 if c.action_menu:
                     out.append(f"{p.path}: chart {c.name!r} shows vega-embed's action menu (actions must be disabled)")
-            if p.loads_vega and not p.charts:
-                out.append(f"{p.path}: loads the Vega bundle but has no chart")
         return out
 
     def navigation_problems(self) -> list[str]:
@@ -146,8 +145,11 @@ class SiteReport:
         return [f"download {d.url} (on {d.page}): {d.problem}" for d in self.downloads if d.problem]
 
     def size_problems(self) -> list[str]:
-        return [f"{p.path}: {p.html_bytes / 1e6:.2f} MB of HTML (limit {MAX_PAGE_BYTES / 1e6:.0f} MB)"
-                for p in self.pages.values() if p.html_bytes > MAX_PAGE_BYTES]
+        """Pages over 1 MB of HTML, and pages that load the chart library without showing a chart."""
+        return ([f"{p.path}: {p.html_bytes / 1e6:.2f} MB of HTML (limit {MAX_PAGE_BYTES / 1e6:.0f} MB)"
+                 for p in self.pages.values() if p.html_bytes > MAX_PAGE_BYTES]
+                + [f"{p.path}: loads the Vega bundle but has no chart" for p in self.pages.values()
+                   if p.loads_vega and not p.charts])
 
     def overflow_problems(self) -> list[str]:
         return [f"{p.path}: at {NARROW} px the page is {p.overflow_px:.0f} px wider than the window"
@@ -188,11 +190,16 @@ class SiteReport:
                      f"{len(bad)} broken")
         sizes = sorted(p.html_bytes for p in self.pages.values())
         if sizes:
+            over = sum(s > MAX_PAGE_BYTES for s in sizes)
             lines.append(f"sizes: largest page {sizes[-1] / 1e6:.2f} MB, median {sizes[len(sizes) // 2] / 1e6:.2f} MB, "
-                         f"{len(self.size_problems())} over {MAX_PAGE_BYTES / 1e6:.0f} MB")
+                         f"{over} over {MAX_PAGE_BYTES / 1e6:.0f} MB; {sum(p.loads_vega and not p.charts for p in self.pages.values())}"
+                         " load the Vega bundle without a chart")
         lines.append(f"console errors: {sum(len(p.console_errors) for p in self.pages.values())}, "
                      f"uncaught exceptions: {sum(len(p.page_errors) for p in self.pages.values())}, "
                      f"console warnings: {sum(len(p.console_warnings) for p in self.pages.values())}")
+        scrolling = [f"{p.path}: {t}" for p in self.pages.values() for t in p.scrolling_tables]
+        lines.append(f"tables scrolling sideways at {WIDE} px (a note, not a failure): {len(scrolling)}"
+                     + "".join(f"\n  {t}" for t in scrolling[:10]))
         warnings = sorted({f"{p.path}: {m}" for p in self.pages.values() for m in p.console_warnings})
         lines += [f"  warning {m}" for m in warnings[:10]] + ([f"  ... {len(warnings) - 10} more"] if len(warnings) > 10 else [])
         lines.append(f"external requests: {len(self.external_requests)}"
@@ -298,6 +305,18 @@ _OVERFLOW = """() => {
   return {over, culprits};
 }"""
 
+# at the wide width: tables whose container scrolls sideways (columns hidden until the reader scrolls)
+_SCROLLING_TABLES = """() => Array.from(document.querySelectorAll('table')).flatMap(t => {
+  for (let a = t.parentElement; a && a !== document.body; a = a.parentElement) {
+    const o = getComputedStyle(a).overflowX;
+    if ((o === 'auto' || o === 'scroll') && a.scrollWidth > a.clientWidth + 1) {
+      const head = Array.from(t.querySelectorAll('th')).slice(0, 3).map(th => th.textContent.trim()).join(' | ');
+      return [`table (${head}): ${a.scrollWidth - a.clientWidth} px hidden`];
+    }
+  }
+  return [];
+})"""
+
 _NEXT_FRAME = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
 
 
@@ -359,6 +378,15 @@ def check_download(url: str, page: str) -> Download:
     else:
         d.problem = f"unknown download type {d.kind!r} (expected .csv, .json or .parquet)"
     return d
+
+
+def _photograph(page, folder: Path, stem: str) -> list[Path]:
+    """The whole page (STEM.png) and the first screen a reader sees (STEM-top.png, easier to look at)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    full, top = folder / f"{stem}.png", folder / f"{stem}-top.png"
+    page.screenshot(path=str(full), full_page=True)
+    page.screenshot(path=str(top))
+    return [full, top]
 
 
 def _screenshot_targets(public: Path, require: bool) -> tuple[dict[str, str], list[str]]:
@@ -488,11 +516,9 @@ def check_site(public_dir: str | Path, screenshots: str | Path | None = None, *,
                 links_from[target] = rel
                 if _is_page(target):
                     queue.append(target)
+            record.scrolling_tables = page.evaluate(_SCROLLING_TABLES)
             if shots_dir and rel in targets:
-                shots_dir.mkdir(parents=True, exist_ok=True)
-                out = shots_dir / f"{targets[rel]}-{WIDE}.png"
-                page.screenshot(path=str(out), full_page=True)
-                report.screenshots.append(out)
+                report.screenshots += _photograph(page, shots_dir, f"{targets[rel]}-{WIDE}")
             page.close()
 
             page, resp = visit(narrow, rel, record, narrow=True)
@@ -500,9 +526,7 @@ def check_site(public_dir: str | Path, screenshots: str | Path | None = None, *,
                 state = page.evaluate(_OVERFLOW)
                 record.overflow_px, record.overflowing = float(state["over"]), state["culprits"]
                 if shots_dir and rel in targets:
-                    out = shots_dir / f"{targets[rel]}-{NARROW}.png"
-                    page.screenshot(path=str(out), full_page=True)
-                    report.screenshots.append(out)
+                    report.screenshots += _photograph(page, shots_dir, f"{targets[rel]}-{NARROW}")
             page.close()
         wide.close()
         narrow.close()
