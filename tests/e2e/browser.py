@@ -78,6 +78,7 @@ class Page:
     overflowing: list[str] = field(default_factory=list)  # elements that stick out of the page at 420 px
     nav_links: list[str] = field(default_factory=list)
     scrolling_tables: list[str] = field(default_factory=list)  # at 1400 px: tables with columns scrolled out of view
+    load_error: str = ""  # why the browser could not load it
     linked_from: str = ""  # the first page the crawl found a link to this one on
 
 
@@ -131,7 +132,7 @@ class SiteReport:
 
     def navigation_problems(self) -> list[str]:
         out = [f"{p.path}: HTTP {p.status}" + (f" (linked from {p.linked_from})" if p.linked_from else "")
-               for p in self.pages.values() if p.status != 200]
+               + (f": {p.load_error}" if p.load_error else "") for p in self.pages.values() if p.status != 200]
         out += [f"broken link {u} (on {pg})" for u, pg in self.broken_links.items()]
         out += [f"page not reachable by links from index.html: {u}" for u in self.unreached]
         index = self.pages.get("index.html")
@@ -451,6 +452,7 @@ def check_site(public_dir: str | Path, screenshots: str | Path | None = None, *,
         def visit(ctx, rel: str, record: Page, narrow: bool):
             page = ctx.new_page()
             tag = f" (at {NARROW} px)" if narrow else ""
+
             def console(m):
                 where = m.location.get("url") if isinstance(m.location, dict) else None
                 if m.type == "error":
@@ -467,7 +469,7 @@ def check_site(public_dir: str | Path, screenshots: str | Path | None = None, *,
             try:
                 resp = page.goto(base_url + rel, wait_until="load", timeout=60_000)
             except PlaywrightError as e:
-                record.page_errors.append(f"page did not load: {e}{tag}")
+                record.load_error = record.load_error or f"{str(e).splitlines()[0]}{tag}"
                 return page, None
             if not narrow:
                 record.status = resp.status if resp else None
