@@ -135,11 +135,10 @@ class SiteReport:
                + (f": {p.load_error}" if p.load_error else "") for p in self.pages.values() if p.status != 200]
         out += [f"broken link {u} (on {pg})" for u, pg in self.broken_links.items()]
         out += [f"page not reachable by links from index.html: {u}" for u in self.unreached]
-        index = self.pages.get("index.html")
-        if index is None:
+        if "index.html" not in self.pages:
             out.append("index.html was not loaded")
-        elif not index.nav_links:
-            out.append("index.html has no navigation links")
+        out += [f"{p.path}: no navigation links ({NAV_SELECTOR})" for p in self.pages.values()
+                if p.status == 200 and not p.nav_links]
         return out
 
     def download_problems(self) -> list[str]:

@@ -113,6 +113,7 @@ def test_checker_names_every_kind_of_breakage(tmp_path, vega_bundle):
             + '<div class="tb-chart" data-spec="never-embedded"></div>'
             + '<div style="width:2000px">a fixed-width block that cuts the page at 420 px</div>'
             + '<a href="missing.html">gone</a> <a href="big.html">big</a> <a href="methodology.html">m</a>'
+            + ' <a href="dead-end.html">d</a>'
             + ' <a href="assets/missing.css">css</a>'
             + '<a class="tb-download" href="data/empty.csv">CSV</a> <a class="tb-download" href="data/bad.json">JSON</a>'
             + ' <a class="tb-download" href="data/fake.parquet">Parquet</a>'
@@ -121,6 +122,7 @@ def test_checker_names_every_kind_of_breakage(tmp_path, vega_bundle):
         "big.html": page("<p>" + "x" * (MAX_PAGE_BYTES + 1) + "</p>"),
         "methodology.html": page("<p>no charts here</p>", vega=True),
         "orphan.html": page("<p>nothing links here</p>"),
+        "dead-end.html": "<!doctype html><title>t</title><p>no way back</p>",
         "data/empty.csv": "",
         "data/bad.json": "{not json",
         "data/fake.parquet": "engine,tok_s\n",
@@ -142,6 +144,7 @@ def test_checker_names_every_kind_of_breakage(tmp_path, vega_bundle):
     assert "missing.html: HTTP 404 (linked from index.html)" in nav
     assert "broken link assets/missing.css (404) (on index.html)" in nav
     assert "page not reachable by links from index.html: orphan.html" in nav
+    assert [m.split(":")[0] for m in nav if "no navigation links" in m] == ["dead-end.html"]
     downloads = {d.url.rsplit("/", 1)[1]: d.problem for d in report.downloads}
     assert downloads["empty.csv"] == "empty body"
     assert downloads["bad.json"].startswith("not JSON")
