@@ -105,6 +105,9 @@ class SiteReport:
     screenshots: list[Path] = field(default_factory=list)
     screenshot_problems: list[str] = field(default_factory=list)
 
+    def __repr__(self) -> str:  # pytest prints this in a failed assertion: keep it to one line
+        return f"SiteReport({self.root!r}, {len(self.pages)} pages, {len(self.problems())} problems)"
+
     # one list per kind of problem, so a test can assert each separately and name what failed
     def console_problems(self) -> list[str]:
         out = []

@@ -172,46 +172,53 @@ def site_report(built_site, tmp_path_factory):
 
 @pytest.mark.e2e
 def test_site_navigation_reaches_every_page(site_report):
-    assert site_report.navigation_problems() == []
+    problems = site_report.navigation_problems()
+    assert not problems, "\n".join(problems)
     assert {"index.html", "comparison.html"} <= set(site_report.pages)
     assert any(p.startswith("runs/") for p in site_report.pages)
 
 
 @pytest.mark.e2e
 def test_site_pages_log_no_console_errors(site_report):
-    assert site_report.console_problems() == []
+    problems = site_report.console_problems()
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.e2e
 def test_site_requests_stay_on_loopback(site_report):
-    assert site_report.request_problems() == []
+    problems = site_report.request_problems()
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.e2e
 def test_site_charts_draw_marks_without_action_menus(site_report):
     assert site_report.charts, "the site shows no chart at all"
-    assert site_report.chart_problems() == []
+    problems = site_report.chart_problems()
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.e2e
 def test_site_downloads_work(site_report):
     assert site_report.downloads, "the site offers no download"
-    assert site_report.download_problems() == []
+    problems = site_report.download_problems()
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.e2e
 def test_site_pages_are_under_1_mb_and_load_vega_only_with_charts(site_report):
-    assert site_report.size_problems() == []
+    problems = site_report.size_problems()
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.e2e
 def test_site_fits_420_px(site_report):
-    assert site_report.overflow_problems() == []
+    problems = site_report.overflow_problems()
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.e2e
 def test_site_screenshots_saved(site_report):
-    assert site_report.screenshot_problems == []
+    assert not site_report.screenshot_problems, "\n".join(site_report.screenshot_problems)
     names = sorted(p.name for p in site_report.screenshots)
     assert len(names) == 12 and all(p.stat().st_size > 0 for p in site_report.screenshots), names
     print("screenshots:\n" + "\n".join(str(p) for p in site_report.screenshots))
