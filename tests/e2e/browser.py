@@ -30,7 +30,7 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urldefrag, urljoin, urlparse
+from urllib.parse import urldefrag, urlparse
 
 CHROMIUM = "/usr/bin/chromium"
 WIDE, NARROW = 1400, 420
@@ -176,7 +176,8 @@ class SiteReport:
             drawn = sum(c.drawn for c in p.charts)
             flags = [f"{len(p.console_errors)} console errors" if p.console_errors else "",
                      f"{len(p.page_errors)} exceptions" if p.page_errors else "",
-                     f"{sum(c.action_menu for c in p.charts)} action menus" if any(c.action_menu for c in p.charts) else "",
+                     f"{sum(c.action_menu for c in p.charts)} action menus" if any(c.action_menu for c in p.charts)
+                     else "",
                      "vega bundle without charts" if p.loads_vega and not p.charts else "",
                      f"overflow {p.overflow_px:.0f} px at {NARROW}" if p.overflow_px > 1 else "",
                      "OVER 1 MB" if p.html_bytes > MAX_PAGE_BYTES else ""]
@@ -189,14 +190,14 @@ class SiteReport:
         kinds = {}
         for d in self.downloads:
             kinds[d.kind] = kinds.get(d.kind, 0) + 1
-        lines.append(f"downloads: {len(self.downloads)} links ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items())) or 'none'}), "
-                     f"{len(bad)} broken")
+        by_kind = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
+        lines.append(f"downloads: {len(self.downloads)} links ({by_kind}), {len(bad)} broken")
         sizes = sorted(p.html_bytes for p in self.pages.values())
         if sizes:
             over = sum(s > MAX_PAGE_BYTES for s in sizes)
+            idle_vega = sum(p.loads_vega and not p.charts for p in self.pages.values())
             lines.append(f"sizes: largest page {sizes[-1] / 1e6:.2f} MB, median {sizes[len(sizes) // 2] / 1e6:.2f} MB, "
-                         f"{over} over {MAX_PAGE_BYTES / 1e6:.0f} MB; {sum(p.loads_vega and not p.charts for p in self.pages.values())}"
-                         " load the Vega bundle without a chart")
+                         f"{over} over {MAX_PAGE_BYTES / 1e6:.0f} MB; {idle_vega} load the Vega bundle without a chart")
         lines.append(f"console errors: {sum(len(p.console_errors) for p in self.pages.values())}, "
                      f"uncaught exceptions: {sum(len(p.page_errors) for p in self.pages.values())}, "
                      f"console warnings: {sum(len(p.console_warnings) for p in self.pages.values())}")
@@ -204,7 +205,8 @@ class SiteReport:
         lines.append(f"tables scrolling sideways at {WIDE} px (a note, not a failure): {len(scrolling)}"
                      + "".join(f"\n  {t}" for t in scrolling[:10]))
         warnings = sorted({f"{p.path}: {m}" for p in self.pages.values() for m in p.console_warnings})
-        lines += [f"  warning {m}" for m in warnings[:10]] + ([f"  ... {len(warnings) - 10} more"] if len(warnings) > 10 else [])
+        lines += [f"  warning {m}" for m in warnings[:10]]
+        lines += [f"  ... {len(warnings) - 10} more"] if len(warnings) > 10 else []
         lines.append(f"external requests: {len(self.external_requests)}"
                      + "".join(f"\n  {u} (from {pg})" for u, pg in self.external_requests.items()))
         lines += [f"screenshot: {s}" for s in self.screenshots]
@@ -216,7 +218,7 @@ class SiteReport:
 # --- serving ---------------------------------------------------------------------------------------
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+    def log_message(self, format, *args):
         pass
 
 
@@ -292,7 +294,8 @@ _OVERFLOW = """() => {
   const w = window.innerWidth, over = document.documentElement.scrollWidth - w;
   if (over <= 1) return {over, culprits: []};
   const contained = el => { for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
-      const o = getComputedStyle(a).overflowX; if (o === 'auto' || o === 'scroll' || o === 'hidden' || o === 'clip') return true; }
+      const o = getComputedStyle(a).overflowX;
+      if (o === 'auto' || o === 'scroll' || o === 'hidden' || o === 'clip') return true; }
     return false; };
   const describe = el => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '')
     + (el.classList.length ? '.' + Array.from(el.classList).slice(0, 2).join('.') : '');
@@ -342,7 +345,7 @@ def _status(url: str, method: str = "GET") -> tuple[int | None, bytes]:
             return r.status, (r.read() if method == "GET" else b"")
     except urllib.error.HTTPError as e:
         return e.code, b""
-    except OSError as e:  # noqa: BLE001 - any failure to fetch is what we report
+    except OSError as e:
         return None, str(e).encode()
 
 
@@ -466,8 +469,8 @@ def check_site(public_dir: str | Path, screenshots: str | Path | None = None, *,
             page.on("pageerror", lambda e: record.page_errors.append(f"{e}{tag}"))
             page.on("requestfailed", lambda q: q.url.startswith(origin) and record.failed_requests.append(
                 f"{q.url} ({q.failure}){tag}"))
-            page.on("response", lambda r: r.status >= 400 and r.url.startswith(origin) and record.failed_requests.append(
-                f"{r.url} HTTP {r.status}{tag}"))
+            page.on("response", lambda r: r.status >= 400 and r.url.startswith(origin)
+                    and record.failed_requests.append(f"{r.url} HTTP {r.status}{tag}"))
             try:
                 resp = page.goto(base_url + rel, wait_until="load", timeout=60_000)
             except PlaywrightError as e:

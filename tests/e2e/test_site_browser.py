@@ -21,7 +21,8 @@ pytest.importorskip("playwright.sync_api", reason="playwright is not installed: 
 
 def bar_spec(values):
     return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "data": {"values": values},
-            "mark": "bar", "encoding": {"x": {"field": "k", "type": "nominal"}, "y": {"field": "v", "type": "quantitative"}}}
+            "mark": "bar",
+            "encoding": {"x": {"field": "k", "type": "nominal"}, "y": {"field": "v", "type": "quantitative"}}}
 
 
 def chart(name, spec, actions=False):
@@ -36,7 +37,8 @@ def page(body, nav=("index.html", "comparison.html", "runs.html"), vega=False, p
     links = "".join(f'<a href="{prefix}{n}">{n}</a> ' for n in nav)
     script = f'<script src="{prefix}assets/vega-bundle.js"></script>' if vega else ""
     return (f'<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">'
-            f'<link rel="icon" href="data:,"><title>t</title>{script}</head><body><nav>{links}</nav>{body}</body></html>')
+            f'<link rel="icon" href="data:,"><title>t</title>{script}</head>'
+            f'<body><nav>{links}</nav>{body}</body></html>')
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,8 @@ def test_checker_passes_a_sound_site(tmp_path, vega_bundle):
     wide_table = ('<div style="overflow-x:auto"><table><tr>' + "".join(f"<td>column-{i}-with-a-long-name</td>"
                                                                          for i in range(30)) + "</tr></table></div>")
     site = write_site(tmp_path / "public", {
-        "index.html": page(chart("throughput", bar_spec([{"k": "a", "v": 3}, {"k": "b", "v": 5}])) + downloads, vega=True),
+        "index.html": page(chart("throughput", bar_spec([{"k": "a", "v": 3}, {"k": "b", "v": 5}])) + downloads,
+                           vega=True),
         "comparison.html": page(wide_table),
         "runs.html": page('<a href="runs/a.html">run a</a>'),
         "runs/a.html": page(chart("timeline.a", bar_spec([{"k": "x", "v": 1}])), vega=True, prefix="../"),
@@ -115,9 +118,11 @@ def test_checker_names_every_kind_of_breakage(tmp_path, vega_bundle):
             + '<a href="missing.html">gone</a> <a href="big.html">big</a> <a href="methodology.html">m</a>'
             + ' <a href="dead-end.html">d</a>'
             + ' <a href="assets/missing.css">css</a>'
-            + '<a class="tb-download" href="data/empty.csv">CSV</a> <a class="tb-download" href="data/bad.json">JSON</a>'
+            + '<a class="tb-download" href="data/empty.csv">CSV</a>'
+            + ' <a class="tb-download" href="data/bad.json">JSON</a>'
             + ' <a class="tb-download" href="data/fake.parquet">Parquet</a>'
-            + ' <a class="tb-download" href="data/headerless.csv">CSV</a> <a class="tb-download" href="data/t.txt">TXT</a>',
+            + ' <a class="tb-download" href="data/headerless.csv">CSV</a>'
+            + ' <a class="tb-download" href="data/t.txt">TXT</a>',
             vega=True),
         "big.html": page("<p>" + "x" * (MAX_PAGE_BYTES + 1) + "</p>"),
         "methodology.html": page("<p>no charts here</p>", vega=True),
