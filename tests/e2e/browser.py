@@ -251,7 +251,8 @@ _CHARTS_SETTLED = """() => Array.from(document.querySelectorAll('.tb-chart')).ev
 
 # per chart: the renderer and how many data-mark items it drew. Vega's SVG renderer puts data marks in
 # <g class="mark-TYPE role-mark">; axes, legends and titles have role-axis-*/role-legend-*/role-title-*,
-# so an empty chart with axes counts 0. A canvas counts its non-transparent pixels.
+# so an empty chart with axes counts 0. A canvas counts its non-transparent pixels (axes included: a canvas
+# cannot tell data marks from axes, so the site's charts should use the SVG renderer, as they do).
 _CHART_STATE = """() => Array.from(document.querySelectorAll('.tb-chart')).map(el => {
   const name = el.dataset.spec || el.id || '';
   const menu = !!el.querySelector('details, .vega-actions');

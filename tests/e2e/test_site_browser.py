@@ -25,12 +25,12 @@ def bar_spec(values):
             "encoding": {"x": {"field": "k", "type": "nominal"}, "y": {"field": "v", "type": "quantitative"}}}
 
 
-def chart(name, spec, actions=False):
+def chart(name, spec, actions=False, renderer="svg"):
     blob = json.dumps(spec).replace("</", "<\\/")
     return (f'<div class="tb-chart" data-spec="{name}"></div><script>window.TB_SPECS=window.TB_SPECS||{{}};'
             f'window.TB_SPECS["{name}"]={blob};</script>'
             f'<script>vegaEmbed(document.querySelector(\'[data-spec="{name}"]\'), window.TB_SPECS["{name}"],'
-            f' {{actions: {json.dumps(actions)}, renderer: "svg"}});</script>')
+            f' {{actions: {json.dumps(actions)}, renderer: "{renderer}"}});</script>')
 
 
 def page(body, nav=("index.html", "comparison.html", "runs.html"), vega=False, prefix=""):
@@ -80,7 +80,9 @@ def test_checker_passes_a_sound_site(tmp_path, vega_bundle):
                            vega=True),
         "comparison.html": page(wide_table),
         "runs.html": page('<a href="runs/a.html">run a</a>'),
-        "runs/a.html": page(chart("timeline.a", bar_spec([{"k": "x", "v": 1}])), vega=True, prefix="../"),
+        "runs/a.html": page(chart("timeline.a", bar_spec([{"k": "x", "v": 1}]))
+                            + chart("engine.a", bar_spec([{"k": "x", "v": 2}]), renderer="canvas"),
+                            vega=True, prefix="../"),
         "data/t.csv": "engine,tok_s\nbatched,12.5\nserial,7.25\n",
         "data/t.json": json.dumps([{"engine": "batched", "tok_s": 12.5}]),
         "runs/a.parquet": parquet_bytes(),
@@ -90,8 +92,10 @@ def test_checker_passes_a_sound_site(tmp_path, vega_bundle):
     print(report.summary())
     assert report.problems() == []
     assert sorted(report.pages) == ["comparison.html", "index.html", "runs.html", "runs/a.html"]
-    assert [(c.name, c.renderer) for c in report.charts] == [("throughput", "svg"), ("timeline.a", "svg")]
-    assert [c.marks for c in report.charts] == [2, 1]  # one rect per bar: axes and titles are not counted
+    assert [(c.name, c.renderer) for c in report.charts] == [("throughput", "svg"), ("timeline.a", "svg"),
+                                                             ("engine.a", "canvas")]
+    assert [c.marks for c in report.charts][:2] == [2, 1]  # one rect per bar: axes and titles are not counted
+    assert report.charts[2].marks > 100  # a canvas counts its painted pixels
     assert sorted((d.kind, d.problem) for d in report.downloads) == [("csv", ""), ("json", ""), ("parquet", "")]
     assert report.pages["comparison.html"].scrolling_tables  # noted (not a failure): columns out of view at 1400 px
     assert report.pages["index.html"].nav_links == ["comparison.html", "index.html", "runs.html"]
