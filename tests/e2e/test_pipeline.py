@@ -1,10 +1,9 @@
 """The real Snakefile against the real llama-server, on config/smoke.yaml (about 4 minutes): two
-configurations (4 slots, 1 slot), two replicates each."""
+configurations (4 slots, 1 slot), two replicates each.
+The run itself is the session fixture `run_dir` in conftest.py, shared with the browser check of its site."""
 import json
 import math
-import shutil
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,17 +17,6 @@ SMOKE = ROOT / "config" / "smoke.yaml"
 CELLS = ["three_phase", "users-1", "users-4"]
 ENGINES = ["llamacpp", "llamacpp-1slot"]
 REPS = ["r1", "r2"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    if not (shutil.which("llama-server") or (Path(sys.executable).parent / "llama-server").exists()):
-        pytest.skip("llama-server is not built: run `make setup`")
-    wd = tmp_path_factory.mktemp("e2e")
-    out = snakemake(wd, configfile=SMOKE)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-    assert f"tokenbench report: {wd / 'site' / 'public' / 'index.html'}" in out.stdout + out.stderr
-    return wd
 
 
 def cell(wd, load, engine="llamacpp", rep="r1"):
