@@ -272,10 +272,10 @@ def test_page_with_one_run_says_an_ab_table_needs_two(autoescape):
     e = entry()
     text = env(autoescape).get_template("history.md.j2").render(history=history.history_context([e], e["run_id"]))
     page = markdown_html(text)
-    assert e["run_id"] in page and "(this run)" in page
+    assert e["run_id"] in page and "<strong>this run</strong>" in page
     assert "Only one run is archived" in page and "<select" not in page and "history.js" not in page
     runs = parse(page).rows["tbody"]
-    assert len(runs) == 1 and runs[0][-1].startswith("105.0 [")  # best valid cell: batched, mean of 100 and 110
+    assert len(runs) == 1 and runs[0][-1].startswith("105.0 ± 63.5, n = 2")  # batched: 100 and 110, t(1 dof) x 5
 
 
 @pytest.mark.parametrize("autoescape", [True, False])
@@ -292,9 +292,11 @@ def test_page_with_three_runs_defaults_to_the_previous_run_of_the_same_config(au
         assert [v for v, s in p.selects[sel] if s] == [want["run_id"]]
     # the default A/B table is rendered server-side: the page is useful without its script
     rows = p.rows["tb-history-rows"]
-    assert len(rows) == len(history.ab_ratios(current, first)) > 0
-    tok = next(r for r in rows if r[0] == "batched · smol · users-8" and r[2].startswith("output throughput"))
-    assert tok[5] == f"{111 / 102:.3f}" and tok[6].startswith("[")
+    assert [r[0] for r in rows if len(r) == 1] == ["batched · smol · users-8 · steady", "serial · smol · users-8 · steady"]
+    assert len(rows) == len(history.ab_ratios(current, first)) + 2
+    tok = rows[1]
+    assert tok[0] == "output throughput (tok/s)" and tok[1] == "111.0 ± 12.7"  # t(1 dof) x sd 1.41 / sqrt 2
+    assert tok[3] == f"{111 / 102:.3f}" and tok[4].startswith("[")
     # the entries travel in the page as JSON, intact through markdown
     assert json.loads(p.scripts["tb-history"]) == json.loads(json.dumps(ctx["data"]))
     assert "broken.json" in page and "&lt;line 1&gt;" in page and '<script src="assets/history.js">' in page
@@ -345,9 +347,12 @@ def test_page_script_computes_the_same_table_as_the_server(tmp_path, pair):
     got = json.loads(out.stdout)
     assert got["enabled"] and not got["errors"]
     js_rows = parse(f'<table><tbody id="t">{got["rows"]}</tbody></table>').rows["t"]
-    server = [[r["cell"], r["phase"], r["figure"] + (" estimated" if r["basis"] == "estimated" else ""), r["a"], r["b"],
-               r["ratio"], r["interval"], r["note"]] for r in history.ratio_rows(a, b)]
-    assert js_rows == server and len(server) > 0
+    server = []
+    for g in history.ratio_groups(a, b):
+        server.append([g["title"]])
+        server += [[r["figure"] + (" estimated" if r["basis"] == "estimated" else ""), r["a"], r["b"], r["ratio"],
+                    r["interval"]] for r in g["rows"]]
+    assert js_rows == server and len(server) > 1
     if pair == "other":
-        assert any("no interval: a has none" in r[7] for r in js_rows)
+        assert any("no interval: a has none" in r[-1] for r in js_rows)
         assert "different config hashes" in got["pair"]

@@ -257,21 +257,22 @@ def _fmt(value: float | None, meta: dict[str, Any]) -> str:
 
 
 def format_figure(fig: dict[str, Any] | None, meta: dict[str, Any]) -> str:
-    """'mean [lo, hi]', or the mean alone where there is no interval."""
+    """'mean ± half-width' (a t interval is symmetric), or the mean alone where there is no interval."""
     if not fig or fig.get("mean") is None:
         return "n/a"
     text = _fmt(fig["mean"], meta)
     if fig.get("lo") is not None and fig.get("hi") is not None:
-        text += f" [{_fmt(fig['lo'], meta)}, {_fmt(fig['hi'], meta)}]"
+        text += f" ± {_fmt((fig['hi'] - fig['lo']) / 2, meta)}"
     return text
 
 
 def format_ratio(row: dict[str, Any]) -> tuple[str, str]:
-    """('1.234', '[1.100, 1.380]') for a ratio row; an empty interval where it has none."""
+    """('1.234', '[1.100, 1.380]') for a ratio row; the reason in place of a missing interval."""
     if row.get("ratio") is None:
-        return "n/a", ""
-    iv = f"[{row['lo']:.3f}, {row['hi']:.3f}]" if row.get("lo") is not None and row.get("hi") is not None else ""
-    return f"{row['ratio']:.3f}", iv
+        return "n/a", row.get("note") or ""
+    if row.get("lo") is None or row.get("hi") is None:
+        return f"{row['ratio']:.3f}", row.get("note") or ""
+    return f"{row['ratio']:.3f}", f"[{row['lo']:.3f}, {row['hi']:.3f}]"
 
 
 def _headline(entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -296,7 +297,15 @@ def _run_row(entry: dict[str, Any], current: str | None) -> dict[str, Any]:
             "git_commits": entry.get("git_commits") or [],
             "engines": sorted({p["engine"] for p in entry.get("phases") or []}),
             "models": sorted({p["model"] for p in entry.get("phases") or []}),
-            "host": entry.get("host") or {}, "headline": _headline(entry), "current": entry["run_id"] == current}
+            "host": entry.get("host") or {}, "host_text": _host_text(entry.get("host") or {}),
+            "headline": _headline(entry), "current": entry["run_id"] == current}
+
+
+def _host_text(host: dict[str, Any]) -> str:
+    cpu = host.get("cpu") or "unknown CPU"
+    cores = f", {host['cpu_cores']} cores" if host.get("cpu_cores") else ""
+    gpus = f", {len(host['gpus'])} × {host['gpus'][0]}" if host.get("gpus") else ""
+    return cpu + cores + gpus
 
 
 def _default_pair(entries: list[dict[str, Any]], current: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -332,16 +341,18 @@ def _slim(entry: dict[str, Any]) -> dict[str, Any]:
                        for p in entry.get("phases") or []]}
 
 
-def ratio_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
-    """ab_ratios(a, b) as display text, figure labels from the registry."""
-    out = []
+def ratio_groups(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """ab_ratios(a, b) as display text, one group per cell and phase, figure labels from the registry."""
+    groups: list[dict[str, Any]] = []
     for r in ab_ratios(a, b):
+        title = f"{r['engine']} · {r['model']} · {r['load']} · {r['phase']}"
+        if not groups or groups[-1]["title"] != title:
+            groups.append({"title": title, "rows": []})
         meta = figure_meta(r["figure"])
         ratio, iv = format_ratio(r)
-        out.append({"cell": f"{r['engine']} · {r['model']} · {r['load']}", "phase": r["phase"],
-                    "figure": meta["header"], "basis": meta["basis"], "a": format_figure(r["a"], meta),
-                    "b": format_figure(r["b"], meta), "ratio": ratio, "interval": iv, "note": r["note"] or ""})
-    return out
+        groups[-1]["rows"].append({"figure": meta["header"], "basis": meta["basis"], "a": format_figure(r["a"], meta),
+                                   "b": format_figure(r["b"], meta), "ratio": ratio, "interval": iv})
+    return groups
 
 
 def history_context(entries: list[dict[str, Any]], current_run_id: str | None,
@@ -359,7 +370,7 @@ def history_context(entries: list[dict[str, Any]], current_run_id: str | None,
     ctx: dict[str, Any] = {"count": len(entries), "runs": [_run_row(e, current_run_id) for e in entries],
                            "current_run_id": current_run_id, "problems": list(problems),
                            "figures": [figure_meta(f) for f in FIGURES], "default_a": None, "default_b": None,
-                           "default_note": note, "default_rows": [],
+                           "default_note": note, "default_groups": [],
                            "level": (current or {}).get("level") or LEVEL,
                            "data": {"figures": [figure_meta(f) for f in FIGURES],
                                     "runs": [_slim(e) for e in entries]}}
@@ -367,6 +378,6 @@ def history_context(entries: list[dict[str, Any]], current_run_id: str | None,
         b, why = _default_pair(entries, current)
         ctx.update(default_a=current["run_id"], default_b=b["run_id"],
                    default_note="; ".join(x for x in (pair_note(current, b), note, why) if x),
-                   default_rows=ratio_rows(current, b))
+                   default_groups=ratio_groups(current, b))
     ctx["data"]["default_a"], ctx["data"]["default_b"] = ctx["default_a"], ctx["default_b"]
     return ctx

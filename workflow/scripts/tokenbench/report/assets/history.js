@@ -104,7 +104,7 @@
     if (!f || f.mean === null || f.mean === undefined) return "n/a";
     var text = fmt(f.mean, meta);
     if (f.lo !== null && f.lo !== undefined && f.hi !== null && f.hi !== undefined) {
-      text += " [" + fmt(f.lo, meta) + ", " + fmt(f.hi, meta) + "]";
+      text += " \u00b1 " + fmt((f.hi - f.lo) / 2, meta);
     }
     return text;
   }
@@ -121,20 +121,22 @@
     var level = (a.level === b.level && a.level) || 0.95, same = a.run_id === b.run_id, html = "", byKey = {};
     b.phases.forEach(function (p) { byKey[[p.engine, p.model, p.load, p.phase].join("\u0000")] = p; });
     a.phases.forEach(function (pa) {
-      var pb = byKey[[pa.engine, pa.model, pa.load, pa.phase].join("\u0000")];
+      var pb = byKey[[pa.engine, pa.model, pa.load, pa.phase].join("\u0000")], group = "";
       if (!pb) return;
       data.figures.forEach(function (meta) {
         var fa = pa.figures[meta.key], fb = pb.figures[meta.key];
         if (!fa || !fb) return;
         var r = ratio(fa, fb, level, same);
-        html += "<tr>" + td(pa.engine + " · " + pa.model + " · " + pa.load) + td(pa.phase) +
-          "<td>" + esc(meta.header) + (meta.basis === "estimated" ? " <em>estimated</em>" : "") + "</td>" +
-          td(figureText(fa, meta)) + td(figureText(fb, meta)) +
-          td(r.ratio === null ? "n/a" : fixed(r.ratio, 3, false)) +
-          td(r.lo === null ? "" : "[" + fixed(r.lo, 3, false) + ", " + fixed(r.hi, 3, false) + "]") + td(r.note) + "</tr>";
+        group += "<tr><td>" + esc(meta.header) + (meta.basis === "estimated" ? " <em>estimated</em>" : "") + "</td>" +
+          td(figureText(fa, meta)) + td(figureText(fb, meta)) + td(r.ratio === null ? "n/a" : fixed(r.ratio, 3, false)) +
+          td(r.lo === null ? r.note : "[" + fixed(r.lo, 3, false) + ", " + fixed(r.hi, 3, false) + "]") + "</tr>";
       });
+      if (group) {
+        html += "<tr><td colspan=\"5\"><strong>" +
+          esc([pa.engine, pa.model, pa.load, pa.phase].join(" \u00b7 ")) + "</strong></td></tr>" + group;
+      }
     });
-    return html || "<tr><td colspan=\"8\">The two runs have no figure in common (no cell and measured phase valid in both).</td></tr>";
+    return html || "<tr><td colspan=\"5\">The two runs have no figure in common (no cell and measured phase valid in both).</td></tr>";
   }
 
   function pairNote(a, b) {
