@@ -357,7 +357,7 @@ def ratio_groups(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
 
 def history_context(entries: list[dict[str, Any]], current_run_id: str | None,
                     problems: list[dict[str, str]] = ()) -> dict[str, Any]:
-    """Plain data for the History page (template ``history.md.j2``): the archived runs, the default
+    """Plain data for the History page (its template renders it): the archived runs, the default
     A/B pair (the current run against the previous run of its config hash) and its ratio table
     rendered here (the page is useful without scripts), the entries the page's script needs for
     any other pair, figure labels, and the archive files that could not be read."""
