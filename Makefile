@@ -34,5 +34,7 @@ test-fast: setup
 lint: setup
 	$(BIN)/snakemake --lint
 
+# data/history is the results archive (one entry per run, keyed by run id): kept across cleans
 clean:
-	rm -rf data/* site/docs site/public site/mkdocs.yml logs .snakemake
+	if [ -d data ]; then find data -mindepth 1 -maxdepth 1 ! -name history ! -name README.md -exec rm -rf {} +; fi
+	rm -rf site/docs site/public site/mkdocs.yml logs .snakemake

@@ -17,6 +17,8 @@
 #   data/analysis/comparisons.json                    compare_configurations: tests, effect sizes
 #   data/analysis/hypotheses.json                     evaluate_hypotheses: confirmed / rejected / ...
 #   data/analysis/saturation/{engine}/{model}.json    fit_saturation (users sweep, model choice)
+#   data/analysis/archive_entry.json                  archive_results: this run's entry, also copied
+#   data/history/{run_id}.json                        into the results archive (kept by make clean)
 #   data/charts/*.vl.json                             plot_*: Vega-Lite specs
 #   site/docs/*.md, site/mkdocs.yml                   render_pages
 #   site/public/index.html                            build_site: the report
@@ -85,6 +87,7 @@ include: "workflow/rules/engines.smk"
 include: "workflow/rules/load.smk"
 include: "workflow/rules/telemetry.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/history.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -92,6 +95,7 @@ rule all:
     default_target: True
     input:
         "site/public/index.html",
+        "data/analysis/archive_entry.json",
 
 
 onsuccess:
