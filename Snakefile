@@ -95,7 +95,6 @@ rule all:
     default_target: True
     input:
         "site/public/index.html",
-        "data/analysis/archive_entry.json",
 
 
 onsuccess:

@@ -14,6 +14,14 @@ from tokenbench.report.pages import ASSETS, PAGES, TEMPLATES
 # the report's pages and the assets they load, as the package declares them
 SITE_PAGES = [stem for stem, _ in PAGES]
 SITE_ASSETS = sorted(p.name for p in ASSETS.iterdir())
+# the command that reruns this config from the checkout (the config hash pins the exact config)
+RERUN_COMMAND = " ".join(
+    ["snakemake", "--cores", "1"]
+    + [
+        f"--configfile {os.path.relpath(f, workflow.basedir)}"
+        for f in workflow.overwrite_configfiles
+    ]
+)
 SITE_SOURCES = sorted(str(p) for p in [*TEMPLATES.iterdir(), *ASSETS.iterdir()])
 
 

@@ -14,14 +14,7 @@ rule archive_results:
         "../envs/tokenbench.yaml"
     params:
         config_hash=canonical_hash(CFG.model_dump()),
-        # run from the checkout with the same config files; the config hash pins the exact config
-        command=" ".join(
-            ["snakemake", "--cores", "1"]
-            + [
-                f"--configfile {os.path.relpath(f, workflow.basedir)}"
-                for f in workflow.overwrite_configfiles
-            ]
-        ),
+        command=RERUN_COMMAND,
         folder="data/history",
     script:
         "../scripts/archive_results.py"

@@ -69,6 +69,7 @@ rule render_pages:
         cells=cell_results(),
         comparisons="data/analysis/comparisons.json",
         hypotheses="data/analysis/hypotheses.json",
+        archive="data/analysis/archive_entry.json",
         fits=(
             [f"data/analysis/saturation/{e}/{m}.json" for e, m in PAIRS]
             if CFG.sweep
@@ -97,6 +98,8 @@ rule render_pages:
         config_hash=canonical_hash(CFG.model_dump()),
         charts=list(chart_inputs()),
         runs=["{}.{}.{}.{}".format(*r) for r in RUNS],
+        rerun=RERUN_COMMAND,
+        history="data/history",
     script:
         "../scripts/render_pages.py"
 

@@ -17,5 +17,8 @@ render_pages(
     hypotheses_path=snakemake.input.hypotheses,
     chart_paths={name: snakemake.input[name] for name in snakemake.params.charts},
     request_paths=dict(zip(snakemake.params.runs, snakemake.input.requests)),
+    rerun=snakemake.params.rerun,
+    archive_path=snakemake.input.archive,
+    history_dir=snakemake.params.history,
     out_dir=str(Path(snakemake.output.mkdocs).parent),
 )

@@ -13,6 +13,7 @@ from tokenbench.analysis.replicates import combine_replicates
 from tokenbench.config import HardwareSpec, StudySpec
 from tokenbench.records import write_json
 from tokenbench.report import pages
+from tokenbench.report.history import archive_results
 from tokenbench.report.tables import Row, Table, write_downloads
 
 from ..analysis.test_metrics import MARK, S, frame, req
@@ -33,7 +34,7 @@ def make_run(engine, load, rep):
     cpu["phase"] = np.where(cpu["t_ns"] < 10 * S, "steady", "teardown")
     cpu["inflight"], cpu["output_tok_s"] = users, 10.0 * users
     cell = {"engine": engine, "model": "smol", "load": load, "rep": rep}
-    run = {"phases": [mark], "cell": cell, "complete": True,
+    run = {"phases": [mark], "cell": cell, "complete": True, "clock": {"anchor": {"wall_ns": 1_700_000_000 * S, "monotonic_ns": 0}},
            "hardware": {"accelerator": "cpu", "peak_flops": 2e11, "peak_note": "estimated: test",
                         "cpu": {"name": "X", "cores": 2}},
            "server_command": ["llama-server", "--port", "1"],
@@ -96,10 +97,13 @@ def site(tmp_path_factory):
     out = tmp_path_factory.mktemp("site")
     (out / "docs" / "assets").mkdir(parents=True)
     (out / "docs" / "assets" / "vega-bundle.js").write_text("// the bundle, built by its own rule\n")
+    archive_results(cell_paths, run_paths, "cfg-hash", "snakemake --cores 1", str(root / "archive_entry.json"),
+                    str(root / "history"))
     written = pages.render_pages(StudySpec(title="T", description="D"), "cfg-hash", metric_paths, run_paths, [],
                                  {"throughput": str(root / "throughput.vl.json")}, str(out), cell_paths,
                                  str(root / "comparisons.json"), str(root / "hypotheses.json"),
-                                 request_paths=request_paths)
+                                 request_paths=request_paths, archive_path=str(root / "archive_entry.json"),
+                                 history_dir=str(root / "history"))
     res = pages.Results(docs=[json.loads(open(p).read()) for p in metric_paths],
                         runs=[json.loads(open(p).read()) for p in run_paths],
                         cells=list(docs.values()), comparisons=comps)
@@ -212,6 +216,15 @@ def test_methodology_lists_resolved_commands_per_engine_and_no_secrets(monkeypat
 
 
 def test_rerun_command_names_the_commit_and_config():
-    runs = [{"provenance": {"git_sha": "0123456789abcdef", "configfiles": ["config/my.yaml"]}}]
-    assert pages.rerun_command(StudySpec(title="t"), runs) == \
+    runs = [{"provenance": {"git_sha": "0123456789abcdef"}}]
+    assert pages.rerun_command(runs, "snakemake --cores 1 --configfile config/my.yaml") == \
         "git checkout 0123456789ab && snakemake --cores 1 --configfile config/my.yaml"
+    assert pages.rerun_command([{"provenance": {}}]) == "snakemake --cores 1"
+
+
+def test_history_page_shows_this_run_and_its_download(site):
+    text = (site["out"] / "docs" / "history.md").read_text()
+    assert "Only one run is archived so far" in text or "A/B" in text
+    assert 'class="tb-download" href="data/history/archive.json"' in text
+    archive = json.loads((site["out"] / "docs" / "data" / "history" / "archive.json").read_text())
+    assert [e["run_id"] for e in archive] and "history.js" not in text  # one run: no A/B script

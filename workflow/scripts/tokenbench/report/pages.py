@@ -25,6 +25,7 @@ from tokenbench import provenance
 from tokenbench.analysis.registry import (CELL_METRICS, CONVENTIONS, ESTIMATED, METRICS, PHASE_FIELDS,
                                           SUMMARY_COLUMNS, fmt)
 from tokenbench.config import StudySpec
+from tokenbench.report import history as history_mod
 from tokenbench.report.tables import Row, Table, interval_text, no_interval, write_downloads
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -33,7 +34,7 @@ ASSETS = Path(__file__).parent / "assets"
 # (file stem, nav title); runs/<run key>.md pages hang off runs.md
 PAGES = (("index", "Summary"), ("comparison", "Comparison"), ("results", "Results per load"),
          ("efficiency", "Efficiency and cost"), ("runs", "Runs"), ("health", "Run health"),
-         ("published", "Published references"), ("methodology", "Methodology"),
+         ("published", "Published references"), ("history", "History"), ("methodology", "Methodology"),
          ("provenance", "Provenance"))
 
 EST = Markup('<span class="tb-est" title="estimated: see Methodology">†</span>')
@@ -657,15 +658,11 @@ def load_tables(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def rerun_command(study: StudySpec, runs: list[dict[str, Any]]) -> str:
-    """The command that reproduces this report from a checkout at the recorded commit."""
+def rerun_command(runs: list[dict[str, Any]], command: str | None = None) -> str:
+    """The command that reproduces this report: the recorded commit checked out, then ``command``
+    (the Snakefile's RERUN_COMMAND: snakemake with the config files this run used)."""
     sha = next((r.get("provenance", {}).get("git_sha") for r in runs if r.get("provenance", {}).get("git_sha")), None)
-    cfg = next((r.get("provenance", {}).get("configfiles") for r in runs if r.get("provenance", {}).get("configfiles")), None)
-    parts = []
-    if sha:
-        parts.append(f"git checkout {sha[:12]}")
-    parts.append("snakemake --cores 1" + (" --configfile " + " ".join(shlex.quote(c) for c in cfg) if cfg else ""))
-    return " && ".join(parts)
+    return " && ".join([*([f"git checkout {sha[:12]}"] if sha else []), command or "snakemake --cores 1"])
 
 
 # ============================================================================ rendering
@@ -682,7 +679,8 @@ def _page_charts(names: list[str], charts: dict[str, Chart]) -> list[Chart]:
     return [charts[n] for n in names if n in charts]
 
 
-def page_contexts(res: Results, study: StudySpec, config_hash: str, history: dict[str, Any] | None) -> dict[str, dict]:
+def page_contexts(res: Results, study: StudySpec, config_hash: str, history: dict[str, Any],
+                  rerun: str | None = None) -> dict[str, dict]:
     """Every page's data: {page stem: template variables}; run pages are ``runs/<run key>``."""
     hw = res.hardware
     crashed = [run_title(d["cell"]) for d in res.docs if d.get("server_exited_during_run")]
@@ -714,7 +712,8 @@ def page_contexts(res: Results, study: StudySpec, config_hash: str, history: dic
         "methodology": {"conventions": CONVENTIONS, "metrics": metric_table(), "fields": PHASE_FIELDS,
                         "statistics": statistics_methods(), "loads": load_tables(res.runs),
                         "peak_note": hw.get("peak_note"), "commands": server_commands(res.runs), "charts": []},
-        "provenance": {"config_hash": config_hash, "command": rerun_command(study, res.runs),
+        "history": {"history": history, "charts": []},
+        "provenance": {"config_hash": config_hash, "command": rerun_command(res.runs, rerun),
                        "runs": [{"title": run_title(r["cell"]),
                                  "yaml": yaml.safe_dump(r["provenance"], sort_keys=False)} for r in res.runs],
                        "dates": sorted(r["provenance"].get("created_unix_ns") for r in res.runs
@@ -739,7 +738,8 @@ def render_pages(study: StudySpec, config_hash: str, metric_paths: list[str], ru
                  fit_paths: list[str], chart_paths: dict[str, str], out_dir: str, cell_paths: list[str] = (),
                  comparisons_path: str | None = None, hypotheses_path: str | None = None,
                  frontiers_path: str | None = None, request_paths: dict[str, str] | None = None,
-                 history: dict[str, Any] | None = None) -> list[str]:
+                 rerun: str | None = None, archive_path: str | None = None,
+                 history_dir: str | None = None) -> list[str]:
     """site/docs/*.md (and runs/*.md), their downloads under site/docs/data/, assets and mkdocs.yml."""
     from tokenbench.records import read_json
 
@@ -770,9 +770,20 @@ def render_pages(study: StudySpec, config_hash: str, metric_paths: list[str], ru
         (data_dir / "runs").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, data_dir / "runs" / f"{key}.requests.parquet")
 
+    problems: list[dict[str, str]] = []
+    entries = history_mod.load_archive(history_dir, problems) if history_dir and Path(history_dir).is_dir() else []
+    current = read_json(archive_path)["run_id"] if archive_path else None
+    if archive_path and current not in {e["run_id"] for e in entries}:
+        entries.append(read_json(archive_path))  # this run, even where the archive folder is elsewhere
+    history = history_mod.history_context(entries, current, problems)
+    if entries:
+        (data_dir / "history").mkdir(parents=True, exist_ok=True)
+        (data_dir / "history" / "archive.json").write_text(json.dumps(entries, indent=1) + "\n")
+        history["download"] = "data/history/archive.json"
+
     env = environment()
     written = []
-    for page, ctx in page_contexts(res, study, config_hash, history).items():
+    for page, ctx in page_contexts(res, study, config_hash, history, rerun).items():
         depth = page.count("/")
         root = "../" * depth
         stem = page.replace("/", ".")
