@@ -1,4 +1,4 @@
-"""Build the static site with mkdocs-material."""
+"""Build the static site with mkdocs-material, strict: a broken link or a page missing from the build fails it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ class SiteError(RuntimeError):
 
 def build_site(mkdocs_yml: str, log_path: str | None = None) -> Path:
     cfg = Path(mkdocs_yml)
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--clean", "-f", str(cfg)],
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--clean", "--strict", "-f", str(cfg)],
                           capture_output=True, text=True)
     if log_path:
         Path(log_path).write_text(proc.stdout + proc.stderr)
