@@ -17,7 +17,8 @@
 #   data/analysis/comparisons.json                    compare_configurations: tests, effect sizes
 #   data/analysis/hypotheses.json                     evaluate_hypotheses: confirmed / rejected / ...
 #   data/analysis/saturation/{engine}/{model}.json    fit_saturation (users sweep, model choice)
-#   data/charts/*.vl.json                             plot_*: Vega-Lite specs
+#   data/analysis/frontiers.json                      trace_frontiers (users sweep): frontiers, iso table
+#   data/charts/**/*.vl.json (+ .csv, .json)          plot_*: Vega-Lite specs and their data
 #   site/docs/*.md, site/mkdocs.yml                   render_pages
 #   site/public/index.html                            build_site: the report
 #   logs/{rule}/...                                   one log per job; server logs and request
@@ -85,6 +86,7 @@ include: "workflow/rules/engines.smk"
 include: "workflow/rules/load.smk"
 include: "workflow/rules/telemetry.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/charts.smk"
 include: "workflow/rules/report.smk"
 
 
