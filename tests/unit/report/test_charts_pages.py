@@ -7,7 +7,6 @@ import pytest
 from tokenbench.config import StudySpec
 
 from tokenbench.config import HardwareSpec
-from tokenbench.report import charts
 from tokenbench.report import pages
 from tokenbench.analysis.fit import fit_saturation
 from tokenbench.analysis.metrics import compute_metrics, summarize_metrics
@@ -34,27 +33,6 @@ def results():
         docs.append(doc)
         runs.append((run, cpu))
     return docs, runs
-
-
-def test_timeline_chart_has_phase_shading_and_only_measured_columns(results):
-    _, runs = results
-    run, tl = runs[0]
-    spec = charts.plot_timeline(tl, run["phases"], "t").to_dict()
-    titles = json.dumps(spec)
-    assert "host CPU busy (%)" in titles and "requests in flight" in titles
-    assert "GPU utilisation" not in titles and "power (W)" not in titles  # no such data: no panel
-    layer = spec["vconcat"][0]["layer"]
-    assert layer[0]["mark"]["type"] == "rect"
-
-
-def test_throughput_chart_has_points_and_fit_curve(results):
-    docs, _ = results
-    summary = summarize_metrics(docs)
-    fit = fit_saturation(summary.users, summary.output_tok_s)
-    spec = charts.plot_throughput(summary, [{"engine": "llamacpp", "model": "smol", "fit": fit}]).to_dict()
-    marks = [l["mark"]["type"] if isinstance(l["mark"], dict) else l["mark"] for l in spec["layer"]]
-    assert marks == ["point", "line"]
-    assert charts.plot_latency(summary).to_dict()["facet"]["column"]["field"] == "metric"
 
 
 def test_pages_show_computed_numbers_labels_and_fit_caveats(results, tmp_path):

@@ -136,7 +136,10 @@ def phase_segments(marks: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _phase_layers(segments: pd.DataFrame, x: alt.X, legend: bool) -> list[alt.Chart]:
+def _phase_layers(segments: pd.DataFrame, scale: alt.Scale, legend: bool) -> list[alt.Chart]:
+    """A panel's phase shading (colour: phase, in order; opacity: which part of it) and the measured
+    windows' edges, on the run's time axis ``scale``."""
+    x = alt.X("start_s:Q", title="time since the first phase started (s)", scale=scale)
     names = list(dict.fromkeys(segments.sort_values("order")["phase"]))
     parts = [p for p in SEGMENT_OPACITY if p in set(segments["part"])]
     rect = alt.Chart(segments).mark_rect().encode(
@@ -153,7 +156,7 @@ def _phase_layers(segments: pd.DataFrame, x: alt.X, legend: bool) -> list[alt.Ch
     measured = segments[segments["part"] == "measured window"]
     edges = pd.DataFrame({"t_s": pd.concat([measured["start_s"], measured["end_s"]]).to_numpy()})
     rule = alt.Chart(edges).mark_rule(strokeDash=[4, 3], color="#333", opacity=0.6).encode(
-        x=alt.X("t_s:Q", scale=x.scale))
+        x=alt.X("t_s:Q", scale=scale))
     return [rect, rule] if len(edges) else [rect]
 
 
@@ -170,7 +173,6 @@ def plot_timeline(tl: pd.DataFrame, marks: list[dict[str, Any]], title: str,
     t0, t_end = time_axis(marks)
     df["t_s"] = (df["t_ns"] - t0) / 1e9
     scale = alt.Scale(domain=[0, t_end], nice=False, zero=False)
-    x = alt.X("start_s:Q", title="time since the first phase started (s)", scale=scale)
     segments = phase_segments(marks)
     cpu = df[df["device"] == "cpu"]
     per_device = df[df["device"] != "cpu"]
@@ -199,7 +201,7 @@ def plot_timeline(tl: pd.DataFrame, marks: list[dict[str, Any]], title: str,
             y=alt.Y("v:Q", title=label), detail="device:N",
             tooltip=[alt.Tooltip("t:Q", title="t (s)", format=".2f"), "device:N",
                      alt.Tooltip("v:Q", title=label, format=".4~g")])
-        layers = [*_phase_layers(segments, x, legend), layer]
+        layers = [*_phase_layers(segments, scale, legend), layer]
         if extra is not None:
             return alt.layer(*layers, extra).resolve_scale(y="independent").properties(width=680, height=120)
         return alt.layer(*layers).properties(width=680, height=110)
@@ -260,7 +262,6 @@ def plot_engine_metrics(em: pd.DataFrame, marks: list[dict[str, Any]], title: st
         return alt.Chart(note).mark_text(align="left").encode(text="text:N").properties(
             width=680, height=40, title=title), data
     scale = alt.Scale(domain=[0, t_end], nice=False, zero=False)
-    x = alt.X("start_s:Q", title="time since the first phase started (s)", scale=scale)
     segments = phase_segments(marks)
     disp = shown.assign(t_s=shown["t_s"].round(3), value=_sig(shown["value"]))
     base = alt.Chart(disp).mark_line(point=alt.OverlayMarkDef(size=12), interpolate="linear")
@@ -270,7 +271,7 @@ def plot_engine_metrics(em: pd.DataFrame, marks: list[dict[str, Any]], title: st
             x=alt.X("t_s:Q", scale=scale, title="time since the first phase started (s)"),
             y=alt.Y("value:Q", title=kind),
             tooltip=[alt.Tooltip("t_s:Q", title="t (s)", format=".2f"), alt.Tooltip("value:Q", format=".4~g")])
-        panels.append(alt.layer(*_phase_layers(segments, x, not panels), line).properties(
+        panels.append(alt.layer(*_phase_layers(segments, scale, not panels), line).properties(
             width=680, height=70, title=alt.TitleParams(name, fontSize=11, anchor="start")))
     chart = alt.vconcat(*panels).properties(title=title).resolve_scale(x="shared", color="shared", opacity="shared")
     return chart, data
