@@ -178,9 +178,12 @@ def test_timeline_shares_one_time_axis_from_the_first_phase_and_marks_window_ram
     assert "GPU utilisation" not in titles and "power (W)" not in titles  # no such data: no panel
     seg = charts.phase_segments(MARKS).set_index(["phase", "part"])
     assert seg.loc[("ramp", "warm-up window (not measured)"), "start_s"] == 0
-    assert seg.loc[("steady", "measured window"), ["start_s", "end_s"]].tolist() == [2.5, 12.5]
-    assert seg.loc[("steady", "users ramping up (inside the window)"), "end_s"] == 3.5
+    # the measured window 2.5 .. 12.5 s: its first second (users starting 1 s apart) shaded apart
+    assert seg.loc[("steady", "measured window, users ramping up"), ["start_s", "end_s"]].tolist() == [2.5, 3.5]
+    assert seg.loc[("steady", "measured window"), ["start_s", "end_s"]].tolist() == [3.5, 12.5]
     assert seg.loc[("steady", "drain (not measured)"), ["start_s", "end_s"]].tolist() == [12.5, 13.0]
+    edges = {r["t_s"] for ds in spec["datasets"].values() for r in ds if set(r) == {"t_s"}}
+    assert edges == {2.5, 12.5}  # the measured window's edges, drawn on every panel
     color = next(d["color"] for d in walk(spec) if isinstance(d.get("color"), dict) and d["color"].get("field") == "phase")
     assert color["scale"]["domain"] == ["ramp", "steady"] and color["scale"]["scheme"]["name"] == "viridis"
     assert len(data) == len(telemetry())  # the download: every sample, the startup ones too

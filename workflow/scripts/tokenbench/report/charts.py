@@ -20,7 +20,7 @@ import pandas as pd
 
 from tokenbench.analysis.fit import curve
 from tokenbench.analysis.frontier import COMPANIONS, X_VARIANTS, Y_VARIANTS
-from tokenbench.analysis.registry import METRICS, SUMMARY_COLUMNS
+from tokenbench.analysis.registry import ENGINE_STAT_NAMES, METRICS, SUMMARY_COLUMNS
 
 alt.data_transformers.disable_max_rows()
 
@@ -31,7 +31,7 @@ PHASE_SCHEME = {"name": "viridis", "extent": [0.0, 0.85]}
 # how each part of a phase is shaded on a timeline, strongest first
 SEGMENT_OPACITY = {
     "measured window": 0.30,
-    "users ramping up (inside the window)": 0.14,
+    "measured window, users ramping up": 0.16,
     "warm-up window (not measured)": 0.12,
     "idle window": 0.20,
     "drain (not measured)": 0.05,
@@ -126,11 +126,13 @@ def phase_segments(marks: list[dict[str, Any]]) -> pd.DataFrame:
         base = {"phase": m["name"], "order": i, "label": m.get("label") or m["name"]}
         kind = ("idle window" if m["mode"] == "idle" else
                 "warm-up window (not measured)" if m["warmup"] else "measured window")
-        rows.append({**base, "part": kind, "start_s": s(m["start_ns"]), "end_s": s(m["end_ns"])})
-        ramp = float((m.get("target") or {}).get("ramp_s") or 0.0)
-        if ramp > 0 and not m["warmup"]:
-            rows.append({**base, "part": "users ramping up (inside the window)", "start_s": s(m["start_ns"]),
-                         "end_s": min(s(m["start_ns"]) + ramp, s(m["end_ns"]))})
+        start, end = s(m["start_ns"]), s(m["end_ns"])
+        ramp = float((m.get("target") or {}).get("ramp_s") or 0.0) if kind == "measured window" else 0.0
+        if ramp > 0:  # the users' staggered start: inside the measured window, shaded apart
+            rows.append({**base, "part": "measured window, users ramping up", "start_s": start,
+                         "end_s": min(start + ramp, end)})
+            start = min(start + ramp, end)
+        rows.append({**base, "part": kind, "start_s": start, "end_s": end})
         if m["drained_ns"] > m["end_ns"]:
             rows.append({**base, "part": "drain (not measured)", "start_s": s(m["end_ns"]), "end_s": s(m["drained_ns"])})
     return pd.DataFrame(rows)
@@ -139,22 +141,22 @@ def phase_segments(marks: list[dict[str, Any]]) -> pd.DataFrame:
 def _phase_layers(segments: pd.DataFrame, scale: alt.Scale, legend: bool) -> list[alt.Chart]:
     """A panel's phase shading (colour: phase, in order; opacity: which part of it) and the measured
     windows' edges, on the run's time axis ``scale``."""
-    x = alt.X("start_s:Q", title="time since the first phase started (s)", scale=scale)
+    x = alt.X("start_s:Q", title=None, scale=scale)
     names = list(dict.fromkeys(segments.sort_values("order")["phase"]))
     parts = [p for p in SEGMENT_OPACITY if p in set(segments["part"])]
     rect = alt.Chart(segments).mark_rect().encode(
         x=x, x2="end_s:Q",
         color=alt.Color("phase:N", title="phase (in order)", sort=names,
                         scale=alt.Scale(domain=names, scheme=PHASE_SCHEME),
-                        legend=alt.Legend(orient="top") if legend else None),
+                        legend=alt.Legend(orient="top", labelLimit=300) if legend else None),
         opacity=alt.Opacity("part:N", title="part of the phase", sort=parts,
                             scale=alt.Scale(domain=parts, range=[SEGMENT_OPACITY[p] for p in parts]),
-                            legend=alt.Legend(orient="top") if legend else None),
+                            legend=alt.Legend(orient="top", labelLimit=300, columns=3) if legend else None),
         tooltip=["phase:N", "label:N", "part:N", alt.Tooltip("start_s:Q", format=".2f"),
                  alt.Tooltip("end_s:Q", format=".2f")],
     )
-    measured = segments[segments["part"] == "measured window"]
-    edges = pd.DataFrame({"t_s": pd.concat([measured["start_s"], measured["end_s"]]).to_numpy()})
+    measured = segments[segments["part"].str.startswith("measured window")].groupby("phase")
+    edges = pd.DataFrame({"t_s": np.concatenate([measured["start_s"].min(), measured["end_s"].max()])})
     rule = alt.Chart(edges).mark_rule(strokeDash=[4, 3], color="#333", opacity=0.6).encode(
         x=alt.X("t_s:Q", scale=scale))
     return [rect, rule] if len(edges) else [rect]
@@ -195,32 +197,26 @@ def plot_timeline(tl: pd.DataFrame, marks: list[dict[str, Any]], title: str,
     present = set(shown_long["s"])
     line = alt.Chart(shown_long).mark_line(strokeWidth=1.2, interpolate="step-after")
 
-    def panel(col: str, label: str, legend: bool, extra=None):
+    top = THROUGHPUT_SERIES if THROUGHPUT_SERIES[0] in present else CONCURRENCY_SERIES
+    rows = [top] * (top[0] in present) + [(c, lbl) for c, lbl in TIMELINE_METRICS if c in present]
+    for i, (col, label) in enumerate(rows):
+        last = i == len(rows) - 1  # the time axis is titled once, under the last panel
         layer = line.transform_filter(alt.datum.s == col).encode(
-            x=alt.X("t:Q", scale=scale, title="time since the first phase started (s)"),
+            x=alt.X("t:Q", scale=scale, title="time since the first phase started (s)" if last else None),
             y=alt.Y("v:Q", title=label), detail="device:N",
             tooltip=[alt.Tooltip("t:Q", title="t (s)", format=".2f"), "device:N",
                      alt.Tooltip("v:Q", title=label, format=".4~g")])
-        layers = [*_phase_layers(segments, scale, legend), layer]
-        if extra is not None:
-            return alt.layer(*layers, extra).resolve_scale(y="independent").properties(width=680, height=120)
-        return alt.layer(*layers).properties(width=680, height=110)
-
-    if THROUGHPUT_SERIES[0] in present:
-        conc = None
-        if CONCURRENCY_SERIES[0] in present:
-            conc = line.transform_filter(alt.datum.s == CONCURRENCY_SERIES[0]).mark_line(
+        layers = [*_phase_layers(segments, scale, i == 0), layer]
+        if col == THROUGHPUT_SERIES[0] and CONCURRENCY_SERIES[0] in present:  # concurrency overlaid
+            layers.append(line.transform_filter(alt.datum.s == CONCURRENCY_SERIES[0]).mark_line(
                 strokeWidth=1.4, interpolate="step-after", color="#d62728", strokeDash=[2, 2]).encode(
                 x=alt.X("t:Q", scale=scale), y=alt.Y("v:Q", title="requests in flight (dotted red)",
                                                     axis=alt.Axis(orient="right", titleColor="#d62728")),
                 tooltip=[alt.Tooltip("t:Q", title="t (s)", format=".2f"),
-                         alt.Tooltip("v:Q", title="requests in flight")])
-        panels.append(panel(*THROUGHPUT_SERIES, True, conc))
-    elif CONCURRENCY_SERIES[0] in present:
-        panels.append(panel(*CONCURRENCY_SERIES, True))
-    for col, label in TIMELINE_METRICS:
-        if col in present:
-            panels.append(panel(col, label, not panels))
+                         alt.Tooltip("v:Q", title="requests in flight")]))
+            panels.append(alt.layer(*layers).resolve_scale(y="independent").properties(width=680, height=120))
+        else:
+            panels.append(alt.layer(*layers).properties(width=680, height=90))
     chart = alt.vconcat(*panels).properties(title=title).resolve_scale(x="shared", color="shared",
                                                                        opacity="shared")
     cols = ["t_ns", "t_s", "device", "phase", *[c for c in [THROUGHPUT_SERIES[0], CONCURRENCY_SERIES[0],
@@ -266,13 +262,17 @@ def plot_engine_metrics(em: pd.DataFrame, marks: list[dict[str, Any]], title: st
     disp = shown.assign(t_s=shown["t_s"].round(3), value=_sig(shown["value"]))
     base = alt.Chart(disp).mark_line(point=alt.OverlayMarkDef(size=12), interpolate="linear")
     panels = []
-    for name, kind in disp[["series", "kind"]].drop_duplicates().itertuples(index=False):
+    known = {n for fam in ENGINE_STAT_NAMES.values() for names in fam.values() for n in names}
+    listed = disp[["series", "kind"]].drop_duplicates()
+    listed = listed.assign(known=~listed["series"].isin(known)).sort_values(["known", "series"], kind="stable")
+    for i, (name, kind) in enumerate(listed[["series", "kind"]].itertuples(index=False)):
+        last = i == len(listed) - 1
         line = base.transform_filter(alt.datum.series == name).encode(
-            x=alt.X("t_s:Q", scale=scale, title="time since the first phase started (s)"),
+            x=alt.X("t_s:Q", scale=scale, title="time since the first phase started (s)" if last else None),
             y=alt.Y("value:Q", title=kind),
             tooltip=[alt.Tooltip("t_s:Q", title="t (s)", format=".2f"), alt.Tooltip("value:Q", format=".4~g")])
         panels.append(alt.layer(*_phase_layers(segments, scale, not panels), line).properties(
-            width=680, height=70, title=alt.TitleParams(name, fontSize=11, anchor="start")))
+            width=680, height=60, title=alt.TitleParams(name, fontSize=11, anchor="start")))
     chart = alt.vconcat(*panels).properties(title=title).resolve_scale(x="shared", color="shared", opacity="shared")
     return chart, data
 
