@@ -37,6 +37,7 @@ SEGMENT_OPACITY = {
     "drain (not measured)": 0.05,
 }
 
+TIME_TITLE = "time since the first phase started (s)"
 # telemetry column -> axis title; shown when the column has data. Per-sample series of a registered
 # metric take its header; the rest exist only per sample (a phase reports their peak or mean).
 TIMELINE_METRICS = [
@@ -138,10 +139,10 @@ def phase_segments(marks: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _phase_layers(segments: pd.DataFrame, scale: alt.Scale, legend: bool) -> list[alt.Chart]:
+def _phase_layers(segments: pd.DataFrame, scale: alt.Scale, legend: bool, x_title: str | None = None) -> list[alt.Chart]:
     """A panel's phase shading (colour: phase, in order; opacity: which part of it) and the measured
     windows' edges, on the run's time axis ``scale``."""
-    x = alt.X("start_s:Q", title=None, scale=scale)
+    x = alt.X("start_s:Q", title=x_title, scale=scale)
     names = list(dict.fromkeys(segments.sort_values("order")["phase"]))
     parts = [p for p in SEGMENT_OPACITY if p in set(segments["part"])]
     rect = alt.Chart(segments).mark_rect().encode(
@@ -158,7 +159,7 @@ def _phase_layers(segments: pd.DataFrame, scale: alt.Scale, legend: bool) -> lis
     measured = segments[segments["part"].str.startswith("measured window")].groupby("phase")
     edges = pd.DataFrame({"t_s": np.concatenate([measured["start_s"].min(), measured["end_s"].max()])})
     rule = alt.Chart(edges).mark_rule(strokeDash=[4, 3], color="#333", opacity=0.6).encode(
-        x=alt.X("t_s:Q", scale=scale))
+        x=alt.X("t_s:Q", scale=scale, title=x_title))
     return [rect, rule] if len(edges) else [rect]
 
 
@@ -202,15 +203,16 @@ def plot_timeline(tl: pd.DataFrame, marks: list[dict[str, Any]], title: str,
     for i, (col, label) in enumerate(rows):
         last = i == len(rows) - 1  # the time axis is titled once, under the last panel
         layer = line.transform_filter(alt.datum.s == col).encode(
-            x=alt.X("t:Q", scale=scale, title="time since the first phase started (s)" if last else None),
+            x=alt.X("t:Q", scale=scale, title=TIME_TITLE if last else None),
             y=alt.Y("v:Q", title=label), detail="device:N",
             tooltip=[alt.Tooltip("t:Q", title="t (s)", format=".2f"), "device:N",
                      alt.Tooltip("v:Q", title=label, format=".4~g")])
-        layers = [*_phase_layers(segments, scale, i == 0), layer]
+        layers = [*_phase_layers(segments, scale, i == 0, TIME_TITLE if last else None), layer]
         if col == THROUGHPUT_SERIES[0] and CONCURRENCY_SERIES[0] in present:  # concurrency overlaid
             layers.append(line.transform_filter(alt.datum.s == CONCURRENCY_SERIES[0]).mark_line(
                 strokeWidth=1.4, interpolate="step-after", color="#d62728", strokeDash=[2, 2]).encode(
-                x=alt.X("t:Q", scale=scale), y=alt.Y("v:Q", title="requests in flight (dotted red)",
+                x=alt.X("t:Q", scale=scale, title=TIME_TITLE if last else None),
+                y=alt.Y("v:Q", title="requests in flight (dotted red)",
                                                     axis=alt.Axis(orient="right", titleColor="#d62728")),
                 tooltip=[alt.Tooltip("t:Q", title="t (s)", format=".2f"),
                          alt.Tooltip("v:Q", title="requests in flight")]))
@@ -268,10 +270,10 @@ def plot_engine_metrics(em: pd.DataFrame, marks: list[dict[str, Any]], title: st
     for i, (name, kind) in enumerate(listed[["series", "kind"]].itertuples(index=False)):
         last = i == len(listed) - 1
         line = base.transform_filter(alt.datum.series == name).encode(
-            x=alt.X("t_s:Q", scale=scale, title="time since the first phase started (s)" if last else None),
+            x=alt.X("t_s:Q", scale=scale, title=TIME_TITLE if last else None),
             y=alt.Y("value:Q", title=kind),
             tooltip=[alt.Tooltip("t_s:Q", title="t (s)", format=".2f"), alt.Tooltip("value:Q", format=".4~g")])
-        panels.append(alt.layer(*_phase_layers(segments, scale, not panels), line).properties(
+        panels.append(alt.layer(*_phase_layers(segments, scale, not panels, TIME_TITLE if last else None), line).properties(
             width=680, height=60, title=alt.TitleParams(name, fontSize=11, anchor="start")))
     chart = alt.vconcat(*panels).properties(title=title).resolve_scale(x="shared", color="shared", opacity="shared")
     return chart, data
