@@ -137,6 +137,7 @@ def sweep_points(cells: list[dict[str, Any]], runs: list[dict[str, Any]], phase_
             "load": c["load"], "phase": name, "users": phase["target"].get("users"),
             "valid": valid, "reason": reason, "replicates": len(phase.get("valid_replicates") or []),
             "excluded": [e["rep"] for e in phase.get("excluded") or []],
+            "note": "; ".join(e["reason"] for e in phase.get("excluded") or []) if valid else None,
             "x": {k: figs[k] for k in [*X_VARIANTS, *COMPANIONS]},
             "y": {k: figs[k] for k in Y_VARIANTS},
         })

@@ -343,7 +343,7 @@ def frontier_rows(doc: dict[str, Any]) -> pd.DataFrame:
                          "x": fx["value"], "x_lo": fx["lo"], "x_hi": fx["hi"],
                          "y": fy["value"], "y_lo": fy["lo"], "y_hi": fy["hi"],
                          "valid": p["valid"], "frontier": bool(p["frontier"].get(xk, {}).get(yk)),
-                         "reason": p["reason"] or "", "replicates": p["replicates"],
+                         "reason": p["reason"] or p.get("note") or "", "replicates": p["replicates"],
                          "x_label": labels[xk], "y_label": Y_VARIANTS[yk].label, "y_basis": Y_VARIANTS[yk].basis})
     return pd.DataFrame(rows)
 
@@ -434,7 +434,7 @@ def plot_throughput(doc: dict[str, Any], fits: list[dict[str, Any]]) -> tuple[al
     Michaelis–Menten) with the fit's 95 % confidence band, over the measured range only."""
     pts = [{"config": p["config"], "load": p["load"], "users": p["users"], "output_tok_s": p["y"]["output"]["value"],
             "lo": p["y"]["output"]["lo"], "hi": p["y"]["output"]["hi"], "valid": p["valid"],
-            "replicates": p["replicates"], "reason": p["reason"] or "", "kind": "measured"}
+            "replicates": p["replicates"], "reason": p["reason"] or p.get("note") or "", "kind": "measured"}
            for p in doc["points"] if p["y"].get("output")]
     curves = []
     for f in fits:
@@ -458,7 +458,7 @@ def plot_throughput(doc: dict[str, Any], fits: list[dict[str, Any]]) -> tuple[al
            alt.Tooltip("hi:Q", format=".1f"), "replicates:Q", "valid:N", "reason:N"]
     layers = [
         fit.transform_filter("isValid(datum.lo) && isValid(datum.hi)").mark_area(opacity=0.18).encode(
-            x=x, y="lo:Q", y2="hi:Q", color=color),
+            x=x, y="lo:Q", y2="hi:Q", color=alt.Color("config:N", scale=alt.Scale(domain=configs), legend=None)),
         fit.mark_line(strokeDash=[5, 3]).encode(x=x, y=y, color=color, detail="kind:N"),
         measured.transform_filter("isValid(datum.lo) && isValid(datum.hi)").mark_rule().encode(
             x=x, y="lo:Q", y2="hi:Q", color=color),
