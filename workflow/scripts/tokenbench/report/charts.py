@@ -355,8 +355,9 @@ def _xy_view(data: pd.DataFrame, filt: str, x_title: str | dict, y_title: str, w
     color = alt.Color("config:N", title="engine · model", scale=alt.Scale(domain=configs),
                       legend=alt.Legend(orient="top"))
     base = alt.Chart(data).transform_filter(filt)
-    x = alt.X("x:Q", title=x_title, scale=alt.Scale(zero=False))
-    y = alt.Y("y:Q", title=y_title, scale=alt.Scale(zero=False))
+    # latencies and rates are positive: a t interval's lower bound below 0 is clipped on screen (the data keep it)
+    x = alt.X("x:Q", title=x_title, scale=alt.Scale(zero=False, domainMin=0))
+    y = alt.Y("y:Q", title=y_title, scale=alt.Scale(zero=False, domainMin=0))
     tip = ["config:N", "load:N", alt.Tooltip("users:Q", title="users (concurrency)"), alt.Tooltip("x:Q", format=".4~g"),
            alt.Tooltip("x_lo:Q", format=".4~g"), alt.Tooltip("x_hi:Q", format=".4~g"), alt.Tooltip("y:Q", format=".4~g"),
            alt.Tooltip("y_lo:Q", format=".4~g"), alt.Tooltip("y_hi:Q", format=".4~g"), "valid:N", "frontier:N",
@@ -364,9 +365,9 @@ def _xy_view(data: pd.DataFrame, filt: str, x_title: str | dict, y_title: str, w
     return alt.layer(
         base.transform_filter("datum.frontier").mark_line(strokeWidth=2).encode(x=x, y=y, color=color,
                                                                                  order="x:Q"),
-        base.transform_filter("isValid(datum.x_lo) && isValid(datum.x_hi)").mark_rule(opacity=0.7).encode(
+        base.transform_filter("isValid(datum.x_lo) && isValid(datum.x_hi)").mark_rule(opacity=0.7, clip=True).encode(
             x="x_lo:Q", x2="x_hi:Q", y="y:Q", color=color),
-        base.transform_filter("isValid(datum.y_lo) && isValid(datum.y_hi)").mark_rule(opacity=0.7).encode(
+        base.transform_filter("isValid(datum.y_lo) && isValid(datum.y_hi)").mark_rule(opacity=0.7, clip=True).encode(
             x="x:Q", y="y_lo:Q", y2="y_hi:Q", color=color),
         base.transform_filter("datum.valid").mark_point(filled=True, size=70, opacity=1).encode(
             x=x, y=y, color=color, shape=alt.value("circle"), tooltip=tip),
@@ -388,11 +389,11 @@ def plot_frontier(doc: dict[str, Any]) -> tuple[alt.VConcatChart, pd.DataFrame]:
     ys = [k for k in Y_VARIANTS if k in set(inter["yv"])]
     x_param = alt.param(name="x_stat", value="median",
                         bind=alt.binding_radio(options=list(X_VARIANTS), name="interactivity from TPOT: "))
+    shown = {k: Y_VARIANTS[k].label + ("" if Y_VARIANTS[k].basis == MEASURED else f", {Y_VARIANTS[k].basis}")
+             for k in ys}
     y_param = alt.param(name="y_metric", value="output",
-                        bind=alt.binding_select(options=ys, labels=[Y_VARIANTS[k].label + (
-                            "" if Y_VARIANTS[k].basis == MEASURED else f" ({Y_VARIANTS[k].basis})") for k in ys],
-                            name="y: "))
-    ylabels = json.dumps({k: Y_VARIANTS[k].label for k in ys})
+                        bind=alt.binding_select(options=ys, labels=[shown[k] for k in ys], name="y: "))
+    ylabels = json.dumps(shown)
     xlabels = json.dumps({k: a.label for k, a in X_VARIANTS.items()})
     main = _xy_view(inter, "datum.xv == x_stat && datum.yv == y_metric", "interactivity (tok/s/user = 1000 / TPOT)",
                     "the y metric chosen below (see title)", 640, 360, configs).properties(
@@ -481,14 +482,17 @@ def plot_latency(summary: pd.DataFrame) -> tuple[alt.FacetChart, pd.DataFrame]:
                                               var_name="stat", value_name="ms").dropna(subset=["ms"])
     d["metric"] = d["stat"].map(lambda col: METRICS[SUMMARY_COLUMNS[col][0]].label)
     d["percentile"] = d["stat"].map(lambda col: SUMMARY_COLUMNS[col][1])
-    d["series"] = d["engine"] + " · " + d["model"] + " · " + d["percentile"]
+    d["config"] = d["engine"] + " · " + d["model"]
+    d["series"] = d["config"] + " · " + d["percentile"]
     d = d[d["valid"].fillna(False).astype(bool)]  # invalid replicates are on the run health page, not here
     chart = alt.Chart(d).mark_line(point=True).encode(
         x=alt.X("users:Q", title="concurrent users"),
         y=alt.Y("mean(ms):Q", title="milliseconds (measured; mean over replicates)"),
-        color=alt.Color("series:N", title="engine · model · percentile"),
+        color=alt.Color("config:N", title="engine · model", legend=alt.Legend(orient="top", labelLimit=400)),
+        strokeDash=alt.StrokeDash("percentile:N", title="percentile", legend=alt.Legend(orient="top")),
+        detail="series:N",
         tooltip=["engine", "model", "load", "users", "stat", alt.Tooltip("mean(ms):Q", format=".1f"),
                  alt.Tooltip("count(ms):Q", title="replicates")],
-    ).properties(width=300, height=220).facet(column=alt.Column("metric:N", title=None)).resolve_scale(
+    ).properties(width=260, height=220).facet(column=alt.Column("metric:N", title=None)).resolve_scale(
         y="independent").properties(title="Latency percentiles vs users (valid replicates)")
     return chart, d
