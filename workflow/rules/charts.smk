@@ -4,36 +4,41 @@
 # iso-interactivity table), throughput and latency.
 
 
-def chart_files(stem):
-    """A chart's three outputs: the spec and its data as CSV and JSON."""
-    return {"spec": f"{stem}.vl.json", "csv": f"{stem}.csv", "json": f"{stem}.json"}
+# (values and lambdas, not functions: snakemake --lint wants functions out of rule files)
 
-
-def chart_inputs():
-    """{chart name: spec path} for every chart of the config (render_pages embeds them; each
-    spec's .csv and .json lie beside it)."""
-    charts = {}
-    for e, m, l, r in RUNS:
-        for kind in ("timeline", "engine", "latency_breakdown"):
-            charts[f"{kind}.{e}.{m}.{l}.{r}"] = f"data/charts/{kind}/{e}.{m}.{l}.{r}.vl.json"
-    if CFG.sweep:
-        for name in ("frontier", "throughput", "latency"):
-            charts[name] = f"data/charts/{name}.vl.json"
-    return charts
-
-
-def sweep_phases():
-    """{sweep load: the phase the sweep reads in it}."""
-    return {
-        l: CFG.sweep.phase or sweep_phase(CFG.loads[l]).name for l in sweep_loads()
-    }
+# {chart name: spec path} for every chart of the config: render_pages embeds them; each spec's
+# .csv and .json lie beside it
+CHART_SPECS = {
+    f"{kind}.{e}.{m}.{l}.{r}": f"data/charts/{kind}/{e}.{m}.{l}.{r}.vl.json"
+    for e, m, l, r in RUNS
+    for kind in ("timeline", "engine", "latency_breakdown")
+} | {
+    name: f"data/charts/{name}.vl.json"
+    for name in (("frontier", "throughput", "latency") if CFG.sweep else ())
+}
+chart_inputs = lambda: dict(CHART_SPECS)
+# a chart's three outputs: the spec and its data as CSV and JSON
+chart_files = lambda stem: {
+    "spec": f"{stem}.vl.json",
+    "csv": f"{stem}.csv",
+    "json": f"{stem}.json",
+}
+# {sweep load: the phase the sweep reads in it}
+SWEEP_PHASES = {
+    l: CFG.sweep.phase or sweep_phase(CFG.loads[l]).name for l in sweep_loads()
+}
 
 
 rule trace_frontiers:
     """Throughput against interactivity over the users sweep: points with intervals, each
-    configuration's Pareto frontier, the iso-interactivity table against the baseline."""
+    configuration's Pareto frontier, the iso-interactivity table against the baseline.
+    """
     input:
-        cells=[f"data/analysis/cells/{e}/{m}/{l}.json" for e, m in PAIRS for l in sweep_loads()],
+        cells=[
+            f"data/analysis/cells/{e}/{m}/{l}.json"
+            for e, m in PAIRS
+            for l in sweep_loads()
+        ],
         metrics=[
             f"data/metrics/{e}/{m}/{l}/{r}/metrics.json"
             for e, m in PAIRS
@@ -48,7 +53,7 @@ rule trace_frontiers:
     conda:
         "../envs/tokenbench.yaml"
     params:
-        phases=sweep_phases(),
+        phases=SWEEP_PHASES,
         baseline=CFG.comparison.baseline,
         level=CFG.comparison.level,
     script:
