@@ -129,3 +129,15 @@ def test_default_targets_span_the_overlap_of_the_frontiers():
     points = [{"config": c, "x": {"median": {"value": v}}, "y": {"output": {"value": 1.0}},
                "frontier": {"median": {"output": True}}} for c, v in [("a", 10), ("a", 40), ("b", 20), ("b", 60)]]
     assert frontier.default_targets(points, "median") == [20.0, 25.0, 30.0, 35.0, 40.0]
+
+
+def test_one_valid_replicate_takes_its_within_run_interval():
+    doc = metrics_doc("a", 2, "r1", tpot=20.0, tok_s=150.0)
+    doc["phases"][0]["intervals"] = {
+        "tpot_ms": {"p50": {"estimate": 20.0, "lo": 16.0, "hi": 25.0, "level": 0.95, "method": "block bootstrap", "n": 12}},
+        "output_tok_s": {"estimate": 150.0, "lo": 140.0, "hi": 160.0, "level": 0.95, "method": "block bootstrap", "n": 12}}
+    out = trace_frontiers([combine_replicates([doc])], [doc], PHASES)
+    p = out["points"][0]
+    assert (p["x"]["median"]["lo"], p["x"]["median"]["hi"]) == (pytest.approx(40.0), pytest.approx(62.5))
+    assert p["x"]["median"]["method"] == "block bootstrap"
+    assert (p["y"]["output"]["lo"], p["y"]["output"]["hi"]) == (140.0, 160.0)

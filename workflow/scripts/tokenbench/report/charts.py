@@ -9,6 +9,7 @@ highest value (never an average), so a spike stays visible and the page stays li
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -179,9 +180,8 @@ def plot_timeline(tl: pd.DataFrame, marks: list[dict[str, Any]], title: str,
     segments = phase_segments(marks)
     cpu = df[df["device"] == "cpu"]
     per_device = df[df["device"] != "cpu"]
-    shown = df[(df["t_s"] >= 0) & (df["t_s"] <= t_end)]
 
-    series, panels = [], []  # (column, device frame)
+    series, panels = [], []  # display copies of each (column, device) series; the chart's panels
     for col, label in [THROUGHPUT_SERIES, CONCURRENCY_SERIES, *TIMELINE_METRICS]:
         src = per_device if col in PER_DEVICE or (col == "power_w" and len(per_device)) else cpu
         src = src[(src["t_s"] >= 0) & (src["t_s"] <= t_end)]
@@ -426,7 +426,7 @@ def plot_iso_table(doc: dict[str, Any]) -> pd.DataFrame:
 def doubling(levels) -> bool:
     """Whether sweep levels double each step (1, 2, 4, 8 ...): then a log2 axis spaces them evenly."""
     u = sorted({float(v) for v in levels if v is not None and v > 0})
-    return len(u) >= 3 and all(math.isclose(b / a, 2.0) for a, b in zip(u, u[1:]))
+    return len(u) >= 3 and all(math.isclose(b / a, 2.0) for a, b in itertools.pairwise(u))
 
 
 def plot_throughput(doc: dict[str, Any], fits: list[dict[str, Any]]) -> tuple[alt.LayerChart, pd.DataFrame]:
