@@ -459,7 +459,7 @@ def plot_throughput(doc: dict[str, Any], fits: list[dict[str, Any]]) -> tuple[al
            alt.Tooltip("hi:Q", format=".1f"), "replicates:Q", "valid:N", "reason:N"]
     layers = [
         fit.transform_filter("isValid(datum.lo) && isValid(datum.hi)").mark_area(opacity=0.18).encode(
-            x=x, y="lo:Q", y2="hi:Q", color=alt.Color("config:N", scale=alt.Scale(domain=configs), legend=None)),
+            x=x, y="lo:Q", y2="hi:Q", fill=alt.Fill("config:N", scale=alt.Scale(domain=configs), legend=None)),
         fit.mark_line(strokeDash=[5, 3]).encode(x=x, y=y, color=color, detail="kind:N"),
         measured.transform_filter("isValid(datum.lo) && isValid(datum.hi)").mark_rule().encode(
             x=x, y="lo:Q", y2="hi:Q", color=color),
@@ -468,7 +468,7 @@ def plot_throughput(doc: dict[str, Any], fits: list[dict[str, Any]]) -> tuple[al
         measured.transform_filter("!datum.valid").mark_point(filled=False, size=70, strokeWidth=1.5, opacity=1).encode(
             x=x, y=y, color=color, tooltip=tip),
     ]
-    return alt.layer(*layers).properties(width=600, height=320, title=alt.TitleParams(
+    return alt.layer(*layers).resolve_legend(fill="independent").properties(width=600, height=320, title=alt.TitleParams(
         "Throughput vs users", subtitle="points: mean of valid replicates, bars 95 % t interval, hollow: invalid; "
                                         "dashed: saturation fit with its 95 % band, over the valid points' range")), data
 
