@@ -19,8 +19,11 @@
 #   data/analysis/saturation/{engine}/{model}.json    fit_saturation (users sweep, model choice)
 #   data/analysis/archive_entry.json                  archive_results: this run's entry, also copied
 #   data/history/{run_id}.json                        into the results archive (kept by make clean)
-#   data/charts/*.vl.json                             plot_*: Vega-Lite specs
-#   site/docs/*.md, site/mkdocs.yml                   render_pages
+#   data/analysis/frontiers.json                      trace_frontiers (users sweep): frontiers, iso table
+#   data/charts/**/*.vl.json (+ .csv, .json)          plot_*: Vega-Lite specs and their data
+#   site/docs/*.md, site/docs/runs/*.md, site/docs/data/   render_pages: pages from templates, and
+#                                                     every table's and chart's data, raw requests
+#   site/mkdocs.yml                                   render_pages
 #   site/public/index.html                            build_site: the report
 #   logs/{rule}/...                                   one log per job; server logs and request
 #                                                     journals live here and survive failures
@@ -87,6 +90,7 @@ include: "workflow/rules/engines.smk"
 include: "workflow/rules/load.smk"
 include: "workflow/rules/telemetry.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/charts.smk"
 include: "workflow/rules/history.smk"
 include: "workflow/rules/report.smk"
 

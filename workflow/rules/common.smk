@@ -78,17 +78,6 @@ def sweep_loads():
     return list(CFG.sweep.loads) if CFG.sweep else []
 
 
-def chart_inputs():
-    charts = {
-        f"timeline.{e}.{m}.{l}.{r}": f"data/charts/timeline/{e}.{m}.{l}.{r}.vl.json"
-        for e, m, l, r in RUNS
-    }
-    if CFG.sweep:
-        charts["throughput"] = "data/charts/throughput.vl.json"
-        charts["latency"] = "data/charts/latency.vl.json"
-    return charts
-
-
 def engine_conda_env(wc):
     """Per-engine software: workflow/envs/<kind>.yaml (tokenbench's dependencies plus the engine),
     used with `--sdm conda`; without it (plain-PATH mode) the engine is whatever is on PATH.

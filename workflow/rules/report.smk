@@ -1,58 +1,3 @@
-rule plot_timeline:
-    """Telemetry timeline of one cell with its phases shaded."""
-    input:
-        timeline="data/merged/{engine}/{model}/{load}/{rep}/timeline.parquet",
-        run="data/runs/{engine}/{model}/{load}/{rep}/run.json",
-        code=imports_of("plot_timeline"),
-    output:
-        "data/charts/timeline/{engine}.{model}.{load}.{rep}.vl.json",
-    log:
-        "logs/plot_timeline/{engine}.{model}.{load}.{rep}.log",
-    conda:
-        "../envs/tokenbench.yaml"
-    script:
-        "../scripts/plot_timeline.py"
-
-
-rule plot_throughput:
-    """Throughput vs users, measured points and the saturation fit."""
-    input:
-        summary="data/analysis/summary.parquet",
-        fits=(
-            [f"data/analysis/saturation/{e}/{m}.json" for e, m in PAIRS]
-            if CFG.sweep
-            else []
-        ),
-        code=imports_of("plot_throughput"),
-    output:
-        "data/charts/throughput.vl.json",
-    log:
-        "logs/plot_throughput.log",
-    conda:
-        "../envs/tokenbench.yaml"
-    params:
-        loads=sweep_loads(),
-    script:
-        "../scripts/plot_throughput.py"
-
-
-rule plot_latency:
-    """TTFT / E2E / TPOT percentiles vs users."""
-    input:
-        summary="data/analysis/summary.parquet",
-        code=imports_of("plot_latency"),
-    output:
-        "data/charts/latency.vl.json",
-    log:
-        "logs/plot_latency.log",
-    conda:
-        "../envs/tokenbench.yaml"
-    params:
-        loads=sweep_loads(),
-    script:
-        "../scripts/plot_latency.py"
-
-
 rule render_pages:
     """The report's pages, from Jinja2 templates filled with the results (no number typed by hand),
     each table's and chart's data as CSV and JSON, each run's raw requests, and the mkdocs config."""
@@ -70,6 +15,7 @@ rule render_pages:
         comparisons="data/analysis/comparisons.json",
         hypotheses="data/analysis/hypotheses.json",
         archive="data/analysis/archive_entry.json",
+        frontiers=["data/analysis/frontiers.json"] if CFG.sweep else [],
         fits=(
             [f"data/analysis/saturation/{e}/{m}.json" for e, m in PAIRS]
             if CFG.sweep

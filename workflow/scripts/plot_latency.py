@@ -6,4 +6,5 @@ from tokenbench.joblog import to_log
 to_log(snakemake.log[0])
 summary = records.read_table(snakemake.input.summary)
 sweep = summary[summary["load"].isin(snakemake.params.loads) & ~summary["warmup"] & (summary["mode"] == "closed")]
-save(plot_latency(sweep), snakemake.output[0])
+chart, data = plot_latency(sweep)
+save(chart, data, snakemake.output.spec)

@@ -4,6 +4,6 @@ from tokenbench.report.charts import plot_throughput, save
 from tokenbench.joblog import to_log
 
 to_log(snakemake.log[0])
-summary = records.read_table(snakemake.input.summary)
-sweep = summary[summary["load"].isin(snakemake.params.loads) & ~summary["warmup"] & (summary["mode"] == "closed")]
-save(plot_throughput(sweep, [records.read_json(p) for p in snakemake.input.fits]), snakemake.output[0])
+chart, data = plot_throughput(records.read_json(snakemake.input.frontiers),
+                              [records.read_json(p) for p in snakemake.input.fits])
+save(chart, data, snakemake.output.spec)

@@ -6,6 +6,6 @@ from tokenbench.joblog import to_log
 to_log(snakemake.log[0])
 run = records.read_json(snakemake.input.run)
 c = run["cell"]
-chart = plot_timeline(records.read_table(snakemake.input.timeline), run["phases"],
-                      f"{c['engine']} · {c['model']} · {c['load']} · {c['rep']}: telemetry (measured)")
-save(chart, snakemake.output[0])
+chart, data = plot_timeline(records.read_table(snakemake.input.timeline), run["phases"],
+                            f"{c['engine']} · {c['model']} · {c['load']} · {c['rep']}: telemetry (measured)")
+save(chart, data, snakemake.output.spec)

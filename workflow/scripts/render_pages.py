@@ -18,6 +18,7 @@ render_pages(
     chart_paths={name: snakemake.input[name] for name in snakemake.params.charts},
     request_paths=dict(zip(snakemake.params.runs, snakemake.input.requests)),
     rerun=snakemake.params.rerun,
+    frontiers_path=snakemake.input.frontiers[0] if snakemake.input.frontiers else None,
     archive_path=snakemake.input.archive,
     history_dir=snakemake.params.history,
     out_dir=str(Path(snakemake.output.mkdocs).parent),

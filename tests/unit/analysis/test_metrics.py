@@ -77,6 +77,20 @@ def test_tokens_after_window_end_do_not_count():
     assert m["output_tokens_in_window"] == 5 and m["output_tok_s"] == pytest.approx(0.5)
 
 
+def test_input_and_total_throughput_count_prompts_whose_first_token_arrived_in_the_window():
+    # prompts of 10 tokens; the request sent at 9.95 s gets its first token at 10.05 s: outside
+    rows = [req(i, "steady", i * S, 50, 5, 10) for i in range(10)] + [req(10, "steady", int(9.95 * S), 100, 5, 10)]
+    rows[3]["prompt_tokens"] = 30
+    rows.append(req(11, "steady", 5 * S, 0, 0, 0, status="http_error"))  # failed: its prompt does not count
+    m = _phase(rows)
+    assert m["input_tok_s"] == pytest.approx((9 * 10 + 30) / 10)
+    assert m["total_tok_s"] == pytest.approx(m["input_tok_s"] + m["output_tok_s"])
+    assert m["output_tok_s"] == pytest.approx(5.0)  # 50 tokens of the first ten requests
+    no_counts = [{**r, "prompt_tokens": None} for r in rows]
+    m = _phase(no_counts)
+    assert m["input_tok_s"] is None and m["total_tok_s"] is None  # not reported: absent, not zero
+
+
 def test_usage_count_is_spread_over_chunks():
     r = req(0, "steady", 0, 0, 4, 10)
     r["output_tokens"] = 8  # an engine that sends 2 tokens per chunk

@@ -104,7 +104,8 @@ def test_metrics_json_carries_every_definition(every_kind_of_phase):
     assert set(every_kind_of_phase["labels"]) == set(registry.METRICS)
 
 
-ADDED_SINCE = ["failure_rate", "decode_rate_cv", "decode_rate_range", "ttft_jitter_ms", "foreign_cpu_pct"]
+ADDED_SINCE = ["failure_rate", "decode_rate_cv", "decode_rate_range", "ttft_jitter_ms", "foreign_cpu_pct",
+               "input_tok_s", "total_tok_s"]
 
 
 def test_summary_columns_keep_their_names_and_add_replicates_and_new_figures(every_kind_of_phase):

@@ -292,6 +292,19 @@ def goodput(ok: pd.DataFrame, mark: dict[str, Any], slo: SloSpec, sent: int | No
     }
 
 
+def input_throughput(ok: pd.DataFrame, mark: dict[str, Any], output_tok_s: float | None) -> dict[str, Any]:
+    """input_tok_s and total_tok_s (registry.py): prompt tokens of the ok requests whose first token
+    arrived inside the issuing window, per second, and that plus output_tok_s."""
+    dur = (mark["end_ns"] - mark["start_ns"]) / 1e9
+    prompt = ok["prompt_tokens"].astype("Float64")
+    if dur <= 0 or not prompt.notna().any():
+        return {"input_tok_s": None, "total_tok_s": None}
+    first = ok["first_token_ns"].astype("Float64")
+    inside = ((first >= mark["start_ns"]) & (first < mark["end_ns"])).fillna(False)
+    tok_s = float(prompt[inside].sum()) / dur
+    return {"input_tok_s": tok_s, "total_tok_s": tok_s + output_tok_s if output_tok_s is not None else None}
+
+
 def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], params: int | None,
                   peak: dict[str, Any], hardware: HardwareSpec, slo: SloSpec, bounds: ValiditySpec,
                   loop_lag: dict[str, Any] | None = None, tokens: Tokens | None = None, level: float = 0.95,
@@ -320,6 +333,7 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
     tokens = tokens if tokens is not None else Tokens.of_requests(pr)  # the ok requests' chunks, flat
     m["output_tokens_in_window"] = tokens.between(mark["start_ns"], mark["end_ns"])
     m["output_tok_s"] = m["output_tokens_in_window"] / dur if dur > 0 else None
+    m.update(input_throughput(ok, mark, m["output_tok_s"]))
     ends = ok["end_ns"].to_numpy(dtype=np.int64)
     m["request_rps"] = float(((ends >= mark["start_ns"]) & (ends < mark["end_ns"])).sum() / dur)
     m["achieved_send_rps"] = float(len(pr) / dur)

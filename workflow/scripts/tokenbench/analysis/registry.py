@@ -222,6 +222,16 @@ _DECLARED = [
            "Mean over the phase's telemetry window of host CPU busy − the server process tree's CPU − the client's "
            "(load generator and telemetry sampler), clipped at 0: CPU time other processes took.",
            summary={"foreign_cpu_pct": None}),
+    # ---- input and total throughput (after the contention figures: summary columns are only appended)
+    Metric("input_tok_s", "input throughput", "tok/s",
+           "Σ prompt_tokens (the server's usage count) of the phase's ok requests whose first content token arrived "
+           "inside the issuing window (their prefill finished in it) ÷ duration_s. n/a when the server reports no "
+           "prompt token counts.",
+           summary={"input_tok_s": None}),
+    Metric("total_tok_s", "total throughput", "tok/s",
+           "input_tok_s + output_tok_s: prompt tokens prefilled and output tokens delivered inside the issuing "
+           "window, per second.",
+           summary={"total_tok_s": None}),
     Metric("gpu_contended_share", "GPU contended", "fraction",
            "Share of the phase's GPU samples in which a process that is not the server's held a GPU (checked about "
            "once a second) or NVML reported thermal, hardware-slowdown or power-brake clock events.",

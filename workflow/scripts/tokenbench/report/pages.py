@@ -348,21 +348,31 @@ def _pct(ratio: dict[str, Any]) -> dict[str, Any] | None:
     return {"estimate": f(ratio["estimate"]), "lo": f(ratio.get("lo")), "hi": f(ratio.get("hi"))}
 
 
-def iso_table(frontiers: dict[str, Any] | None) -> Table | None:
-    """The iso-interactivity table (analysis/frontier.py), as the frontier rule wrote it."""
-    rows_in = (frontiers or {}).get("iso") or []
-    if not rows_in:
-        return None
-    rows = []
-    for x in rows_in:
-        r = Row()
-        for k, v in x.items():
-            if isinstance(v, float):
-                r.number(k.replace("_", " "), k, v, 2 if abs(v) < 10 else 1)
-            else:
-                r.text(k.replace("_", " "), v, k)
-        rows.append(r)
-    return Table("iso-interactivity", rows)
+def iso_tables(frontiers: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The iso-interactivity tables (analysis/frontier.py), one per interactivity variant: a row
+    per target tok/s/user, per configuration each figure read off its frontier (PCHIP; n/a outside
+    the frontier's measured range) and its % against the baseline."""
+    iso = (frontiers or {}).get("iso") or []
+    out = []
+    for xv, xmeta in ((frontiers or {}).get("x_variants") or {}).items():
+        rows_in = [r for r in iso if r["x_variant"] == xv]
+        ys = [y for y in frontiers["y_variants"] if any((r.get("y") or {}).get(y) is not None for r in iso)]
+        rows = []
+        for target in dict.fromkeys(r["target"] for r in rows_in):
+            row = Row().number("tok/s/user", "target_tok_s_per_user", target, 1)
+            for r in (r for r in rows_in if r["target"] == target):
+                for y in ys:
+                    label = frontiers["y_variants"][y]["label"]
+                    value = (r.get("y") or {}).get(y)
+                    pct = (r.get("pct_vs_baseline") or {}).get(y)
+                    row.number(f"{r['engine']}: {label}", f"{r['config']}|{y}", value, 3 if y == "usd_per_mtok" else 1)
+                    if r["engine"] != frontiers.get("baseline"):
+                        row.number(f"{r['engine']}: {label.split(' (')[0]} vs {frontiers.get('baseline')} (%)",
+                                   f"{r['config']}|{y}|pct_vs_baseline", pct, 1)
+            rows.append(row)
+        if rows:
+            out.append({"title": xmeta["label"], "table": Table(f"iso-{xv}", rows)})
+    return out
 
 
 # ============================================================================ Results per load
@@ -688,14 +698,14 @@ def page_contexts(res: Results, study: StudySpec, config_hash: str, history: dic
     price = next((((r.get("settings") or {}).get("hardware") or {}).get("price_usd_per_hour") for r in res.runs), None)
     common = {"study": study, "hardware": hw}
     energy, valley = efficiency_table(res), valley_table(res)
-    sweep_charts = _page_charts(["frontier", "frontier_e2e", "frontier_ttft"], res.charts)
+    sweep_charts = _page_charts(["frontier"], res.charts)
     pages: dict[str, dict] = {
         "index": {"goals": verdict(res), "findings": findings(res), "hypotheses": hypothesis_table(res.hypotheses),
                   "crashed": crashed, "incomplete": incomplete, "slo": slo_text(res), "slo_share": SLO_SHARE,
                   "charts": _page_charts(["throughput"], res.charts),
                   "level": int(100 * ((res.comparisons or {}).get("level") or 0.95)),
                   "n_runs": len(res.docs)},
-        "comparison": {"pairs": comparison_tables(res), "comparisons": res.comparisons, "iso": iso_table(res.frontiers),
+        "comparison": {"pairs": comparison_tables(res), "comparisons": res.comparisons, "iso": iso_tables(res.frontiers),
                        "frontiers": res.frontiers, "charts": sweep_charts},
         "results": {"configs": results_tables(res), "slo": slo_text(res),
                     "charts": _page_charts(["throughput", "latency"], res.charts), "fits": fit_table(res.fits),
