@@ -29,3 +29,14 @@ def test_a_script_that_imports_nothing_from_the_package_depends_on_nothing(tmp_p
     script.write_text("import json\nfrom pathlib import Path\n")
     assert package_files(script) == []
 
+
+
+def test_a_module_depends_on_every_file_of_the_folders_it_declares(tmp_path):
+    # the report's templates and assets: editing a page's layout must rerun render_pages, and only it
+    script = tmp_path / "wrapper.py"
+    script.write_text("from tokenbench.report.pages import render_pages\n")
+    files = rel(package_files(script))
+    assert {"report/templates/index.md.j2", "report/templates/macros.j2", "report/assets/charts.js"} <= files
+    bundle = tmp_path / "bundle.py"
+    bundle.write_text("from tokenbench.report.site import write_vega_bundle\n")
+    assert not any(f.startswith("report/templates/") for f in rel(package_files(bundle)))

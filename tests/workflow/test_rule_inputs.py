@@ -95,6 +95,14 @@ def test_rules_and_wrappers_share_names_and_every_rule_has_one():
     assert set(scripts) == wrappers, "every wrapper script belongs to exactly one rule of the same name"
 
 
+def names_data(module, f):
+    """Does ``module`` use package data file ``f``: naming it, or declaring its folder (beside the
+    module) in PACKAGE_DATA?"""
+    text = module.read_text()
+    declared = "PACKAGE_DATA" in text and f'"{f.parent.name}"' in text and f.parent.parent == module.parent
+    return f.name in text or declared
+
+
 def test_editing_any_package_file_reruns_exactly_its_importers_and_their_downstream(up_to_date):
     repo, workdir = up_to_date
     pkg = repo / "workflow" / "scripts" / "tokenbench"
@@ -108,9 +116,9 @@ def test_editing_any_package_file_reruns_exactly_its_importers_and_their_downstr
         rel = str(f.relative_to(pkg))
         if f.suffix == ".py":
             importers = {rule for rule, fs in imports.items() if rel in fs}
-        else:  # package data: the rules importing a module that names the file
+        else:  # package data: the rules importing a module that names the file or declares its folder
             importers = {rule for rule, fs in imports.items()
-                         if any(f.name in (pkg / m).read_text() for m in fs if m.endswith(".py"))}
+                         if any(names_data(pkg / m, f) for m in fs if m.endswith(".py"))}
         expected = downstream(graph, importers) if importers else set()
         text, stat = f.read_bytes(), f.stat()
         f.write_bytes(text + (b"\n# edited by the test\n" if f.suffix in (".py", ".yaml") else b"\n"))

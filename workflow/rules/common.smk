@@ -9,7 +9,7 @@ from tokenbench.config import (
     sweep_phase,
 )
 from tokenbench.imports import package_files
-from tokenbench.report.pages import ASSETS, PAGES, TEMPLATES
+from tokenbench.report.pages import ASSETS, PAGES
 
 # the report's pages and the assets they load, as the package declares them
 SITE_PAGES = [stem for stem, _ in PAGES]
@@ -22,7 +22,6 @@ RERUN_COMMAND = " ".join(
         for f in workflow.overwrite_configfiles
     ]
 )
-SITE_SOURCES = sorted(str(p) for p in [*TEMPLATES.iterdir(), *ASSETS.iterdir()])
 
 
 def imports_of(rule_name):

@@ -22,7 +22,6 @@ rule render_pages:
             else []
         ),
         code=imports_of("render_pages"),
-        templates=SITE_SOURCES,
     output:
         pages=expand("site/docs/{page}.md", page=SITE_PAGES),
         run_pages=expand(

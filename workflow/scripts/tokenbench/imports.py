@@ -3,7 +3,9 @@
 Snakemake reruns a job when an input is newer than its outputs, but it does not follow Python
 imports. Each rule therefore lists, as inputs, every ``tokenbench`` module its wrapper script
 imports, directly or through other modules, plus the package ``__init__`` files those imports
-execute and the package data files (``tokenbench/data/*``) the modules name. Imports anywhere in
+execute and the package data files the modules use: those of ``tokenbench/data/`` a module names,
+and every file of the folders beside it that a module declares in ``PACKAGE_DATA`` (the report's
+templates and assets). Imports anywhere in
 a file count, including those inside functions: a lazily imported module still shapes results.
 """
 
@@ -68,6 +70,17 @@ def _data_files(tree: ast.AST) -> set[Path]:
     return found
 
 
+def _declared_folders(tree: ast.AST, path: Path) -> set[Path]:
+    """Every file of the folders beside ``path`` that its ``PACKAGE_DATA = ("templates", ...)`` names."""
+    found: set[Path] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "PACKAGE_DATA" for t in node.targets):
+            for folder in ast.literal_eval(node.value):
+                d = path.parent / folder
+                found.update(p for p in d.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return found
+
+
 @lru_cache(maxsize=None)
 def _direct(path: Path) -> tuple[frozenset[Path], frozenset[Path]]:
     """(package modules, data files) one file depends on directly, with the __init__ of each
@@ -83,7 +96,7 @@ def _direct(path: Path) -> tuple[frozenset[Path], frozenset[Path]]:
             if f is not None:
                 modules.add(f)
     modules.discard(path)
-    return frozenset(modules), frozenset(_data_files(tree) if inside else ())
+    return frozenset(modules), frozenset((_data_files(tree) | _declared_folders(tree, path)) if inside else ())
 
 
 def package_files(script: str | Path) -> list[str]:

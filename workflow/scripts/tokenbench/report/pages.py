@@ -28,8 +28,8 @@ from tokenbench.config import StudySpec
 from tokenbench.report import history as history_mod
 from tokenbench.report.tables import Row, Table, interval_text, no_interval, write_downloads
 
-TEMPLATES = Path(__file__).parent / "templates"
-ASSETS = Path(__file__).parent / "assets"
+PACKAGE_DATA = ("templates", "assets")  # folders beside this module its rules depend on (tokenbench.imports)
+TEMPLATES, ASSETS = (Path(__file__).parent / folder for folder in PACKAGE_DATA)
 
 # (file stem, nav title); runs/<run key>.md pages hang off runs.md
 PAGES = (("index", "Summary"), ("comparison", "Comparison"), ("results", "Results per load"),
@@ -827,11 +827,3 @@ def mkdocs_config(study: StudySpec) -> dict[str, Any]:
         "nav": [{title: f"{stem}.md"} for stem, title in PAGES],
         "validation": {"omitted_files": "info", "absolute_links": "warn", "unrecognized_links": "warn"},
     }
-
-
-def write_vega_bundle(path: str | Path) -> None:
-    """vega + vega-lite + vega-embed in one file, from vl-convert (no CDN: the site works offline)."""
-    import vl_convert as vlc
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(vlc.javascript_bundle())

@@ -23,3 +23,11 @@ def build_site(mkdocs_yml: str, log_path: str | None = None) -> Path:
     if not index.is_file():
         raise SiteError(f"mkdocs build produced no {index}")
     return index
+
+
+def write_vega_bundle(path: str | Path) -> None:
+    """vega + vega-lite + vega-embed in one file, from vl-convert (no CDN: the site works offline)."""
+    import vl_convert as vlc
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(vlc.javascript_bundle())
