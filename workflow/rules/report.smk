@@ -1,6 +1,7 @@
 rule render_pages:
     """The report's pages, from Jinja2 templates filled with the results (no number typed by hand),
-    each table's and chart's data as CSV and JSON, each run's raw requests, and the mkdocs config."""
+    each table's and chart's data as CSV and JSON, each run's raw requests, and the mkdocs config.
+    """
     input:
         unpack(lambda wc: chart_inputs()),
         chart_data=lambda wc: [
