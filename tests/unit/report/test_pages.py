@@ -12,7 +12,8 @@ from tokenbench.analysis.metrics import compute_metrics
 from tokenbench.analysis.replicates import combine_replicates
 from tokenbench.config import HardwareSpec, StudySpec
 from tokenbench.records import write_json
-from tokenbench.report import pages
+from tokenbench.report import pages, verdict
+from tokenbench.report.results import Results, run_key
 from tokenbench.report.history import archive_results
 from tokenbench.report.tables import Row, Table, write_downloads
 
@@ -75,7 +76,7 @@ def site(tmp_path_factory):
                 df.drop(columns=["chunk_ns"]).to_parquet(d / "requests.parquet")
                 metric_paths.append(str(d / "metrics.json"))
                 run_paths.append(str(d / "run.json"))
-                request_paths[pages.run_key(doc["cell"])] = str(d / "requests.parquet")
+                request_paths[run_key(doc["cell"])] = str(d / "requests.parquet")
                 cell_docs.append(doc)
             cell = combine_replicates(cell_docs)
             write_json(cell, root / f"cell-{engine}-{load}.json", "cell", None)
@@ -104,7 +105,7 @@ def site(tmp_path_factory):
                                  str(root / "comparisons.json"), str(root / "hypotheses.json"),
                                  request_paths=request_paths, archive_path=str(root / "archive_entry.json"),
                                  history_dir=str(root / "history"))
-    res = pages.Results(docs=[json.loads(open(p).read()) for p in metric_paths],
+    res = Results(docs=[json.loads(open(p).read()) for p in metric_paths],
                         runs=[json.loads(open(p).read()) for p in run_paths],
                         cells=list(docs.values()), comparisons=comps)
     return {"out": out, "written": written, "res": res, "tok": tok}
@@ -121,7 +122,7 @@ def test_every_page_and_run_page_is_written_from_its_template(site):
 
 def test_verdict_names_the_best_valid_configuration_with_its_interval(site):
     res, tok = site["res"], site["tok"]
-    goals = {g.title: g for g in pages.verdict(res)}
+    goals = {g.title: g for g in verdict.verdict(res)}
     best = goals["Highest output throughput"]
     assert best.winner == "fast" and "users-4" in best.where
     assert pages.fmt(tok["users-4"]["fast"]) in best.figure and "[" in best.figure  # two runs: an interval
@@ -137,13 +138,13 @@ def test_verdict_leaves_invalid_phases_out(site):
         if c["cell"]["engine"] == "fast":
             for ph in c["phases"]:
                 ph["valid"] = False
-    alt = pages.Results(docs=res.docs, runs=res.runs, cells=cells, comparisons=res.comparisons)
-    best = {g.title: g for g in pages.verdict(alt)}["Highest output throughput"]
+    alt = Results(docs=res.docs, runs=res.runs, cells=cells, comparisons=res.comparisons)
+    best = {g.title: g for g in verdict.verdict(alt)}["Highest output throughput"]
     assert best.winner == "slow"
     for c in cells:
         for ph in c["phases"]:
             ph["valid"] = False
-    none = {g.title: g for g in pages.verdict(pages.Results(docs=res.docs, runs=res.runs, cells=cells))}
+    none = {g.title: g for g in verdict.verdict(Results(docs=res.docs, runs=res.runs, cells=cells))}
     assert none["Highest output throughput"].winner is None and none["Highest output throughput"].reason
 
 
@@ -177,7 +178,7 @@ def test_results_table_greys_invalid_rows_with_the_reason(site):
     cells = json.loads(json.dumps(res.cells))
     ph = next(p for p in cells[0]["phases"] if p["phase"] == "steady")
     ph["valid"], ph["excluded"] = False, [{"rep": "r1", "reason": "r1: sent 3 requests < min_requests 10"}]
-    tables = pages.results_tables(pages.Results(docs=res.docs, runs=res.runs, cells=cells))
+    tables = pages.results_tables(Results(docs=res.docs, runs=res.runs, cells=cells))
     t = tables[0]["table"]
     assert t.rows[0].invalid and "min_requests" in t.notes[0] and t.rows[0].cells["valid runs"].endswith("[1]")
 

@@ -13,7 +13,6 @@ import json
 import shlex
 import shutil
 from datetime import datetime, timezone
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,14 @@ from markupsafe import Markup
 
 from tokenbench import provenance
 from tokenbench.analysis.registry import (CELL_METRICS, CONVENTIONS, ESTIMATED, METRICS, PHASE_FIELDS,
-                                          SUMMARY_COLUMNS, fmt)
+                                          fmt)
 from tokenbench.config import StudySpec
 from tokenbench.report import history as history_mod
-from tokenbench.report.tables import Row, Table, interval_text, no_interval, write_downloads
+from tokenbench.report.results import (Chart, Results, cell_figure, col_format, col_header, mean_concurrency,
+                                       measured, run_key, run_title)
+from tokenbench.report.tables import Row, Table, write_downloads
+from tokenbench.report.verdict import (SLO_SHARE, candidates, findings, hypothesis_table, p_text, slo_text, verdict,
+                                       with_unit)
 
 PACKAGE_DATA = ("templates", "assets")  # folders beside this module its rules depend on (tokenbench.imports)
 TEMPLATES, ASSETS = (Path(__file__).parent / folder for folder in PACKAGE_DATA)
@@ -38,247 +41,6 @@ PAGES = (("index", "Summary"), ("comparison", "Comparison"), ("results", "Result
          ("provenance", "Provenance"))
 
 EST = Markup('<span class="tb-est" title="estimated: see Methodology">†</span>')
-
-
-# ============================================================================ results, loaded once
-@dataclass
-class Chart:
-    name: str
-    spec: dict[str, Any]
-    data: dict[str, str] = field(default_factory=dict)  # "csv"/"json" -> source path of its full data
-    href: dict[str, str] = field(default_factory=dict)  # "csv"/"json" -> link from the site root
-
-    @property
-    def title(self) -> str:
-        t = self.spec.get("title")
-        return (t.get("text") if isinstance(t, dict) else t) or self.name
-
-    def inline(self) -> Markup:
-        """The spec as a script body (``</`` escaped so a title cannot end the script)."""
-        return Markup(json.dumps(self.spec, separators=(",", ":")).replace("</", "<\\/"))
-
-
-@dataclass
-class Results:
-    docs: list[dict[str, Any]]  # metrics.json per run
-    runs: list[dict[str, Any]]  # run.json per run, same order
-    fits: list[dict[str, Any]] = field(default_factory=list)
-    cells: list[dict[str, Any]] = field(default_factory=list)
-    comparisons: dict[str, Any] | None = None
-    hypotheses: list[dict[str, Any]] = field(default_factory=list)
-    charts: dict[str, Chart] = field(default_factory=dict)
-    frontiers: dict[str, Any] | None = None
-    requests: dict[str, str] = field(default_factory=dict)  # run key -> requests.parquet path
-
-    @property
-    def hardware(self) -> dict[str, Any]:
-        return self.docs[0]["hardware"] if self.docs else {}
-
-
-def run_key(cell: dict[str, Any]) -> str:
-    return f"{cell['engine']}.{cell['model']}.{cell['load']}.{cell.get('rep', 'r1')}"
-
-
-def run_title(cell: dict[str, Any]) -> str:
-    return f"{cell['engine']} · {cell['model']} · {cell['load']} · {cell.get('rep', 'r1')}"
-
-
-def measured(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The phases a figure is reported for: not warm-up, not idle."""
-    return [p for p in phases if not p.get("warmup") and p.get("mode") != "idle"]
-
-
-# ============================================================================ summary columns
-def col_header(col: str) -> str:
-    key, stat = SUMMARY_COLUMNS[col]
-    return METRICS[key].header((stat,) if stat else ())
-
-
-def col_label(col: str) -> str:
-    """A summary column's name without its unit, for sentences."""
-    key, stat = SUMMARY_COLUMNS[col]
-    return f"{METRICS[key].label} {stat}" if stat else METRICS[key].label
-
-
-def col_format(col: str) -> tuple[int, bool]:
-    m = METRICS[SUMMARY_COLUMNS[col][0]]
-    return m.digits, m.percent
-
-
-def cell_figure(ph: dict[str, Any], col: str) -> dict[str, Any] | None:
-    """A cell phase's across-replicate interval of a summary column (combine_replicates)."""
-    return ((ph.get("figures") or {}).get(col) or {}).get("interval")
-
-
-def figure_text(iv: dict[str, Any] | None, col: str) -> str:
-    digits, pct = col_format(col)
-    return interval_text(iv, digits, pct)
-
-
-def mean_concurrency(ph: dict[str, Any]) -> float | None:
-    """Requests in flight on average (Little's law: finished req/s × mean E2E): how heavy a load
-    level was, comparable across closed and open loops."""
-    rps, e2e = cell_figure(ph, "request_rps"), cell_figure(ph, "e2e_mean_ms")
-    if not rps or not e2e or rps.get("estimate") is None or e2e.get("estimate") is None:
-        return None
-    return rps["estimate"] * e2e["estimate"] / 1000
-
-
-def requests_of(res: Results, cell: dict[str, Any], phase: str, reps: list[str]) -> int:
-    return sum(p.get("requests_sent", 0) for d in res.docs if {k: d["cell"][k] for k in ("engine", "model", "load")}
-               == {k: cell[k] for k in ("engine", "model", "load")} and d["cell"].get("rep", "r1") in reps
-               for p in d["phases"] if p["phase"] == phase)
-
-
-# ============================================================================ Summary: the verdict
-@dataclass
-class Goal:
-    title: str
-    winner: str | None = None  # the configuration
-    figure: str = ""  # its figure with its interval
-    where: str = ""  # the load level and phase, requests and runs behind it
-    margin: str = ""  # against the runner-up, from the comparison at that level
-    reason: str = ""  # why nothing qualifies
-
-
-def _candidates(res: Results) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(cell, phase) of every measured phase with at least one valid replicate."""
-    return [(c, ph) for c in res.cells for ph in measured(c["phases"]) if ph.get("valid")]
-
-
-def _margin(res: Results, cell: dict[str, Any], phase: str, col: str) -> str:
-    """The comparison of ``cell``'s configuration with the others at the same level and figure."""
-    if not res.comparisons:
-        return ""
-    out = []
-    for c in res.comparisons["comparisons"]:
-        if (c["load"], c["phase"], c["metric"], c["model"]) != (cell["load"], phase, col, cell["model"]):
-            continue
-        if cell["engine"] not in (c["a"], c["b"]):
-            continue
-        other = c["b"] if c["a"] == cell["engine"] else c["a"]
-        ratio = c.get("ratio") or {}
-        if c["a"] != cell["engine"] and ratio.get("estimate"):  # show this configuration ÷ the other
-            ratio = {"estimate": 1 / ratio["estimate"],
-                     "lo": 1 / ratio["hi"] if ratio.get("hi") else None,
-                     "hi": 1 / ratio["lo"] if ratio.get("lo") else None}
-        verdict = ("resolved" if c.get("winner") == cell["engine"] else
-                   f"{c['winner']} better" if c.get("winner") else "not resolvable at this sample size")
-        out.append(f"{interval_text(ratio, 2)}× {other} ({verdict})")
-    return "; ".join(out)
-
-
-def _goal(res: Results, title: str, col: str, lower: bool, pool: list[tuple[dict, dict]], where_note: str = "") -> Goal:
-    goal = Goal(title)
-    scored = [(cell_figure(ph, col)["estimate"], c, ph) for c, ph in pool
-              if (cell_figure(ph, col) or {}).get("estimate") is not None]
-    if not scored:
-        goal.reason = f"no valid phase has a {col_header(col)} figure"
-        return goal
-    value, c, ph = (min if lower else max)(scored, key=lambda t: t[0])
-    reps = ph.get("valid_replicates") or []
-    goal.winner = c["cell"]["engine"]
-    iv = cell_figure(ph, col)
-    digits, pct = col_format(col)
-    unit = "" if pct else METRICS[SUMMARY_COLUMNS[col][0]].unit
-    goal.figure = _with_unit(iv, digits, unit, pct)
-    goal.where = (f"{c['cell']['load']} · {ph['phase']} ({ph.get('label') or ''}){where_note}; "
-                  f"{requests_of(res, c['cell'], ph['phase'], reps):,} requests over {len(reps)} "
-                  f"run{'s' if len(reps) != 1 else ''}; interval: mean of the runs, Student t")
-    goal.margin = _margin(res, c["cell"], ph["phase"], col)
-    return goal
-
-
-def _with_unit(iv: dict[str, Any] | None, digits: int, unit: str, pct: bool = False) -> str:
-    """'12.3 tok/s [11.0, 13.6]', or the estimate and why it has no interval."""
-    if not iv or iv.get("estimate") is None:
-        return "n/a"
-    unit = f" {unit}" if unit else ""
-    est = f"{fmt(iv['estimate'], digits, pct)}{unit}"
-    if iv.get("lo") is None:
-        return f"{est} ({no_interval(iv)})"
-    return f"{est} [{fmt(iv['lo'], digits, pct)}, {fmt(iv['hi'], digits, pct)}]"
-
-
-def slo_text(res: Results) -> str | None:
-    slo = next((ph.get("slo") for d in res.docs for ph in measured(d["phases"]) if ph.get("slo")), None)
-    return ", ".join(f"{k.removesuffix('_ms').upper()} ≤ {v:g} ms" for k, v in slo.items()) if slo else None
-
-
-SLO_SHARE = 0.95  # a phase is "under the SLO" when 95 % of its requests met every bound
-
-
-def verdict(res: Results) -> list[Goal]:
-    pool = _candidates(res)
-    goals = [_goal(res, "Highest output throughput", "output_tok_s", False, pool)]
-    slo = slo_text(res)
-    title = "Lowest TTFT p95 under the SLO"
-    if not slo:
-        goals.append(Goal(title, reason="no SLO is configured (`slo:` in the config)"))
-    else:
-        ok = [(c, ph) for c, ph in pool if ((cell_figure(ph, "slo_attainment") or {}).get("estimate") or 0) >= SLO_SHARE]
-        if not ok:
-            goals.append(Goal(title, reason=f"no valid phase had {SLO_SHARE:.0%} of its requests within the SLO ({slo})"))
-        else:
-            # compare where it is hardest: the heaviest load level (most requests in flight) any configuration held
-            heaviest = max(ok, key=lambda t: mean_concurrency(t[1]) or 0)
-            level = (heaviest[0]["cell"]["load"], heaviest[1]["phase"])
-            at = [(c, ph) for c, ph in ok if (c["cell"]["load"], ph["phase"]) == level]
-            goals.append(_goal(res, title, "ttft_p95_ms", True, at,
-                               f", the heaviest level at which {SLO_SHARE:.0%} of requests met {slo}"))
-    for col, title, why in (("tok_per_j", "Most output tokens per joule", "no power sensor was readable on this host"),
-                            ("usd_per_mtok", "Lowest cost per million output tokens",
-                             "no hourly price is configured (`hardware.price_usd_per_hour`)")):
-        has = [(c, ph) for c, ph in pool if (cell_figure(ph, col) or {}).get("estimate") is not None]
-        goals.append(_goal(res, title, col, col == "usd_per_mtok", has) if has else Goal(title, reason=why))
-    return goals
-
-
-def findings(res: Results, limit: int = 6) -> list[str]:
-    """Resolved comparisons as sentences, largest effects first, and what could not be resolved."""
-    if not res.comparisons:
-        return []
-    rows = res.comparisons["comparisons"]
-    won = [c for c in rows if c.get("winner") and (c.get("ratio") or {}).get("estimate")]
-    won.sort(key=lambda c: -abs(__import__("math").log(c["ratio"]["estimate"])))
-    out, seen = [], set()
-    for c in won:
-        if (c["metric"], c["load"]) in seen:
-            continue
-        seen.add((c["metric"], c["load"]))
-        loser = c["b"] if c["winner"] == c["a"] else c["a"]
-        ratio = c["ratio"]
-        if c["winner"] != c["a"]:
-            ratio = {"estimate": 1 / ratio["estimate"], "lo": 1 / ratio["hi"] if ratio.get("hi") else None,
-                     "hi": 1 / ratio["lo"] if ratio.get("lo") else None}
-        test = "Welch across runs" if c.get("interval_source") == "replicates" else "Mann-Whitney within runs"
-        p = c.get("welch_p_holm") if c.get("interval_source") == "replicates" else c.get("mann_whitney_p_holm")
-        out.append(f"At **{c['load']} · {c['phase']}**, **{c['winner']}** has {interval_text(ratio, 2)}× the "
-                   f"{col_label(c['metric'])} of {loser} ({test}, Holm-adjusted p {_p(p)}).")
-        if len(out) >= limit:
-            break
-    unresolved = sum(1 for c in rows if not c.get("winner") and not str(c.get("verdict", "")).startswith("excluded"))
-    out.append(f"{sum(1 for c in rows if c.get('winner'))} of {len(rows)} comparisons name a winner; "
-               f"{unresolved} are not resolvable at this sample size (see [Comparison](comparison.md)).")
-    return out
-
-
-def _p(p: float | None) -> str:
-    return "n/a" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
-
-
-def hypothesis_table(hypotheses: list[dict[str, Any]]) -> Table:
-    rows = []
-    for h in hypotheses:
-        r = Row().text("hypothesis", h["name"]).text("statement", h.get("statement") or "")
-        r.text("test", f"{h['a']} ÷ {h['b']}, {h['metric']}, {h['load']} · {h['phase']}: "
-                       f"{'≥' if h['relation'] == 'at_least' else '≤'} {h['factor']:g}")
-        r.interval("a ÷ b [CI]", "ratio", h.get("ratio"), 3, reason=True)
-        r.text("result", Markup(f'<strong class="tb-status tb-{h["status"].replace(" ", "-")}">{html.escape(h["status"])}</strong>'),
-               "status")
-        r.text("why", h.get("reason") or "")
-        rows.append(r)
-    return Table("hypotheses", rows)
 
 
 # ============================================================================ Comparison
@@ -326,9 +88,9 @@ def comparison_row(c: dict[str, Any], notes: list[str]) -> Row:
     r.text("better", shown, "winner")
     r.data["winner"], r.data["verdict"] = c.get("winner"), c.get("verdict")
     r.number("Welch p (Holm)", "welch_p_holm", c.get("welch_p_holm"), 3)
-    r.cells["Welch p (Holm)"] = _p(c.get("welch_p_holm"))
+    r.cells["Welch p (Holm)"] = p_text(c.get("welch_p_holm"))
     r.number("MW p (Holm)", "mann_whitney_p_holm", c.get("mann_whitney_p_holm"), 3)
-    r.cells["MW p (Holm)"] = _p(c.get("mann_whitney_p_holm"))
+    r.cells["MW p (Holm)"] = p_text(c.get("mann_whitney_p_holm"))
     r.number("Cliff's δ", "cliffs_delta", c.get("cliffs_delta"), 2)
     r.number("Cohen's d", "cohens_d", c.get("cohens_d"), 2)
     r.text("CI from", {"replicates": "runs (Welch)", "blocks": "blocks (bootstrap)"}.get(
@@ -443,7 +205,7 @@ def mfu_worked(res: Results) -> list[str]:
         out.append(f"**{engine}** at {c['cell']['load']} · {ph['phase']} (its highest mean output rate): "
                    f"MFU = 2 × N × output tok/s ÷ peak = 2 × {params / 1e6:,.1f} M × {tok_s:,.1f} tok/s ÷ "
                    f"{peak / 1e9:,.1f} GFLOP/s = **{2 * params * tok_s / peak * 100:.2f} %** {EST}; per run and "
-                   f"averaged: {_with_unit(mfu, 2, '%')}.")
+                   f"averaged: {with_unit(mfu, 2, '%')}.")
     return out
 
 
@@ -466,7 +228,7 @@ def efficiency_table(res: Results) -> Table:
 
 def cost_table(res: Results, price: float | None) -> Table:
     rows = []
-    for c, ph in _candidates(res):
+    for c, ph in candidates(res):
         tok = cell_figure(ph, "output_tok_s")
         usd = cell_figure(ph, "usd_per_mtok")
         r = Row().text("configuration", c["cell"]["engine"]).text("load · phase", f"{c['cell']['load']} · {ph['phase']}")
