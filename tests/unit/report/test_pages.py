@@ -229,3 +229,21 @@ def test_history_page_shows_this_run_and_its_download(site):
     assert 'class="tb-download" href="data/history/archive.json"' in text
     archive = json.loads((site["out"] / "docs" / "data" / "history" / "archive.json").read_text())
     assert [e["run_id"] for e in archive] and "history.js" not in text  # one run: no A/B script
+
+
+def test_iso_tables_show_each_configuration_at_each_target_and_percent_only_against_a_baseline():
+    y = {"output": {"label": "output throughput (tok/s)"}, "input": {"label": "input throughput (tok/s)"}}
+    iso = [{"x_variant": "median", "target": t, "engine": e, "model": "m", "config": f"{e} · m",
+            "y": {"output": v, "input": 2 * v if v else None},
+            "pct_vs_baseline": {"output": p, "input": p} if e == "a" else None}
+           for t, e, v, p in [(10.0, "a", 100.0, 25.0), (10.0, "b", 80.0, None), (20.0, "a", 90.0, None),
+                              (20.0, "b", None, None)]]
+    fr = {"x_variants": {"median": {"label": "tok/s/user (median)"}}, "y_variants": y, "iso": iso, "baseline": "b"}
+    (t,) = pages.iso_tables(fr)
+    rows = t["table"].rows
+    assert [r.cells["tok/s/user"] for r in rows] == ["10.0", "20.0"]
+    assert rows[0].cells["a: output throughput (tok/s)"] == "100.0" and rows[1].cells["b: output throughput (tok/s)"] == "n/a"
+    assert rows[0].cells["a: output throughput vs b (%)"] == "25.0"
+    assert not any("input" in c for c in t["table"].columns)  # shown in the download only
+    (t,) = pages.iso_tables({**fr, "baseline": None})
+    assert not any("vs" in c for c in t["table"].columns)

@@ -110,6 +110,9 @@ def _pct(ratio: dict[str, Any]) -> dict[str, Any] | None:
     return {"estimate": f(ratio["estimate"]), "lo": f(ratio.get("lo")), "hi": f(ratio.get("hi"))}
 
 
+ISO_SHOWN = ("output", "total", "j_per_tok", "usd_per_mtok")
+
+
 def iso_tables(frontiers: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The iso-interactivity tables (analysis/frontier.py), one per interactivity variant: a row
     per target tok/s/user, per configuration each figure read off its frontier (PCHIP; n/a outside
@@ -118,7 +121,11 @@ def iso_tables(frontiers: dict[str, Any] | None) -> list[dict[str, Any]]:
     out = []
     for xv, xmeta in ((frontiers or {}).get("x_variants") or {}).items():
         rows_in = [r for r in iso if r["x_variant"] == xv]
-        ys = [y for y in frontiers["y_variants"] if any((r.get("y") or {}).get(y) is not None for r in iso)]
+        # shown: output, total, energy and cost (input tok/s is in the download: with fixed prompt
+        # lengths it moves with output); only the figures some configuration has
+        ys = [y for y in frontiers["y_variants"] if y in ISO_SHOWN and any((r.get("y") or {}).get(y) is not None
+                                                                          for r in iso)]
+        baseline = frontiers.get("baseline")
         rows = []
         for target in dict.fromkeys(r["target"] for r in rows_in):
             row = Row().number("tok/s/user", "target_tok_s_per_user", target, 1)
@@ -128,8 +135,8 @@ def iso_tables(frontiers: dict[str, Any] | None) -> list[dict[str, Any]]:
                     value = (r.get("y") or {}).get(y)
                     pct = (r.get("pct_vs_baseline") or {}).get(y)
                     row.number(f"{r['engine']}: {label}", f"{r['config']}|{y}", value, 3 if y == "usd_per_mtok" else 1)
-                    if r["engine"] != frontiers.get("baseline"):
-                        row.number(f"{r['engine']}: {label.split(' (')[0]} vs {frontiers.get('baseline')} (%)",
+                    if baseline and r["engine"] != baseline:
+                        row.number(f"{r['engine']}: {label.split(' (')[0]} vs {baseline} (%)",
                                    f"{r['config']}|{y}|pct_vs_baseline", pct, 1)
             rows.append(row)
         if rows:
