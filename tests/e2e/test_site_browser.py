@@ -188,40 +188,18 @@ def test_site_navigation_reaches_every_page(site_report):
 
 
 @pytest.mark.e2e
-def test_site_pages_log_no_console_errors(site_report):
-    problems = site_report.console_problems()
-    assert not problems, "\n".join(problems)
-
-
-@pytest.mark.e2e
-def test_site_requests_stay_on_loopback(site_report):
-    problems = site_report.request_problems()
-    assert not problems, "\n".join(problems)
-
-
-@pytest.mark.e2e
-def test_site_charts_draw_marks_without_action_menus(site_report):
-    assert site_report.charts, "the site shows no chart at all"
-    problems = site_report.chart_problems()
-    assert not problems, "\n".join(problems)
-
-
-@pytest.mark.e2e
-def test_site_downloads_work(site_report):
-    assert site_report.downloads, "the site offers no download"
-    problems = site_report.download_problems()
-    assert not problems, "\n".join(problems)
-
-
-@pytest.mark.e2e
-def test_site_pages_are_under_1_mb_and_load_vega_only_with_charts(site_report):
-    problems = site_report.size_problems()
-    assert not problems, "\n".join(problems)
-
-
-@pytest.mark.e2e
-def test_site_fits_420_px(site_report):
-    problems = site_report.overflow_problems()
+@pytest.mark.parametrize("kind, found", [
+    ("console", None),  # no console errors or uncaught exceptions
+    ("request", None),  # every request stays on loopback
+    ("chart", "charts"),  # charts draw marks, without vega-embed's action menus
+    ("download", "downloads"),  # every download works
+    ("size", None),  # pages under 1 MB, the Vega bundle only with charts
+    ("overflow", None),  # nothing wider than 420 px
+])
+def test_site_passes_each_check(site_report, kind, found):
+    if found:
+        assert getattr(site_report, found), f"the site has no {found} at all"
+    problems = getattr(site_report, f"{kind}_problems")()
     assert not problems, "\n".join(problems)
 
 

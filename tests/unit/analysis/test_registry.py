@@ -164,3 +164,10 @@ def test_fmt():
 
     assert fmt(None) == "n/a" and fmt(float("nan")) == "n/a"
     assert fmt(1234.5) == "1,234" and fmt(0.5, 1, pct=True) == "50.0 %"
+
+
+def test_column_value_reads_the_figure_or_its_statistic():
+    phase = {"ttft_ms": {"p50": 12.5}, "output_tok_s": 3.0, "e2e_ms": None}
+    assert registry.Column("ttft_ms", ("p50",)).value(phase) == 12.5
+    assert registry.Column("output_tok_s").value(phase) == 3.0
+    assert registry.Column("e2e_ms", ("p99",)).value(phase) is None and registry.Column("tpot_ms").value(phase) is None

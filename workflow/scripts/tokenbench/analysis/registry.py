@@ -571,6 +571,14 @@ class Column:
     def header(self) -> str:
         return self.metric.header(self.stats)
 
+    def value(self, phase: Mapping[str, Any]) -> Any:
+        """The raw figure of a one-statistic (or plain) column, None where the phase lacks it."""
+        value = phase.get(self.key)
+        if self.stats:
+            (stat,) = self.stats
+            return value.get(stat) if isinstance(value, Mapping) else None
+        return value
+
     def cell(self, phase: Mapping[str, Any]) -> str:
         value = phase.get(self.key)
         if not self.stats:

@@ -21,12 +21,12 @@ import yaml
 from markupsafe import Markup
 
 from tokenbench import provenance
-from tokenbench.analysis.registry import (CELL_METRICS, CONVENTIONS, ESTIMATED, METRICS, PHASE_FIELDS,
+from tokenbench.analysis.registry import (CELL_METRICS, CONVENTIONS, ESTIMATED, METRICS, PHASE_FIELDS, Column,
                                           fmt)
 from tokenbench.config import StudySpec
 from tokenbench.report import history as history_mod
 from tokenbench.report.results import (Chart, Results, cell_figure, col_format, col_header, mean_concurrency,
-                                       measured, run_key, run_title)
+                                       measured, phases_of, run_key, run_title)
 from tokenbench.report.tables import Row, Table, write_downloads
 from tokenbench.report.verdict import (SLO_SHARE, candidates, findings, hypothesis_table, p_text, slo_text, verdict,
                                        with_unit)
@@ -87,18 +87,15 @@ def comparison_row(c: dict[str, Any], notes: list[str]) -> Row:
         shown = f"{'excluded' if head.startswith('excluded') else 'not resolvable'} [{notes.index(why) + 1}]"
     r.text("better", shown, "winner")
     r.data["winner"], r.data["verdict"] = c.get("winner"), c.get("verdict")
-    r.number("Welch p (Holm)", "welch_p_holm", c.get("welch_p_holm"), 3)
-    r.cells["Welch p (Holm)"] = p_text(c.get("welch_p_holm"))
-    r.number("MW p (Holm)", "mann_whitney_p_holm", c.get("mann_whitney_p_holm"), 3)
-    r.cells["MW p (Holm)"] = p_text(c.get("mann_whitney_p_holm"))
+    for header, key in (("Welch p (Holm)", "welch_p_holm"), ("MW p (Holm)", "mann_whitney_p_holm")):
+        r.number(header, key, c.get(key), shown=p_text(c.get(key)))
     r.number("Cliff's δ", "cliffs_delta", c.get("cliffs_delta"), 2)
     r.number("Cohen's d", "cohens_d", c.get("cohens_d"), 2)
     r.text("CI from", {"replicates": "runs (Welch)", "blocks": "blocks (bootstrap)"}.get(
         c.get("interval_source"), "n/a"), "interval_source")
     r.interval("a − b [CI]", "difference", c.get("difference") or {}, digits, pct)
-    r.number("runs a side to resolve", "replicates_needed", c.get("replicates_needed"), 0)
-    if not c.get("replicates_needed"):
-        r.cells["runs a side to resolve"] = ""
+    r.number("runs a side to resolve", "replicates_needed", c.get("replicates_needed"), 0,
+             shown=None if c.get("replicates_needed") else "")
     return r
 
 
@@ -152,9 +149,7 @@ RESULT_COLUMNS = ("output_tok_s", "ttft_mean_ms", "ttft_p95_ms", "ttft_p99_ms", 
 def per_user_tok_s(res: Results, cell: dict[str, Any], phase: str, reps: list[str]) -> float | None:
     """Per-user decode rate: the median of each request's output tok/s after its first token,
     averaged over the valid runs."""
-    vals = [((p.get("decode_tok_s_per_request") or {}).get("p50")) for d in res.docs
-            if all(d["cell"][k] == cell[k] for k in ("engine", "model", "load")) and d["cell"].get("rep", "r1") in reps
-            for p in d["phases"] if p["phase"] == phase]
+    vals = [(p.get("decode_tok_s_per_request") or {}).get("p50") for p in phases_of(res, cell, phase, reps)]
     vals = [v for v in vals if v is not None]
     return sum(vals) / len(vals) if vals else None
 
@@ -216,21 +211,22 @@ def mfu_worked(res: Results) -> list[str]:
     return out
 
 
-EFFICIENCY_KEYS = ("overall_output_tok_s", "overall_mfu_pct", "idle_power_w", "active_power_w", "active_idle_delta_w",
-                   "overall_tok_per_j", "overall_energy_kwh_per_mtok", "overall_energy_usd_per_mtok")
+# the energy table; the valley's power figures have their own table below it
+ENERGY_KEYS = ("overall_output_tok_s", "overall_mfu_pct", "active_idle_delta_w", "overall_tok_per_j",
+               "overall_energy_kwh_per_mtok", "overall_energy_usd_per_mtok")
 
 
-def efficiency_table(res: Results) -> Table:
-    """Per run: the cell-level figures (analysis/efficiency.py) with the registry's headers."""
+def cell_figures_table(res: Results, table_id: str, keys: tuple[str, ...]) -> Table:
+    """Per run: cell-level figures (analysis/efficiency.py) under the registry's headers."""
     rows = []
     for d in res.docs:
         cf = d.get("cell_figures") or {}
         r = Row(link=f"runs/{run_key(d['cell'])}.md").text("run", run_title(d["cell"]), "run")
-        for k in EFFICIENCY_KEYS:
+        for k in keys:
             m = CELL_METRICS[k]
             r.number(m.header(), k, cf.get(k), m.digits, m.percent)
         rows.append(r)
-    return Table("efficiency", rows)
+    return Table(table_id, rows)
 
 
 def cost_table(res: Results, price: float | None) -> Table:
@@ -245,25 +241,22 @@ def cost_table(res: Results, price: float | None) -> Table:
     return Table("cost", rows)
 
 
+VALLEY_KEYS = ("idle_power_w", "active_power_w", "active_idle_delta_w")
+
+
 def valley_table(res: Results) -> Table:
     """The cooldown valley (seed 000 §5.4): power idle, under load, and the difference, per run."""
-    rows = []
-    for d in res.docs:
-        cf = d.get("cell_figures") or {}
-        r = Row(link=f"runs/{run_key(d['cell'])}.md").text("run", run_title(d["cell"]), "run")
-        for k in ("idle_power_w", "active_power_w", "active_idle_delta_w"):
-            m = CELL_METRICS[k]
-            r.number(m.header(), k, cf.get(k), m.digits)
-        idle_phases = [p["phase"] for p in d["phases"] if p.get("mode") == "idle"]
-        r.text("idle window", ", ".join(idle_phases) or "before the first phase", "idle_window")
-        rows.append(r)
-    return Table("cooldown-valley", rows)
+    table = cell_figures_table(res, "cooldown-valley", VALLEY_KEYS)
+    for r, d in zip(table.rows, res.docs):
+        idle = [p["phase"] for p in d["phases"] if p.get("mode") == "idle"]
+        r.text("idle window", ", ".join(idle) or "before the first phase", "idle_window")
+    return table
 
 
 # ============================================================================ Runs and health
-PHASE_COLUMNS = (("duration_s", None), ("requests_sent", None), ("success_rate", None), ("output_tok_s", None),
-                 ("ttft_ms", "p50"), ("ttft_ms", "p95"), ("e2e_ms", "p99"), ("tpot_ms", "p50"), ("mfu_pct", None),
-                 ("cpu_util_pct", None), ("power_w", None))
+PHASE_COLUMNS = (Column("duration_s"), Column("requests_sent"), Column("success_rate"), Column("output_tok_s"),
+                 Column("ttft_ms", ("p50",)), Column("ttft_ms", ("p95",)), Column("e2e_ms", ("p99",)),
+                 Column("tpot_ms", ("p50",)), Column("mfu_pct"), Column("cpu_util_pct"), Column("power_w"))
 
 
 def phase_table(doc: dict[str, Any]) -> Table:
@@ -274,15 +267,10 @@ def phase_table(doc: dict[str, Any]) -> Table:
         r.text("phase", ph["phase"]).text("kind", "warm-up" if ph.get("warmup") else ("idle" if ph["mode"] == "idle" else "measured"))
         r.text("valid", "" if v is None else ("yes" if v["valid"] else "no: " + "; ".join(v["failed_checks"])), "valid")
         r.text("offered", ph.get("label") or "")
-        for key, stat in PHASE_COLUMNS:
-            m = METRICS[key]
-            value = ph.get(key)
-            if stat:
-                value = value.get(stat) if isinstance(value, dict) else None
-            header = m.header((stat,) if stat else ())
-            if doc["labels"].get(key) == ESTIMATED:
-                header += " †"
-            r.number(header, f"{key}_{stat}" if stat else key, value, m.digits, m.percent)
+        for col in PHASE_COLUMNS:
+            estimated = " †" if doc["labels"].get(col.key) == ESTIMATED else ""
+            r.number(col.header() + estimated, "_".join((col.key, *col.stats)), col.value(ph), col.metric.digits,
+                     col.metric.percent)
         rows.append(r)
     return Table("phases", rows)
 
@@ -466,7 +454,7 @@ def page_contexts(res: Results, study: StudySpec, config_hash: str, history: dic
     incomplete = [run_title(d["cell"]) for d in res.docs if not d["complete"]]
     price = next((((r.get("settings") or {}).get("hardware") or {}).get("price_usd_per_hour") for r in res.runs), None)
     common = {"study": study, "hardware": hw}
-    energy, valley = efficiency_table(res), valley_table(res)
+    energy, valley = cell_figures_table(res, "energy", ENERGY_KEYS), valley_table(res)
     sweep_charts = _page_charts(["frontier"], res.charts)
     pages: dict[str, dict] = {
         "index": {"goals": verdict(res), "findings": findings(res), "hypotheses": hypothesis_table(res.hypotheses),

@@ -10,7 +10,6 @@ from typing import Any
 from markupsafe import Markup
 
 from tokenbench.analysis.registry import METRICS, SUMMARY_COLUMNS
-from tokenbench.report.tables import interval_text
 
 
 @dataclass
@@ -81,11 +80,6 @@ def cell_figure(ph: dict[str, Any], col: str) -> dict[str, Any] | None:
     return ((ph.get("figures") or {}).get(col) or {}).get("interval")
 
 
-def figure_text(iv: dict[str, Any] | None, col: str) -> str:
-    digits, pct = col_format(col)
-    return interval_text(iv, digits, pct)
-
-
 def mean_concurrency(ph: dict[str, Any]) -> float | None:
     """Requests in flight on average (Little's law: finished req/s × mean E2E): how heavy a load
     level was, comparable across closed and open loops."""
@@ -95,9 +89,10 @@ def mean_concurrency(ph: dict[str, Any]) -> float | None:
     return rps["estimate"] * e2e["estimate"] / 1000
 
 
-def requests_of(res: Results, cell: dict[str, Any], phase: str, reps: list[str]) -> int:
-    return sum(p.get("requests_sent", 0) for d in res.docs if {k: d["cell"][k] for k in ("engine", "model", "load")}
-               == {k: cell[k] for k in ("engine", "model", "load")} and d["cell"].get("rep", "r1") in reps
-               for p in d["phases"] if p["phase"] == phase)
+def phases_of(res: Results, cell: dict[str, Any], phase: str, reps: list[str]) -> list[dict[str, Any]]:
+    """The run-level ``phase`` of each of ``cell``'s replicate runs ``reps`` (metrics.json phases)."""
+    key = tuple(cell[k] for k in ("engine", "model", "load"))
+    return [p for d in res.docs if tuple(d["cell"][k] for k in ("engine", "model", "load")) == key
+            and d["cell"].get("rep", "r1") in reps for p in d["phases"] if p["phase"] == phase]
 
 

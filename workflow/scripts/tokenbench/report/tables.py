@@ -36,8 +36,10 @@ class Row:
         self.data[key or header] = value
         return self
 
-    def number(self, header: str, key: str, value: float | None, digits: int = 1, pct: bool = False) -> Row:
-        self.cells[header] = fmt(value, digits, pct)
+    def number(self, header: str, key: str, value: float | None, digits: int = 1, pct: bool = False,
+               shown: str | None = None) -> Row:
+        """A figure: ``shown`` on the page when given (a p value as "< 0.001"), else formatted."""
+        self.cells[header] = fmt(value, digits, pct) if shown is None else shown
         self.numeric.add(header)
         self.data[key] = value
         return self

@@ -12,7 +12,7 @@ from markupsafe import Markup
 
 from tokenbench.analysis.registry import METRICS, SUMMARY_COLUMNS, fmt
 from tokenbench.report.results import (Results, cell_figure, col_format, col_header, col_label, mean_concurrency,
-                                       measured, requests_of)
+                                       measured, phases_of)
 from tokenbench.report.tables import Row, Table, interval_text, no_interval
 
 
@@ -31,6 +31,15 @@ def candidates(res: Results) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     return [(c, ph) for c in res.cells for ph in measured(c["phases"]) if ph.get("valid")]
 
 
+def ratio_of(c: dict[str, Any], engine: str) -> dict[str, Any]:
+    """A comparison's ratio interval as ``engine`` ÷ the other side (comparisons store a ÷ b)."""
+    ratio = c.get("ratio") or {}
+    if engine == c["a"] or not ratio.get("estimate"):
+        return ratio
+    inv = lambda v: 1 / v if v else None  # noqa: E731
+    return {"estimate": inv(ratio["estimate"]), "lo": inv(ratio.get("hi")), "hi": inv(ratio.get("lo"))}
+
+
 def _margin(res: Results, cell: dict[str, Any], phase: str, col: str) -> str:
     """The comparison of ``cell``'s configuration with the others at the same level and figure."""
     if not res.comparisons:
@@ -42,14 +51,10 @@ def _margin(res: Results, cell: dict[str, Any], phase: str, col: str) -> str:
         if cell["engine"] not in (c["a"], c["b"]):
             continue
         other = c["b"] if c["a"] == cell["engine"] else c["a"]
-        ratio = c.get("ratio") or {}
-        if c["a"] != cell["engine"] and ratio.get("estimate"):  # show this configuration ÷ the other
-            ratio = {"estimate": 1 / ratio["estimate"],
-                     "lo": 1 / ratio["hi"] if ratio.get("hi") else None,
-                     "hi": 1 / ratio["lo"] if ratio.get("lo") else None}
-        verdict = ("resolved" if c.get("winner") == cell["engine"] else
+        ratio = ratio_of(c, cell["engine"])
+        outcome = ("resolved" if c.get("winner") == cell["engine"] else
                    f"{c['winner']} better" if c.get("winner") else "not resolvable at this sample size")
-        out.append(f"{interval_text(ratio, 2)}× {other} ({verdict})")
+        out.append(f"{interval_text(ratio, 2)}× {other} ({outcome})")
     return "; ".join(out)
 
 
@@ -68,7 +73,7 @@ def _goal(res: Results, title: str, col: str, lower: bool, pool: list[tuple[dict
     unit = "" if pct else METRICS[SUMMARY_COLUMNS[col][0]].unit
     goal.figure = with_unit(iv, digits, unit, pct)
     goal.where = (f"{c['cell']['load']} · {ph['phase']} ({ph.get('label') or ''}){where_note}; "
-                  f"{requests_of(res, c['cell'], ph['phase'], reps):,} requests over {len(reps)} "
+                  f"{sum(p.get('requests_sent', 0) for p in phases_of(res, c['cell'], ph['phase'], reps)):,} requests over {len(reps)} "
                   f"run{'s' if len(reps) != 1 else ''}; interval: mean of the runs, Student t")
     goal.margin = _margin(res, c["cell"], ph["phase"], col)
     return goal
@@ -132,10 +137,7 @@ def findings(res: Results, limit: int = 6) -> list[str]:
             continue
         seen.add((c["metric"], c["load"]))
         loser = c["b"] if c["winner"] == c["a"] else c["a"]
-        ratio = c["ratio"]
-        if c["winner"] != c["a"]:
-            ratio = {"estimate": 1 / ratio["estimate"], "lo": 1 / ratio["hi"] if ratio.get("hi") else None,
-                     "hi": 1 / ratio["lo"] if ratio.get("lo") else None}
+        ratio = ratio_of(c, c["winner"])
         test = "Welch across runs" if c.get("interval_source") == "replicates" else "Mann-Whitney within runs"
         p = c.get("welch_p_holm") if c.get("interval_source") == "replicates" else c.get("mann_whitney_p_holm")
         out.append(f"At **{c['load']} · {c['phase']}**, **{c['winner']}** has {interval_text(ratio, 2)}× the "
