@@ -106,10 +106,11 @@ def gpu_samples(t_ns, phase_names, watts, util=0.0, device="gpu0"):
 
 def test_without_an_idle_phase_idle_power_comes_from_the_samples_before_the_first_phase():
     # loading the model (before the server is ready) draws 500 W; ready and waiting, 50 W
-    t = np.arange(0, 10 * S, S // 10)
-    watts = np.where(t < 4 * S, 500.0, 50.0)
+    t = np.arange(0, 10 * S + 1, S // 10)
+    watts = np.where(t <= 4 * S, 500.0, 50.0)
     tl = gpu_samples(t, "startup", watts)
-    run = {"phases": [], "hardware": {}, "server_ready_ns": 4 * S}
+    first = {"name": "load", "start_ns": 10 * S, "end_ns": 20 * S, "drained_ns": 20 * S}
+    run = {"phases": [first], "hardware": {}, "server_ready_ns": 4 * S}
     doc = cell([phase("load", power_w=300.0, energy_j=3000.0, power_source="nvml energy counter")], tl, run=run)
     assert doc["idle_power_from"] == "before the first phase"
     assert doc["idle_power_w"] == pytest.approx(50.0)
@@ -349,7 +350,10 @@ def test_cell_figures_agree_with_the_phase_figures(measured_cell):
     assert c["overall_mfu_pct"] == pytest.approx(steady["mfu_pct"])
     assert c["idle_power_w"] == pytest.approx(rest["power_w"]) and c["idle_power_w"] == pytest.approx(100.0, abs=2)
     assert c["active_power_w"] == pytest.approx(steady["power_w"]) and c["active_power_w"] == pytest.approx(280.0, abs=2)
-    assert c["power_util_slope_w_per_pct"] == pytest.approx(2.0) and c["power_util_intercept_w"] == pytest.approx(100.0)
+    # the timeline's GPU power is the energy counter's rate over >= 250 ms: the step from load to idle is
+    # smeared over a few samples, so the line is close to, not exactly, the one the samples were made from
+    assert c["power_util_slope_w_per_pct"] == pytest.approx(2.0, rel=0.03)
+    assert c["power_util_intercept_w"] == pytest.approx(100.0, abs=2)
     assert c["overall_temp_max_c"] == 70.0 and c["overall_sm_clock_mean_mhz"] == pytest.approx(1400.0)
     assert c["overall_gpu_mem_used_peak_mb"] == pytest.approx(1024.0)
     assert c["phase_table"][0]["engine_generation_tok_s"] == pytest.approx(9.0)

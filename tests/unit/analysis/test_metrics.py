@@ -36,7 +36,7 @@ NO_TELEMETRY = pd.DataFrame({"t_ns": [], "device": [], "phase": []})
 def test_latency_definitions_on_known_timestamps():
     # 10 requests: TTFT 100 ms, 11 tokens 20 ms apart -> E2E = 100 + 200 + 1 ms, TPOT = 20.1 ms
     df = frame([req(i, "steady", i * S, 100, 11, 20) for i in range(10)])
-    m = phase_metrics(df, NO_TELEMETRY, MARK, params=1_000_000, peak={"peak_flops": 1e12},
+    m = phase_metrics(df, NO_TELEMETRY, MARK, figures={"parameters": 1_000_000}, peak={"peak_flops": 1e12},
                       hardware=HardwareSpec(price_usd_per_hour=3.6), slo=SloSpec(), bounds=ValiditySpec())
     assert m["ttft_ms"]["p50"] == pytest.approx(100) and m["ttft_ms"]["n"] == 10
     assert m["e2e_ms"]["mean"] == pytest.approx(301)
@@ -54,7 +54,7 @@ def test_mfu_matches_seed_000_arithmetic():
     # seed 000: 1515.6 tok/s x 2 x 8.03e9 / 149.7e12 = 16.26 %
     n = 15156  # tokens in a 10 s window
     df = frame([req(0, "steady", 0, 0, n, 10_000 / n)])
-    m = phase_metrics(df, NO_TELEMETRY, MARK, 8.03e9, {"peak_flops": 149.7e12}, HardwareSpec(), SloSpec(), ValiditySpec())
+    m = phase_metrics(df, NO_TELEMETRY, MARK, {"parameters": 8.03e9}, {"peak_flops": 149.7e12}, HardwareSpec(), SloSpec(), ValiditySpec())
     assert m["output_tok_s"] == pytest.approx(1515.6)
     assert m["mfu_pct"] == pytest.approx(16.26, abs=0.01)
 
@@ -112,7 +112,8 @@ def test_phase_of_and_inflight():
     marks = [{"name": "a", "start_ns": 0, "end_ns": 5, "drained_ns": 6},
              {"name": "b", "start_ns": 6, "end_ns": 10, "drained_ns": 12}]
     t = np.array([-1, 0, 5, 6, 11, 12])
-    assert list(phase_of(t, marks)) == ["startup", "a", "a", "b", "b", "teardown"]
+    # a phase's samples are those of its issuing window [start, end): its drain is no phase's
+    assert list(phase_of(t, marks)) == ["startup", "a", "drain", "b", "drain", "teardown"]
     df = frame([req(0, "a", 0, 0, 1, 0), req(1, "a", 2, 0, 1, 0)])  # end = sent + 1 ms
     assert list(inflight_at(np.array([1, 3, 2 * MS]), df)) == [1, 2, 0]
 
@@ -139,7 +140,7 @@ def test_merge_and_compute_with_gpu_energy():
     assert tl.loc[tl.device == "cpu", "cpu_util_pct"].dropna().mean() == pytest.approx(50)
     doc, win = compute_metrics(df, tl, run, {"name": "m", "figures": {"parameters": 1e9}}, HardwareSpec())
     ph = doc["phases"][0]
-    assert ph["power_w"] == pytest.approx(250) and ph["power_source"] == "nvml energy counter"
+    assert ph["power_w"] == pytest.approx(250) and ph["power_source"] == "NVML energy counter"
     assert ph["tok_per_j"] == pytest.approx(10 / 250)
     assert doc["labels"]["power_w"] == "measured" and doc["labels"]["mfu_pct"] == "estimated"
     s = summarize_metrics([doc])

@@ -25,7 +25,8 @@ import pandas as pd
 from tokenbench.analysis import registry
 from tokenbench.analysis.metrics import telemetry_summary
 from tokenbench.config import HardwareSpec
-from tokenbench.telemetry.merge import OUTSIDE, phase_of
+from tokenbench.telemetry.energy import EnergyMeter
+from tokenbench.telemetry.merge import baseline_window, phase_of
 
 # the per-phase figures phase_table gathers (declared in registry.METRICS)
 PHASE_TABLE_KEYS = ("cpu_util_pct", "server_cpu_util_pct", "gpu_util_pct", "gpu_mem_used_peak_mb",
@@ -81,49 +82,82 @@ def pooled_power(phases: list[dict[str, Any]]) -> float | None:
     return float(np.mean([p["power_w"] for p in powered]))
 
 
-def power_before_first_phase(timeline: pd.DataFrame, run: dict[str, Any]) -> float | None:
-    """power_w's rule (metrics.telemetry_summary) over the samples before the first phase, from the
-    server being ready (model loading is not idle)."""
-    if timeline is None or not len(timeline) or "phase" not in timeline:
-        return None
-    pre = timeline[timeline["phase"] == OUTSIDE[0]]
+def power_before_first_phase(meter: EnergyMeter, run: dict[str, Any]) -> float | None:
+    """Mean power from the server being ready to the first phase's start (the model loaded, no load)."""
+    marks = run.get("phases") or []
     ready = run.get("server_ready_ns")
-    if ready is not None:
-        pre = pre[pre["t_ns"] >= ready]
-    if len(pre) < 2:
+    if ready is None or not marks:
         return None
-    return telemetry_summary(pre, OUTSIDE[0])["power_w"]
+    return meter.window(int(ready), int(marks[0]["start_ns"]))["power_w"]
 
 
-def idle_and_active_power(phases: list[dict[str, Any]], timeline: pd.DataFrame,
+def idle_and_active_power(phases: list[dict[str, Any]], meter: EnergyMeter,
                           run: dict[str, Any]) -> dict[str, Any]:
     idle = [p for p in phases if p.get("mode") == "idle"]
     if idle:
         idle_w = pooled_power(idle)
         source = "idle phases" if idle_w is not None else None
     else:
-        idle_w = power_before_first_phase(timeline, run)
+        idle_w = power_before_first_phase(meter, run)
         source = "before the first phase" if idle_w is not None else None
     active_w = pooled_power(active(phases))
     return {"idle_power_w": idle_w, "idle_power_from": source, "active_power_w": active_w,
             "active_idle_delta_w": active_w - idle_w if (active_w is not None and idle_w is not None) else None}
 
 
+def baseline_and_startup(meter: EnergyMeter, run: dict[str, Any]) -> dict[str, Any]:
+    """The host's draw before the server's launch (the baseline window), and the server's start-up:
+    time from launch to ready and the energy it took, gross and net of the baseline. Outside every
+    measured phase."""
+    base = meter.window(*(baseline_window(run) or (None, None)))
+    base_w = base["power_w"]
+    launch, ready = run.get("server_launch_ns"), run.get("server_ready_ns")
+    startup_s = (ready - launch) / 1e9 if (launch is not None and ready is not None) else run.get("server_ready_s")
+    start = meter.window(launch, ready) if (launch is not None and ready is not None) else {"energy_j": None}
+    joules = start["energy_j"]
+    window = baseline_window(run)
+    return {"baseline_power_w": base_w, "baseline_s": (window[1] - window[0]) / 1e9 if window else None,
+            "startup_s": startup_s, "startup_energy_j": joules,
+            "startup_net_energy_j": joules - base_w * startup_s if (joules is not None and base_w is not None
+                                                                    and startup_s is not None) else None}
+
+
 def energy_per_token(phases: list[dict[str, Any]], electricity_usd_per_kwh: float | None) -> dict[str, Any]:
-    """Energy over the non-idle phases ÷ their tokens (both over the telemetry windows, drains included)."""
-    out = {"overall_tok_per_j": None, "overall_energy_kwh_per_mtok": None, "overall_energy_usd_per_mtok": None}
+    """Energy over the non-idle phases' issuing windows ÷ the output tokens that arrived in them."""
+    out = {"overall_tok_per_j": None, "overall_j_per_output_token": None, "overall_net_j_per_output_token": None,
+           "overall_energy_kwh_per_mtok": None, "overall_energy_usd_per_mtok": None}
     ps = non_idle(phases)
-    if not ps or not all(_finite(p.get("energy_j")) and _finite(p.get("output_tokens_total")) for p in ps):
+    if not ps or not all(_finite(p.get("energy_j")) and _finite(p.get("output_tokens_in_window")) for p in ps):
         return out
     joules = sum(p["energy_j"] for p in ps)
-    tokens = sum(p["output_tokens_total"] for p in ps)
+    tokens = sum(p["output_tokens_in_window"] for p in ps)
     if joules <= 0 or tokens <= 0:
         return out
     kwh_per_mtok = (joules / 3.6e6) / (tokens / 1e6)
-    out.update(overall_tok_per_j=tokens / joules, overall_energy_kwh_per_mtok=kwh_per_mtok,
+    out.update(overall_tok_per_j=tokens / joules, overall_j_per_output_token=joules / tokens,
+               overall_energy_kwh_per_mtok=kwh_per_mtok,
                overall_energy_usd_per_mtok=(kwh_per_mtok * electricity_usd_per_kwh
                                             if electricity_usd_per_kwh is not None else None))
+    if all(_finite(p.get("net_energy_j")) for p in ps):
+        out["overall_net_j_per_output_token"] = sum(p["net_energy_j"] for p in ps) / tokens
     return out
+
+
+def telemetry_quality(meter: EnergyMeter, timeline: pd.DataFrame, phases: list[dict[str, Any]]) -> dict[str, Any]:
+    """How well the telemetry resolved the run: the achieved sampling interval (worst device), each
+    signal's effective resolution per device, and the phases whose energy counter and power integral
+    disagree by more than the tolerance."""
+    per = meter.quality(timeline) if timeline is not None and len(timeline) and "device" in timeline else {}
+
+    def worst(key):
+        vals = [d[key] for d in per.values() if d.get(key) is not None]
+        return max(vals) if vals else None
+
+    return {"telemetry_interval_p50_ms": worst("interval_p50_ms"),
+            "telemetry_interval_p99_ms": worst("interval_p99_ms"),
+            "telemetry_max_gap_ms": worst("max_gap_ms"),
+            "telemetry_devices": per,
+            "energy_check_flagged_phases": [p["phase"] for p in phases if p.get("energy_check_flagged")]}
 
 
 def yearly_cost(tok_s: float | None, kwh_per_mtok: float | None, hardware: HardwareSpec) -> dict[str, Any]:
@@ -271,19 +305,24 @@ def engine_stats(engine_metrics: pd.DataFrame, marks: list[dict[str, Any]]) -> t
 # ----------------------------------------------------------------------------- the entry point
 def cell_figures(phases: list[dict[str, Any]], timeline: pd.DataFrame, engine_metrics: pd.DataFrame,
                  run: dict[str, Any], manifest: dict[str, Any], hardware: HardwareSpec,
-                 peak: dict[str, Any]) -> dict[str, Any]:
+                 peak: dict[str, Any], meter: EnergyMeter | None = None) -> dict[str, Any]:
     """metrics.json's "cell": every cell-level figure (registry.CELL_METRICS) and its fields
     (registry.CELL_FIELDS). ``phases``: phase_metrics' dicts, in run order; ``peak``: resolve_peak's."""
-    params = (manifest.get("figures") or {}).get("parameters")
+    from tokenbench.analysis.metrics import flops_per_token
+
+    meter = meter if meter is not None else EnergyMeter(timeline)
     tok_s = overall_throughput(phases)
+    flops = flops_per_token(manifest.get("figures") or {})
     doc: dict[str, Any] = {
         "phases_pooled": [p["phase"] for p in non_idle(phases)],
         "active_phases": [p["phase"] for p in active(phases)],
         "overall_output_tok_s": tok_s,
-        "overall_mfu_pct": mfu_pct(tok_s, params, peak.get("peak_flops")),
+        "overall_mfu_pct": mfu_pct(tok_s, flops / 2 if flops else None, peak.get("peak_flops")),
     }
     doc.update(energy_per_token(phases, hardware.electricity_usd_per_kwh))
-    doc.update(idle_and_active_power(phases, timeline, run))
+    doc.update(idle_and_active_power(phases, meter, run))
+    doc.update(baseline_and_startup(meter, run))
+    doc.update(telemetry_quality(meter, timeline, phases))
     doc.update(power_vs_utilisation(timeline, [p["phase"] for p in phases]))
     doc.update(yearly_cost(tok_s, doc["overall_energy_kwh_per_mtok"], hardware))
     doc.update(hardware_state(timeline, phases))

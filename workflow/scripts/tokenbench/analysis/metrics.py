@@ -22,6 +22,8 @@ from tokenbench.analysis.validity import contention, stability, validity
 from tokenbench.chunks import BLOCK, Chunks, Tokens
 from tokenbench.config import HardwareSpec, SloSpec, ValiditySpec
 from tokenbench.joblog import threads
+from tokenbench.telemetry.energy import EnergyMeter
+from tokenbench.telemetry.merge import baseline_window
 
 # what compute_metrics reads of requests.parquet (the wrapper reads only these: add a column here
 # before using it)
@@ -206,34 +208,88 @@ def telemetry_summary(tl: pd.DataFrame, phase: str) -> dict[str, Any]:
     if "server_rss_bytes" in t:
         v = peak("server_rss_bytes")
         out["server_rss_peak_mb"] = v / 2**20 if v is not None else None
-    gpu = t[t["device"].str.startswith("gpu")] if len(t) else t
+    gpu = t[t["device"].astype(str).str.startswith("gpu")] if len(t) else t
     if len(gpu):
-        out["gpu_util_pct"] = float(gpu["gpu_util_pct"].mean())
-        out["gpu_mem_used_peak_mb"] = float(gpu["gpu_mem_used_bytes"].max()) / 2**20
-        out["temp_max_c"] = float(gpu["temp_c"].max())
-        out["sm_clock_mean_mhz"] = float(gpu["sm_clock_mhz"].mean())
-    out["power_w"], out["energy_j"], out["power_source"] = _power(t)
+        def of(col, how):  # a field a GPU does not report (MIG: no utilisation) is None, not NaN or a crash
+            v = pd.to_numeric(gpu[col], errors="coerce").dropna() if col in gpu else pd.Series(dtype=float)
+            return float(getattr(v, how)()) if len(v) else None
+
+        out["gpu_util_pct"] = of("gpu_util_pct", "mean")
+        mem = of("gpu_mem_used_bytes", "max")
+        out["gpu_mem_used_peak_mb"] = mem / 2**20 if mem is not None else None
+        out["temp_max_c"] = of("temp_c", "max")
+        out["sm_clock_mean_mhz"] = of("sm_clock_mhz", "mean")
     out["telemetry_samples"] = int(len(t))
     return out
 
 
-def _power(t: pd.DataFrame) -> tuple[float | None, float | None, str | None]:
-    """Mean power and energy over a phase: NVML (sum over GPUs) if present, else RAPL, else None."""
-    gpu = t[t["device"].str.startswith("gpu")] if len(t) else t
-    if len(gpu) and "energy_j" in gpu and gpu["energy_j"].notna().any():
-        e = sum(g["energy_j"].max() - g["energy_j"].min() for _, g in gpu.groupby("device"))
-        dur = (gpu["t_ns"].max() - gpu["t_ns"].min()) / 1e9
-        return (e / dur if dur > 0 else None), float(e), "nvml energy counter"
-    if len(gpu) and "power_w" in gpu and gpu["power_w"].notna().any():
-        p = float(gpu.groupby("t_ns")["power_w"].sum().mean())
-        dur = (gpu["t_ns"].max() - gpu["t_ns"].min()) / 1e9
-        return p, p * dur, "nvml power samples"
-    cpu = t[t["device"] == "cpu"] if len(t) else t
-    if len(cpu) and "energy_j" in cpu and cpu["energy_j"].notna().sum() > 1:
-        e = float(cpu["energy_j"].max() - cpu["energy_j"].min())
-        dur = (cpu["t_ns"].max() - cpu["t_ns"].min()) / 1e9
-        return (e / dur if dur > 0 else None), e, "RAPL package energy"
-    return None, None, None
+def phase_energy(meter: EnergyMeter, mark: dict[str, Any], baseline: dict[str, Any], output_tokens: float | None,
+                 input_tokens: float | None, hardware: HardwareSpec) -> dict[str, Any]:
+    """Energy figures of one phase over its issuing window, the window its tokens are counted in
+    (registry.py: energy_j, power_w, net_energy_j, j_per_output_token, ...). ``baseline``: the
+    meter's window over the cell's baseline (before the server's launch)."""
+    dur = (mark["end_ns"] - mark["start_ns"]) / 1e9
+    w = meter.window(mark["start_ns"], mark["end_ns"])
+    joules, base_w = w["energy_j"], baseline.get("power_w")
+    net = joules - base_w * dur if (joules is not None and base_w is not None) else None
+    base_by_device = {d["device"]: d.get("power_w") for d in baseline.get("per_device") or []}
+    per_device = []
+    for d in w["per_device"]:
+        bw = base_by_device.get(d["device"])
+        per_device.append({"device": d["device"], "energy_j": d["energy_j"], "power_w": d["power_w"],
+                           "baseline_power_w": bw, "source": d["source"],
+                           "net_energy_j": d["energy_j"] - bw * dur if (d["energy_j"] is not None and bw is not None)
+                           else None,
+                           "counter_vs_power_pct": d.get("counter_vs_power_pct")})
+    out: dict[str, Any] = {"energy_j": joules, "power_w": w["power_w"], "power_source": w["power_source"],
+                           "net_energy_j": net, "net_power_w": net / dur if (net is not None and dur > 0) else None,
+                           "energy_counter_vs_power_pct": w["counter_vs_power_pct"],
+                           "energy_check_flagged": w["energy_check_flagged"], "per_device_energy": per_device}
+
+    def per(j, n):
+        return j / n if (j is not None and n) else None
+
+    total = (output_tokens or 0) + (input_tokens or 0) if output_tokens is not None else None
+    out["j_per_output_token"] = per(joules, output_tokens)
+    out["net_j_per_output_token"] = per(net, output_tokens)
+    out["j_per_total_token"] = per(joules, total)
+    out["tok_per_j"] = per(output_tokens, joules) if output_tokens else None
+    kwh_per_mtok = out["j_per_output_token"] * 1e6 / 3.6e6 if out["j_per_output_token"] is not None else None
+    out["energy_kwh_per_mtok"] = kwh_per_mtok
+    price = hardware.electricity_usd_per_kwh
+    out["energy_usd_per_mtok"] = kwh_per_mtok * price if (kwh_per_mtok is not None and price is not None) else None
+    return out
+
+
+def roofline(m: dict[str, Any], figures: dict[str, Any], peak: dict[str, Any]) -> dict[str, Any]:
+    """Where a phase sits against the hardware's two bounds (registry.py: mbu_pct, prefill_compute_pct):
+    decode's bytes read per second against the memory bandwidth, prefill's FLOPs against the peak."""
+    out = {"decode_concurrency": None, "decode_bytes_per_s": None, "mbu_pct": None, "prefill_compute_pct": None}
+    tok_s, e2e = m.get("output_tok_s"), (m.get("e2e_ms") or {}).get("mean")
+    weights, kv = figures.get("weight_bytes"), figures.get("kv_bytes_per_token")
+    bandwidth = peak.get("mem_bandwidth_gb_s")
+    if tok_s and e2e and m.get("request_rps"):
+        batch = max(1.0, m["request_rps"] * e2e / 1000)  # Little's law: requests in flight
+        out["decode_concurrency"] = batch
+        n_out = m.get("output_tokens_total") / max(1, (m.get("status_counts") or {}).get("ok", 0) or 1)
+        context = (m.get("prompt_tokens_mean") or 0) + n_out / 2  # mean KV length over a request's decode
+        if weights and kv:
+            out["decode_bytes_per_s"] = tok_s / batch * weights + tok_s * kv * context
+            if bandwidth:
+                out["mbu_pct"] = out["decode_bytes_per_s"] / (bandwidth * 1e9) * 100
+    flops = flops_per_token(figures)
+    if m.get("input_tok_s") and flops and peak.get("peak_flops"):
+        out["prefill_compute_pct"] = m["input_tok_s"] * flops / peak["peak_flops"] * 100
+    return out
+
+
+def flops_per_token(figures: dict[str, Any]) -> float | None:
+    """FLOPs a token costs in the weight matmuls: 2 × the parameters it touches (the model's
+    ``flops_per_token`` where its figures give one: active parameters for a mixture of experts)."""
+    if figures.get("flops_per_token"):
+        return float(figures["flops_per_token"])
+    params = figures.get("active_parameters") or figures.get("parameters")
+    return 2.0 * params if params else None
 
 
 def resolve_peak(detected: dict[str, Any], hardware_name: str) -> dict[str, Any]:
@@ -241,7 +297,8 @@ def resolve_peak(detected: dict[str, Any], hardware_name: str) -> dict[str, Any]
 
     if hardware_name in ("auto", "cpu"):
         return {"peak_flops": detected.get("peak_flops"), "peak_note": detected.get("peak_note"),
-                "accelerator": detected.get("accelerator")}
+                "accelerator": detected.get("accelerator"), "gpu_count": detected.get("gpu_count"),
+                "mem_bandwidth_gb_s": detected.get("mem_bandwidth_gb_s")}
     spec = hardware_table()["gpus"][hardware_name]
     return {"peak_flops": spec["peak_fp16_tflops"] * 1e12, "accelerator": hardware_name,
             "peak_note": f"datasheet: {spec['peak_fp16_tflops']} TFLOP/s dense FP16 ({spec['source']}); set by hardware.name"}
@@ -305,12 +362,18 @@ def input_throughput(ok: pd.DataFrame, mark: dict[str, Any], output_tok_s: float
     return {"input_tok_s": tok_s, "total_tok_s": tok_s + output_tok_s if output_tok_s is not None else None}
 
 
-def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], params: int | None,
+def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], figures: dict[str, Any] | None,
                   peak: dict[str, Any], hardware: HardwareSpec, slo: SloSpec, bounds: ValiditySpec,
                   loop_lag: dict[str, Any] | None = None, tokens: Tokens | None = None, level: float = 0.95,
-                  resamples: int = 1000, window_tables: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
-    """Every registered metric of one phase (registry.py says what each is). ``tokens``: the phase's
-    ok requests' chunk timestamps, flat (``phase_tokens``); else they are taken from ``req["chunk_ns"]``."""
+                  resamples: int = 1000, window_tables: dict[str, pd.DataFrame] | None = None,
+                  meter: EnergyMeter | None = None, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every registered metric of one phase (registry.py says what each is). ``figures``: the model
+    manifest's figures (parameters, weight bytes, ...); ``tokens``: the phase's ok requests' chunk
+    timestamps, flat (``phase_tokens``), else they are taken from ``req["chunk_ns"]``; ``meter``: the
+    cell's EnergyMeter (else one is made from ``tl``); ``baseline``: its window before the launch."""
+    figures = figures or {}
+    meter = meter if meter is not None else EnergyMeter(tl)
+    baseline = baseline or {}
     name = mark["name"]
     pr = req[req["phase"] == name]
     dur = (mark["end_ns"] - mark["start_ns"]) / 1e9
@@ -321,8 +384,11 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
     m.update(telemetry_summary(tl, name))
     m.update(contention(tl, name))
     m["open_loop"] = bool(mark["open_loop"])
+    gpus = peak.get("gpu_count")
     if mark["mode"] == "idle":
         m["requests_sent"] = int(len(pr))
+        m.update(phase_energy(meter, mark, baseline, None, None, hardware))
+        m["power_w_per_gpu"] = m["power_w"] / gpus if (gpus and m["power_w"] is not None) else None
         return m
     ok = request_latencies(pr)
     counts = pr["status"].value_counts().to_dict()
@@ -377,19 +443,14 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], par
 
     # ---- efficiency: measured where the inputs are measured, estimated where they are not
     tps = m["output_tok_s"]
-    if params and peak.get("peak_flops") and tps is not None:
-        m["mfu_pct"] = tps * 2 * params / peak["peak_flops"] * 100
-    else:
-        m["mfu_pct"] = None
-    if m.get("power_w") and m.get("energy_j"):
-        # power covers the telemetry window (drain included), tokens the issuing window: see the registry
-        m["tok_per_j"] = m["output_tokens_in_window"] / (m["power_w"] * dur) if m["power_w"] else None
-        kwh_per_mtok = (m["power_w"] / tps) * 1e6 / 3.6e6 if tps else None
-        m["energy_kwh_per_mtok"] = kwh_per_mtok
-        price = hardware.electricity_usd_per_kwh
-        m["energy_usd_per_mtok"] = kwh_per_mtok * price if (kwh_per_mtok is not None and price is not None) else None
-    else:
-        m["tok_per_j"] = m["energy_kwh_per_mtok"] = m["energy_usd_per_mtok"] = None
+    flops = flops_per_token(figures)
+    m["mfu_pct"] = tps * flops / peak["peak_flops"] * 100 if (flops and peak.get("peak_flops") and tps is not None) \
+        else None
+    m.update(roofline(m, figures, peak))
+    inputs = m["input_tok_s"] * dur if m.get("input_tok_s") is not None else None
+    m.update(phase_energy(meter, mark, baseline, m["output_tokens_in_window"], inputs, hardware))
+    m["output_tok_s_per_gpu"] = tps / gpus if (gpus and tps is not None) else None
+    m["power_w_per_gpu"] = m["power_w"] / gpus if (gpus and m["power_w"] is not None) else None
     hourly = hardware.price_usd_per_hour
     m["usd_per_mtok"] = hourly / (tps * 3600) * 1e6 if (hourly is not None and tps) else None
     return m
@@ -402,14 +463,17 @@ def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], ma
                     ) -> tuple[dict[str, Any], pd.DataFrame]:
     """metrics.json of one cell and its per-window table. A spec left out takes the config model's defaults."""
     hardware, slo, bounds = hardware or HardwareSpec(), slo or SloSpec(), bounds or ValiditySpec()
-    params = manifest["figures"].get("parameters")
+    figures = manifest["figures"]
+    params = figures.get("parameters")
     peak = resolve_peak(run["hardware"], hardware.name)
+    meter = EnergyMeter(tl)
+    baseline = meter.window(*(baseline_window(run) or (None, None)))
     lag = (run.get("client") or {}).get("event_loop_lag_by_phase") or {}
     tokens = phase_tokens(req, run["phases"])  # the per-chunk data, flat, once per phase
     per_req = req.drop(columns=["chunk_ns"])  # the rest: one row per request, cheap to filter
     tables: dict[str, pd.DataFrame] = {}
-    phases = [phase_metrics(per_req, tl, mk, params, peak, hardware, slo, bounds, lag.get(mk["name"]),
-                            tokens.get(mk["name"]), level, resamples, tables) for mk in run["phases"]]
+    phases = [phase_metrics(per_req, tl, mk, figures, peak, hardware, slo, bounds, lag.get(mk["name"]),
+                            tokens.get(mk["name"]), level, resamples, tables, meter, baseline) for mk in run["phases"]]
     steady = [p for p in phases if not p["warmup"] and p["mode"] != "idle"]
     win = [tables[mk["name"]] for mk in run["phases"] if mk["mode"] != "idle"]
     evidence = registry.RunEvidence(power_measured=any(p.get("power_source") for p in phases),
@@ -431,7 +495,7 @@ def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], ma
     from tokenbench.analysis.efficiency import cell_figures
 
     doc["cell_figures"] = cell_figures(phases, tl, engine_metrics if engine_metrics is not None else pd.DataFrame(),
-                                       run, manifest, hardware, peak)
+                                       run, manifest, hardware, peak, meter)
     return doc, (pd.concat(win, ignore_index=True) if win else pd.DataFrame())
 
 

@@ -31,6 +31,7 @@ class Basis(Enum):
     PEAK = "estimated: peak FLOP/s from a datasheet or the CPU's ISA (measured where the peak was)"
     PRICE = "estimated from a configured price"
     SENSOR_PRICE = "estimated from measured energy and a configured price"
+    BANDWIDTH = "estimated: bytes per step from the model's config over a datasheet memory bandwidth"
 
 
 class Aggregation(Enum):
@@ -53,8 +54,14 @@ CONVENTIONS = (
      "receive time of the socket read that delivered it, so chunks that arrive in one read share a timestamp."),
     ("**Issuing window.** From the phase's start until it stopped issuing requests (`duration_s`). Throughput "
      "and goodput count inside it; the drain that follows (`drain_s`: in-flight requests finishing) is excluded."),
-    ("**Telemetry window.** A phase's telemetry samples run from its start to the next phase's start (the last "
-     "phase: to the end of its drain), so they include its drain. Power, energy and utilisation use these samples."),
+    ("**Telemetry window.** A phase's telemetry is its issuing window too, the window its tokens are counted in: "
+     "energy is each cumulative counter (NVML's per-GPU energy counter, RAPL package energy) interpolated at the "
+     "window's two ends; utilisation, memory and clocks are the samples inside it. Samples of the drain that "
+     "follows belong to no phase. Power and energy are the engine's GPUs' (those it was given), summed; on a "
+     "host without GPUs, the CPU packages' (RAPL)."),
+    ("**Energy units.** tok/J is output tokens per joule; the seed reports' \"tok/W\" (tok/s ÷ W) is the same "
+     "unit. *Gross* energy is what the sensors read; *net* subtracts the baseline: the host's mean power in a "
+     "window before the server was launched (`telemetry.baseline_s`), times the window's length."),
     ("**Output tokens.** The server's usage count (`stream_options.include_usage`), or the chunk count where the "
      "server sends none (`output_tokens_source` says which). To place tokens in time, a request's count is "
      "spread evenly over its content chunks."),
@@ -95,6 +102,8 @@ class Metric:
                 return ESTIMATED if priced else NOT_AVAILABLE
             case Basis.SENSOR_PRICE:
                 return ESTIMATED if priced and run.power_measured else NOT_AVAILABLE
+            case Basis.BANDWIDTH:
+                return ESTIMATED
 
     def header(self, stats: tuple[str, ...] = ()) -> str:
         name = " ".join([self.label, " / ".join(stats)]) if stats else self.label
@@ -164,20 +173,19 @@ _DECLARED = [
            summary={"window_tok_s_std": "std", "windows": "n"}),
     # ---- efficiency and cost
     Metric("mfu_pct", "MFU", "%",
-           "output_tok_s × 2 × parameters ÷ peak FLOP/s × 100: decode weight FLOPs only (prefill and attention "
-           "excluded). Peak: hardware.name's datasheet dense FP16 figure, else the detected accelerator's, else "
-           "an ISA-derived CPU peak. n/a without a parameter count or a peak.",
+           "output_tok_s × FLOPs per token ÷ peak FLOP/s × 100. FLOPs per token: 2 × the parameters a token "
+           "touches in the weight matmuls (the model figures' flops_per_token: active parameters for a mixture of "
+           "experts, quantized checkpoints counted unpacked), decode only (prefill and attention excluded). Peak: "
+           "the dense FP16 datasheet figure of each GPU the engine was given × their count (so MFU is per GPU "
+           "too), else an estimated CPU peak. n/a without a parameter count or a peak.",
            basis=Basis.PEAK, digits=3, summary={"mfu_pct": None}),
     Metric("power_w", "power", "W",
-           "Mean power over the phase's telemetry window (drain included): the NVML energy counters' increase, "
-           "summed over GPUs, ÷ (last − first GPU sample time); else NVML power samples summed over GPUs per "
-           "sample time, averaged; else the RAPL package energy's increase ÷ (last − first CPU sample time). "
-           "`power_source` says which.",
+           "energy_j ÷ duration_s: mean power over the issuing window, the engine's GPUs summed (else the CPU "
+           "packages). `power_source` says which sensor.",
            basis=Basis.SENSOR, summary={"power_w": None}),
     Metric("tok_per_j", "energy efficiency", "tok/J",
-           "output_tokens_in_window ÷ (power_w × duration_s). The windows differ: power is averaged over the "
-           "telemetry window (phase start to the next phase's start, drain included); tokens and duration are "
-           "the issuing window's.",
+           "output_tokens_in_window ÷ energy_j: tokens and energy over the same issuing window (the seeds' "
+           "\"tok/W\" is the same unit).",
            basis=Basis.SENSOR, digits=2, summary={"tok_per_j": None}),
     Metric("usd_per_mtok", "cost", "$/M tok",
            "hardware.price_usd_per_hour ÷ (output_tok_s × 3600) × 10^6: the configured hourly price over the "
@@ -236,6 +244,26 @@ _DECLARED = [
            "Share of the phase's GPU samples in which a process that is not the server's held a GPU (checked about "
            "once a second) or NVML reported thermal, hardware-slowdown or power-brake clock events.",
            percent=True),
+    # ---- energy per token, per GPU and the roofline (appended: summary columns keep their order)
+    Metric("j_per_output_token", "energy per output token", "J/tok",
+           "energy_j ÷ output_tokens_in_window: gross energy over the issuing window per output token in it.",
+           basis=Basis.SENSOR, digits=3, summary={"j_per_output_token": None}),
+    Metric("net_j_per_output_token", "net energy per output token", "J/tok",
+           "net_energy_j ÷ output_tokens_in_window: the energy above the baseline per output token.",
+           basis=Basis.SENSOR, digits=3, summary={"net_j_per_output_token": None}),
+    Metric("mbu_pct", "MBU", "%",
+           "decode_bytes_per_s ÷ memory bandwidth × 100: bytes a decode step reads (the weights once per step, "
+           "each sequence's KV cache) per second, against the datasheet bandwidth of the engine's GPUs × their "
+           "count. Decode steps per second = output_tok_s ÷ decode_concurrency. n/a without the model's weight "
+           "and KV-cache sizes or a bandwidth.",
+           basis=Basis.BANDWIDTH, digits=2, summary={"mbu_pct": None}),
+    Metric("prefill_compute_pct", "prefill % of compute bound", "%",
+           "input_tok_s × FLOPs per token ÷ peak FLOP/s × 100: prefill's weight FLOPs against the peak (the "
+           "compute roof, as mfu_pct is for decode).",
+           basis=Basis.PEAK, digits=3, summary={"prefill_compute_pct": None}),
+    Metric("output_tok_s_per_gpu", "output throughput per GPU", "tok/s/GPU",
+           "output_tok_s ÷ the number of GPUs the engine was given (as InferenceX reports). n/a on CPU.",
+           summary={"output_tok_s_per_gpu": None}),
     # ---- not in the summary table
     Metric("duration_s", "duration", "s", "Issuing window length: from the phase's start until it stopped "
            "issuing requests."),
@@ -284,13 +312,37 @@ _DECLARED = [
            "output_tokens of the requests counted in goodput_rps (all their tokens, wherever they "
            "arrived) ÷ duration_s."),
     Metric("energy_j", "energy", "J",
-           "Energy over the phase's telemetry window (drain included), from the source power_w used: the NVML "
-           "energy counters' increase summed over GPUs; or mean NVML power × (last − first sample time); or "
-           "the RAPL package energy's increase.",
+           "Gross energy over the issuing window [start, end): per GPU the NVML energy counter interpolated at "
+           "the two ends (a drop counts as a reset), summed over the engine's GPUs; a GPU without a counter: the "
+           "trapezoid integral of its power samples (instantaneous field value, else NVML's power usage); on a host "
+           "without GPUs the RAPL package counters. n/a if any of the engine's GPUs has no power signal.",
            basis=Basis.SENSOR, replicates=Replicates.SUM, digits=0),
+    Metric("net_energy_j", "net energy", "J",
+           "energy_j − baseline power × duration_s: the energy above the host's draw before the server's launch "
+           "(the cell's baseline_power_w).",
+           basis=Basis.SENSOR, replicates=Replicates.SUM, digits=0),
+    Metric("net_power_w", "net power", "W", "net_energy_j ÷ duration_s.", basis=Basis.SENSOR),
+    Metric("j_per_total_token", "energy per token (input + output)", "J/tok",
+           "energy_j ÷ (output_tokens_in_window + input_tok_s × duration_s): per token prefilled or decoded in "
+           "the issuing window.", basis=Basis.SENSOR, digits=4),
+    Metric("energy_counter_vs_power_pct", "counter vs power integral", "%",
+           "(power integral − counter energy) ÷ counter energy × 100 over the issuing window, the GPU that "
+           "disagrees most: a cross-check of NVML's energy counter against its power samples. Over ±5 % is "
+           "flagged (`energy_check_flagged`): the power trace (a 1 s average on Ampere and newer) cannot resolve "
+           "the window, or a sensor is off.", basis=Basis.SENSOR, digits=1),
+    Metric("power_w_per_gpu", "power per GPU", "W/GPU",
+           "power_w ÷ the number of GPUs the engine was given.", basis=Basis.SENSOR),
+    Metric("decode_concurrency", "decode batch", "requests",
+           "request_rps × mean E2E (Little's law, at least 1): the mean number of requests decoding together.",
+           digits=1),
+    Metric("decode_bytes_per_s", "decode bytes read", "B/s",
+           "output_tok_s ÷ decode_concurrency × weight bytes + output_tok_s × KV bytes per token × (mean prompt "
+           "length + mean output length ÷ 2): the weights read once per decode step and each token's KV cache "
+           "read at the mean context length. Dense models read all weights each step; a mixture of experts "
+           "counts the model figures' weight_bytes (an upper bound at small batches).",
+           basis=Basis.BANDWIDTH, digits=0),
     Metric("energy_kwh_per_mtok", "energy per M tokens", "kWh/M tok",
-           "power_w ÷ output_tok_s × 10^6 ÷ 3.6 × 10^6. The windows differ: power over the telemetry window "
-           "(drain included), throughput over the issuing window.",
+           "j_per_output_token × 10^6 ÷ 3.6 × 10^6: energy and tokens over the same issuing window.",
            basis=Basis.SENSOR, digits=3),
     Metric("energy_usd_per_mtok", "electricity cost", "$/M tok",
            "energy_kwh_per_mtok × hardware.electricity_usd_per_kwh (configured).",
@@ -322,6 +374,8 @@ PHASE_FIELDS = {
     "status_counts": "requests sent, by final status",
     "output_tokens_source": "where output token counts came from: usage (the server) or chunks (a fallback)",
     "power_source": "the sensor behind power_w and energy_j",
+    "energy_check_flagged": "true when a GPU's energy counter and its power integral disagree by more than 5 %",
+    "per_device_energy": "energy_j, power_w, baseline power and net energy per device (each of the engine's GPUs)",
     "slo": "the SLO bounds goodput counted against",
     "validity": "MLPerf-LoadGen-style checks: the phase ran long enough, sent enough requests, kept errors under "
                 "the bound, the client kept up (send lag, event-loop lag) and, open loop, delivered its "
@@ -421,16 +475,22 @@ _CELL_DECLARED = [
                f"Σ output_tokens_in_window ÷ Σ duration_s over {_NON_IDLE}: their issuing windows pooled.",
                **_CELL),
     CellMetric("overall_mfu_pct", "overall MFU", "%",
-               "overall_output_tok_s × 2 × parameters ÷ peak FLOP/s × 100 (the non-idle phases' mfu_pct weighted "
-               "by their issuing seconds): decode weight FLOPs only, the peak as for mfu_pct.",
+               "overall_output_tok_s × FLOPs per token ÷ peak FLOP/s × 100 (the non-idle phases' mfu_pct weighted "
+               "by their issuing seconds): decode weight FLOPs only, FLOPs and peak as for mfu_pct.",
                basis=Basis.PEAK, digits=3, **_CELL),
     # ---- energy over the cell
     CellMetric("overall_tok_per_j", "overall energy efficiency", "tok/J",
-               f"Σ output_tokens_total ÷ Σ energy_j over {_NON_IDLE}: both cover the phases' telemetry windows, "
-               "drains included. n/a unless every one of those phases has energy_j.",
+               f"Σ output_tokens_in_window ÷ Σ energy_j over {_NON_IDLE}: both over the phases' issuing windows. "
+               "n/a unless every one of those phases has energy_j.",
                basis=Basis.SENSOR, digits=2, **_CELL),
+    CellMetric("overall_j_per_output_token", "overall energy per output token", "J/tok",
+               "Σ energy_j ÷ Σ output_tokens_in_window over the phases of overall_tok_per_j.",
+               basis=Basis.SENSOR, digits=3, **_CELL),
+    CellMetric("overall_net_j_per_output_token", "overall net energy per output token", "J/tok",
+               "Σ net_energy_j ÷ Σ output_tokens_in_window over the same phases: above the baseline.",
+               basis=Basis.SENSOR, digits=3, **_CELL),
     CellMetric("overall_energy_kwh_per_mtok", "overall energy per M tokens", "kWh/M tok",
-               "(Σ energy_j ÷ 3.6 × 10^6) ÷ (Σ output_tokens_total ÷ 10^6) over the phases of overall_tok_per_j.",
+               "(Σ energy_j ÷ 3.6 × 10^6) ÷ (Σ output_tokens_in_window ÷ 10^6) over the phases of overall_tok_per_j.",
                basis=Basis.SENSOR, digits=4, **_CELL),
     CellMetric("overall_energy_usd_per_mtok", "overall electricity cost", "$/M tok",
                "overall_energy_kwh_per_mtok × hardware.electricity_usd_per_kwh (configured).",
@@ -438,9 +498,9 @@ _CELL_DECLARED = [
     # ---- idle and active power: seed 000's "cooldown valley"
     CellMetric("idle_power_w", "idle power", "W",
                "Mean power over the idle phases: Σ energy_j ÷ Σ (energy_j ÷ power_w), each idle phase's power_w "
-               "weighted by its telemetry span (a plain mean of power_w where a phase has no energy_j). With no "
-               "idle phase: power_w's rule applied to the samples before the first phase, from the server being "
-               "ready (`idle_power_from` says which).",
+               "weighted by its length (a plain mean of power_w where a phase has no energy_j). With no idle "
+               "phase: energy_j's rule over the window from the server being ready to the first phase "
+               "(`idle_power_from` says which). The server is loaded: compare baseline_power_w, before its launch.",
                basis=Basis.SENSOR, **_CELL),
     CellMetric("active_power_w", "active power", "W",
                "Mean power over the non-idle, non-warm-up phases, weighted as idle_power_w.",
@@ -448,6 +508,27 @@ _CELL_DECLARED = [
     CellMetric("active_idle_delta_w", "power of the work", "W",
                "active_power_w − idle_power_w: what serving adds to the idle draw.",
                basis=Basis.SENSOR, **_CELL),
+    # ---- the baseline and the server's start-up, outside every phase
+    CellMetric("baseline_power_w", "baseline power", "W",
+               "energy_j's rule over the baseline window: telemetry.baseline_s seconds before the server's launch, "
+               "the engine's GPUs (else the CPU packages) with no engine on them. Net figures subtract it.",
+               basis=Basis.SENSOR, **_CELL),
+    CellMetric("startup_s", "time to ready", "s",
+               "From the server's launch to its health endpoint answering ready (model load, compilation, "
+               "warm-up the engine does itself).", **_CELL),
+    CellMetric("startup_energy_j", "start-up energy", "J",
+               "energy_j's rule over [launch, ready]: what starting the engine cost, outside every phase.",
+               basis=Basis.SENSOR, digits=0, **_CELL),
+    CellMetric("startup_net_energy_j", "start-up net energy", "J",
+               "startup_energy_j − baseline_power_w × startup_s.", basis=Basis.SENSOR, digits=0, **_CELL),
+    # ---- how well the telemetry resolved the run
+    CellMetric("telemetry_interval_p50_ms", "sampling interval p50", "ms",
+               "Median time between consecutive telemetry samples of a device (the worst device).", digits=1, **_CELL),
+    CellMetric("telemetry_interval_p99_ms", "sampling interval p99", "ms",
+               "99th percentile of the time between consecutive samples of a device (the worst device).",
+               digits=1, **_CELL),
+    CellMetric("telemetry_max_gap_ms", "largest sampling gap", "ms",
+               "Longest time between consecutive samples of a device (the worst device).", digits=0, **_CELL),
     # ---- power against utilisation: seed 000 §6.2
     CellMetric("power_util_slope_w_per_pct", "power per utilisation point", "W/%",
                "Least-squares slope (scipy.stats.linregress) of power against utilisation over the telemetry "
@@ -525,7 +606,11 @@ CELL_METRICS: dict[str, CellMetric] = {m.key: m for m in _CELL_DECLARED}
 CELL_FIELDS = {
     "phases_pooled": "the non-idle phases the overall_* figures pool",
     "active_phases": "the non-idle, non-warm-up phases active_power_w averages",
-    "idle_power_from": "what idle_power_w came from: idle phases, or the samples before the first phase",
+    "idle_power_from": "what idle_power_w came from: idle phases, or the window before the first phase",
+    "baseline_s": "the baseline window's length (s): telemetry.baseline_s as run",
+    "telemetry_devices": "per sampled device: samples, interval p50/p99, largest gap (ms) and each signal's effective "
+                         "resolution: the median time between changes of the energy counter and power readings (ms)",
+    "energy_check_flagged_phases": "phases whose energy counter and power integral disagree by more than 5 %",
     "power_util_x": "the utilisation the power fit used: gpu_util_pct or cpu_util_pct",
     "engine_family": "the metric-name family the engine_* figures were read from (None: not one listed)",
     "phase_table": "one row per phase (idle included): utilisation, memory, clock, temperature, power and MFU "

@@ -15,20 +15,34 @@ import pandas as pd
 from tokenbench.chunks import Tokens
 
 OUTSIDE = ("startup", "teardown")  # before the first phase / after the last phase drained
+DRAIN = "drain"  # after a phase stopped issuing, before the next phase starts (or the last drained)
+BASELINE = "baseline"  # before the server was launched: the host with no engine (run.json baseline window)
 # what merge_telemetry reads of requests.parquet (the wrapper reads only these)
 REQUEST_COLUMNS_USED = ["status", "sent_ns", "end_ns", "output_tokens", "chunk_ns"]
 
 
-def phase_of(t_ns: np.ndarray, marks: list[dict[str, Any]]) -> np.ndarray:
-    """A phase runs from its start to the next phase's start (its drain included)."""
+def phase_of(t_ns: np.ndarray, marks: list[dict[str, Any]], baseline: tuple[int, int] | None = None) -> np.ndarray:
+    """A sample belongs to a phase inside its issuing window [start, end), the window its tokens are
+    counted in; from its end to the next phase's start (or its own drain's end) it is the phase's
+    drain (DRAIN); before the first phase "startup" (BASELINE inside the ``baseline`` window, before
+    the server's launch); after the last drain "teardown"."""
     out = np.full(len(t_ns), OUTSIDE[0], dtype=object)
+    if baseline is not None:
+        out[(t_ns >= baseline[0]) & (t_ns < baseline[1])] = BASELINE
     if not marks:
         return out
     for i, m in enumerate(marks):
         stop = marks[i + 1]["start_ns"] if i + 1 < len(marks) else m["drained_ns"]
-        out[(t_ns >= m["start_ns"]) & (t_ns < stop)] = m["name"]
+        out[(t_ns >= m["end_ns"]) & (t_ns < stop)] = DRAIN
+        out[(t_ns >= m["start_ns"]) & (t_ns < m["end_ns"])] = m["name"]
     out[t_ns >= marks[-1]["drained_ns"]] = OUTSIDE[1]
     return out
+
+
+def baseline_window(run: dict[str, Any]) -> tuple[int, int] | None:
+    """run.json's baseline window (monotonic ns): the sampler running before the server's launch."""
+    b = run.get("baseline") or {}
+    return (int(b["start_ns"]), int(b["end_ns"])) if b.get("start_ns") is not None and b.get("end_ns") else None
 
 
 def inflight_at(t_ns: np.ndarray, requests: pd.DataFrame) -> np.ndarray:
@@ -38,8 +52,10 @@ def inflight_at(t_ns: np.ndarray, requests: pd.DataFrame) -> np.ndarray:
     return np.searchsorted(sent, t_ns, side="right") - np.searchsorted(ends, t_ns, side="right")
 
 
-def rate_from_counter(df: pd.DataFrame, col: str, scale: float = 1.0, min_window_s: float = 0.25) -> pd.Series:
-    """Rate of a cumulative counter over a trailing window of at least min_window_s.
+def rate_from_counter(df: pd.DataFrame, col: str, scale: float = 1.0, min_window_s: float = 0.25,
+                      centred: bool = False) -> pd.Series:
+    """Rate of a cumulative counter over a trailing window of at least min_window_s (``centred``: a
+    window centred on the sample, so the rate lines up in time with gauges sampled at that instant).
 
     Kernel CPU-time counters tick in 10 ms units: between two 50 ms samples a fully busy core
     reads 40 % or 160 %. Differencing over >= 250 ms keeps that quantisation under 4 %."""
@@ -49,7 +65,20 @@ def rate_from_counter(df: pd.DataFrame, col: str, scale: float = 1.0, min_window
     dv = df[col].diff(periods)
     rate = dv / dt * scale
     rate[(dv < 0)] = np.nan  # counter wrap or reset: drop the sample, do not invent a value
-    return rate
+    return rate.shift(-(periods // 2)) if centred else rate
+
+
+def gpu_power(df: pd.DataFrame) -> pd.Series:
+    """One GPU's power per sample for the timeline: the energy counter's rate where it has one (the
+    exact mean over >= 250 ms centred on the sample), else the instantaneous field value, else NVML's power usage (a 1 s
+    average on Ampere and newer); an old recording's single ``power_w`` column is power usage."""
+    if "energy_j" in df and pd.to_numeric(df["energy_j"], errors="coerce").notna().sum() >= 2:
+        return rate_from_counter(df.assign(energy_j=pd.to_numeric(df["energy_j"], errors="coerce")), "energy_j",
+                                 centred=True)
+    for col in ("power_instant_w", "power_usage_w", "power_w"):
+        if col in df and df[col].notna().any():
+            return pd.to_numeric(df[col], errors="coerce")
+    return pd.Series(np.nan, index=df.index)
 
 
 def merge_telemetry(requests: pd.DataFrame, telemetry: pd.DataFrame, run: dict[str, Any],
@@ -71,11 +100,13 @@ def merge_telemetry(requests: pd.DataFrame, telemetry: pd.DataFrame, run: dict[s
                                          - df["client_cpu_util_pct"]).clip(lower=0)
             if "energy_j" in df and df["energy_j"].notna().any():
                 df["power_w"] = rate_from_counter(df, "energy_j")
+        else:
+            df["power_w"] = gpu_power(df)
         parts.append(df)
     tl = pd.concat(parts, ignore_index=True) if parts else telemetry.copy()
     t = tl["t_ns"].to_numpy(dtype=np.int64)
     tl["t_s"] = (t - t0) / 1e9
-    tl["phase"] = phase_of(t, marks)
+    tl["phase"] = phase_of(t, marks, baseline_window(run))
     tl["inflight"] = inflight_at(t, requests) if len(requests) else 0
     w_ns = int(window_s * 1e9)
     q = np.unique(np.concatenate([t, t - w_ns]))
