@@ -216,6 +216,9 @@ class ValiditySpec(Strict):
 
 class TelemetrySpec(Strict):
     interval_s: float = Field(0.05, gt=0, le=10)  # 20 Hz, as in the seed reports
+    # seconds the sampler records before the server's launch: the host's baseline draw, which net
+    # energy subtracts (a 1 s-averaged GPU power sensor needs a few seconds to settle); 0: none
+    baseline_s: float = Field(5.0, ge=0, le=600)
 
 
 class PreflightSpec(Strict):

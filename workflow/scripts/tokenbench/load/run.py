@@ -49,20 +49,38 @@ def records_frame(recs) -> pd.DataFrame:
 class Telemetry:
     """The sampler subprocess (``python -m tokenbench.telemetry.sampler``)."""
 
-    def __init__(self, out: Path, interval_s: float, pid: int | None):
+    def __init__(self, out: Path, interval_s: float, pid: int | None = None, devices: list[int] | None = None):
         self.out = out
         pkg_parent = str(Path(__file__).resolve().parents[2])  # so the child imports this tokenbench
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")]))}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tokenbench.telemetry.sampler", "--out", str(out), "--interval", str(interval_s)]
-            + (["--pid", str(pid)] if pid else []),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            [sys.executable, "-m", "tokenbench.telemetry.sampler", "--out", str(out), "--interval", str(interval_s),
+             "--pid-stdin"]
+            + (["--pid", str(pid)] if pid else [])
+            + (["--devices", ",".join(map(str, devices))] if devices is not None else []),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
             preexec_fn=die_with_parent,  # a SIGKILLed load test must not leave a sampler running
         )
         line = self.proc.stdout.readline().strip()  # blocks until the first sample is taken
         if line != "ready":
             err = self.proc.stderr.read()
             raise RuntimeError(f"telemetry sampler failed to start: {err[-2000:]}")
+
+    def track(self, pid: int) -> None:
+        """From now on, record the CPU and memory of the process tree under ``pid`` (the server, launched
+        after the sampler started so that the baseline and the start-up are sampled)."""
+        if self.proc.poll() is None:
+            self.proc.stdin.write(f"{pid}\n")
+            self.proc.stdin.flush()
+
+    def info(self) -> dict[str, Any]:
+        """The sampler's sidecar (devices, sensors, achieved interval), once it has stopped."""
+        side = self.out.with_suffix(".json")
+        if not side.exists():
+            return {}
+        doc = json.loads(side.read_text())
+        side.unlink()
+        return doc
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -237,8 +255,9 @@ class CellLoadTest:
 
     def measure(self) -> None:
         self.preflight()
-        self.launch()
         self.start_telemetry()
+        self.baseline()
+        self.launch()
         self.wait_ready()
         self.load_prompts()
         self.start_scraper()
@@ -253,29 +272,44 @@ class CellLoadTest:
         if not self.endpoint.external and pre.gpu_idle:
             self.doc["preflight_gpu"] = gpu_idle_check(self.nvml, pre.max_gpu_util_pct, pre.max_foreign_gpu_mib)
 
+    def server_env(self) -> dict[str, str]:
+        return {**os.environ, **self.engine.env, **(self.endpoint.launch.env if self.endpoint.launch else {})}
+
     def launch(self) -> None:
         ep = self.endpoint
         if ep.external:
             return
-        env = {**os.environ, **self.engine.env, **ep.launch.env}
-        self.server = Server(ep.command, self.server_log, ep.host, ep.port, ep.health_path, env=env, nvml=self.nvml,
-                             gpu_tolerance_mib=self.settings.preflight.gpu_memory_tolerance_mib)
+        self.server = Server(ep.command, self.server_log, ep.host, ep.port, ep.health_path, env=self.server_env(),
+                             nvml=self.nvml, gpu_tolerance_mib=self.settings.preflight.gpu_memory_tolerance_mib)
+        self.doc["server_launch_ns"] = time.monotonic_ns()
         self.server.start()
         self.doc["server_pid"] = self.server.proc.pid
+        self.telemetry.track(self.server.proc.pid)
 
     def start_telemetry(self) -> None:
-        pid = self.server.proc.pid if self.server else None
-        self.telemetry = Telemetry(self.raw_telemetry, self.settings.telemetry.interval_s, pid)
+        """The sampler, on the engine's GPUs only (an 8-GPU host running a 2-GPU engine samples 2)."""
+        gpus = self.doc["hardware"].get("gpu_indices")
+        self.telemetry = Telemetry(self.raw_telemetry, self.settings.telemetry.interval_s,
+                                   devices=gpus if self.doc["hardware"].get("gpus") else None)
+
+    def baseline(self) -> None:
+        """telemetry.baseline_s of the host with no engine, before the launch: what net energy subtracts.
+        None for an external endpoint (its server is already running)."""
+        seconds = self.settings.telemetry.baseline_s
+        if self.endpoint.external or seconds <= 0:
+            return
+        start = time.monotonic_ns()
+        time.sleep(seconds)
+        self.doc["baseline"] = {"start_ns": start, "end_ns": time.monotonic_ns(), "seconds": seconds}
 
     def wait_ready(self) -> None:
-        launched_ns = time.monotonic_ns()
         ep, timeout_s = self.endpoint, self.engine.ready_timeout_s
+        self.doc.setdefault("server_launch_ns", time.monotonic_ns())
         if self.server:
             self.doc["server_ready_s"] = self.server.wait_ready(timeout_s)
         else:
             self.doc["server_ready_s"] = wait_endpoint_ready(ep.base_url + ep.health_path, timeout_s, ep.headers)
         self.doc["server_ready_ns"] = time.monotonic_ns()
-        self.doc["server_launch_ns"] = launched_ns
 
     def load_prompts(self) -> None:
         """The request's prompt set; synthetic prompts need the engine's tokenizer, so the server is up first."""
@@ -317,6 +351,7 @@ class CellLoadTest:
                                             for line in grep_log(self.server_log, self.entry.log_patterns)]
         if self.telemetry is not None:
             self.telemetry.stop()
+            self.doc["telemetry"] = self.telemetry.info()
 
     def write_outputs(self) -> None:
         prov = self.provenance()

@@ -197,23 +197,30 @@ def mfu_worked(res: Results) -> list[str]:
             continue
         tok_s, c, ph = best
         doc = next((d for d in res.docs if d["cell"]["engine"] == engine), {})
-        params = ((doc.get("model") or {}).get("figures") or {}).get("parameters") or (doc.get("model") or {}).get("parameters")
+        model = doc.get("model") or {}
+        flops = model.get("flops_per_token") or (2 * model["parameters"] if model.get("parameters") else None)
         peak = (doc.get("hardware") or {}).get("peak_flops")
         mfu = cell_figure(ph, "mfu_pct")
-        if not params or not peak:
+        if not flops or not peak:
             out.append(f"**{engine}**: MFU not computed: "
-                       + ("the model's parameter count is unknown" if not params else "the hardware's peak FLOP/s is unknown"))
+                       + ("the model's parameter count is unknown" if not flops else "the hardware's peak FLOP/s is unknown"))
             continue
         out.append(f"**{engine}** at {c['cell']['load']} · {ph['phase']} (its highest mean output rate): "
-                   f"MFU = 2 × N × output tok/s ÷ peak = 2 × {params / 1e6:,.1f} M × {tok_s:,.1f} tok/s ÷ "
-                   f"{peak / 1e9:,.1f} GFLOP/s = **{2 * params * tok_s / peak * 100:.2f} %** {EST}; per run and "
+                   f"MFU = FLOPs per token × output tok/s ÷ peak = {flops / 1e6:,.1f} MFLOP × {tok_s:,.1f} tok/s ÷ "
+                   f"{peak / 1e9:,.1f} GFLOP/s = **{flops * tok_s / peak * 100:.2f} %** {EST}; per run and "
                    f"averaged: {with_unit(mfu, 2, '%')}.")
     return out
 
 
 # the energy table; the valley's power figures have their own table below it
-ENERGY_KEYS = ("overall_output_tok_s", "overall_mfu_pct", "active_idle_delta_w", "overall_tok_per_j",
-               "overall_energy_kwh_per_mtok", "overall_energy_usd_per_mtok")
+ENERGY_KEYS = ("overall_output_tok_s", "overall_mfu_pct", "overall_tok_per_j", "overall_j_per_output_token",
+               "overall_net_j_per_output_token", "overall_energy_kwh_per_mtok", "overall_energy_usd_per_mtok")
+# outside every phase: the host before the launch, and the server's start-up
+STARTUP_KEYS = ("baseline_power_w", "startup_s", "startup_energy_j", "startup_net_energy_j")
+TELEMETRY_KEYS = ("telemetry_interval_p50_ms", "telemetry_interval_p99_ms", "telemetry_max_gap_ms")
+# where each measured load level sits against the hardware's bounds, beside its rate and energy
+ROOFLINE_COLUMNS = ("output_tok_s", "output_tok_s_per_gpu", "mfu_pct", "mbu_pct", "prefill_compute_pct",
+                    "j_per_output_token", "net_j_per_output_token")
 
 
 def cell_figures_table(res: Results, table_id: str, keys: tuple[str, ...]) -> Table:
@@ -227,6 +234,35 @@ def cell_figures_table(res: Results, table_id: str, keys: tuple[str, ...]) -> Ta
             r.number(m.header(), k, cf.get(k), m.digits, m.percent)
         rows.append(r)
     return Table(table_id, rows)
+
+
+def telemetry_table(res: Results) -> Table:
+    """Per run: the achieved sampling interval, the power sensors behind the energy figures, and the
+    phases whose energy counter and power integral disagree."""
+    table = cell_figures_table(res, "telemetry", TELEMETRY_KEYS)
+    for r, d in zip(table.rows, res.docs):
+        cf = d.get("cell_figures") or {}
+        sources = sorted({p["power_source"] for p in d["phases"] if p.get("power_source")})
+        r.text("power sensor", "; ".join(sources) or "none readable", "power_source")
+        devices = cf.get("telemetry_devices") or {}
+        res_ms = [f"{dev}: counter {v['energy_counter_update_ms']:.0f} ms" for dev, v in devices.items()
+                  if v.get("energy_counter_update_ms")]
+        r.text("counter updates", ", ".join(res_ms) or "n/a", "counter_update")
+        r.text("counter vs power > 5 %", ", ".join(cf.get("energy_check_flagged_phases") or []) or "none",
+               "energy_check_flagged")
+    return table
+
+
+def roofline_table(res: Results) -> Table:
+    """Per configuration and measured load level: throughput, MFU, MBU, prefill's share of the compute
+    bound and energy per token, each with its interval across runs."""
+    rows = []
+    for c, ph in candidates(res):
+        r = Row().text("configuration", c["cell"]["engine"]).text("load · phase", f"{c['cell']['load']} · {ph['phase']}")
+        for col in ROOFLINE_COLUMNS:
+            r.interval(col_header(col), col, cell_figure(ph, col), *col_format(col))
+        rows.append(r)
+    return Table("roofline", rows)
 
 
 def cost_table(res: Results, price: float | None) -> Table:
@@ -455,6 +491,7 @@ def page_contexts(res: Results, study: StudySpec, config_hash: str, history: dic
     price = next((((r.get("settings") or {}).get("hardware") or {}).get("price_usd_per_hour") for r in res.runs), None)
     common = {"study": study, "hardware": hw}
     energy, valley = cell_figures_table(res, "energy", ENERGY_KEYS), valley_table(res)
+    startup, telemetry, roofline = cell_figures_table(res, "startup", STARTUP_KEYS), telemetry_table(res), roofline_table(res)
     sweep_charts = _page_charts(["frontier"], res.charts)
     pages: dict[str, dict] = {
         "index": {"goals": verdict(res), "findings": findings(res), "hypotheses": hypothesis_table(res.hypotheses),
@@ -472,6 +509,8 @@ def page_contexts(res: Results, study: StudySpec, config_hash: str, history: dic
                        "energy": energy, "energy_missing": energy.drop_empty_columns(),
                        "cost": cost_table(res, price), "price": price,
                        "valley": valley, "valley_missing": valley.drop_empty_columns(), "power": (res.docs[0]["labels"].get("power_w") if res.docs else None),
+                       "startup": startup, "startup_missing": startup.drop_empty_columns(),
+                       "telemetry": telemetry, "roofline": roofline, "roofline_missing": roofline.drop_empty_columns(),
                        "charts": []},
         "runs": {"listing": runs_table(res), "charts": []},
         "health": {**health_tables(res), "max_lag": None, "charts": []},
