@@ -284,3 +284,15 @@ def test_gguf_quantized_tensors_count_real_elements_and_moe_experts(tmp_path):
     assert f["tie_word_embeddings"] is True and f["parameters_embedding"] == 128 * 64
     assert f["head_dim"] == 16 and f["kv_bytes_per_token"] == 2 * 1 * 2 * 16 * 2
     assert f["weight_bytes_active"] == f["weight_bytes"] - experts * 4 // 2
+
+
+def test_mla_kv_cache_is_the_compressed_latent_whatever_the_kv_dtype(tmp_path):
+    config = {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": 128,
+              "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+              "q_lora_rank": 32, "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8,
+              "intermediate_size": 160, "torch_dtype": "bfloat16"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    f = models.resolve_model("m", ModelSpec(**{"source": "local", "path": str(tmp_path)}))["figures"]
+    assert f["parameters_source"].startswith("architecture formula") and f["kv_elements_per_token"] == 2 * (16 + 4)
+    assert f["kv_bytes_per_token"] == 2 * 20 * 2
+    assert models.kv_bytes_per_token(f, "float8_e4m3fn") == 2 * 20  # an fp8 KV cache configured in the engine

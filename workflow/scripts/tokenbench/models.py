@@ -405,11 +405,14 @@ def _derived_counts(figures: dict[str, Any], formula: dict | None, arch: dict | 
 
 def kv_bytes_per_token(figures: dict[str, Any], kv_dtype: str | None = None, arch: dict | None = None) -> int | None:
     """KV-cache bytes one token adds: 2 (K and V) x layers x kv_heads x head_dim x KV dtype bytes
-    (the model dtype unless the engine is configured otherwise); MLA caches layers x (kv_lora_rank +
-    qk_rope_head_dim). None when a size or the dtype is unknown."""
+    (``kv_dtype``: the engine's KV-cache dtype, e.g. "float8_e4m3fn"; default the model dtype); MLA
+    caches layers x (kv_lora_rank + qk_rope_head_dim) (figures["kv_elements_per_token"]). None when a
+    size or the dtype is unknown."""
     width = DTYPE_BYTES.get(kv_dtype or figures.get("kv_dtype") or "")
     if arch and arch.get("kv_lora_rank"):
-        return arch["layers"] * (arch["kv_lora_rank"] + arch["qk_rope_head_dim"]) * width if width else None
+        figures["kv_elements_per_token"] = arch["layers"] * (arch["kv_lora_rank"] + arch["qk_rope_head_dim"])
+    if figures.get("kv_elements_per_token"):  # MLA: one compressed latent per layer, not K and V per head
+        return figures["kv_elements_per_token"] * width if width else None
     sizes = [figures.get(k) for k in ("layers", "kv_heads", "head_dim")]
     if not width or not all(isinstance(v, int) and v > 0 for v in sizes):
         return None
