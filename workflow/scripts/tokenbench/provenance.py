@@ -71,7 +71,8 @@ def host() -> dict[str, Any]:
         "hostname_hash": _short_hash(platform.node()),  # no raw hostnames in published data
         "os": platform.platform(),
         "cpu": cpu["name"],
-        "cpu_cores": cpu["cores"],
+        "cpu_cores": cpu["cores"],  # physical cores among the CPUs this process may use
+        "logical_cpus": cpu.get("logical_cpus"),  # those CPUs: what host CPU utilisation is a share of
         "gpus": [g["name"] for g in nvml_devices()],
     }
 

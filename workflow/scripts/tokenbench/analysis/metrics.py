@@ -266,11 +266,14 @@ def roofline(m: dict[str, Any], figures: dict[str, Any], peak: dict[str, Any]) -
     decode's bytes read per second against the memory bandwidth, prefill's FLOPs against the peak."""
     out = {"decode_concurrency": None, "decode_bytes_per_s": None, "mbu_pct": None, "prefill_compute_pct": None}
     tok_s, e2e = m.get("output_tok_s"), (m.get("e2e_ms") or {}).get("mean")
-    weights, kv = figures.get("weight_bytes"), figures.get("kv_bytes_per_token")
+    from tokenbench.models import decode_weight_bytes
+
+    kv = figures.get("kv_bytes_per_token")
     bandwidth = peak.get("mem_bandwidth_gb_s")
     if tok_s and e2e and m.get("request_rps"):
         batch = max(1.0, m["request_rps"] * e2e / 1000)  # Little's law: requests in flight
         out["decode_concurrency"] = batch
+        weights = decode_weight_bytes(figures, batch)  # a mixture of experts reads more experts at larger batches
         n_out = m.get("output_tokens_total") / max(1, (m.get("status_counts") or {}).get("ok", 0) or 1)
         context = (m.get("prompt_tokens_mean") or 0) + n_out / 2  # mean KV length over a request's decode
         if weights and kv:
@@ -284,24 +287,24 @@ def roofline(m: dict[str, Any], figures: dict[str, Any], peak: dict[str, Any]) -
 
 
 def flops_per_token(figures: dict[str, Any]) -> float | None:
-    """FLOPs a token costs in the weight matmuls: 2 × the parameters it touches (the model's
-    ``flops_per_token`` where its figures give one: active parameters for a mixture of experts)."""
-    if figures.get("flops_per_token"):
-        return float(figures["flops_per_token"])
-    params = figures.get("active_parameters") or figures.get("parameters")
-    return 2.0 * params if params else None
+    """FLOPs a token costs in the weight matmuls (models.flops_per_token: 2 × the active non-embedding
+    parameters, + a tied lm_head; 2 × all parameters for a model without the architecture split)."""
+    from tokenbench.models import flops_per_token as model_flops
+
+    return model_flops(figures)[0]
 
 
 def resolve_peak(detected: dict[str, Any], hardware_name: str) -> dict[str, Any]:
-    from tokenbench.telemetry.hardware import hardware_table
+    """The peaks MFU and MBU divide by: the detected hardware's (the engine's GPUs, else the CPU's
+    estimate), or those of the configured hardware.name × the engine's GPU count."""
+    from tokenbench.telemetry.hardware import named_peak
 
+    keys = ("peak_flops", "peak_note", "accelerator", "gpu_count", "mem_bandwidth_gb_s", "peak_flops_per_gpu",
+            "mem_bandwidth_gb_s_per_gpu", "peak_precision")
     if hardware_name in ("auto", "cpu"):
-        return {"peak_flops": detected.get("peak_flops"), "peak_note": detected.get("peak_note"),
-                "accelerator": detected.get("accelerator"), "gpu_count": detected.get("gpu_count"),
-                "mem_bandwidth_gb_s": detected.get("mem_bandwidth_gb_s")}
-    spec = hardware_table()["gpus"][hardware_name]
-    return {"peak_flops": spec["peak_fp16_tflops"] * 1e12, "accelerator": hardware_name,
-            "peak_note": f"datasheet: {spec['peak_fp16_tflops']} TFLOP/s dense FP16 ({spec['source']}); set by hardware.name"}
+        return {k: detected.get(k) for k in keys}
+    named = named_peak(hardware_name, detected.get("gpu_count") or 1)
+    return {k: named.get(k) for k in keys}
 
 
 def token_count_check(ok: pd.DataFrame) -> dict[str, Any]:

@@ -198,7 +198,7 @@ def mfu_worked(res: Results) -> list[str]:
         tok_s, c, ph = best
         doc = next((d for d in res.docs if d["cell"]["engine"] == engine), {})
         model = doc.get("model") or {}
-        flops = model.get("flops_per_token") or (2 * model["parameters"] if model.get("parameters") else None)
+        flops = model.get("flops_per_token")
         peak = (doc.get("hardware") or {}).get("peak_flops")
         mfu = cell_figure(ph, "mfu_pct")
         if not flops or not peak:

@@ -81,10 +81,18 @@ def gpu_power(df: pd.DataFrame) -> pd.Series:
     return pd.Series(np.nan, index=df.index)
 
 
+def cpus_sampled(run: dict[str, Any]) -> int:
+    """The logical CPUs host CPU time was summed over (the sampler's, else the provenance's): the
+    CPUs this process may use, so that 100 % means all of them busy."""
+    sampled = ((run.get("telemetry") or {}).get("cpu") or {}).get("cpu_count")
+    host = run["provenance"]["host"]
+    return int(sampled or host.get("logical_cpus") or host["cpu_cores"])
+
+
 def merge_telemetry(requests: pd.DataFrame, telemetry: pd.DataFrame, run: dict[str, Any],
                     window_s: float = 1.0) -> pd.DataFrame:
     marks = run.get("phases") or []
-    cores = run["provenance"]["host"]["cpu_cores"]
+    cores = cpus_sampled(run)
     t0 = marks[0]["start_ns"] if marks else (int(telemetry["t_ns"].min()) if len(telemetry) else 0)
     parts = []
     for device, df in telemetry.groupby("device", sort=True):
