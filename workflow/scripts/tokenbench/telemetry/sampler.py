@@ -55,7 +55,9 @@ Sidecar ``F.json`` (``F.with_suffix(".json")``), written with the Parquet::
                "unsupported": {}}],            # reading -> error of its first try (never retried)
      "cpu": {"cpu_count": 2, "cpus": [0, 1], "pss_every": 10,
              "rapl": {"readable": true, "zones": ["package-0"], "paths": ["/sys/.../intel-rapl:0"],
-                      "max_energy_range_uj": [262143328850], "excluded": ["psys"], "wraps": 0}}}
+                      "max_energy_range_uj": [262143328850], "excluded": ["psys"],
+                      "unreadable": [],               # zones whose energy_uj we may not read
+                      "wraps": 0}}}                   # counter wraps unwrapped during the run
 
 Each optional NVML reading is tried once at start; one that fails then (NVML_ERROR_NOT_SUPPORTED:
 no energy counter, no utilisation under MIG, no instantaneous-power field on an older driver) is
