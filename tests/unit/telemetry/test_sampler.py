@@ -1,5 +1,4 @@
 import json
-import mmap
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 
 from tokenbench.telemetry import sampler as telemetry
 
-from .fake_nvml import DT, FakeHost, FakeNvml, a40, a100, h100, p100, v100  # noqa: F401 (FakeNvml: test_hardware)
+from .fake_nvml import DT, FakeHost, FakeNvml, a40, a100, h100, p100, v100  # FakeNvml: test_hardware imports it from here
 
 GPU_COLUMNS = {"t_ns", "device", "gpu_util_pct", "gpu_mem_util_pct", "gpu_mem_used_bytes", "power_usage_w",
                "power_instant_w", "energy_j", "temp_c", "sm_clock_mhz", "clock_event_reasons", "throttled",

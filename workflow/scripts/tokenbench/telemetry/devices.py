@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 PCI_BUS_ID = "PCI_BUS_ID"
 

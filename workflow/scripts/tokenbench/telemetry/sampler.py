@@ -75,7 +75,8 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 POWERCAP = "/sys/class/powercap"
 RAPL_GLOB = POWERCAP + "/intel-rapl:[0-9]*"  # matches sub-zones too; rapl_zones keeps top-level ones
@@ -278,7 +279,7 @@ class NvmlSampler:
                     continue
                 if v is not None:
                     row.update(conv(v))
-            row["foreign_processes"] = None if own is None else _opt(lambda: self._foreign(g.h, own))
+            row["foreign_processes"] = None if own is None else _opt(lambda h=g.h: self._foreign(h, own))
             rows.append(row)
         return rows
 
@@ -493,8 +494,8 @@ def interval_stats(t_ns) -> dict[str, Any]:
     t = np.unique(np.asarray(t_ns, dtype=np.int64))
     d = np.diff(t) / 1e6
     if not len(d):
-        return {"samples": int(len(t)), "interval_p50_ms": None, "interval_p99_ms": None, "max_gap_ms": None}
-    return {"samples": int(len(t)), "interval_p50_ms": float(np.percentile(d, 50)),
+        return {"samples": len(t), "interval_p50_ms": None, "interval_p99_ms": None, "max_gap_ms": None}
+    return {"samples": len(t), "interval_p50_ms": float(np.percentile(d, 50)),
             "interval_p99_ms": float(np.percentile(d, 99)), "max_gap_ms": float(d.max())}
 
 
