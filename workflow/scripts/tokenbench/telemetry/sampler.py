@@ -7,25 +7,80 @@ Backends:
   sampler's parent, and the sampler itself), memory, and RAPL package energy where the powercap
   files are readable: host busy minus server minus client is CPU time someone else took.
 - contention on GPUs: processes on the device that are not the server's (checked about once a
-  second) and the clock-event (throttle) reasons NVML reports. Counters are recorded raw (cumulative seconds / joules) and turned
-  into rates at merge time, so nothing is lost to a too-short sampling window.
+  second) and the clock-event (throttle) reasons NVML reports. Counters are recorded raw (cumulative
+  seconds / joules) and turned into rates at merge time, so nothing is lost to a too-short sampling
+  window.
 
-Run as ``python -m tokenbench.telemetry.sampler --out F --interval S [--pid P]``; it prints ``ready``
-after its first sample and writes Parquet when it receives SIGTERM or SIGINT.
+Run as ``python -m tokenbench.telemetry.sampler --out F --interval S [--pid P] [--devices 0,2]``;
+it prints ``ready`` after its first sample and writes Parquet ``F`` and the sidecar ``F.json`` when
+it receives SIGTERM or SIGINT (or after ``--max-duration``).
+
+Raw columns, one row per device per sample (``source`` is "nvml" or "cpu"):
+
+GPU rows (``device`` = "gpu<NVML index>"): ``t_ns`` (CLOCK_MONOTONIC ns); ``gpu_util_pct``,
+``gpu_mem_util_pct`` (%, None on a MIG-enabled GPU, which reports no utilisation);
+``gpu_mem_used_bytes``; ``power_usage_w`` (W, ``nvmlDeviceGetPowerUsage``: a 1 s trailing
+average on Ampere except GA100 and newer, instantaneous before; the sidecar says which);
+``power_instant_w`` (W, the ``NVML_FI_DEV_POWER_INSTANT`` field value, None where the driver
+lacks it); ``energy_j`` (J, ``nvmlDeviceGetTotalEnergyConsumption``, cumulative since the driver
+loaded, recorded exactly as read: a driver reload resets it, merge drops the negative step);
+``temp_c``; ``sm_clock_mhz``; ``clock_event_reasons`` (NVML bit mask) and ``throttled``;
+``foreign_processes`` (count, every ``PROCESS_EVERY`` samples, None between). There is no raw
+``power_w``: merge derives the power it reports from these.
+
+CPU row (``device`` = "cpu"): ``cpu_busy_s`` (s, busy time summed over the CPUs this process may
+run on, ``os.sched_getaffinity``, not the whole host: the merge divides by that CPU count);
+``server_cpu_s``, ``client_cpu_s`` (s, cumulative); ``server_rss_bytes`` (RSS summed over the
+server's process tree: an upper bound, shared pages count once per process); ``server_pss_bytes``
+(PSS summed over the tree: shared pages divided among the processes that map them, read from
+``/proc/PID/smaps_rollup`` every ``PSS_EVERY`` samples, None between, because that walk costs
+time proportional to the tree's resident memory); ``mem_used_bytes`` (host);
+``energy_j`` (J, RAPL: the sum of the top-level package zones ``intel-rapl:N``, never their
+sub-zones (core, uncore, dram lie inside the package) nor psys (which contains the package);
+unwrapped here: each zone's ``energy_uj`` wraps at its ``max_energy_range_uj``, and when a
+reading drops that range is added, so the column never goes backwards; None where unreadable).
+
+Sidecar ``F.json`` (``F.with_suffix(".json")``), written with the Parquet::
+
+    {"interval_s": 0.05,                       # requested
+     "samples": 1200, "interval_p50_ms": 50.0, "interval_p99_ms": 50.4, "max_gap_ms": 61.2,
+     "nvml": true,                             # an NVIDIA driver answered
+     "gpus": [{"index": 2, "device": "gpu2", "name": "NVIDIA H100 80GB HBM3",
+               "uuid": "GPU-...", "pci_device_id": "0x233010de", "architecture": "hopper",
+               "mig_mode": false,              # None where not queryable
+               "power_usage_semantics": "1 s average",   # or "instantaneous", or "unknown"
+               "power_instant_field": true,    # power_instant_w is recorded
+               "energy_counter": true,         # energy_j is recorded
+               "utilization": true,            # gpu_util_pct is recorded (false under MIG)
+               "unsupported": {}}],            # reading -> error of its first try (never retried)
+     "cpu": {"cpu_count": 2, "cpus": [0, 1], "pss_every": 10,
+             "rapl": {"readable": true, "zones": ["package-0"], "paths": ["/sys/.../intel-rapl:0"],
+                      "max_energy_range_uj": [262143328850], "excluded": ["psys"],
+                      "unreadable": [],               # zones whose energy_uj we may not read
+                      "wraps": 0}}}                   # counter wraps unwrapped during the run
+
+Each optional NVML reading is tried once at start; one that fails then (NVML_ERROR_NOT_SUPPORTED:
+no energy counter, no utilisation under MIG, no instantaneous-power field on an older driver) is
+recorded as None for the whole run and not called again, so the 20 Hz loop pays nothing for it.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
+import re
 import signal
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-RAPL_GLOB = "/sys/class/powercap/intel-rapl:[0-9]*"
+POWERCAP = "/sys/class/powercap"
+RAPL_GLOB = POWERCAP + "/intel-rapl:[0-9]*"  # matches sub-zones too; rapl_zones keeps top-level ones
+_TOP_LEVEL = re.compile(r"^intel-rapl:\d+$")
 
 
 # ----------------------------------------------------------------------------- NVML
@@ -71,104 +126,315 @@ def _decode(v):
 THROTTLE_MASK = 0x8 | 0x20 | 0x40 | 0x80
 PROCESS_EVERY = 20  # samples between checks of the device's process list (NVML's slowest call)
 
+# nvmlDeviceArchitecture_t values (nvml.h); stable across driver versions
+ARCHITECTURES = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 7: "ampere",
+                 8: "ada", 9: "hopper", 10: "blackwell", 13: "rubin"}
+AMPERE = 7
+# GA100 (A100, A30, A800): the one Ampere die whose nvmlDeviceGetPowerUsage is still instantaneous.
+# PCI device ids 0x20B0-0x20BF and 0x20F0-0x20FF (the upper 16 bits of pciDeviceId, vendor 0x10DE)
+_GA100_IDS = (range(0x20B0, 0x20C0), range(0x20F0, 0x2100))
+# nvmlValueType_t -> the c_nvmlValue_t union member holding a field value of that type
+_VALUE_MEMBERS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
+
+
+def is_ga100(pci_device_id: int | None, name: str | None) -> bool:
+    if pci_device_id is not None:
+        dev = (pci_device_id >> 16) & 0xFFFF
+        return any(dev in r for r in _GA100_IDS)
+    return bool(name) and any(k in name for k in ("A100", "A30", "A800"))
+
+
+def power_usage_semantics(arch: int | None, pci_device_id: int | None, name: str | None) -> str:
+    """What nvmlDeviceGetPowerUsage returns on this GPU: per NVML's documentation, a 1 s average on
+    Ampere (except GA100) and newer, the instantaneous draw on GA100 and older architectures."""
+    if arch is None or arch not in ARCHITECTURES:
+        return "unknown"
+    if arch >= AMPERE and not is_ga100(pci_device_id, name):
+        return "1 s average"
+    return "instantaneous"
+
+
+def field_value(fv) -> float | int | None:
+    """A c_nvmlFieldValue_t's value, read through the union member its valueType names; None
+    when the field's own nvmlReturn is not NVML_SUCCESS (0)."""
+    if int(fv.nvmlReturn) != 0:
+        return None
+    member = _VALUE_MEMBERS.get(int(fv.valueType))
+    return None if member is None else getattr(fv.value, member)
+
+
+class _Gpu:
+    """One sampled GPU: its handle, what it supports (decided once) and its metadata."""
+
+    def __init__(self, nv, index: int):
+        self.index, self.label = index, f"gpu{index}"
+        self.h = nv.nvmlDeviceGetHandleByIndex(index)
+        self.unsupported: dict[str, str] = {}
+        self.meta = self._meta(nv)
+
+    def _meta(self, nv) -> dict[str, Any]:
+        h = self.h
+        name = _opt(lambda: _decode(nv.nvmlDeviceGetName(h)))
+        pci = _opt(lambda: int(nv.nvmlDeviceGetPciInfo(h).pciDeviceId))
+        arch = _opt(lambda: int(nv.nvmlDeviceGetArchitecture(h))) if hasattr(nv, "nvmlDeviceGetArchitecture") else None
+        mig = None
+        if hasattr(nv, "nvmlDeviceGetMigMode"):
+            cur = _opt(lambda: nv.nvmlDeviceGetMigMode(h)[0])
+            mig = None if cur is None else int(cur) == getattr(nv, "NVML_DEVICE_MIG_ENABLE", 1)
+        return {
+            "index": self.index, "device": self.label, "name": name,
+            "uuid": _opt(lambda: _decode(nv.nvmlDeviceGetUUID(h))),
+            "pci_device_id": None if pci is None else f"0x{pci:08x}",
+            "architecture": ARCHITECTURES.get(arch, None if arch is None else f"unknown ({arch})"),
+            "mig_mode": mig,
+            "power_usage_semantics": power_usage_semantics(arch, pci, name),
+        }
+
+
+def _opt(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception:
+        return None
+
 
 class NvmlSampler:
+    """Samples the GPUs at NVML indices ``devices`` (default: all)."""
     source = "nvml"
 
-    def __init__(self, nvml, own_pids=None):
-        self.nv = nvml
-        self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+    def __init__(self, nvml, own_pids=None, devices: list[int] | None = None):
+        self.nv = nv = nvml
+        count = nv.nvmlDeviceGetCount()
+        devices = list(range(count)) if devices is None else list(devices)
+        bad = [d for d in devices if not 0 <= d < count]
+        if bad:
+            raise ValueError(f"--devices {','.join(map(str, devices))}: NVML index {bad[0]} does not exist "
+                             f"(this host has {count} GPU{'s' if count != 1 else ''}, 0..{count - 1})")
+        self.gpus = [_Gpu(nv, i) for i in devices]
+        self.handles = [g.h for g in self.gpus]
         self.own_pids = own_pids or (lambda: set())  # the server tree and the client
         self.k = 0
+        instant = getattr(nv, "NVML_FI_DEV_POWER_INSTANT", None)  # absent from old pynvml
+        self.instant_ids = [instant] if instant is not None and hasattr(nv, "nvmlDeviceGetFieldValues") else None
+        reasons = next((getattr(nv, f) for f in ("nvmlDeviceGetCurrentClocksEventReasons",
+                                                 "nvmlDeviceGetCurrentClocksThrottleReasons") if hasattr(nv, f)), None)
+        temp_kind, sm_kind = getattr(nv, "NVML_TEMPERATURE_GPU", 0), getattr(nv, "NVML_CLOCK_SM", 1)
+        # reading -> (function of the handle, raw value -> column values); each tried once per GPU now
+        self.readings: dict[str, tuple[Callable, Callable]] = {
+            "utilization": (nv.nvmlDeviceGetUtilizationRates,
+                            lambda u: {"gpu_util_pct": float(u.gpu), "gpu_mem_util_pct": float(u.memory)}),
+            "memory": (nv.nvmlDeviceGetMemoryInfo, lambda m: {"gpu_mem_used_bytes": int(m.used)}),
+            "power_usage": (nv.nvmlDeviceGetPowerUsage, lambda mw: {"power_usage_w": mw / 1000.0}),
+            "power_instant": (self._instant, lambda mw: {"power_instant_w": mw / 1000.0}),
+            "energy": (nv.nvmlDeviceGetTotalEnergyConsumption, lambda mj: {"energy_j": mj / 1000.0}),
+            "temperature": (lambda h: nv.nvmlDeviceGetTemperature(h, temp_kind), lambda c: {"temp_c": float(c)}),
+            "sm_clock": (lambda h: nv.nvmlDeviceGetClockInfo(h, sm_kind), lambda c: {"sm_clock_mhz": float(c)}),
+            "clock_event_reasons": (reasons, lambda r: {"clock_event_reasons": int(r),
+                                                        "throttled": bool(int(r) & THROTTLE_MASK)}),
+        }
+        self.empty = {"gpu_util_pct": None, "gpu_mem_util_pct": None, "gpu_mem_used_bytes": None,
+                      "power_usage_w": None, "power_instant_w": None, "energy_j": None, "temp_c": None,
+                      "sm_clock_mhz": None, "clock_event_reasons": None, "throttled": None}
+        for g in self.gpus:
+            for key, (fn, _) in self.readings.items():
+                try:
+                    if fn is None:
+                        raise NotImplementedError("not in this pynvml")
+                    if fn(g.h) is None:
+                        raise LookupError("no value")
+                except Exception as exc:
+                    g.unsupported[key] = f"{type(exc).__name__}: {exc}"[:200]
+            g.plan = [(fn, conv) for key, (fn, conv) in self.readings.items() if key not in g.unsupported]
+            g.meta.update(power_instant_field="power_instant" not in g.unsupported,
+                          energy_counter="energy" not in g.unsupported,
+                          utilization="utilization" not in g.unsupported,
+                          unsupported=dict(g.unsupported))
 
-    def _reasons(self, h):
-        for fn in ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"):
-            if hasattr(self.nv, fn):
-                return self._try(getattr(self.nv, fn), h)
-        return None
+    def _instant(self, h):
+        if self.instant_ids is None:
+            raise NotImplementedError("no NVML_FI_DEV_POWER_INSTANT in this pynvml")
+        fv = self.nv.nvmlDeviceGetFieldValues(h, self.instant_ids)[0]
+        if int(fv.nvmlReturn) != 0:  # the call succeeds and the field carries its own status
+            raise LookupError(f"NVML_FI_DEV_POWER_INSTANT: nvmlReturn {int(fv.nvmlReturn)}")
+        return field_value(fv)
+
+    def meta(self) -> list[dict[str, Any]]:
+        return [g.meta for g in self.gpus]
 
     def _foreign(self, h, own):
         from tokenbench.engines.server import _gpu_processes
 
         return sum(1 for pid, _ in _gpu_processes(self.nv, h) if pid not in own)
 
-    def _try(self, fn, *args):
-        try:
-            return fn(*args)
-        except Exception:  # a field this GPU does not support: record as missing, keep sampling
-            return None
-
     def sample(self, t_ns: int) -> list[dict[str, Any]]:
-        nv = self.nv
         rows = []
         own = self.own_pids() if self.k % PROCESS_EVERY == 0 else None
         self.k += 1
-        for i, h in enumerate(self.handles):
-            reasons = self._reasons(h)
-            util = self._try(nv.nvmlDeviceGetUtilizationRates, h)
-            mem = self._try(nv.nvmlDeviceGetMemoryInfo, h)
-            power_mw = self._try(nv.nvmlDeviceGetPowerUsage, h)
-            energy_mj = self._try(nv.nvmlDeviceGetTotalEnergyConsumption, h)
-            temp = self._try(nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU)
-            sm = self._try(nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_SM)
-            rows.append({
-                "t_ns": t_ns, "device": f"gpu{i}",
-                "gpu_util_pct": None if util is None else float(util.gpu),
-                "gpu_mem_util_pct": None if util is None else float(util.memory),
-                "gpu_mem_used_bytes": None if mem is None else int(mem.used),
-                "power_w": None if power_mw is None else power_mw / 1000.0,
-                "energy_j": None if energy_mj is None else energy_mj / 1000.0,
-                "temp_c": None if temp is None else float(temp),
-                "sm_clock_mhz": None if sm is None else float(sm),
-                "clock_event_reasons": None if reasons is None else int(reasons),
-                "throttled": None if reasons is None else bool(int(reasons) & THROTTLE_MASK),
-                "foreign_processes": None if own is None else self._foreign(h, own),
-            })
+        for g in self.gpus:
+            row = {"t_ns": t_ns, "device": g.label, **self.empty}
+            for fn, conv in g.plan:
+                try:
+                    v = fn(g.h)
+                except Exception:  # supported at start, failed now: missing for this sample only
+                    continue
+                if v is not None:
+                    row.update(conv(v))
+            row["foreign_processes"] = None if own is None else _opt(lambda h=g.h: self._foreign(h, own))
+            rows.append(row)
         return rows
 
 
 # ----------------------------------------------------------------------------- CPU
 def rapl_zones(pattern: str = RAPL_GLOB) -> list[str]:
-    zones = []
-    for z in sorted(glob.glob(pattern)):
-        try:
-            with open(os.path.join(z, "energy_uj")) as fh:
-                int(fh.read())
-            zones.append(z)
-        except (OSError, ValueError):
-            continue
-    return zones
+    """Readable top-level RAPL package zones (``intel-rapl:N``) under pattern's folder, sorted.
+
+    Sub-zones (``intel-rapl:N:M``: core, uncore, dram) measure parts of their package and psys
+    measures the whole platform including the packages: summing any of them with a package counts
+    energy twice. ``intel-rapl-mmio:N`` repeats the package zone through MMIO and is never read."""
+    return [z["path"] for z in _rapl_scan(pattern)["zones"]]
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def _rapl_scan(pattern: str) -> dict[str, Any]:
+    top = [z for z in sorted(glob.glob(pattern)) if _TOP_LEVEL.match(os.path.basename(z))]
+    named = [(z, _read_text(os.path.join(z, "name")) or os.path.basename(z)) for z in top]
+    excluded = [n for _, n in named if n.startswith("psys")]
+    named = [(z, n) for z, n in named if not n.startswith("psys")]
+    zones, unreadable = [], []
+    for z, n in named:
+        if _read_int(os.path.join(z, "energy_uj")) is None:
+            unreadable.append(n)  # since Linux 5.10 energy_uj is root-only (CVE-2020-8694)
+        else:
+            zones.append({"path": z, "name": n, "max_uj": _read_int(os.path.join(z, "max_energy_range_uj"))})
+    return {"zones": zones, "excluded": excluded, "unreadable": unreadable}
+
+
+class Rapl:
+    """RAPL package energy, unwrapped at the source: per zone, a reading below the previous one
+    adds the zone's max_energy_range_uj (read once) to its offset, so the sum never goes back. A
+    zone without a readable range adds its previous reading instead (the counter taken as reset):
+    a lower bound, and the sidecar says the range was unknown."""
+
+    def __init__(self, pattern: str = RAPL_GLOB):
+        scan = _rapl_scan(pattern)
+        self.zones, self.excluded, self.unreadable = scan["zones"], scan["excluded"], scan["unreadable"]
+        self.files = [os.path.join(z["path"], "energy_uj") for z in self.zones]
+        self.last: list[int | None] = [None] * len(self.zones)
+        self.offset = [0] * len(self.zones)
+        self.wraps = 0
+
+    def read_j(self) -> float | None:
+        if not self.zones:
+            return None
+        total = 0
+        for i, f in enumerate(self.files):
+            raw = _read_int(f)
+            if raw is None:
+                return None
+            last = self.last[i]
+            if last is not None and raw < last:
+                self.offset[i] += self.zones[i]["max_uj"] or last
+                self.wraps += 1
+            self.last[i] = raw
+            total += raw + self.offset[i]
+        return total / 1e6
+
+    def meta(self) -> dict[str, Any]:
+        return {"readable": bool(self.zones), "zones": [z["name"] for z in self.zones],
+                "paths": [z["path"] for z in self.zones],
+                "max_energy_range_uj": [z["max_uj"] for z in self.zones],
+                "excluded": self.excluded, "unreadable": self.unreadable, "wraps": self.wraps}
+
+
+PSS_EVERY = 10  # samples between PSS reads (smaps_rollup walks the tree's page tables: ~2 Hz at 20 Hz)
+
+
+def affinity_cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def _online_cpus() -> list[int] | None:
+    """CPU numbers in /proc/stat's order (psutil's per-CPU list skips offline CPUs)."""
+    text = _read_text("/sys/devices/system/cpu/online")
+    if not text:
+        return None
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 class CpuSampler:
     source = "cpu"
 
-    def __init__(self, pid: int | None = None, rapl_pattern: str = RAPL_GLOB, client_pid: int | None = None):
+    def __init__(self, pid: int | None = None, rapl_pattern: str = RAPL_GLOB, client_pid: int | None = None,
+                 cpus: list[int] | None = None):
         import psutil
 
         self.psutil = psutil
         self.proc = psutil.Process(pid) if pid else None
         self.me = psutil.Process()
         self.client = psutil.Process(client_pid) if client_pid else None
-        self.zones = rapl_zones(rapl_pattern)
-        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        self.rapl = Rapl(rapl_pattern)
+        self.zones = [z["path"] for z in self.rapl.zones]
+        self.cpus = sorted(cpus) if cpus is not None else affinity_cpus()
+        self.cores = len(self.cpus)
+        online = _online_cpus()
+        pos = {c: i for i, c in enumerate(online)} if online else {c: c for c in self.cpus}
+        self.positions = [pos[c] for c in self.cpus if c in pos]  # indices into cpu_times(percpu=True)
+        self.k = 0
 
-    def _tree_cpu(self):
+    def _busy(self) -> float:
+        per = self.psutil.cpu_times(percpu=True)
+        busy = 0.0
+        for i in self.positions:
+            if i < len(per):
+                ct = per[i]
+                busy += (ct.user + ct.nice + ct.system + getattr(ct, "irq", 0) + getattr(ct, "softirq", 0)
+                         + getattr(ct, "steal", 0))
+        return busy
+
+    def _tree(self, pss: bool):
+        """CPU seconds, RSS and (when pss) PSS summed over the server's process tree; PSS is None
+        when any process's could not be read (a partial sum would read as a drop)."""
         if self.proc is None:
-            return None, None
-        cpu, rss = 0.0, 0
+            return None, None, None
+        cpu, rss, pss_sum = 0.0, 0, 0 if pss else None
         try:
             procs = [self.proc] + self.proc.children(recursive=True)
         except self.psutil.Error:
-            return None, None
+            return None, None, None
         for p in procs:
             try:
                 t = p.cpu_times()
                 cpu += t.user + t.system
-                rss += p.memory_info().rss
-            except self.psutil.Error:
+                m = None
+                if pss_sum is not None:
+                    try:
+                        m = p.memory_full_info()  # /proc/PID/smaps_rollup, and statm's RSS
+                        pss_sum += m.pss
+                    except (self.psutil.AccessDenied, AttributeError, OSError):
+                        pss_sum = None
+                rss += (m or p.memory_info()).rss
+            except self.psutil.Error:  # gone between children() and now
                 continue
-        return cpu, rss
+        return cpu, rss, pss_sum
 
     def pids(self) -> set[int]:
         """The benchmark's own processes: the server tree, the client and this sampler."""
@@ -195,46 +461,63 @@ class CpuSampler:
         return total
 
     def _rapl_j(self):
-        if not self.zones:
-            return None
-        total = 0
-        for z in self.zones:
-            try:
-                with open(os.path.join(z, "energy_uj")) as fh:
-                    total += int(fh.read())
-            except OSError:
-                return None
-        return total / 1e6
+        return self.rapl.read_j()
+
+    def meta(self) -> dict[str, Any]:
+        return {"cpu_count": self.cores, "cpus": self.cpus, "pss_every": PSS_EVERY, "rapl": self.rapl.meta()}
 
     def sample(self, t_ns: int) -> list[dict[str, Any]]:
-        ct = self.psutil.cpu_times()
-        busy = ct.user + ct.nice + ct.system + getattr(ct, "irq", 0) + getattr(ct, "softirq", 0) + getattr(ct, "steal", 0)
         vm = self.psutil.virtual_memory()
-        server_cpu, server_rss = self._tree_cpu()
+        server_cpu, server_rss, server_pss = self._tree(pss=self.k % PSS_EVERY == 0)
+        self.k += 1
         return [{
             "t_ns": t_ns, "device": "cpu",
-            "cpu_busy_s": busy,
+            "cpu_busy_s": self._busy(),
             "server_cpu_s": server_cpu,
             "client_cpu_s": self._client_cpu(),
             "server_rss_bytes": server_rss,
+            "server_pss_bytes": server_pss,
             "mem_used_bytes": int(vm.total - vm.available),
             "energy_j": self._rapl_j(),
         }]
 
 
 # ----------------------------------------------------------------------------- loop
+def sidecar_path(out: str | Path) -> Path:
+    return Path(out).with_suffix(".json")
+
+
+def interval_stats(t_ns) -> dict[str, Any]:
+    """The achieved sampling: sample count, interval p50/p99 and the longest gap, in ms."""
+    import numpy as np
+
+    t = np.unique(np.asarray(t_ns, dtype=np.int64))
+    d = np.diff(t) / 1e6
+    if not len(d):
+        return {"samples": len(t), "interval_p50_ms": None, "interval_p99_ms": None, "max_gap_ms": None}
+    return {"samples": len(t), "interval_p50_ms": float(np.percentile(d, 50)),
+            "interval_p99_ms": float(np.percentile(d, 99)), "max_gap_ms": float(d.max())}
+
+
 def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
-                max_duration_s: float | None = None, announce=None, client_pid: int | None = None) -> int:
-    """Sample until SIGTERM/SIGINT (or max_duration_s); write Parquet; return the sample count.
-    client_pid: the load generator's process (default: none; the CLI passes its parent)."""
+                max_duration_s: float | None = None, announce=None, client_pid: int | None = None,
+                devices: list[int] | None = None, rapl_pattern: str = RAPL_GLOB) -> int:
+    """Sample until SIGTERM/SIGINT (or max_duration_s); write Parquet and its JSON sidecar; return
+    the sample count. client_pid: the load generator's process (default: none; the CLI passes its
+    parent). devices: NVML indices of the GPUs to sample (default: all)."""
     import pandas as pd
 
     nv = load_nvml(nvml)
-    cpu = CpuSampler(pid, client_pid=client_pid)
-    samplers = [cpu]
+    cpu = CpuSampler(pid, rapl_pattern=rapl_pattern, client_pid=client_pid)
+    samplers: list[Any] = [cpu]
+    gpu = None
     if nv is not None and nv.nvmlDeviceGetCount() > 0:
-        samplers.insert(0, NvmlSampler(nv, own_pids=cpu.pids))
+        gpu = NvmlSampler(nv, own_pids=cpu.pids, devices=devices)
+        samplers.insert(0, gpu)
+    elif devices:
+        raise ValueError(f"--devices {','.join(map(str, devices))}: no NVIDIA GPU is visible to NVML here")
     rows: list[dict[str, Any]] = []
+    times: list[int] = []
     stop = False
 
     def _stop(*_):
@@ -250,6 +533,7 @@ def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
             t = time.monotonic_ns()
             for s in samplers:
                 rows.extend(s.sample(t))
+            times.append(t)
             if k == 0 and announce:
                 announce()
             k += 1
@@ -262,12 +546,28 @@ def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        df = pd.DataFrame(rows)
+        df = pd.DataFrame(rows, columns=None if rows else ["t_ns", "device"])
         df["source"] = df["device"].map(lambda d: "nvml" if d.startswith("gpu") else "cpu")
         df["t_ns"] = df["t_ns"].astype("int64")
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         df.to_parquet(out, index=False)
+        meta = {"interval_s": interval_s, **interval_stats(times), "nvml": nv is not None,
+                "gpus": gpu.meta() if gpu is not None else [], "cpu": cpu.meta()}
+        sidecar_path(out).write_text(json.dumps(meta, indent=1) + "\n")
     return k
+
+
+def parse_devices(text: str | None) -> list[int] | None:
+    """``--devices 0,2`` -> [0, 2]; None or "all" -> None (every GPU)."""
+    if text is None or text.strip().lower() == "all":
+        return None
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--devices {text!r}: expected NVML indices like 0,2") from None
+    if len(set(out)) != len(out):
+        raise argparse.ArgumentTypeError(f"--devices {text!r}: an index is repeated")
+    return out
 
 
 def main(argv=None) -> int:
@@ -276,13 +576,16 @@ def main(argv=None) -> int:
     ap.add_argument("--interval", type=float, default=0.05)
     ap.add_argument("--pid", type=int, default=None, help="server process whose tree's CPU/memory to record")
     ap.add_argument("--max-duration", type=float, default=None)
+    ap.add_argument("--devices", type=parse_devices, default=None,
+                    help="NVML indices of the GPUs to sample, e.g. 0,2 (tokenbench.telemetry.devices maps "
+                         "CUDA_VISIBLE_DEVICES to these); default all")
     args = ap.parse_args(argv)
 
     def announce():
         print("ready", flush=True)
 
     run_sampler(args.out, args.interval, args.pid, max_duration_s=args.max_duration, announce=announce,
-                client_pid=os.getppid())
+                client_pid=os.getppid(), devices=args.devices)
     return 0
 
 
