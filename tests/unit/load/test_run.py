@@ -28,7 +28,7 @@ def wrapper(tmp_path, *fake_args):
 
 
 def cell(tmp_path, engine, phases, request=None):
-    raw = {"study": {"title": "t"}, "telemetry": {"interval_s": 0.1},
+    raw = {"study": {"title": "t"}, "telemetry": {"interval_s": 0.1, "baseline_s": 0.3},
            "request": {"max_tokens": 4, "ignore_eos": True, **(request or {})},
            "models": {"m": {"source": "local", "path": str(tmp_path)}},
            "engines": {"e": engine}, "loads": {"l": {"phases": phases}}}
@@ -73,6 +73,31 @@ def test_fake_engine_cell_scrapes_engine_metrics(tmp_path):
     tokens = em[em.metric == "llamacpp:tokens_predicted_total"]["value"]
     req = pd.read_parquet(paths["out_requests"])
     assert tokens.iloc[-1] <= req["output_tokens"].sum() and tokens.iloc[-1] > 0
+
+
+def test_the_sampler_records_a_baseline_and_the_start_up_before_the_load(tmp_path):
+    """The sampler starts before the server: a baseline window with no engine, then launch -> ready,
+    then the phases; it follows the server's process tree from its launch on, and its sidecar (the
+    achieved interval, the devices sampled) lands in run.json."""
+    from tokenbench.load.run import run_load_test
+
+    eng = {"kind": "llama.cpp", "binary": str(wrapper(tmp_path, "--itl-ms", "20")), "max_batch": 2, "max_context": 256}
+    settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 1, "duration_s": 1}])
+    doc = run_load_test(settings, man, probe, **paths)
+    base = doc["baseline"]
+    assert base["seconds"] == 0.3 and base["end_ns"] - base["start_ns"] >= 0.3e9
+    assert base["end_ns"] <= doc["server_launch_ns"] < doc["server_ready_ns"] <= doc["phases"][0]["start_ns"]
+    tel = records.read_table(paths["out_telemetry"])
+    cpu = tel[tel.device == "cpu"].sort_values("t_ns")
+    assert cpu["t_ns"].min() <= base["start_ns"]  # sampled from before the baseline
+    before = cpu[cpu.t_ns < doc["server_launch_ns"]]
+    during = cpu[cpu.t_ns >= doc["phases"][0]["start_ns"]]
+    assert before["server_cpu_s"].isna().all()  # no server yet
+    assert during["server_cpu_s"].notna().any() and during["server_rss_bytes"].max() > 0  # followed once launched
+    side = doc["telemetry"]
+    assert side["interval_s"] == 0.1 and side["samples"] >= 10 and side["interval_p50_ms"] > 0
+    assert side["cpu"]["cpu_count"] >= 1 and side["gpus"] == []
+    assert not (Path(paths["out_telemetry"]).parent / "telemetry.raw.json").exists()  # the sidecar is not left behind
 
 
 RUNNER = """

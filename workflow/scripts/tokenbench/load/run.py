@@ -225,15 +225,41 @@ class CellLoadTest:
                      "rep": rep_name(self.settings.replicate)},
             "settings": self.settings.model_dump(mode="json"),
             "server_command": [provenance.scrub(str(c)) for c in ep.command],
-            "server_env": {k: provenance.scrub(v) for k, v in {**self.engine.env, **(launch.env if launch else {})}.items()},
+            "server_env": {k: provenance.scrub(v) for k, v in {
+                **({} if "CUDA_DEVICE_ORDER" in os.environ else {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}),
+                **self.engine.env, **(launch.env if launch else {})}.items()},
             "endpoint": {"base_url": provenance.scrub(ep.base_url), "route_prefix": ep.route_prefix,
                          "health_path": ep.health_path, "request_model": provenance.scrub(ep.request_model),
                          "capabilities": sorted(ep.capabilities), "external": ep.external,
                          "api_key_env": self.engine.api_key_env},
             "clock": {"timestamps": "CLOCK_MONOTONIC ns (time.monotonic_ns)", "anchor": anchor},
             "complete": False,
-            "hardware": hardware.describe("auto"),  # detected where the load runs; peaks resolved later
+            "hardware": self.describe_hardware(),  # the engine's GPUs, detected where the load runs
         }
+
+    def describe_hardware(self) -> dict[str, Any]:
+        """hardware.describe of the GPUs this engine was given: CUDA_VISIBLE_DEVICES in its environment
+        and its tensor-parallel size (unset: every GPU it can see); an external endpoint's are unknown,
+        so every GPU on the host counts."""
+        from tokenbench.telemetry import devices
+        from tokenbench.telemetry.sampler import load_nvml
+
+        nv = load_nvml(self.nvml)
+        if nv is None or nv.nvmlDeviceGetCount() == 0:
+            return hardware.describe("auto", nvml=self.nvml)
+        uuids, parents = devices.nvml_inventory(nv)
+        if self.endpoint.external:
+            return {**hardware.describe("auto", nvml=self.nvml), "gpus_from": "every GPU on the host (external endpoint)"}
+        try:
+            gpus = devices.engine_gpus_from_env(uuids, self.engine.tensor_parallel, self.server_env(), parents)
+        except ValueError as exc:
+            raise ConfigError(f"engines.{self.engine.name}: {exc}") from None
+        desc = hardware.describe("auto", nvml=self.nvml, gpu_indices=gpus.indices)
+        desc["gpus_from"] = (f"CUDA_VISIBLE_DEVICES={self.server_env().get('CUDA_VISIBLE_DEVICES', '(unset)')}, "
+                             f"tensor_parallel={self.engine.tensor_parallel or '(unset: every visible GPU)'}")
+        if gpus.note:
+            desc["gpus_note"] = gpus.note
+        return desc
 
     def run(self) -> dict[str, Any]:
         old_term = signal.signal(signal.SIGTERM, _raise_interrupted)
@@ -273,7 +299,10 @@ class CellLoadTest:
             self.doc["preflight_gpu"] = gpu_idle_check(self.nvml, pre.max_gpu_util_pct, pre.max_foreign_gpu_mib)
 
     def server_env(self) -> dict[str, str]:
-        return {**os.environ, **self.engine.env, **(self.endpoint.launch.env if self.endpoint.launch else {})}
+        """The engine's environment. CUDA_DEVICE_ORDER defaults to PCI_BUS_ID, so that CUDA's device
+        indices are NVML's (nvidia-smi's) and the sampled GPUs are the ones the engine uses."""
+        return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", **os.environ, **self.engine.env,
+                **(self.endpoint.launch.env if self.endpoint.launch else {})}
 
     def launch(self) -> None:
         ep = self.endpoint

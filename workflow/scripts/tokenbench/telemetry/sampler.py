@@ -73,6 +73,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from collections.abc import Callable
@@ -400,6 +401,13 @@ class CpuSampler:
         self.positions = [pos[c] for c in self.cpus if c in pos]  # indices into cpu_times(percpu=True)
         self.k = 0
 
+    def follow(self, pid: int) -> None:
+        """From now on, the server process tree is the one under ``pid`` (a gone pid: none)."""
+        try:
+            self.proc = self.psutil.Process(pid)
+        except self.psutil.Error:
+            self.proc = None
+
     def _busy(self) -> float:
         per = self.psutil.cpu_times(percpu=True)
         busy = 0.0
@@ -501,10 +509,12 @@ def interval_stats(t_ns) -> dict[str, Any]:
 
 def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
                 max_duration_s: float | None = None, announce=None, client_pid: int | None = None,
-                devices: list[int] | None = None, rapl_pattern: str = RAPL_GLOB) -> int:
+                devices: list[int] | None = None, rapl_pattern: str = RAPL_GLOB, pid_lines=None) -> int:
     """Sample until SIGTERM/SIGINT (or max_duration_s); write Parquet and its JSON sidecar; return
     the sample count. client_pid: the load generator's process (default: none; the CLI passes its
-    parent). devices: NVML indices of the GPUs to sample (default: all)."""
+    parent). devices: NVML indices of the GPUs to sample (default: all). pid_lines: a text stream
+    (the CLI's stdin with --pid-stdin) whose lines name the server process to follow from then on:
+    the sampler starts before the server, to record the baseline and the start-up."""
     import pandas as pd
 
     nv = load_nvml(nvml)
@@ -519,6 +529,8 @@ def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
     rows: list[dict[str, Any]] = []
     times: list[int] = []
     stop = False
+    if pid_lines is not None:
+        threading.Thread(target=follow_pids, args=(cpu, pid_lines), daemon=True, name="pid-stdin").start()
 
     def _stop(*_):
         nonlocal stop
@@ -557,6 +569,14 @@ def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
     return k
 
 
+def follow_pids(cpu: CpuSampler, lines) -> None:
+    """Point ``cpu`` at each server pid read from ``lines`` (one per line) as it arrives."""
+    for line in lines:
+        line = line.strip()
+        if line.isdigit():
+            cpu.follow(int(line))
+
+
 def parse_devices(text: str | None) -> list[int] | None:
     """``--devices 0,2`` -> [0, 2]; None or "all" -> None (every GPU)."""
     if text is None or text.strip().lower() == "all":
@@ -576,6 +596,8 @@ def main(argv=None) -> int:
     ap.add_argument("--interval", type=float, default=0.05)
     ap.add_argument("--pid", type=int, default=None, help="server process whose tree's CPU/memory to record")
     ap.add_argument("--max-duration", type=float, default=None)
+    ap.add_argument("--pid-stdin", action="store_true",
+                    help="read the server's pid from stdin when it is launched (the sampler starts first)")
     ap.add_argument("--devices", type=parse_devices, default=None,
                     help="NVML indices of the GPUs to sample, e.g. 0,2 (tokenbench.telemetry.devices maps "
                          "CUDA_VISIBLE_DEVICES to these); default all")
@@ -585,7 +607,7 @@ def main(argv=None) -> int:
         print("ready", flush=True)
 
     run_sampler(args.out, args.interval, args.pid, max_duration_s=args.max_duration, announce=announce,
-                client_pid=os.getppid(), devices=args.devices)
+                client_pid=os.getppid(), devices=args.devices, pid_lines=sys.stdin if args.pid_stdin else None)
     return 0
 
 
