@@ -208,6 +208,9 @@ def telemetry_summary(tl: pd.DataFrame, phase: str) -> dict[str, Any]:
     if "server_rss_bytes" in t:
         v = peak("server_rss_bytes")
         out["server_rss_peak_mb"] = v / 2**20 if v is not None else None
+    if "server_pss_bytes" in t:
+        v = peak("server_pss_bytes")
+        out["server_pss_peak_mb"] = v / 2**20 if v is not None else None
     gpu = t[t["device"].astype(str).str.startswith("gpu")] if len(t) else t
     if len(gpu):
         def of(col, how):  # a field a GPU does not report (MIG: no utilisation) is None, not NaN or a crash

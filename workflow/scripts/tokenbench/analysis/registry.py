@@ -193,7 +193,8 @@ _DECLARED = [
            basis=Basis.PRICE, price="price_usd_per_hour", digits=2, summary={"usd_per_mtok": None}),
     # ---- utilisation
     Metric("cpu_util_pct", "host CPU busy", "%",
-           "Mean over the phase's telemetry window of the host's CPU busy time per second, as % of all cores "
+           "Mean over the phase's telemetry window of the host's CPU busy time per second, as % of the logical CPUs "
+           "this process may use (busy time summed over those CPUs only) "
            "(rates over spans of at least 250 ms of the tick-quantised counter).",
            summary={"cpu_util_pct": None}),
     Metric("server_cpu_util_pct", "server CPU", "% of all cores",
@@ -348,7 +349,13 @@ _DECLARED = [
            "energy_kwh_per_mtok × hardware.electricity_usd_per_kwh (configured).",
            basis=Basis.SENSOR_PRICE, price="electricity_usd_per_kwh", digits=3),
     Metric("server_rss_peak_mb", "server RSS peak", "MiB",
-           "Largest resident memory of the server process tree over the phase's telemetry window ÷ 2^20.",
+           "Largest resident memory summed over the server process tree over the phase's samples ÷ 2^20 (shared "
+           "pages counted once per process that maps them: an upper bound; see server_pss_peak_mb).",
+           replicates=Replicates.MAX, digits=0),
+    Metric("server_pss_peak_mb", "server PSS peak", "MiB",
+           "Largest proportional set size of the server process tree over the phase's samples ÷ 2^20: pages "
+           "shared between its processes counted once, divided among them (server_rss_peak_mb counts them "
+           "once per process, an upper bound). Sampled about twice a second.",
            replicates=Replicates.MAX, digits=0),
     Metric("gpu_mem_used_peak_mb", "GPU memory peak", "MiB",
            "Largest NVML memory used of any GPU over the phase's telemetry window ÷ 2^20.",
@@ -458,7 +465,7 @@ class CellMetric(Metric):
 _CELL = {"aggregation": Aggregation.PER_CELL}
 _NON_IDLE = "the cell's non-idle phases (warm-up included)"
 _ENGINE = {"aggregation": Aggregation.PER_PHASE}
-_ENGINE_WINDOW = ("over the phase's telemetry window (its start to the next phase's start), from the engine's "
+_ENGINE_WINDOW = ("over the phase's telemetry window (its issuing window), from the engine's "
                   "own /metrics scrapes; n/a for an engine whose metric names are not listed, or with no scrape")
 
 CELL_CONVENTIONS = (

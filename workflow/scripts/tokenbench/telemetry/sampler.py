@@ -11,7 +11,9 @@ Backends:
   seconds / joules) and turned into rates at merge time, so nothing is lost to a too-short sampling
   window.
 
-Run as ``python -m tokenbench.telemetry.sampler --out F --interval S [--pid P] [--devices 0,2]``;
+Run as ``python -m tokenbench.telemetry.sampler --out F --interval S [--pid P] [--devices 0,2]
+[--pid-stdin]`` (``--pid-stdin``: the server's pid arrives on stdin once it is launched, so the
+sampler can start first and record the baseline and the start-up);
 it prints ``ready`` after its first sample and writes Parquet ``F`` and the sidecar ``F.json`` when
 it receives SIGTERM or SIGINT (or after ``--max-duration``).
 
