@@ -44,7 +44,7 @@ def every_kind_of_phase():
     gpu = pd.DataFrame({"t_ns": t, "device": "gpu0", "energy_j": t / S * 200.0, "power_w": 200.0,
                         "gpu_util_pct": 80.0, "gpu_mem_used_bytes": 2**30, "temp_c": 60.0, "sm_clock_mhz": 1400.0})
     cpu = pd.DataFrame({"t_ns": t, "device": "cpu", "cpu_busy_s": t / S, "server_cpu_s": t / S / 2,
-                        "server_rss_bytes": 2**28, "mem_used_bytes": 2**30, "energy_j": None})
+                        "server_rss_bytes": 2**28, "server_pss_bytes": 2**27, "mem_used_bytes": 2**30, "energy_j": None})
     run = {"phases": [closed, open_loop, idle], "provenance": {"host": {"cpu_cores": 2}},
            "cell": {"engine": "e", "model": "m", "load": "l"}, "complete": True,
            "hardware": {"accelerator": "A40", "peak_flops": 149.7e12, "peak_note": "datasheet", "cpu": {}}}
