@@ -258,7 +258,7 @@ _DECLARED = [
            "count. Decode steps per second = output_tok_s ÷ decode_concurrency. n/a without the model's weight "
            "and KV-cache sizes or a bandwidth.",
            basis=Basis.BANDWIDTH, digits=2, summary={"mbu_pct": None}),
-    Metric("prefill_compute_pct", "prefill % of compute bound", "%",
+    Metric("prefill_compute_pct", "prefill compute use", "%",
            "input_tok_s × FLOPs per token ÷ peak FLOP/s × 100: prefill's weight FLOPs against the peak (the "
            "compute roof, as mfu_pct is for decode).",
            basis=Basis.PEAK, digits=3, summary={"prefill_compute_pct": None}),
@@ -522,7 +522,7 @@ _CELL_DECLARED = [
                basis=Basis.SENSOR, **_CELL),
     CellMetric("startup_s", "time to ready", "s",
                "From the server's launch to its health endpoint answering ready (model load, compilation, "
-               "warm-up the engine does itself).", **_CELL),
+               "warm-up the engine does itself).", digits=2, **_CELL),
     CellMetric("startup_energy_j", "start-up energy", "J",
                "energy_j's rule over [launch, ready]: what starting the engine cost, outside every phase.",
                basis=Basis.SENSOR, digits=0, **_CELL),
