@@ -217,7 +217,6 @@ def test_server_crash_mid_run_keeps_every_request_and_marks_the_run_invalid(tmp_
 def test_sampler_dies_with_a_sigkilled_load_test(tmp_path):
     """A SIGKILLed load test (the job killed hard) must not leave its telemetry sampler running
     under init, writing into the data folder."""
-    import os
     import signal
     import subprocess
     import sys

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tokenbench.analysis.metrics import compute_metrics
-from tokenbench.config import HardwareSpec, SloSpec, ValiditySpec
+from tokenbench.config import HardwareSpec
 from tokenbench.telemetry.energy import EnergyMeter, cumulative, sampling, update_interval_ms
 from tokenbench.telemetry.merge import merge_telemetry
 

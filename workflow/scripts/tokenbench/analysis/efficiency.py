@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from tokenbench.analysis import registry
-from tokenbench.analysis.metrics import telemetry_summary
+from tokenbench.analysis.metrics import flops_per_token, mfu_pct, telemetry_summary
 from tokenbench.config import HardwareSpec
 from tokenbench.telemetry.energy import EnergyMeter
 from tokenbench.telemetry.merge import baseline_window, phase_of
@@ -59,13 +59,6 @@ def overall_throughput(phases: list[dict[str, Any]]) -> float | None:
     used = [p for p in non_idle(phases) if _finite(p.get("output_tokens_in_window")) and _finite(p.get("duration_s"))]
     seconds = sum(p["duration_s"] for p in used)
     return sum(p["output_tokens_in_window"] for p in used) / seconds if seconds > 0 else None
-
-
-def mfu_pct(tok_s: float | None, parameters: float | None, peak_flops: float | None) -> float | None:
-    """tok/s × 2 × parameters ÷ peak FLOP/s × 100 (decode weight FLOPs only)."""
-    if not (_finite(tok_s) and parameters and peak_flops):
-        return None
-    return tok_s * 2 * parameters / peak_flops * 100
 
 
 # ----------------------------------------------------------------------------- energy and power
@@ -109,13 +102,12 @@ def baseline_and_startup(meter: EnergyMeter, run: dict[str, Any]) -> dict[str, A
     """The host's draw before the server's launch (the baseline window), and the server's start-up:
     time from launch to ready and the energy it took, gross and net of the baseline. Outside every
     measured phase."""
-    base = meter.window(*(baseline_window(run) or (None, None)))
-    base_w = base["power_w"]
-    launch, ready = run.get("server_launch_ns"), run.get("server_ready_ns")
-    startup_s = (ready - launch) / 1e9 if (launch is not None and ready is not None) else run.get("server_ready_s")
-    start = meter.window(launch, ready) if (launch is not None and ready is not None) else {"energy_j": None}
-    joules = start["energy_j"]
     window = baseline_window(run)
+    base_w = meter.window(*(window or (None, None)))["power_w"]
+    launch, ready = run.get("server_launch_ns"), run.get("server_ready_ns")
+    started = launch is not None and ready is not None
+    startup_s = (ready - launch) / 1e9 if started else run.get("server_ready_s")
+    joules = meter.window(launch, ready)["energy_j"] if started else None
     return {"baseline_power_w": base_w, "baseline_s": (window[1] - window[0]) / 1e9 if window else None,
             "startup_s": startup_s, "startup_energy_j": joules,
             "startup_net_energy_j": joules - base_w * startup_s if (joules is not None and base_w is not None
@@ -308,16 +300,13 @@ def cell_figures(phases: list[dict[str, Any]], timeline: pd.DataFrame, engine_me
                  peak: dict[str, Any], meter: EnergyMeter | None = None) -> dict[str, Any]:
     """metrics.json's "cell": every cell-level figure (registry.CELL_METRICS) and its fields
     (registry.CELL_FIELDS). ``phases``: phase_metrics' dicts, in run order; ``peak``: resolve_peak's."""
-    from tokenbench.analysis.metrics import flops_per_token
-
     meter = meter if meter is not None else EnergyMeter(timeline)
     tok_s = overall_throughput(phases)
-    flops = flops_per_token(manifest.get("figures") or {})
     doc: dict[str, Any] = {
         "phases_pooled": [p["phase"] for p in non_idle(phases)],
         "active_phases": [p["phase"] for p in active(phases)],
         "overall_output_tok_s": tok_s,
-        "overall_mfu_pct": mfu_pct(tok_s, flops / 2 if flops else None, peak.get("peak_flops")),
+        "overall_mfu_pct": mfu_pct(tok_s, flops_per_token(manifest.get("figures") or {}), peak.get("peak_flops")),
     }
     doc.update(energy_per_token(phases, hardware.electricity_usd_per_kwh))
     doc.update(idle_and_active_power(phases, meter, run))

@@ -22,6 +22,8 @@ from tokenbench.analysis.validity import contention, stability, validity
 from tokenbench.chunks import BLOCK, Chunks, Tokens
 from tokenbench.config import HardwareSpec, SloSpec, ValiditySpec
 from tokenbench.joblog import threads
+from tokenbench.models import decode_weight_bytes
+from tokenbench.models import flops_per_token as model_flops
 from tokenbench.telemetry.energy import EnergyMeter
 from tokenbench.telemetry.merge import baseline_window
 
@@ -227,10 +229,11 @@ def telemetry_summary(tl: pd.DataFrame, phase: str) -> dict[str, Any]:
 
 
 def phase_energy(meter: EnergyMeter, mark: dict[str, Any], baseline: dict[str, Any], output_tokens: float | None,
-                 input_tokens: float | None, hardware: HardwareSpec) -> dict[str, Any]:
+                 input_tokens: float | None, hardware: HardwareSpec, gpus: int | None) -> dict[str, Any]:
     """Energy figures of one phase over its issuing window, the window its tokens are counted in
     (registry.py: energy_j, power_w, net_energy_j, j_per_output_token, ...). ``baseline``: the
-    meter's window over the cell's baseline (before the server's launch)."""
+    meter's window over the cell's baseline (before the server's launch); ``gpus``: the engine's
+    GPU count (None on CPU)."""
     dur = (mark["end_ns"] - mark["start_ns"]) / 1e9
     w = meter.window(mark["start_ns"], mark["end_ns"])
     joules, base_w = w["energy_j"], baseline.get("power_w")
@@ -247,7 +250,8 @@ def phase_energy(meter: EnergyMeter, mark: dict[str, Any], baseline: dict[str, A
     out: dict[str, Any] = {"energy_j": joules, "power_w": w["power_w"], "power_source": w["power_source"],
                            "net_energy_j": net, "net_power_w": net / dur if (net is not None and dur > 0) else None,
                            "energy_counter_vs_power_pct": w["counter_vs_power_pct"],
-                           "energy_check_flagged": w["energy_check_flagged"], "per_device_energy": per_device}
+                           "energy_check_flagged": w["energy_check_flagged"], "per_device_energy": per_device,
+                           "power_w_per_gpu": w["power_w"] / gpus if (gpus and w["power_w"] is not None) else None}
 
     def per(j, n):
         return j / n if (j is not None and n) else None
@@ -269,15 +273,13 @@ def roofline(m: dict[str, Any], figures: dict[str, Any], peak: dict[str, Any]) -
     decode's bytes read per second against the memory bandwidth, prefill's FLOPs against the peak."""
     out = {"decode_concurrency": None, "decode_bytes_per_s": None, "mbu_pct": None, "prefill_compute_pct": None}
     tok_s, e2e = m.get("output_tok_s"), (m.get("e2e_ms") or {}).get("mean")
-    from tokenbench.models import decode_weight_bytes
-
     kv = figures.get("kv_bytes_per_token")
     bandwidth = peak.get("mem_bandwidth_gb_s")
     if tok_s and e2e and m.get("request_rps"):
         batch = max(1.0, m["request_rps"] * e2e / 1000)  # Little's law: requests in flight
         out["decode_concurrency"] = batch
         weights = decode_weight_bytes(figures, batch)  # a mixture of experts reads more experts at larger batches
-        n_out = m.get("output_tokens_total") / max(1, (m.get("status_counts") or {}).get("ok", 0) or 1)
+        n_out = m["output_tokens_total"] / ((m.get("status_counts") or {}).get("ok") or 1)  # per ok request
         context = (m.get("prompt_tokens_mean") or 0) + n_out / 2  # mean KV length over a request's decode
         if weights and kv:
             out["decode_bytes_per_s"] = tok_s / batch * weights + tok_s * kv * context
@@ -292,9 +294,14 @@ def roofline(m: dict[str, Any], figures: dict[str, Any], peak: dict[str, Any]) -
 def flops_per_token(figures: dict[str, Any]) -> float | None:
     """FLOPs a token costs in the weight matmuls (models.flops_per_token: 2 × the active non-embedding
     parameters, + a tied lm_head; 2 × all parameters for a model without the architecture split)."""
-    from tokenbench.models import flops_per_token as model_flops
-
     return model_flops(figures)[0]
+
+
+def mfu_pct(tok_s: float | None, flops: float | None, peak_flops: float | None) -> float | None:
+    """tok/s × FLOPs per token ÷ peak FLOP/s × 100 (decode weight FLOPs only; registry.py: mfu_pct)."""
+    if tok_s is None or not math.isfinite(tok_s) or not (flops and peak_flops):
+        return None
+    return tok_s * flops / peak_flops * 100
 
 
 def resolve_peak(detected: dict[str, Any], hardware_name: str) -> dict[str, Any]:
@@ -393,8 +400,7 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], fig
     gpus = peak.get("gpu_count")
     if mark["mode"] == "idle":
         m["requests_sent"] = int(len(pr))
-        m.update(phase_energy(meter, mark, baseline, None, None, hardware))
-        m["power_w_per_gpu"] = m["power_w"] / gpus if (gpus and m["power_w"] is not None) else None
+        m.update(phase_energy(meter, mark, baseline, None, None, hardware, gpus))
         return m
     ok = request_latencies(pr)
     counts = pr["status"].value_counts().to_dict()
@@ -449,14 +455,11 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], fig
 
     # ---- efficiency: measured where the inputs are measured, estimated where they are not
     tps = m["output_tok_s"]
-    flops = flops_per_token(figures)
-    m["mfu_pct"] = tps * flops / peak["peak_flops"] * 100 if (flops and peak.get("peak_flops") and tps is not None) \
-        else None
+    m["mfu_pct"] = mfu_pct(tps, flops_per_token(figures), peak.get("peak_flops"))
     m.update(roofline(m, figures, peak))
     inputs = m["input_tok_s"] * dur if m.get("input_tok_s") is not None else None
-    m.update(phase_energy(meter, mark, baseline, m["output_tokens_in_window"], inputs, hardware))
+    m.update(phase_energy(meter, mark, baseline, m["output_tokens_in_window"], inputs, hardware, gpus))
     m["output_tok_s_per_gpu"] = tps / gpus if (gpus and tps is not None) else None
-    m["power_w_per_gpu"] = m["power_w"] / gpus if (gpus and m["power_w"] is not None) else None
     hourly = hardware.price_usd_per_hour
     m["usd_per_mtok"] = hourly / (tps * 3600) * 1e6 if (hourly is not None and tps) else None
     return m

@@ -199,7 +199,8 @@ _DECLARED = [
            summary={"cpu_util_pct": None}),
     Metric("server_cpu_util_pct", "server CPU", "% of all cores",
            "Mean over the phase's telemetry window of the server process tree's CPU time per second, as % of "
-           "all cores (rates over spans of at least 250 ms).",
+           "all cores: the logical CPUs this process may use, as for cpu_util_pct (rates over spans of at least "
+           "250 ms).",
            summary={"server_cpu_util_pct": None}),
     Metric("gpu_util_pct", "GPU utilisation", "%",
            "Mean of NVML's GPU utilisation over the phase's telemetry samples, all GPUs pooled.",

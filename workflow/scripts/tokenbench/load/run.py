@@ -250,12 +250,13 @@ class CellLoadTest:
         uuids, parents = devices.nvml_inventory(nv)
         if self.endpoint.external:
             return {**hardware.describe("auto", nvml=self.nvml), "gpus_from": "every GPU on the host (external endpoint)"}
+        env = self.server_env()
         try:
-            gpus = devices.engine_gpus_from_env(uuids, self.engine.tensor_parallel, self.server_env(), parents)
+            gpus = devices.engine_gpus_from_env(uuids, self.engine.tensor_parallel, env, parents)
         except ValueError as exc:
             raise ConfigError(f"engines.{self.engine.name}: {exc}") from None
         desc = hardware.describe("auto", nvml=self.nvml, gpu_indices=gpus.indices)
-        desc["gpus_from"] = (f"CUDA_VISIBLE_DEVICES={self.server_env().get('CUDA_VISIBLE_DEVICES', '(unset)')}, "
+        desc["gpus_from"] = (f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '(unset)')}, "
                              f"tensor_parallel={self.engine.tensor_parallel or '(unset: every visible GPU)'}")
         if gpus.note:
             desc["gpus_note"] = gpus.note

@@ -168,17 +168,11 @@ class EnergyMeter:
 
     def __init__(self, telemetry: pd.DataFrame):
         traces = device_traces(telemetry)
-        gpus = {k: v for k, v in traces.items() if v.kind == "gpu"}
-        gpu_rows = telemetry is not None and len(telemetry) and "device" in telemetry and \
-            telemetry["device"].astype(str).str.startswith("gpu").any()
-        # every GPU sampled counts, measurable or not: a GPU without any power signal makes the total unknown
-        self.devices = sorted(telemetry.loc[telemetry["device"].astype(str).str.startswith("gpu"), "device"]
-                              .astype(str).unique()) if gpu_rows else (["cpu"] if "cpu" in traces else [])
-        self.traces = gpus if gpu_rows else {k: v for k, v in traces.items() if k == "cpu"}
-
-    @property
-    def available(self) -> bool:
-        return bool(self.traces)
+        sampled = sorted(map(str, telemetry["device"].unique())) if (telemetry is not None and "device" in telemetry) \
+            else []
+        # every GPU sampled counts, measurable or not: one without any power signal makes the total unknown
+        self.devices = [d for d in sampled if d.startswith("gpu")] or [d for d in sampled if d == "cpu" and d in traces]
+        self.traces = {d: traces[d] for d in self.devices if d in traces}
 
     def window(self, t0: int | None, t1: int | None) -> dict[str, Any]:
         """Energy (J), mean power (W) and source over [t0, t1]; per device; the counter cross-check."""

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from tokenbench.chunks import Tokens
+from tokenbench.telemetry.energy import POWER_SIGNALS
 
 OUTSIDE = ("startup", "teardown")  # before the first phase / after the last phase drained
 DRAIN = "drain"  # after a phase stopped issuing, before the next phase starts (or the last drained)
@@ -75,7 +76,7 @@ def gpu_power(df: pd.DataFrame) -> pd.Series:
     if "energy_j" in df and pd.to_numeric(df["energy_j"], errors="coerce").notna().sum() >= 2:
         return rate_from_counter(df.assign(energy_j=pd.to_numeric(df["energy_j"], errors="coerce")), "energy_j",
                                  centred=True)
-    for col in ("power_instant_w", "power_usage_w", "power_w"):
+    for col, _ in POWER_SIGNALS:
         if col in df and df[col].notna().any():
             return pd.to_numeric(df[col], errors="coerce")
     return pd.Series(np.nan, index=df.index)
