@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from tokenbench.telemetry import sampler as telemetry
+from tokenbench.telemetry.energy import sampling
 
 from .fake_nvml import DT, FakeHost, FakeNvml, a40, a100, h100, p100, v100  # FakeNvml: test_hardware imports it from here
 
@@ -164,8 +165,8 @@ def test_rapl_sums_packages_never_their_subzones_or_psys(tmp_path):
         "intel-rapl:0:1": ("dram", 10_000_000, MAX), "intel-rapl:1": ("package-1", 50_000_000, MAX),
         "intel-rapl:1:0": ("core", 30_000_000, MAX), "intel-rapl:2": ("psys", 400_000_000, MAX)})
     (tmp_path / "intel-rapl-mmio:0").mkdir()
-    assert telemetry.rapl_zones(pattern) == [str(tmp_path / "intel-rapl:0"), str(tmp_path / "intel-rapl:1")]
     s = telemetry.CpuSampler(None, pattern)
+    assert s.zones == [str(tmp_path / "intel-rapl:0"), str(tmp_path / "intel-rapl:1")]
     assert s.sample(0)[0]["energy_j"] == pytest.approx(150.0)
     meta = s.meta()["rapl"]
     assert meta["zones"] == ["package-0", "package-1"] and meta["excluded"] == ["psys"] and meta["readable"]
@@ -281,9 +282,9 @@ def test_server_pss_counts_a_shared_mapping_once():
 # ----------------------------------------------------------------------------- loop and sidecar
 def test_interval_stats():
     t = np.cumsum([0, 50, 50, 50, 50, 120, 50]) * 1_000_000
-    st = telemetry.interval_stats(np.repeat(t, 3))  # several devices per sample share one t_ns
+    st = sampling(np.repeat(t, 3))  # several devices per sample share one t_ns
     assert st["samples"] == 7 and st["interval_p50_ms"] == 50 and st["max_gap_ms"] == 120
-    assert telemetry.interval_stats([5])["interval_p50_ms"] is None
+    assert sampling([5])["interval_p50_ms"] is None
 
 
 def test_sampler_subprocess_rate_and_sigterm(tmp_path):

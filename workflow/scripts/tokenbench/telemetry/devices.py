@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import Any
 
+from tokenbench.telemetry.sampler import _decode
+
 PCI_BUS_ID = "PCI_BUS_ID"
 
 
@@ -167,7 +169,3 @@ def _unique(items) -> list[int]:
         if i not in out:
             out.append(i)
     return out
-
-
-def _decode(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else v

@@ -66,8 +66,9 @@ def update_interval_ms(t_ns: np.ndarray, values: np.ndarray) -> float | None:
 
 
 def sampling(t_ns: np.ndarray) -> dict[str, Any]:
-    """The achieved sampling interval of one device's samples: p50, p99 and the largest gap (ms)."""
-    t = np.sort(np.asarray(t_ns, dtype=np.int64))
+    """The achieved sampling interval: p50, p99 and the largest gap (ms), over the distinct sample
+    times (several devices read at one sample share its time)."""
+    t = np.unique(np.asarray(t_ns, dtype=np.int64))
     if t.size < 2:
         return {"samples": int(t.size), "interval_p50_ms": None, "interval_p99_ms": None, "max_gap_ms": None}
     dt = np.diff(t) / 1e6

@@ -77,12 +77,15 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from tokenbench.telemetry import hardware
+from tokenbench.telemetry.energy import sampling
+
 POWERCAP = "/sys/class/powercap"
-RAPL_GLOB = POWERCAP + "/intel-rapl:[0-9]*"  # matches sub-zones too; rapl_zones keeps top-level ones
+RAPL_GLOB = POWERCAP + "/intel-rapl:[0-9]*"  # matches sub-zones too; _rapl_scan keeps top-level ones
 _TOP_LEVEL = re.compile(r"^intel-rapl:\d+$")
 
 
@@ -141,8 +144,8 @@ _VALUE_MEMBERS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5
 
 
 def is_ga100(pci_device_id: int | None, name: str | None) -> bool:
-    if pci_device_id is not None:
-        dev = (pci_device_id >> 16) & 0xFFFF
+    dev = hardware.pci_device_id(pci_device_id)
+    if dev is not None:
         return any(dev in r for r in _GA100_IDS)
     return bool(name) and any(k in name for k in ("A100", "A30", "A800"))
 
@@ -288,15 +291,6 @@ class NvmlSampler:
 
 
 # ----------------------------------------------------------------------------- CPU
-def rapl_zones(pattern: str = RAPL_GLOB) -> list[str]:
-    """Readable top-level RAPL package zones (``intel-rapl:N``) under pattern's folder, sorted.
-
-    Sub-zones (``intel-rapl:N:M``: core, uncore, dram) measure parts of their package and psys
-    measures the whole platform including the packages: summing any of them with a package counts
-    energy twice. ``intel-rapl-mmio:N`` repeats the package zone through MMIO and is never read."""
-    return [z["path"] for z in _rapl_scan(pattern)["zones"]]
-
-
 def _read_int(path: str) -> int | None:
     try:
         with open(path) as fh:
@@ -497,18 +491,6 @@ def sidecar_path(out: str | Path) -> Path:
     return Path(out).with_suffix(".json")
 
 
-def interval_stats(t_ns) -> dict[str, Any]:
-    """The achieved sampling: sample count, interval p50/p99 and the longest gap, in ms."""
-    import numpy as np
-
-    t = np.unique(np.asarray(t_ns, dtype=np.int64))
-    d = np.diff(t) / 1e6
-    if not len(d):
-        return {"samples": len(t), "interval_p50_ms": None, "interval_p99_ms": None, "max_gap_ms": None}
-    return {"samples": len(t), "interval_p50_ms": float(np.percentile(d, 50)),
-            "interval_p99_ms": float(np.percentile(d, 99)), "max_gap_ms": float(d.max())}
-
-
 def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
                 max_duration_s: float | None = None, announce=None, client_pid: int | None = None,
                 devices: list[int] | None = None, rapl_pattern: str = RAPL_GLOB, pid_lines=None) -> int:
@@ -565,7 +547,7 @@ def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
         df["t_ns"] = df["t_ns"].astype("int64")
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         df.to_parquet(out, index=False)
-        meta = {"interval_s": interval_s, **interval_stats(times), "nvml": nv is not None,
+        meta = {"interval_s": interval_s, **sampling(times), "nvml": nv is not None,
                 "gpus": gpu.meta() if gpu is not None else [], "cpu": cpu.meta()}
         sidecar_path(out).write_text(json.dumps(meta, indent=1) + "\n")
     return k
