@@ -5,11 +5,11 @@ import json
 import math
 import sys
 
-import pandas as pd
 import pytest
 import yaml
 
 from tests.snakemake_util import ROOT, planned_jobs, snakemake
+from tokenbench.load.journal import frame
 from tokenbench.records import read_json, read_meta, read_table
 
 pytestmark = pytest.mark.e2e
@@ -205,7 +205,6 @@ def test_changed_load_reruns_only_its_cell_and_downstream(run_dir, tmp_path):
 
 
 def test_sigterm_mid_run_keeps_every_sent_request_and_leaves_no_server(run_dir, tmp_path):
-    import os
     import signal
     import subprocess
     import time
@@ -225,13 +224,13 @@ run_load_test(s, {str(run_dir / "data/models/smollm2-135m/manifest.json")!r},
               {str(run_dir / "data/engines/llamacpp/probe.json")!r},
               {str(tmp_path / "out/requests.parquet")!r}, {str(tmp_path / "out/telemetry.parquet")!r},
               {str(tmp_path / "out/run.json")!r}, {str(tmp_path / "cell.server.log")!r},
-              {str(tmp_path / "cell.requests.jsonl")!r})
+              {str(tmp_path / "cell.requests.arrows")!r})
 """
     proc = subprocess.Popen([sys.executable, "-c", code], env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
-    journal = tmp_path / "cell.requests.jsonl"
+    journal = tmp_path / "cell.requests.arrows"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not journal.exists() or len(journal.read_text().splitlines()) < 4):
+    while time.monotonic() < deadline and (not journal.exists() or len(frame(journal)) < 4):
         time.sleep(0.2)
     assert journal.exists(), proc.stdout.read() if proc.poll() is not None else "no journal"
     proc.send_signal(signal.SIGTERM)
@@ -242,8 +241,7 @@ run_load_test(s, {str(run_dir / "data/models/smollm2-135m/manifest.json")!r},
     req = read_table(partial / "requests.parquet")
     run = read_json(partial / "run.json")
     assert run["complete"] is False and read_meta(partial / "requests.parquet")["complete"] is False
-    lines = [json.loads(l) for l in journal.read_text().splitlines()]
-    assert sorted(l["request_id"] for l in lines) == sorted(req["request_id"]) == list(range(len(req)))
+    assert sorted(frame(journal)["request_id"]) == sorted(req["request_id"]) == list(range(len(req)))
     assert set(req["status"]) <= {"ok", "cancelled"} and "cancelled" in set(req["status"])
     time.sleep(0.5)
     pid = run["server_pid"]

@@ -30,6 +30,9 @@ class Behaviour:
     usage_on_finish_chunk: bool = False  # usage on the finish chunk instead of a choices: [] chunk
     role_chunk: bool = True  # send an empty role-only delta first, as vLLM and llama.cpp do
     close_after_response: bool = False  # drop the keep-alive connection after each response, unannounced
+    drop_on_reuse: bool = False  # close a kept-alive connection, unanswered, when a second request comes on it
+    reasoning_tokens: int = 0  # chat: this many reasoning_content deltas before the content (a thinking model)
+    hide_reasoning: bool = False  # spend the reasoning tokens without streaming them (usage still counts them)
     capacity: int | None = None  # at most this many requests generate at once; the rest queue (saturation)
     api_key: str | None = None  # require "Authorization: Bearer <api_key>" on the API routes
     metrics: bool = True  # serve Prometheus text at /metrics, shaped like llama-server's
@@ -65,7 +68,15 @@ def make_app(b: Behaviour) -> web.Application:
                 'unrelated_histogram_bucket{le="+Inf"} 3\n')
         return web.Response(text=text, content_type="text/plain")
 
+    served: dict[int, int] = {}  # requests seen per connection (transport id)
+
     async def completions(req: web.Request):
+        if b.drop_on_reuse:
+            k = id(req.transport)
+            served[k] = served.get(k, 0) + 1
+            if served[k] > 1:  # the keep-alive race a client can lose: the server closes as the request lands
+                req.transport.close()
+                raise asyncio.CancelledError
         if b.api_key and req.headers.get("Authorization") != f"Bearer {b.api_key}":
             state["auth_failures"] += 1
             return web.json_response({"error": {"message": "invalid api key"}}, status=401)
@@ -94,7 +105,16 @@ def make_app(b: Behaviour) -> web.Application:
             await resp.write(_chunk({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}))
         if b.ttft_ms:
             await asyncio.sleep(b.ttft_ms / 1000)
-        usage = {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": 8 + n}
+        usage = {"prompt_tokens": 8, "completion_tokens": n + b.reasoning_tokens, "total_tokens": 8 + n + b.reasoning_tokens}
+        if b.reasoning_tokens:
+            usage["completion_tokens_details"] = {"reasoning_tokens": b.reasoning_tokens}
+            for i in range(b.reasoning_tokens):
+                if i and b.itl_ms:
+                    await asyncio.sleep(b.itl_ms / 1000)
+                if not b.hide_reasoning:
+                    await resp.write(_chunk({**base, "choices": [{"index": 0, "delta": {"reasoning_content": f"r{i} "}}]}))
+            if b.itl_ms:
+                await asyncio.sleep(b.itl_ms / 1000)
         for i in range(n):
             if i and b.itl_ms:
                 await asyncio.sleep(b.itl_ms / 1000)

@@ -5,7 +5,7 @@ summarize_metrics take on a large cell?
     .venv/bin/python tests/perf/bench_analysis.py --requests 1000000 --chunks 64 --telemetry-hours 1 --out /tmp/ba
 
 It generates one cell's records the way the load test writes them (``requests.parquet``: the columns
-and dtypes of ``tokenbench.load.run.records_frame``, ``chunk_ns`` a list of int64 per request;
+and dtypes of ``tokenbench.load.journal.PANDAS_DTYPES``, ``chunk_ns`` a list of int64 per request;
 ``telemetry.parquet``: CPU rows at 20 Hz with the sampler's cumulative counters; ``run.json`` with
 phase marks; a model manifest), each written with ``tokenbench.records``. Then it runs the Snakemake
 wrapper scripts themselves (``workflow/scripts/merge_telemetry.py``, ``compute_metrics.py``,
@@ -70,7 +70,7 @@ def generate(n_req: int, n_chunks: int, hours: float, out: Path, seed: int = 0) 
     import pandas as pd
 
     from tokenbench import records
-    from tokenbench.load.run import REQUEST_COLUMNS
+    from tokenbench.load.journal import PANDAS_DTYPES as REQUEST_COLUMNS
 
     rng = np.random.default_rng(seed)
     total_ns = int(hours * 3600 * S)

@@ -60,12 +60,11 @@ def test_bad_config_fails_before_running_with_the_key_named(tmp_path):
 
 
 def test_request_record_schema_matches_the_parquet_columns():
-    from tokenbench.load.generator import RequestRecord
-    from tokenbench.load.run import REQUEST_COLUMNS
+    from tokenbench.load.journal import PANDAS_DTYPES, SCHEMA, RequestRecord
 
-    assert [f.name for f in dataclasses.fields(RequestRecord)] == list(REQUEST_COLUMNS)
-    ts = [c for c in REQUEST_COLUMNS if c.endswith("_ns")]
-    assert all(REQUEST_COLUMNS[c] in ("int64", "Int64", "object") for c in ts)
+    assert [f.name for f in dataclasses.fields(RequestRecord)] == list(PANDAS_DTYPES) == SCHEMA.names
+    ts = [c for c in PANDAS_DTYPES if c.endswith("_ns")]
+    assert all(PANDAS_DTYPES[c] in ("int64", "Int64", "object") for c in ts)
 
 
 def seed_dry_run(tmp_path, name, **env):

@@ -13,7 +13,7 @@ rule run_load_test:
     log:
         job="logs/run_load_test/{engine}/{model}/{load}/{rep}.log",
         server="logs/run_load_test/{engine}/{model}/{load}/{rep}.server.log",
-        journal="logs/run_load_test/{engine}/{model}/{load}/{rep}.requests.jsonl",
+        journal="logs/run_load_test/{engine}/{model}/{load}/{rep}.requests.arrows",
     conda:
         engine_conda_env
     container:

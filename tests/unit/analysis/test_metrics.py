@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from tokenbench.config import HardwareSpec, SloSpec, ValiditySpec
-from tokenbench.load.run import REQUEST_COLUMNS
+from tokenbench.load.journal import PANDAS_DTYPES as REQUEST_COLUMNS
 from tokenbench.chunks import Tokens
 from tokenbench.telemetry.merge import inflight_at, merge_telemetry, phase_of, rate_from_counter
 from tokenbench.analysis.metrics import compute_metrics, dist, phase_metrics, summarize_metrics, windows
@@ -21,7 +21,8 @@ def req(i, phase, sent, ttft_ms, n, itl_ms, status="ok", usage=True, scheduled=N
             "chunk_ns": chunks, "prompt_tokens": 10, "output_tokens": (n if usage else None) if status == "ok" else None,
             "output_tokens_source": "usage" if status == "ok" else None, "output_chars": n * 3,
             "finish_reason": "length", "status": status, "http_status": 200 if status == "ok" else 500, "error": None,
-            "attempts": 1, "max_tokens": None, "output_text": "x" * n, "client_output_tokens": None}
+            "attempts": 1, "max_tokens": None, "output_text": "x" * n, "client_output_tokens": None,
+            "reasoning_chunks": 0, "reasoning_chars": 0}
 
 
 def frame(rows):

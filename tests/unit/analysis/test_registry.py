@@ -39,6 +39,8 @@ def every_kind_of_phase():
     rows = [req(i, "steady", i * S, 50, 10, 10) for i in range(10)]
     rows += [req(10 + i, "open", 11 * S + i * S // 2 + 3_000_000, 50, 10, 10, scheduled=11 * S + i * S // 2)
              for i in range(20)]
+    for r in rows[10:]:  # the open-loop phase serves a reasoning model: 3 thinking chunks, then content
+        r.update(reasoning_chunks=3, reasoning_tokens=3, first_output_token_ns=r["chunk_ns"][3])
     df = frame(rows)
     t = np.arange(0, 25 * S + 1, S // 2)
     gpu = pd.DataFrame({"t_ns": t, "device": "gpu0", "energy_j": t / S * 200.0, "power_w": 200.0,

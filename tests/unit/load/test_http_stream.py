@@ -16,13 +16,17 @@ def collect():
     return events, lambda t, d: events.append((t, d))
 
 
-def post(port, n=1, timeout_s=5.0, **pool_kw):
-    """n sequential requests on one pool; returns (results, events per request, pool)."""
+def post(port, n=1, timeout_s=5.0, pause_s=StreamPool.RIPE_NS / 1e9, **pool_kw):
+    """n sequential requests on one pool; returns (results, events per request, pool). ``pause_s``
+    between them: long enough for a used connection to be reused on a server not yet seen keeping
+    one alive (StreamPool.RIPE_NS)."""
 
     async def main():
         pool = StreamPool("127.0.0.1", port, **pool_kw)
         out = []
-        for _ in range(n):
+        for i in range(n):
+            if i:
+                await asyncio.sleep(pause_s)
             ev, cb = collect()
             out.append((await pool.post_sse(CHAT, BODY, cb, timeout_s), ev))
         await pool.close()
@@ -86,6 +90,59 @@ def test_http_error_keeps_the_body_and_delivers_no_events(fake_server):
     assert r1.status == 503 and r1.error is None and not e1
     assert json.loads(r1.body) == {"error": {"message": "injected failure"}}
     assert r2.status == 503 and r2.reused  # a fully read error response leaves the connection usable
+
+
+def test_a_used_connection_is_reused_at_once_only_once_the_server_has_kept_one_alive(fast_server):
+    srv = fast_server(tokens=2)
+    results, _, pool = post(srv.port, n=60, pause_s=0)
+    kinds = [r.connection for r in results]
+    # back to back: the 2nd cannot yet trust the 1st's connection (the server may be closing it), so
+    # it opens one; once the oldest idle one has ripened, it is reused, which proves keep-alive; from
+    # then on every request reuses at once
+    assert kinds[:2] == ["new", "new"] and "reused" in kinds
+    first = kinds.index("reused")
+    assert set(kinds[first:]) == {"reused"} and pool.keepalive_seen
+    assert pool.connections_opened == first
+
+
+def test_warm_opens_connections_ahead_and_requests_take_them(fast_server):
+    srv = fast_server(tokens=2)
+
+    async def main():
+        pool = StreamPool("127.0.0.1", srv.port)
+        opened = await pool.warm(3)
+        again = await pool.warm(3)  # already 3 idle: nothing to open
+        ev, cb = collect()
+        res = await pool.post_sse(CHAT, BODY, cb, 5.0)
+        await pool.close()
+        return opened, again, res, pool
+
+    opened, again, res, pool = asyncio.run(main())
+    assert (opened, again, pool.connections_opened) == (3, 0, 3)
+    assert res.connection == "warm" and res.status == 200 and res.attempts == 1
+    assert res.started_ns <= res.connected_ns <= res.written_ns
+
+
+def test_an_idle_connection_past_the_servers_keep_alive_timeout_is_not_reused(fast_server):
+    srv = fast_server(tokens=2)
+
+    async def main():
+        pool = StreamPool("127.0.0.1", srv.port)
+        first = await pool.post_sse(CHAT, BODY, collect()[1], 5.0)
+        pool.keepalive_timeout_ns = 30_000_000  # as if the server had said Keep-Alive: timeout=0.53
+        await asyncio.sleep(0.05)
+        second = await pool.post_sse(CHAT, BODY, collect()[1], 5.0)
+        await pool.close()
+        return first, second, pool
+
+    first, second, pool = asyncio.run(main())
+    assert second.connection == "new" and pool.connections_opened == 2
+
+
+def test_the_keep_alive_header_sets_the_pools_idle_limit():
+    pool = StreamPool("127.0.0.1", 9)
+    pool._keepalive_timeout("timeout=5, max=100")
+    assert pool.keepalive_timeout_ns == 4_500_000_000
 
 
 def test_mid_stream_disconnect_delivers_what_came_and_is_not_reused(fast_server):
@@ -207,12 +264,15 @@ class Scripted:
         self.server.close()
 
 
-def scripted(scripts, n=None, timeout_s=5):
+def scripted(scripts, n=None, timeout_s=5, pause_s=StreamPool.RIPE_NS / 1e9):
+    """Sequential requests against scripted connections, ``pause_s`` apart (as in ``post``)."""
     async def main():
         async with Scripted(scripts) as srv:
             pool = StreamPool("127.0.0.1", srv.port)
             out = []
-            for _ in range(n or len(scripts)):
+            for i in range(n or len(scripts)):
+                if i:
+                    await asyncio.sleep(pause_s)
                 ev, cb = collect()
                 out.append((await pool.post_sse("/x", b"{}", cb, timeout_s), ev))
             await pool.close()

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from tokenbench import records
+from tokenbench.load.journal import batches, frame
 from tokenbench.config import CellSettings, ConfigError, ValiditySpec, cell_settings, validate
 from tokenbench.engines.server import group_alive
 
@@ -43,7 +44,7 @@ def cell(tmp_path, engine, phases, request=None):
     out = tmp_path / "out"
     paths = dict(out_requests=str(out / "requests.parquet"), out_telemetry=str(out / "telemetry.parquet"),
                  out_run=str(out / "run.json"), out_engine_metrics=str(out / "engine_metrics.parquet"),
-                 server_log=str(tmp_path / "logs" / "server.log"), journal=str(tmp_path / "logs" / "journal.jsonl"))
+                 server_log=str(tmp_path / "logs" / "server.log"), journal=str(tmp_path / "logs" / "journal.arrows"))
     return settings, str(man), str(probe), paths
 
 
@@ -131,8 +132,8 @@ def test_interrupted_load_test_leaves_no_orphan_server(tmp_path, sig):
                 pgid = int(line.split("pgid ")[1].split()[0])
         time.sleep(0.1)
     assert pgid, log.read_text() if log.exists() else "no server log"
-    while time.monotonic() < deadline and not (journal.exists() and journal.stat().st_size > 0):
-        time.sleep(0.1)  # requests are flowing: interrupt mid-load
+    while time.monotonic() < deadline and not (journal.exists() and next(batches(journal), None)):
+        time.sleep(0.1)  # requests are flowing (a batch of them journalled): interrupt mid-load
     assert group_alive(pgid)
     runner.send_signal(sig)
     _, err = runner.communicate(timeout=60)
@@ -202,9 +203,9 @@ def test_server_crash_mid_run_keeps_every_request_and_marks_the_run_invalid(tmp_
                                        request={"max_tokens": 8})
     doc = run_load_test(settings, man, probe, **paths)
     req = records.read_table(paths["out_requests"])
-    journal = [json.loads(l) for l in Path(paths["journal"]).read_text().splitlines()]
+    journal = frame(paths["journal"])
     assert doc["complete"] and doc["server_exited_during_run"]
-    assert sorted(j["request_id"] for j in journal) == sorted(req["request_id"])
+    assert sorted(journal["request_id"]) == sorted(req["request_id"])
     assert (req["status"] == "ok").sum() >= 4 and (req["status"] == "disconnect").sum() >= 1
     assert set(req["status"]) <= {"ok", "disconnect"}
     run = records.read_json(paths["out_run"])

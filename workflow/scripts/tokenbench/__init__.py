@@ -8,4 +8,4 @@ __version__ = "0.1.0"
 
 # Version of the on-disk record layout (Parquet columns and JSON keys). Bump on any change a
 # reader would notice; every results file carries it.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4

@@ -38,6 +38,26 @@ def write_table(df: pd.DataFrame, path: str | Path, kind: str, provenance: dict[
     _atomic(path, lambda tmp: pq.write_table(table, tmp, **_layout(table.schema)))
 
 
+def write_table_batches(tables, schema: pa.Schema, path: str | Path, kind: str, provenance: dict[str, Any],
+                        extra: dict[str, Any] | None = None) -> int:
+    """``write_table`` for a table too big to hold at once: each of ``tables`` (an iterator of
+    pyarrow Tables of ``schema``) becomes a row group as it comes. Returns the row count."""
+    meta = dict(schema.metadata or {})
+    meta[META_KEY] = json.dumps({"schema_version": SCHEMA_VERSION, "kind": kind,
+                                 "provenance": provenance, **(extra or {})}, default=str).encode()
+    schema = schema.with_metadata(meta)
+    rows = 0
+
+    def write(tmp: str) -> None:
+        nonlocal rows
+        with pq.ParquetWriter(tmp, schema, **{k: v for k, v in _layout(schema).items() if k != "row_group_size"}) as w:
+            for t in tables:
+                w.write_table(t.replace_schema_metadata(meta), row_group_size=max(len(t), 1))
+                rows += len(t)
+    _atomic(path, write)
+    return rows
+
+
 ROW_GROUP_ROWS = 1 << 17  # readers decode row groups in parallel (a million requests: 8 groups)
 
 

@@ -29,8 +29,9 @@ from tokenbench.telemetry.merge import baseline_window
 
 # what compute_metrics reads of requests.parquet (the wrapper reads only these: add a column here
 # before using it)
-REQUEST_COLUMNS_USED = ["phase", "status", "scheduled_ns", "sent_ns", "first_byte_ns", "first_token_ns", "end_ns",
-                        "output_tokens", "prompt_tokens", "output_tokens_source", "client_output_tokens", "chunk_ns"]
+REQUEST_COLUMNS_USED = ["phase", "status", "scheduled_ns", "sent_ns", "written_ns", "first_byte_ns", "first_token_ns",
+                        "first_output_token_ns", "end_ns", "output_tokens", "reasoning_tokens", "reasoning_chunks",
+                        "prompt_tokens", "output_tokens_source", "client_output_tokens", "chunk_ns"]
 
 
 def dist(values, overwrite_input: bool = False) -> dict[str, Any]:
@@ -87,16 +88,31 @@ def _std(v: np.ndarray, mean: float) -> float:
 
 
 def request_latencies(req: pd.DataFrame) -> pd.DataFrame:
+    """Per ok request: latencies from the moment the request was written (its last byte handed to
+    the kernel: the server can see it from then on), so that opening a connection, or waiting for
+    the event loop to write it, is not server latency; ``connect_ms`` reports that part apart."""
     ok = req[req["status"] == "ok"].copy()
-    ms = lambda a, b: (ok[a].astype("Float64") - ok[b].astype("Float64")) / 1e6  # noqa: E731
-    ok["ttft_ms"] = ms("first_token_ns", "sent_ns")
-    ok["ttft_sched_ms"] = ms("first_token_ns", "scheduled_ns")
-    ok["first_byte_ms"] = ms("first_byte_ns", "sent_ns")
-    ok["e2e_ms"] = ms("end_ns", "sent_ns")
-    ok["send_lag_ms"] = ms("sent_ns", "scheduled_ns")
-    n = ok["output_tokens"].astype("Float64")
-    ok["tpot_ms"] = ((ok["e2e_ms"] - ok["ttft_ms"]) / (n - 1)).where(n > 1)
+    f = lambda c: ok[c].astype("Float64")  # noqa: E731
+    written = f("written_ns").fillna(f("sent_ns"))  # a request never written has no response: fallback only
+    since = lambda c: (f(c) - written) / 1e6  # noqa: E731
+    ok["ttft_ms"] = since("first_token_ns")
+    ok["ttfot_ms"] = since("first_output_token_ns")
+    ok["ttft_sched_ms"] = (f("first_token_ns") - f("scheduled_ns")) / 1e6
+    ok["first_byte_ms"] = since("first_byte_ns")
+    ok["e2e_ms"] = since("end_ns")
+    ok["connect_ms"] = (written - f("sent_ns")) / 1e6
+    ok["send_lag_ms"] = (f("sent_ns") - f("scheduled_ns")) / 1e6
+    ok["tpot_ms"] = ((ok["e2e_ms"] - ok["ttft_ms"]) / (visible_tokens(ok) - 1)).where(visible_tokens(ok) > 1)
     return ok
+
+
+def visible_tokens(ok: pd.DataFrame) -> pd.Series:
+    """Output tokens streamed from the first token on: the server's count, less reasoning tokens it
+    reported but never streamed (a model that thinks in hidden tokens spends them before its first
+    visible token, inside TTFT; counting them in TPOT's denominator would make decoding look faster)."""
+    n = ok["output_tokens"].astype("Float64")
+    hidden = ok["reasoning_tokens"].astype("Float64").where(ok["reasoning_chunks"].astype("Float64") == 0)
+    return (n - hidden.fillna(0)).clip(lower=0)
 
 
 def itl_ms(ok: pd.DataFrame, tokens: Tokens | None = None) -> np.ndarray:
@@ -419,8 +435,14 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], fig
     m["output_tokens_source"] = sorted(ok["output_tokens_source"].dropna().unique().tolist())
     m.update(token_count_check(ok))
     m["prompt_tokens_mean"] = float(ok["prompt_tokens"].astype("Float64").mean()) if ok["prompt_tokens"].notna().any() else None
-    for col in ("ttft_ms", "first_byte_ms", "e2e_ms", "tpot_ms"):
+    for col in ("ttft_ms", "first_byte_ms", "e2e_ms", "tpot_ms", "connect_ms"):
         m[col] = dist(ok[col])
+    reasoned = (ok["reasoning_chunks"].astype("Float64") > 0) | (ok["reasoning_tokens"].astype("Float64") > 0)
+    if reasoned.any():  # a reasoning model: time to its first answer token, and its thinking
+        m["ttfot_ms"] = dist(ok["ttfot_ms"])
+        m["reasoning_tokens_mean"] = float(ok["reasoning_tokens"].astype("Float64").mean()) \
+            if ok["reasoning_tokens"].notna().any() else None
+        m["reasoning_chunks_mean"] = float(ok["reasoning_chunks"].astype("Float64").mean())
     if mark["open_loop"]:
         # Poisson/gamma schedules deviate from the target rate by chance (sd ~ sqrt(rate x T));
         # whether the client kept up is delivered_ratio: scheduled arrivals sent inside the window

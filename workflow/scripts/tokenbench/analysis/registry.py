@@ -153,13 +153,17 @@ _DECLARED = [
     Metric("requests_sent", "sent", "requests", "Requests the phase sent, any status.",
            replicates=Replicates.SUM, digits=0, summary={"requests_sent": None}),
     # ---- latency
-    Metric("ttft_ms", "TTFT", "ms", "First content chunk's receive time − actual send time, per ok request.",
+    Metric("ttft_ms", "TTFT", "ms", "First token's receive time (content or reasoning; an empty role chunk is not a "
+           "token) − the time the request was written (its last byte handed to the kernel), per ok request. "
+           "Opening the connection is not in it: see connect time.",
            summary={"ttft_p50_ms": "p50", "ttft_p95_ms": "p95", "ttft_p99_ms": "p99", "ttft_mean_ms": "mean"},
            **_PER_REQUEST),
-    Metric("e2e_ms", "E2E", "ms", "End of the response − actual send time, per ok request.",
+    Metric("e2e_ms", "E2E", "ms", "End of the response − the time the request was written, per ok request.",
            summary={"e2e_p50_ms": "p50", "e2e_p99_ms": "p99", "e2e_mean_ms": "mean"}, **_PER_REQUEST),
     Metric("tpot_ms", "TPOT", "ms",
-           "(E2E − TTFT) ÷ (output_tokens − 1), per ok request with at least 2 output tokens.",
+           "(E2E − TTFT) ÷ (output_tokens − 1), per ok request with at least 2 output tokens; reasoning tokens "
+           "the server counted but never streamed are left out of output_tokens here (they were spent before "
+           "the first visible token).",
            digits=2, summary={"tpot_p50_ms": "p50", "tpot_p99_ms": "p99"}, **_PER_REQUEST),
     Metric("itl_ms", "ITL", "ms",
            "Gaps between the receive times of consecutive content chunks of an ok request, pooled over the "
@@ -275,8 +279,19 @@ _DECLARED = [
            _OPEN_LOOP_ONLY + "First content chunk's receive time − scheduled send time, per ok request (queueing in the "
            "client included).", **_PER_REQUEST),
     Metric("first_byte_ms", "first byte", "ms",
-           "First response body byte's receive time − actual send time, per ok request (how far TTFT is from "
-           "the first byte).", **_PER_REQUEST),
+           "First response body byte's receive time − the time the request was written, per ok request (how "
+           "far TTFT is from the first byte).", **_PER_REQUEST),
+    Metric("connect_ms", "connect", "ms",
+           "Request written − attempt started, per ok request: taking a kept-alive connection or opening a new "
+           "one, then writing the request (outside TTFT and E2E).", digits=3, **_PER_REQUEST),
+    Metric("ttfot_ms", "time to first output token", "ms",
+           "First content token's receive time − the time the request was written, per ok request, for a "
+           "reasoning model (TTFT counts its first reasoning token).", **_PER_REQUEST),
+    Metric("reasoning_tokens_mean", "reasoning tokens", "tok",
+           "Mean of the server's usage.completion_tokens_details.reasoning_tokens over ok requests (part of "
+           "output_tokens).", digits=1),
+    Metric("reasoning_chunks_mean", "reasoning chunks", "chunks",
+           "Mean number of streamed chunks carrying reasoning_content / reasoning, per ok request.", digits=1),
     Metric("send_lag_ms", "send lag", "ms",
            _OPEN_LOOP_ONLY + "Actual − scheduled send time, per request sent (any status). With the client's event-loop "
            "lag it bounds the timing error the client itself adds.", digits=2, **_PER_REQUEST),

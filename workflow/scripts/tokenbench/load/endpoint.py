@@ -24,7 +24,8 @@ from tokenbench.config import (ConfigError, HardwareSpec, Phase, RequestSpec, Sl
 from tokenbench.load.generator import LoadTest, run_async, session_factory
 from tokenbench.load.phases import LoadPhase
 from tokenbench.load.prompts import PromptStream, load_prompts, prompt_set_hash
-from tokenbench.load.run import api_key_headers, cancellable, client_summary, records_frame
+from tokenbench.load import journal as request_journal
+from tokenbench.load.run import api_key_headers, cancellable, client_summary
 from tokenbench.telemetry import hardware
 from tokenbench.telemetry.merge import merge_telemetry
 
@@ -65,7 +66,7 @@ async def _progress(test: LoadTest, out, every_s: float = 0.5) -> None:
     while True:
         await asyncio.sleep(every_s)
         now = time.monotonic()
-        sent, done, ok = len(test.records), test.n_done, test.n_ok
+        sent, done, ok = test.requests_sent, test.n_done, test.n_ok
         rate = (test.n_chunks - last_chunks) / (now - last_t)
         last_chunks, last_t = test.n_chunks, now
         name = test.current.name if test.current else "-"
@@ -91,30 +92,32 @@ def run_endpoint(endpoint: str, model: str, phases: list[LoadPhase], request: Re
                            "clock": {"timestamps": "CLOCK_MONOTONIC ns", "anchor": {"wall_ns": time.time_ns(),
                                                                                     "monotonic_ns": time.monotonic_ns()}},
                            "hardware": hardware.describe("auto")}
-    with open(out / "requests.jsonl", "w") as jf:
-        test = LoadTest(session_factory(endpoint, route_prefix, model, request, capabilities, headers),
-                        PromptStream(prompts, request.seed, "cli"), journal=jf, seed=request.seed)
+    journal = out / "requests.arrows"
+    test = LoadTest(session_factory(endpoint, route_prefix, model, request, capabilities, headers),
+                    PromptStream(prompts, request.seed, "cli"), journal=request_journal.Journal(journal),
+                    seed=request.seed)
 
-        async def main():
-            bar = asyncio.create_task(_progress(test, progress)) if progress else None
-            try:
-                await test.run(phases)
-            finally:
-                if bar:
-                    bar.cancel()
-                    progress.write("\n")
-
+    async def main():
+        bar = asyncio.create_task(_progress(test, progress)) if progress else None
         try:
-            run_async(cancellable(main()))
-            doc["complete"] = True
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            doc["interrupted"] = True
+            await test.run(phases)
+        finally:
+            if bar:
+                bar.cancel()
+                progress.write("\n")
+
+    try:
+        run_async(cancellable(main()))
+        doc["complete"] = True
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        doc["interrupted"] = True
     prov = provenance.block(config_hash=canonical_hash(settings), prompt_set_sha256=prompt_set_hash(prompts))
     doc["phases"] = [m.__dict__ for m in test.marks]
     doc["client"] = client_summary(test)
     doc["provenance"] = prov
-    req_df = records_frame(test.records)
-    records.write_table(req_df, out / "requests.parquet", "requests", prov, {"complete": doc["complete"]})
+    request_journal.to_parquet(journal, out / "requests.parquet", "requests", prov, {"complete": doc["complete"]})
+    journal.unlink()
+    req_df = records.read_table(out / "requests.parquet")
     records.write_json({k: v for k, v in doc.items() if k != "provenance"}, out / "run.json", "run", prov)
     tl = merge_telemetry(req_df, pd.DataFrame({"t_ns": pd.Series(dtype="int64"), "device": pd.Series(dtype="string")}), doc)
     metrics, _ = compute_metrics(req_df, tl, doc, {"name": model, "figures": {}}, HardwareSpec(), slo, validity)

@@ -2,12 +2,15 @@
 (tokenbench.load.phases says how each mode sends; this module records what was sent and got).
 
 Timing: every timestamp is ``time.monotonic_ns()`` (tokenbench.load.clock). Per request we record
-the scheduled send, the actual send, response headers, first body byte, first *content* token
-(an empty role-only delta is not a token), every content chunk, and the end.
+(tokenbench.load.journal.RequestRecord) the scheduled send, the start of the attempt, when its
+connection was ready, when the request's last byte was handed to the kernel, response headers,
+first body byte, the first SSE event, the first token of any kind (reasoning or content; an empty
+role-only delta is not a token), the first output (content) token, every token chunk, and the end.
 
 Nothing lost: each request that was sent gets exactly one record with a status
-(ok, http_error, timeout, disconnect, protocol_error, cancelled). Records are appended to a
-JSONL journal as each request finishes, so an interrupted run keeps what it measured.
+(ok, http_error, timeout, disconnect, protocol_error, cancelled). Records stream to the journal
+(tokenbench.load.journal) as each request finishes, so memory stays flat and an interrupted run
+keeps what it measured.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-from dataclasses import dataclass, field, fields
-from typing import Any, TextIO
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from tokenbench.config import RequestSpec
 from tokenbench.load.clock import now_ns, sleep_until
 from tokenbench.load.http_stream import StreamPool
+from tokenbench.load.journal import Journal, RequestRecord
 from tokenbench.load.phases import LoadPhase, WindowPhase
 from tokenbench.load.prompts import PromptStream
 
@@ -32,37 +37,6 @@ except ImportError:  # pragma: no cover - depends on the environment
 
     def _loads(data: bytes):
         return _decode(data.decode())[0]
-
-STATUSES = ("ok", "http_error", "timeout", "disconnect", "protocol_error", "cancelled")
-
-
-@dataclass
-class RequestRecord:
-    request_id: int
-    phase: str
-    user: int  # closed-loop user index; -1 for open-loop arrivals
-    prompt_id: str
-    scheduled_ns: int
-    sent_ns: int = 0
-    headers_ns: int | None = None
-    first_byte_ns: int | None = None
-    first_token_ns: int | None = None
-    end_ns: int | None = None
-    chunk_ns: list[int] = field(default_factory=list)  # arrival time of each content chunk
-    prompt_tokens: int | None = None
-    output_tokens: int | None = None
-    output_tokens_source: str | None = None  # "usage" (server count) or "chunks" (fallback)
-    output_chars: int = 0
-    finish_reason: str | None = None
-    status: str = "cancelled"
-    http_status: int | None = None
-    error: str | None = None
-    attempts: int = 0  # transport attempts: 2 when a pooled connection the server had closed was replaced
-    # (the resend is http_stream.StreamPool's; see post_sse)
-    max_tokens: int | None = None  # per-request output cap (trace / dataset rows); None: the load's
-    output_text: str = ""  # the streamed content, joined
-    client_output_tokens: int | None = None  # output_text re-tokenized by the model's tokenizer
-
 
 @dataclass
 class PhaseMark:
@@ -75,6 +49,7 @@ class PhaseMark:
     target: dict[str, Any]  # the load it offered (WindowPhase.target), plus what a sweep measured
     label: str  # the load it offered, in words (LoadPhase.label)
     open_loop: bool  # requests left on a schedule fixed in advance (OpenLoopPhase)
+    warm_connections: int = 0  # connections opened ahead of the phase (its warm-up), before start_ns
 
 
 class Client:
@@ -137,13 +112,34 @@ class Client:
                 rec.prompt_tokens = usage.get("prompt_tokens")
                 rec.output_tokens = usage.get("completion_tokens")
                 rec.output_tokens_source = "usage"
-            for ch in obj.get("choices") or ():
-                text = (ch.get("delta") or {}).get("content") if chat else ch.get("text")
-                if text:
+                details = usage.get("completion_tokens_details")
+                if details and details.get("reasoning_tokens") is not None:
+                    rec.reasoning_tokens = details["reasoning_tokens"]
+            choices = obj.get("choices")
+            if not choices:
+                return
+            if rec.first_event_ns is None:
+                rec.first_event_ns = t
+            for ch in choices:
+                if chat:
+                    delta = ch.get("delta") or {}
+                    text = delta.get("content")
+                    # reasoning models stream their thinking first: vLLM / SGLang / llama.cpp say
+                    # reasoning_content, newer vLLM and OpenRouter say reasoning
+                    thought = delta.get("reasoning_content") or delta.get("reasoning")
+                else:
+                    text, thought = ch.get("text"), None
+                if thought or text:
                     chunk_ns.append(t)
-                    parts.append(text)
                     if rec.first_token_ns is None:
                         rec.first_token_ns = t
+                    if thought:
+                        rec.reasoning_chunks += 1
+                        rec.reasoning_chars += len(thought)
+                    if text:
+                        parts.append(text)
+                        if rec.first_output_token_ns is None:
+                            rec.first_output_token_ns = t
                 if ch.get("finish_reason"):
                     rec.finish_reason = ch["finish_reason"]
 
@@ -155,9 +151,10 @@ class Client:
         finally:
             rec.output_text = "".join(parts)
             rec.output_chars = len(rec.output_text)
+        rec.sent_ns, rec.connected_ns, rec.written_ns = res.started_ns, res.connected_ns, res.written_ns
         rec.headers_ns, rec.first_byte_ns, rec.http_status = res.headers_ns, res.first_byte_ns, res.status
         rec.end_ns = res.end_ns or now_ns()
-        rec.attempts = res.attempts
+        rec.connection, rec.attempts, rec.first_attempt_ns = res.connection, res.attempts, res.first_attempt_ns
         err = res.error
         finished = done or rec.finish_reason is not None
         if err == "timeout":
@@ -175,17 +172,6 @@ class Client:
                 rec.output_tokens, rec.output_tokens_source = len(rec.chunk_ns), "chunks"
             rec.status, rec.error = "ok", None
         return rec
-
-
-_RECORD_FIELDS = None
-
-
-def record_dict(rec: "RequestRecord") -> dict[str, Any]:
-    """A record as a plain dict, without dataclasses.asdict's deep copy (116 -> ~20 us a request)."""
-    global _RECORD_FIELDS
-    if _RECORD_FIELDS is None:
-        _RECORD_FIELDS = [f.name for f in fields(RequestRecord)]
-    return {name: getattr(rec, name) for name in _RECORD_FIELDS}
 
 
 def loop_lag_by_phase(lag: list[tuple[int, int]], marks: list[PhaseMark]) -> dict[str, dict[str, float]]:
@@ -212,7 +198,9 @@ class PhaseWindow:
         duration_s, self.budget = phase.bounds()  # budget: the request count, or None
         self.start_ns = now_ns()
         self.end_ns = self.start_ns + int(duration_s * 1e9) if duration_s else None
+        self.stopped_ns: int | None = None  # when it stopped sending
         self.sent = 0
+        self.ok = 0  # requests that finished ok before the window stopped sending
         self.tasks: set[asyncio.Task] = set()
 
     def more(self, t_ns: int) -> bool:
@@ -223,7 +211,7 @@ class PhaseWindow:
         test = self._test
         rec, text = test._new(self._name, user, scheduled_ns, item)
         self.sent += 1
-        t = asyncio.create_task(test._one(rec, text, self._timeout_s))
+        t = asyncio.create_task(test._one(rec, text, self._timeout_s, self))
         self.tasks.add(t)
         test._inflight.add(t)
         t.add_done_callback(test._inflight.discard)
@@ -250,12 +238,11 @@ class LoadTest:
     Each phase runs itself (``await phase.run(self)``, tokenbench.load.phases); a phase that is one
     window of the run does so through ``run_window``, which leaves its PhaseMark."""
 
-    def __init__(self, client_factory, prompts: PromptStream, journal: TextIO | None = None, seed: int = 0):
+    def __init__(self, client_factory, prompts: PromptStream, journal: Journal, seed: int = 0):
         self.client_factory = client_factory
         self.prompts = prompts
-        self.journal = journal
+        self.journal = journal  # where every finished record goes (closed when the run ends)
         self.seed = seed
-        self.records: list[RequestRecord] = []
         self.marks: list[PhaseMark] = []
         self._next_id = 0
         self._inflight: set[asyncio.Task] = set()
@@ -263,26 +250,41 @@ class LoadTest:
         self.loop_lag: list[tuple[int, int]] = []  # (time, lag) in ns
         self.current: LoadPhase | None = None  # the phase running now (for progress displays)
         self.n_done = self.n_ok = self.n_chunks = 0  # finished requests, ok ones, their chunks: O(1) progress
+        self.status_counts: Counter[str] = Counter()
+        self.connection_counts: Counter[str] = Counter()  # how requests got their connection (journal.CONNECTIONS)
+        self.resent = 0  # requests resent once because their pooled connection had been closed
+        self.ok_in_window: dict[str, int] = {}  # per phase: ok requests finished before it stopped sending
+        self.on_finished: list[Callable[[RequestRecord], None]] = []  # called with each record as it ends
+
+    @property
+    def requests_sent(self) -> int:
+        return self._next_id
 
     def _new(self, phase: str, user: int, scheduled_ns: int, item: dict[str, Any] | None = None):
         p = item or self.prompts.next()
         rec = RequestRecord(self._next_id, phase, user, p["id"], scheduled_ns, max_tokens=p.get("max_tokens"))
         self._next_id += 1
-        self.records.append(rec)
         return rec, p["text"]
 
-    def _finished(self, rec: RequestRecord) -> None:
+    def _finished(self, rec: RequestRecord, window: PhaseWindow) -> None:
         self.n_done += 1
-        self.n_ok += rec.status == "ok"
+        ok = rec.status == "ok"
+        self.n_ok += ok
         self.n_chunks += len(rec.chunk_ns)
-        if self.journal is not None:  # flushed every 0.5 s by the lag monitor, and at the end
-            self.journal.write(json.dumps(record_dict(rec)) + "\n")
+        self.status_counts[rec.status] += 1
+        self.connection_counts[rec.connection or "none"] += 1
+        self.resent += rec.attempts > 1
+        if ok and (window.stopped_ns is None or (rec.end_ns or 0) < window.stopped_ns):
+            window.ok += 1
+        for hook in self.on_finished:
+            hook(rec)
+        self.journal.add(rec)  # buffered; handed to the writer every 0.5 s by the lag monitor
 
-    async def _one(self, rec: RequestRecord, text: str, timeout_s: float) -> None:
+    async def _one(self, rec: RequestRecord, text: str, timeout_s: float, window: PhaseWindow) -> None:
         try:
             await self._client.send(rec, text, timeout_s)
         finally:
-            self._finished(rec)
+            self._finished(rec, window)
 
     async def _lag_monitor(self, period_ns: int = 10_000_000) -> None:
         """Event-loop lag: how late a 10 ms timer fires. High lag means the client is the bottleneck.
@@ -294,7 +296,7 @@ class LoadTest:
             t = now_ns()
             self.loop_lag.append((t, t - t0 - period_ns))
             tick += 1
-            if self.journal is not None and tick % 50 == 0:
+            if tick % 50 == 0:
                 self.journal.flush()
 
     async def run(self, phases: list[LoadPhase]) -> None:
@@ -324,28 +326,27 @@ class LoadTest:
                     for t in list(self._inflight):
                         t.cancel()
                     await asyncio.gather(*self._inflight, return_exceptions=True)
-                if self.journal is not None:
-                    self.journal.flush()
+                self.journal.close()
 
     async def run_window(self, phase: WindowPhase) -> PhaseMark:
         """Run one phase as a window of the run: send, drain, and mark it."""
         self.current = phase
         target = phase.target()  # before the window opens: a trace is read here, not on its clock
+        warmed = await self._client.pool.warm(phase.warm_count()) if phase.warm_count() else 0
         window = PhaseWindow(self, phase)
         await phase.send_requests(window)
-        stopped = now_ns()
+        window.stopped_ns = stopped = now_ns()
         await window.drain(phase.drain_timeout_s)
+        self.ok_in_window[phase.name] = window.ok
         mark = PhaseMark(phase.name, phase.mode, phase.warmup, window.start_ns, stopped, now_ns(), target,
-                         phase.label, phase.open_loop)
+                         phase.label, phase.open_loop, warmed)
         self.marks.append(mark)
         return mark
 
     def completion_rate(self, mark: PhaseMark) -> float:
         """Requests of a phase that finished ok inside its window, per second."""
         dur = (mark.end_ns - mark.start_ns) / 1e9
-        n = sum(1 for r in self.records if r.phase == mark.name and r.status == "ok"
-                and r.end_ns is not None and r.end_ns < mark.end_ns)
-        return n / dur if dur > 0 else 0.0
+        return self.ok_in_window.get(mark.name, 0) / dur if dur > 0 else 0.0
 
 
 def event_loop_name() -> str:

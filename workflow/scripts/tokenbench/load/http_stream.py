@@ -54,11 +54,14 @@ _C_SIZE, _C_DATA, _C_DATA_END, _C_TRAILER = 0, 1, 2, 3
 class StreamResult:
     """What one request got. Times are ``time.monotonic_ns()``; ``None`` where it never happened."""
 
-    __slots__ = ("status", "headers", "headers_ns", "first_byte_ns", "end_ns", "body", "error", "events",
-                 "reused", "attempts")
+    __slots__ = ("status", "headers", "started_ns", "connected_ns", "written_ns", "headers_ns", "first_byte_ns",
+                 "end_ns", "body", "error", "events", "connection", "attempts", "first_attempt_ns")
 
     def __init__(self) -> None:
         self.status: int | None = None
+        self.started_ns = _now()  # this attempt began: a connection is taken from the pool or opened
+        self.connected_ns: int | None = None  # the connection was ready
+        self.written_ns: int | None = None  # the last byte of the request was handed to the kernel
         self.headers: dict[str, str] = {}  # lower-cased names; a repeated header keeps its last value
         self.headers_ns: int | None = None
         self.first_byte_ns: int | None = None
@@ -66,8 +69,13 @@ class StreamResult:
         self.body: bytes = b""  # the raw body (capped) of a non-2xx or non-event-stream response
         self.error: str | None = None
         self.events = 0  # data: events delivered
-        self.reused = False  # sent on a pooled keep-alive connection
+        self.connection: str | None = None  # "new", "reused" (kept alive from an earlier request) or "warm"
         self.attempts = 1  # 2 when the pooled connection had been closed by the server and was replaced
+        self.first_attempt_ns: int | None = None  # when the failed first attempt began (attempts == 2)
+
+    @property
+    def reused(self) -> bool:
+        return self.connection == "reused"
 
     def __repr__(self) -> str:
         return (f"StreamResult(status={self.status}, events={self.events}, error={self.error!r}, "
@@ -92,6 +100,8 @@ class _Conn(asyncio.Protocol):
         self._lost_waiter: asyncio.Future | None = None
         self.uses = 0  # requests sent on this connection
         self.lost = False  # connection_lost has run
+        self.warm = False  # opened ahead of a phase (StreamPool.warm), not for a request
+        self.idle_since = 0  # when it went back to the pool
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -153,7 +163,13 @@ class _Conn(asyncio.Protocol):
         self._line = b""  # partial SSE line
         self._sse = True
         self._keep = True
-        self.transport.write(request)
+        if self.transport.write(request) is not False:  # all of it handed to the kernel now
+            res.written_ns = _now()
+
+    def written(self) -> None:
+        """The transport handed the rest of a request that did not fit the socket buffer at once."""
+        if self.res is not None and self.res.written_ns is None:
+            self.res.written_ns = _now()
 
     def _head(self, t: int, data: bytes):
         """Consume status line and headers; return the rest of ``data`` (body bytes) or None."""
@@ -434,10 +450,13 @@ class _StampedTransport:
         del self._wbuf[:n]
         if not self._wbuf:
             self._loop.remove_writer(self._fd)
+            self._protocol.written()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> bool:
+        """Send ``data``; True if the kernel took all of it now, False if the rest waits for the
+        socket to drain (the protocol's ``written`` is called when it has gone)."""
         if self._closing:
-            return
+            return False
         if not self._wbuf:
             try:
                 n = self._sock.send(data)
@@ -445,12 +464,25 @@ class _StampedTransport:
                 n = 0
             except OSError as exc:
                 self._lost(exc)
-                return
+                return False
             if n == len(data):
-                return
+                return True
             data = data[n:]
             self._loop.add_writer(self._fd, self._writable)
         self._wbuf += data
+        return False
+
+    def peer_closed(self) -> bool:
+        """Has the peer closed (or talked out of turn on) this idle connection? A non-blocking
+        MSG_PEEK: an EOF (or bytes) already in the kernel, before the event loop has seen it."""
+        if self._closing:
+            return True
+        try:
+            return self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) is not None
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
 
     def is_closing(self) -> bool:
         return self._closing
@@ -492,6 +524,12 @@ class StreamPool:
     requests beyond it wait for a free connection, and that wait counts towards their timeout.
     """
 
+    # A server that closes a connection after each streamed response without saying so (llama-server
+    # does) delivers its FIN 0.03-5 ms after the response's last byte (measured on loopback): a
+    # connection reused sooner may be one the server is closing. Until the server has kept one alive
+    # for a second request, an idle connection is reused only once it has been idle this long.
+    RIPE_NS = 20_000_000
+
     def __init__(self, host: str, port: int, headers: dict[str, str] | None = None, limit: int | None = None,
                  kernel_timestamps: bool = True):
         self.host, self.port = host, port
@@ -503,6 +541,8 @@ class StreamPool:
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
         self._connecting = 0
         self.connections_opened = 0  # how many TCP connections this pool has made
+        self.keepalive_seen = False  # the server answered a request on a reused connection
+        self.keepalive_timeout_ns: int | None = None  # from the server's Keep-Alive header, less a margin
         hostport = host if port == 80 else f"{host}:{port}"
         if ":" in host and not host.startswith("["):  # IPv6 literal
             hostport = f"[{host}]" if port == 80 else f"[{host}]:{port}"
@@ -516,12 +556,41 @@ class StreamPool:
         self._closed = False
 
     # -- connections ---------------------------------------------------------------------
-    async def _acquire(self) -> _Conn:
-        while self._idle:
-            conn = self._idle.pop()  # LIFO: the most recently used connection is the warmest
-            conn.idle = False
-            if not conn.closed and not conn.transport.is_closing():
+    def _take_idle(self) -> _Conn | None:
+        """An idle connection fit to carry a request, most recently used first (the warmest), or None.
+
+        Fit: still open by every sign the kernel gives (a peek finds no EOF), inside the server's
+        ``Keep-Alive: timeout``, and either never used (warm), or idle long enough for a server that
+        closes after each response to have been seen doing so (``RIPE_NS``), or on a server that
+        has already kept a connection alive for a second request. Unfit closed ones are dropped;
+        unripe ones wait in the pool."""
+        if not self._idle:
+            return None
+        now = _now()
+        for i in range(len(self._idle) - 1, -1, -1):
+            conn = self._idle[i]
+            if conn.closed or conn.transport.is_closing() or self._stale(conn, now):
+                del self._idle[i]
+                conn.idle = False
+                conn._close()
+                self._all.discard(conn)
+                continue
+            if not conn.uses or self.keepalive_seen or now - conn.idle_since >= self.RIPE_NS:
+                del self._idle[i]
+                conn.idle = False
                 return conn
+        return None
+
+    def _stale(self, conn: _Conn, now: int) -> bool:
+        if self.keepalive_timeout_ns is not None and now - conn.idle_since > self.keepalive_timeout_ns:
+            return True
+        peek = getattr(conn.transport, "peer_closed", None)
+        return peek is not None and peek()
+
+    async def _acquire(self) -> _Conn:
+        conn = self._take_idle()
+        if conn is not None:
+            return conn
         if self.limit is not None and len(self._all) + self._connecting >= self.limit:
             fut = asyncio.get_running_loop().create_future()
             self._waiters.append(fut)
@@ -574,6 +643,7 @@ class StreamPool:
                 fut.set_result(conn)
                 return
         conn.idle = True
+        conn.idle_since = _now()
         self._idle.append(conn)
 
     def _forget_idle(self, conn: _Conn) -> None:
@@ -590,16 +660,38 @@ class StreamPool:
         """POST ``body`` (JSON) to ``path``; call ``on_event(arrival_ns, data)`` for each ``data:`` line.
 
         Returns when the response has ended, failed, or ``timeout_s`` (connect included) ran out.
-        A pooled keep-alive connection that drops before a single response byte is one the server
-        had already closed (llama-server does so right after some streamed responses): the request
-        got no answer, so it is resent once over a new connection, as browsers do for a reused
-        socket (RFC 9112 9.3.1). ``attempts`` on the result says so; nothing else is retried.
+        A pooled connection (kept alive, or opened ahead by ``warm``) that drops before a single
+        response byte is one the server had already closed (llama-server closes after each streamed
+        response, without saying so): the request got no answer, so it is resent once over a new
+        connection, as browsers do for a reused socket (RFC 9112 9.3.1). ``attempts`` says so, and the
+        result's timeline is the second attempt's; nothing else is retried. ``_take_idle`` keeps
+        such resends rare: it peeks for the server's EOF and waits for a connection to ripen.
         """
         res = await self._post(path, body, on_event, timeout_s, fresh=False)
-        if res.reused and res.first_byte_ns is None and (res.error or "").startswith("disconnect"):
+        if res.connection in ("reused", "warm") and res.first_byte_ns is None and \
+                (res.error or "").startswith("disconnect"):
+            first = res.started_ns
             res = await self._post(path, body, on_event, timeout_s, fresh=True)
-            res.attempts = 2
+            res.attempts, res.first_attempt_ns = 2, first  # the timeline is the second attempt's
         return res
+
+    async def warm(self, n: int, timeout_s: float = 10.0) -> int:
+        """Open connections until ``n`` are idle in the pool (ahead of a phase, so that its first
+        requests do not all open connections at once); returns how many were opened."""
+        need = n - len(self._idle)
+        if self.limit is not None:
+            need = min(need, self.limit - len(self._all) - self._connecting)
+        if need <= 0:
+            return 0
+        async with asyncio.timeout(timeout_s):
+            conns = await asyncio.gather(*(self._connect() for _ in range(need)), return_exceptions=True)
+        opened = 0
+        for conn in conns:
+            if isinstance(conn, _Conn):
+                conn.warm = True
+                self._release(conn, True)
+                opened += 1
+        return opened
 
     async def _post(self, path: str, body: bytes, on_event, timeout_s: float, fresh: bool) -> StreamResult:
         res = StreamResult()
@@ -614,11 +706,16 @@ class StreamPool:
                     res.end_ns = _now()
                     res.error = f"disconnect: connect: {type(exc).__name__}: {exc}"
                     return res
-                res.reused = conn.uses > 0
+                res.connected_ns = _now()
+                res.connection = "reused" if conn.uses else "warm" if conn.warm else "new"
                 conn.uses += 1
                 done = asyncio.get_running_loop().create_future()
                 conn.start(res, on_event, done, request)
                 reuse = await done
+                if res.connection == "reused" and res.status is not None:
+                    self.keepalive_seen = True
+                if reuse and self.keepalive_timeout_ns is None:
+                    self._keepalive_timeout(res.headers.get("keep-alive"))
                 self._release(conn, reuse)
                 conn = None
         except TimeoutError:
@@ -634,6 +731,16 @@ class StreamPool:
                 self._release(conn, False)
             raise
         return res
+
+    def _keepalive_timeout(self, value: str | None) -> None:
+        """``Keep-Alive: timeout=5, max=100``: reuse an idle connection only within timeout - 0.5 s."""
+        for part in (value or "").split(","):
+            name, _, v = part.strip().partition("=")
+            if name.lower() == "timeout":
+                try:
+                    self.keepalive_timeout_ns = max(int((float(v) - 0.5) * 1e9), 0)
+                except ValueError:
+                    pass
 
     async def close(self) -> None:
         """Close every connection (idle or busy) and wait briefly for them to go."""

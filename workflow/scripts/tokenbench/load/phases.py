@@ -58,6 +58,14 @@ class LoadPhase(Strict):
     warmup: bool = False  # excluded from steady-state figures
     timeout_s: float = Field(120, gt=0)  # per request
     drain_timeout_s: float = Field(120, ge=0)  # wait for in-flight requests after the phase ends
+    # open the connections the phase will use before it starts (none open mid-window, and a
+    # request's connect time stays out of its latency): None is on for closed loops (one per user)
+    # and off for open loops, where True needs max_concurrency (how many to open)
+    warm_connections: bool | None = None
+
+    def warm_count(self) -> int:
+        """How many connections to open before the phase starts."""
+        return 0
 
     @property
     @abstractmethod
@@ -119,6 +127,9 @@ class ClosedPhase(BoundedPhase):
             raise ValueError(f"ramp_s ({self.ramp_s}) must be shorter than duration_s ({self.duration_s})")
         return self
 
+    def warm_count(self) -> int:
+        return 0 if self.warm_connections is False else self.users
+
     @property
     def label(self) -> str:
         parts = [f"{self.users} user{'s' if self.users != 1 else ''}"]
@@ -164,6 +175,15 @@ class OpenLoopPhase(WindowPhase):
 
     open_loop: ClassVar[bool] = True
     max_concurrency: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _warm_needs_cap(self):
+        if self.warm_connections and not self.max_concurrency:
+            raise ValueError("warm_connections on an open-loop phase needs max_concurrency (how many to open)")
+        return self
+
+    def warm_count(self) -> int:
+        return self.max_concurrency if self.warm_connections else 0
 
     @abstractmethod
     def schedule(self, seed: int) -> Iterator[Arrival]:
@@ -353,7 +373,8 @@ class SweepPhase(LoadPhase):
                 "duration_s": self.step_duration_s}
 
     def closed_step(self, suffix: str, users: int) -> ClosedPhase:
-        return ClosedPhase(name=f"{self.name}-{suffix}", users=users, **self._step())
+        return ClosedPhase(name=f"{self.name}-{suffix}", users=users, warm_connections=self.warm_connections,
+                           **self._step())
 
     def rate_step(self, index: int, rate_rps: float) -> PoissonPhase | ConstantPhase:
         step_class = PoissonPhase if self.arrivals == "poisson" else ConstantPhase

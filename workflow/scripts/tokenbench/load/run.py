@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pandas as pd
+import pyarrow as pa
 
 from tokenbench import provenance, records
 from tokenbench.config import CellEngine, CellSettings, ConfigError, canonical_hash, is_loopback, rep_name
@@ -22,28 +23,14 @@ from tokenbench.engines import catalog as engines
 from tokenbench.engines import promscrape
 from tokenbench.engines.server import (Server, die_with_parent, free_port, gpu_idle_check, grep_log, pick_port,
                                        wait_endpoint_ready)
-from tokenbench.load.generator import LoadTest, event_loop_name, loop_lag_by_phase, record_dict, run_async, session_factory
+from tokenbench.load import journal as request_journal
+from tokenbench.load.generator import LoadTest, event_loop_name, loop_lag_by_phase, run_async, session_factory
 from tokenbench.load.prompts import PromptStream, load_prompts, prompt_set_hash
 from tokenbench.load.tokenizer import EngineTokenizer
 from tokenbench.telemetry import hardware
 
-REQUEST_COLUMNS = {  # column -> pandas dtype; timestamps are int ns on CLOCK_MONOTONIC
-    "request_id": "int64", "phase": "string", "user": "int64", "prompt_id": "string",
-    "scheduled_ns": "int64", "sent_ns": "int64", "headers_ns": "Int64", "first_byte_ns": "Int64",
-    "first_token_ns": "Int64", "end_ns": "Int64", "chunk_ns": "object", "prompt_tokens": "Int64",
-    "output_tokens": "Int64", "output_tokens_source": "string", "output_chars": "int64",
-    "finish_reason": "string", "status": "string", "http_status": "Int64", "error": "string",
-    "attempts": "int64", "max_tokens": "Int64", "output_text": "string", "client_output_tokens": "Int64",
-}
-
-
 class Interrupted(Exception):
     pass
-
-
-def records_frame(recs) -> pd.DataFrame:
-    df = pd.DataFrame([record_dict(r) for r in recs], columns=list(REQUEST_COLUMNS))
-    return df.astype(REQUEST_COLUMNS)
 
 
 class Telemetry:
@@ -92,11 +79,15 @@ class Telemetry:
             self.proc.wait()
 
 
-def count_output_tokens(recs, tokenizer) -> None:
-    """Client-side output token counts: each ok response's text through the model's tokenizer."""
-    ok = [r for r in recs if r.status == "ok"]
-    for r, n in zip(ok, tokenizer.count_many([r.output_text for r in ok])):
-        r.client_output_tokens = n
+def count_output_tokens(batch, tokenizer) -> list[int | None]:
+    """Client-side output token counts of a journal batch: each ok response's text through the
+    model's tokenizer (None for the others)."""
+    cols = batch.select(["status", "output_text"]).to_pydict()
+    ok = [i for i, st in enumerate(cols["status"]) if st == "ok"]
+    out: list[int | None] = [None] * batch.num_rows
+    for i, n in zip(ok, tokenizer.count_many([cols["output_text"][i] for i in ok])):
+        out[i] = n
+    return out
 
 
 def api_key_headers(var: str | None, key: str) -> dict[str, str]:
@@ -211,6 +202,7 @@ class CellLoadTest:
         self.scraper: promscrape.Scraper | None = None
         self.tokenizer: EngineTokenizer | None = None
         self.test: LoadTest | None = None
+        self.client_counts: list[pa.Array] | None = None  # per journal batch, from count_tokens
         self.prompts: list[dict[str, Any]] = []
         self.caught: dict[str, str] = {}  # the signal that cancelled the load, if one did
         self.journal.parent.mkdir(parents=True, exist_ok=True)
@@ -354,19 +346,19 @@ class CellLoadTest:
 
     def run_load(self) -> None:
         ep, request, load = self.endpoint, self.settings.request, self.settings.load
-        with open(self.journal, "w") as jf:
-            factory = session_factory(ep.base_url, ep.route_prefix, ep.request_model, request, ep.capabilities,
-                                      headers=ep.headers or None)
-            self.test = LoadTest(factory, PromptStream(self.prompts, request.seed, load.name), journal=jf,
-                                 seed=request.seed)
-            run_async(cancellable(self.test.run(load.phases), self.caught))
-            signal.signal(signal.SIGTERM, _raise_interrupted)  # the event loop's handlers are gone with it
+        factory = session_factory(ep.base_url, ep.route_prefix, ep.request_model, request, ep.capabilities,
+                                  headers=ep.headers or None)
+        self.test = LoadTest(factory, PromptStream(self.prompts, request.seed, load.name),
+                             journal=request_journal.Journal(self.journal), seed=request.seed)
+        run_async(cancellable(self.test.run(load.phases), self.caught))
+        signal.signal(signal.SIGTERM, _raise_interrupted)  # the event loop's handlers are gone with it
 
     def count_tokens(self) -> None:
         if self.tokenizer is None or not self.settings.request.client_token_count:
             return
-        try:
-            count_output_tokens(self.test.records, self.tokenizer)
+        try:  # a batch at a time, while the server (its tokenizer) is still up
+            self.client_counts = [pa.array(count_output_tokens(b, self.tokenizer), type=pa.int64())
+                                  for b in request_journal.batches(self.journal)]
         except Exception as exc:  # a check that failed must not cost the measured run
             self.doc["client_token_count_error"] = f"{type(exc).__name__}: {exc}"[:300]
 
@@ -385,12 +377,16 @@ class CellLoadTest:
 
     def write_outputs(self) -> None:
         prov = self.provenance()
-        recs = self.test.records if self.test else []
         self.doc["phases"] = [asdict(m) for m in self.test.marks] if self.test else []
         self.doc["client"] = client_summary(self.test)
         extra = {"complete": self.doc["complete"], "cell": self.doc["cell"]}
         out = self.outputs
-        records.write_table(records_frame(recs), out.requests, "requests", prov, extra)
+        if self.test is None:  # no load ran: an empty table (not a journal left by an earlier attempt)
+            records.write_table(request_journal.empty_frame(), out.requests, "requests", prov, extra)
+        else:
+            counts = iter(self.client_counts) if self.client_counts else None
+            request_journal.to_parquet(self.journal, out.requests, "requests", prov, extra,
+                                       client_output_tokens=(lambda _batch: next(counts)) if counts else None)
         records.write_table(self.telemetry_frame(), out.telemetry, "telemetry", prov, extra)
         if out.engine_metrics is not None:
             em = self.scraper.frame() if self.scraper is not None else promscrape.frame([])
@@ -417,8 +413,8 @@ class CellLoadTest:
 
 
 def client_summary(test: LoadTest | None) -> dict[str, Any]:
-    """How the client itself did: event-loop lag (is the client the bottleneck?) and what it sent."""
-    recs = test.records if test else []
+    """How the client itself did: event-loop lag (is the client the bottleneck?), what it sent, and
+    how it got its connections."""
     lag = loop_lag_by_phase(test.loop_lag, test.marks) if test else {}
     run_lag = lag.get("(run)") or {}
     return {
@@ -426,8 +422,10 @@ def client_summary(test: LoadTest | None) -> dict[str, Any]:
         "event_loop_lag_max_ms": run_lag.get("max_ms"),
         "event_loop_lag_by_phase": {k: v for k, v in lag.items() if k != "(run)"},
         "event_loop": event_loop_name(),
-        "requests_sent": len(recs),
-        "status_counts": pd.Series([r.status for r in recs], dtype="string").value_counts().to_dict(),
+        "requests_sent": test.requests_sent if test else 0,
+        "status_counts": dict(test.status_counts) if test else {},
+        "connections": dict(test.connection_counts) if test else {},
+        "resent": test.resent if test else 0,
     }
 
 

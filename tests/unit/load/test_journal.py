@@ -1,0 +1,82 @@
+from array import array
+
+import pyarrow as pa
+import pytest
+
+from tokenbench import records
+from tokenbench.load.journal import SCHEMA, Journal, RequestRecord, batches, frame, read_records, to_parquet
+
+
+def rec(i: int, chunks: int = 3, status: str = "ok") -> RequestRecord:
+    r = RequestRecord(i, "p", 0, f"prompt-{i}", 1_000 * i, sent_ns=1_000 * i + 5, status=status,
+                      output_text=f"text {i}", output_tokens=chunks)
+    r.chunk_ns = array("q", [10_000 * i + k for k in range(chunks)])
+    return r
+
+
+def test_records_stream_in_batches_and_read_back_exactly(tmp_path):
+    path = tmp_path / "j.arrows"
+    j = Journal(path, batch_rows=4)
+    for i in range(10):
+        j.add(rec(i, chunks=i % 4))
+    j.flush()
+    j.close()
+    assert [b.num_rows for b in batches(path)] == [4, 4, 2]
+    back = read_records(path)
+    assert [r.request_id for r in back] == list(range(10))
+    assert [list(r.chunk_ns) for r in back] == [[10_000 * i + k for k in range(i % 4)] for i in range(10)]
+    assert back[3].output_text == "text 3" and back[3].connection is None and back[3].reasoning_chunks == 0
+    df = frame(path)
+    assert len(df) == 10 and str(df["first_token_ns"].dtype) == "Int64"
+
+
+def test_a_journal_cut_mid_batch_keeps_every_complete_batch(tmp_path):
+    path = tmp_path / "j.arrows"
+    j = Journal(path, batch_rows=5)
+    for i in range(12):
+        j.add(rec(i, chunks=50))
+    j.close()
+    data = path.read_bytes()
+    cut = tmp_path / "cut.arrows"
+    cut.write_bytes(data[: len(data) - 200])  # a run killed while the last batch was being written
+    assert [b.num_rows for b in batches(cut)] == [5, 5]
+    assert list(batches(tmp_path / "never-written.arrows")) == []
+
+
+def test_to_parquet_writes_the_results_table_a_row_group_per_batch_group(tmp_path):
+    path = tmp_path / "j.arrows"
+    j = Journal(path, batch_rows=3)
+    for i in range(8):
+        j.add(rec(i, status="ok" if i % 2 else "timeout"))
+    j.close()
+    out = tmp_path / "requests.parquet"
+
+    def counts(batch: pa.RecordBatch):  # what the tokenizer would give: one per ok row
+        return pa.array([7 if s == "ok" else None for s in batch.column(SCHEMA.get_field_index("status")).to_pylist()],
+                        type=pa.int64())
+
+    n = to_parquet(path, out, "requests", {"p": 1}, {"complete": True}, client_output_tokens=counts, group_rows=4)
+    assert n == 8
+    df = records.read_table(out)
+    assert records.read_meta(out)["complete"] is True
+    assert list(df["request_id"]) == list(range(8))
+    assert [list(c) for c in df["chunk_ns"]] == [[10_000 * i + k for k in range(3)] for i in range(8)]
+    assert list(df["client_output_tokens"].astype("Float64").fillna(-1)) == [-1, 7] * 4
+    import pyarrow.parquet as pq
+    assert pq.ParquetFile(out).metadata.num_row_groups == 2  # 3+3 rows, then 2
+
+
+def test_an_empty_journal_gives_an_empty_table_with_every_column(tmp_path):
+    path = tmp_path / "j.arrows"
+    Journal(path).close()
+    out = tmp_path / "requests.parquet"
+    assert to_parquet(path, out, "requests", {}, {}) == 0
+    assert list(records.read_table(out).columns) == SCHEMA.names
+
+
+def test_a_write_failure_is_raised_not_swallowed(tmp_path):
+    j = Journal(tmp_path / "j.arrows", batch_rows=1)
+    j._sink.close()  # the disk went away under the writer
+    j.add(rec(0))
+    with pytest.raises(RuntimeError, match="request journal"):
+        j.close()

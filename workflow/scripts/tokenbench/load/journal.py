@@ -1,0 +1,230 @@
+"""Request records, and the journal that streams them to disk as they finish.
+
+A :class:`RequestRecord` lives only while its request is in flight (its chunk arrivals in an
+``array('q')``, 8 bytes each, not a list of Python ints). When the request ends, the record's
+fields are appended to column buffers; every ``batch_rows`` records (or whenever ``flush`` is
+called) the buffers become one Arrow record batch, handed to a writer thread that appends it to an
+Arrow IPC stream (zstd-compressed). The client's memory therefore stays flat however long the run:
+what is resident is the requests in flight plus one batch.
+
+The journal is readable at any moment up to its last complete batch, so a run killed outright keeps
+all it had flushed (every 0.5 s); ``to_parquet`` turns it into ``requests.parquet`` a batch at a time.
+
+The columns are declared once, by :class:`RequestRecord`'s annotations: ``int`` is int64, ``int |
+None`` a nullable int64, ``str`` / ``str | None`` a string, ``array`` (chunk_ns) a list of int64.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from array import array
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from tokenbench import records
+
+STATUSES = ("ok", "http_error", "timeout", "disconnect", "protocol_error", "cancelled")
+CONNECTIONS = ("new", "reused", "warm")  # warm: opened by the phase's warm-up, used for the first time
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One request: what was sent and what came back. Times are ``time.monotonic_ns()``.
+
+    The timeline of the attempt that produced the response (a request resent on a new connection
+    keeps only its second attempt's times; ``first_attempt_ns`` says when the first began):
+    scheduled -> sent (the client began: connection acquisition starts) -> connected (a pooled
+    connection taken, or a new one open) -> written (the last request byte handed to the kernel)
+    -> headers -> first byte -> first event (first SSE event with ``choices``: the role chunk) ->
+    first token (of any kind: reasoning or content) -> first output token (content) -> end."""
+
+    request_id: int
+    phase: str
+    user: int  # closed-loop user index; -1 for open-loop arrivals
+    prompt_id: str
+    scheduled_ns: int
+    sent_ns: int = 0
+    connected_ns: int | None = None
+    written_ns: int | None = None
+    headers_ns: int | None = None
+    first_byte_ns: int | None = None
+    first_event_ns: int | None = None
+    first_token_ns: int | None = None  # first generated token of any kind (reasoning or content)
+    first_output_token_ns: int | None = None  # first content token
+    end_ns: int | None = None
+    chunk_ns: array = field(default_factory=lambda: array("q"))  # arrival of each token-carrying chunk
+    reasoning_chunks: int = 0  # how many of chunk_ns carried reasoning (reasoning_content / reasoning)
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None  # completion tokens, reasoning included (usage), else chunk count
+    output_tokens_source: str | None = None  # "usage" (server count) or "chunks" (fallback)
+    reasoning_tokens: int | None = None  # usage.completion_tokens_details.reasoning_tokens where given
+    output_chars: int = 0
+    reasoning_chars: int = 0
+    finish_reason: str | None = None
+    status: str = "cancelled"
+    http_status: int | None = None
+    error: str | None = None
+    connection: str | None = None  # CONNECTIONS: how the final attempt got its connection
+    attempts: int = 0  # transport attempts: 2 when a pooled connection the server had closed was replaced
+    first_attempt_ns: int | None = None  # when the first attempt began, if there was a second
+    max_tokens: int | None = None  # per-request output cap (trace / dataset rows); None: the load's
+    output_text: str = ""  # the streamed content, joined
+    client_output_tokens: int | None = None  # output_text re-tokenized by the model's tokenizer
+
+
+_ARROW = {"int": pa.int64(), "int | None": pa.int64(), "str": pa.string(), "str | None": pa.string(),
+          "array": pa.large_list(pa.int64())}
+_PANDAS = {"int": "int64", "int | None": "Int64", "str": "string", "str | None": "string", "array": "object"}
+FIELDS = [f.name for f in fields(RequestRecord)]
+SCHEMA = pa.schema([pa.field(f.name, _ARROW[f.type], nullable=f.type.endswith("None") or f.type == "array")
+                    for f in fields(RequestRecord)])
+PANDAS_DTYPES = {f.name: _PANDAS[f.type] for f in fields(RequestRecord)}
+_SCALARS = [n for n in FIELDS if n != "chunk_ns"]
+
+
+class Journal:
+    """Finished records, streamed to an Arrow IPC file a batch at a time by a writer thread."""
+
+    def __init__(self, path: str | Path, batch_rows: int = 2048):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.batch_rows = batch_rows
+        self.rows = 0  # records written or buffered
+        self._cols: dict[str, list] = {n: [] for n in _SCALARS}
+        self._values = array("q")  # the buffered records' chunk_ns, end to end
+        self._lengths: list[int] = []
+        self._queue: queue.Queue = queue.Queue(maxsize=8)  # batches for the writer; bounded: memory stays flat
+        self._error: BaseException | None = None
+        self._sink = pa.OSFile(str(self.path), "wb")  # unbuffered: a batch is on disk once written
+        self._writer = ipc.new_stream(self._sink, SCHEMA, options=ipc.IpcWriteOptions(compression="zstd"))
+        self._thread = threading.Thread(target=self._write_batches, name="journal-writer", daemon=True)
+        self._thread.start()
+
+    def add(self, rec: RequestRecord) -> None:
+        cols = self._cols
+        for name in _SCALARS:
+            cols[name].append(getattr(rec, name))
+        self._values.extend(rec.chunk_ns)
+        self._lengths.append(len(rec.chunk_ns))
+        self.rows += 1
+        if len(self._lengths) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the buffered records to the writer (they reach the file within milliseconds)."""
+        if self._error is not None:
+            raise RuntimeError(f"request journal {self.path}: {self._error}") from self._error
+        if not self._lengths:
+            return
+        cols, values, lengths = self._cols, self._values, self._lengths
+        self._cols, self._values, self._lengths = {n: [] for n in _SCALARS}, array("q"), []
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        chunk = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(np.frombuffer(values, dtype=np.int64)))
+        arrays = [chunk if n == "chunk_ns" else pa.array(cols[n], type=SCHEMA.field(n).type) for n in FIELDS]
+        self._queue.put(pa.RecordBatch.from_arrays(arrays, schema=SCHEMA))
+
+    def _write_batches(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            try:
+                if self._error is None:
+                    self._writer.write_batch(batch)
+            except BaseException as exc:  # noqa: BLE001 - reported by the next flush / close
+                self._error = exc
+
+    def close(self) -> None:
+        """Write what is buffered and close the file (idempotent)."""
+        if self._thread.is_alive():
+            try:
+                self.flush()
+            finally:
+                self._queue.put(None)
+                self._thread.join()
+                try:
+                    self._writer.close()
+                    self._sink.close()
+                except (OSError, pa.ArrowException) as exc:
+                    self._error = self._error or exc
+        if self._error is not None:
+            raise RuntimeError(f"request journal {self.path}: {self._error}") from self._error
+
+
+def batches(path: str | Path) -> Iterator[pa.RecordBatch]:
+    """The journal's record batches, up to its last complete one (a killed run's file ends mid-batch)."""
+    try:
+        reader = ipc.open_stream(str(path))
+    except (pa.ArrowInvalid, OSError):  # empty: nothing was ever written
+        return
+    while True:
+        try:
+            yield reader.read_next_batch()
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, OSError):  # a truncated last batch
+            return
+
+
+def frame(path: str | Path) -> pd.DataFrame:
+    """The whole journal as a DataFrame (for small runs and tests: it holds every record at once)."""
+    bs = list(batches(path))
+    table = pa.Table.from_batches(bs, schema=SCHEMA)
+    df = table.to_pandas(types_mapper=None)
+    return df.astype({k: v for k, v in PANDAS_DTYPES.items() if k != "chunk_ns"})
+
+
+def read_records(path: str | Path) -> list[RequestRecord]:
+    """The journal as RequestRecords (small runs and tests: every record in memory at once)."""
+    out = []
+    for batch in batches(path):
+        cols = batch.to_pydict()
+        for i in range(batch.num_rows):
+            rec = RequestRecord(**{n: cols[n][i] for n in FIELDS if n != "chunk_ns"})
+            rec.chunk_ns = array("q", cols["chunk_ns"][i] or ())
+            out.append(rec)
+    return out
+
+
+def to_parquet(path: str | Path, out: str | Path, kind: str, provenance: dict[str, Any], extra: dict[str, Any],
+               client_output_tokens: Callable[[pa.RecordBatch], list[int | None]] | None = None,
+               group_rows: int = 1 << 14) -> int:
+    """Write the journal as a results table (records.write_parquet_batches), ``group_rows`` per row
+    group; ``client_output_tokens``: per batch, the re-tokenized count of each row (else kept as is).
+    Returns the number of rows."""
+    def tables() -> Iterator[pa.Table]:
+        pending: list[pa.RecordBatch] = []
+        n = 0
+        for batch in batches(path):
+            if client_output_tokens is not None:
+                i = SCHEMA.get_field_index("client_output_tokens")
+                batch = batch.set_column(i, SCHEMA.field(i), pa.array(client_output_tokens(batch), type=pa.int64()))
+            pending.append(batch)
+            n += batch.num_rows
+            if n >= group_rows:
+                yield pa.Table.from_batches(pending, schema=SCHEMA)
+                pending, n = [], 0
+        if pending or n == 0:
+            yield pa.Table.from_batches(pending, schema=SCHEMA)
+
+    return records.write_table_batches(tables(), SCHEMA, out, kind, provenance, extra)
+
+
+def empty_frame() -> pd.DataFrame:
+    return pa.Table.from_batches([], schema=SCHEMA).to_pandas().astype(
+        {k: v for k, v in PANDAS_DTYPES.items() if k != "chunk_ns"})
+
+
+def records_frame(recs: list[RequestRecord]) -> pd.DataFrame:
+    """Records in memory as a requests frame (tests and small callers)."""
+    df = pd.DataFrame([{n: getattr(r, n) for n in FIELDS} for r in recs], columns=FIELDS)
+    df["chunk_ns"] = [list(c) for c in df["chunk_ns"]]
+    return df.astype(PANDAS_DTYPES)
