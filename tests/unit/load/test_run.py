@@ -28,11 +28,11 @@ def wrapper(tmp_path, *fake_args):
     return w
 
 
-def cell(tmp_path, engine, phases, request=None):
+def cell(tmp_path, engine, phases, request=None, processes=1):
     raw = {"study": {"title": "t"}, "telemetry": {"interval_s": 0.1, "baseline_s": 0.3},
            "request": {"max_tokens": 4, "ignore_eos": True, **(request or {})},
            "models": {"m": {"source": "local", "path": str(tmp_path)}},
-           "engines": {"e": engine}, "loads": {"l": {"phases": phases}}}
+           "engines": {"e": engine}, "loads": {"l": {"phases": phases, "processes": processes}}}
     settings = cell_settings(validate(raw), "e", "m", "l")
     man = tmp_path / "manifest.json"
     records.write_json({"name": "m", "served_name": "m", "path": str(tmp_path / "model.gguf"), "sha256": "0" * 64,
@@ -242,3 +242,18 @@ def test_sampler_dies_with_a_sigkilled_load_test(tmp_path):
         time.sleep(0.05)
     assert not psutil.pid_exists(sampler) or psutil.Process(sampler).status() == psutil.STATUS_ZOMBIE
     assert not (tmp_path / "tel.parquet").exists()  # killed, not left to write after its job died
+
+
+def test_a_cell_on_two_client_processes_writes_one_requests_table(tmp_path):
+    from tokenbench.load.run import run_load_test
+
+    eng = {"kind": "llama.cpp", "binary": str(wrapper(tmp_path, "--itl-ms", "5")), "max_batch": 4, "max_context": 256}
+    settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 3, "duration_s": 1}],
+                                       processes=2)
+    doc = run_load_test(settings, man, probe, **paths)
+    req = records.read_table(paths["out_requests"])
+    assert doc["complete"] and doc["client"]["processes"] == 2
+    assert len(req) == doc["client"]["requests_sent"] > 3 and set(req["user"]) == {0, 1, 2}
+    assert set(req["request_id"] % 2) == {0, 1} and req["request_id"].is_unique
+    assert (req["status"] == "ok").all() and req["client_output_tokens"].notna().all()  # counted from both journals
+    assert [p["warm_connections"] for p in doc["phases"]] == [3]

@@ -158,6 +158,9 @@ class LoadSpec(Strict):
     description: str = ""
     phases: list[Phase] = Field(min_length=1)
     request: RequestSpec | None = None  # overrides the top-level `request` block
+    # client processes, each one event loop on its own core, sharing out users and arrivals
+    # (tokenbench.load.shards): one core streams ~1,000 requests/s; raise it beyond that
+    processes: int = Field(1, ge=1, le=256)
 
     @field_validator("phases")
     @classmethod
@@ -169,6 +172,14 @@ class LoadSpec(Strict):
         if all(isinstance(p, IdlePhase) for p in phases):
             raise ValueError("a load needs at least one phase that sends requests")
         return phases
+
+    @model_validator(mode="after")
+    def _phases_split_across_processes(self):
+        for p in self.phases:
+            if self.processes > 1 and not p.shardable:
+                raise ValueError(f"phase {p.name!r} ({p.mode}) runs on one client process; "
+                                 f"processes is {self.processes}: use 1 for this load")
+        return self
 
 
 class SweepSpec(Strict):
@@ -409,9 +420,10 @@ class CellModel(ModelSpec):
 
 
 class CellLoad(Strict):
-    """A load's phases with its key in ``loads``."""
+    """A load's phases with its key in ``loads``, and its client processes."""
     name: Name
     phases: list[Phase]
+    processes: int = Field(ge=1)  # LoadSpec.processes
 
 
 class CellSettings(Strict):
@@ -447,7 +459,7 @@ def cell_settings(cfg: Config, engine: str, model: str, load: str, rep: str = "r
     return CellSettings(
         engine=CellEngine(name=engine, **cfg.engines[engine].model_dump()),
         model=CellModel(name=model, **cfg.models[model].model_dump()),
-        load=CellLoad(name=load, phases=load_spec.phases),
+        load=CellLoad(name=load, phases=load_spec.phases, processes=load_spec.processes),
         replicate=rep_number(rep),
         request=load_spec.request or cfg.request,
         telemetry=cfg.telemetry,

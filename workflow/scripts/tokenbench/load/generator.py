@@ -20,7 +20,7 @@ import gc
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from tokenbench.config import RequestSpec
@@ -190,13 +190,13 @@ class PhaseWindow:
     What a phase's ``send_requests`` sends through: ``send`` records one request and starts it,
     ``more`` says whether the phase may still send at a given time."""
 
-    def __init__(self, test: LoadTest, phase: WindowPhase):
+    def __init__(self, test: LoadTest, phase: WindowPhase, start_ns: int | None = None):
         self._test = test
         self._name = phase.name
         self._timeout_s = phase.timeout_s
         self.seed = test.seed
         duration_s, self.budget = phase.bounds()  # budget: the request count, or None
-        self.start_ns = now_ns()
+        self.start_ns = start_ns or now_ns()  # a given start may be ahead: the phase's sends wait for it
         self.end_ns = self.start_ns + int(duration_s * 1e9) if duration_s else None
         self.stopped_ns: int | None = None  # when it stopped sending
         self.sent = 0
@@ -238,13 +238,18 @@ class LoadTest:
     Each phase runs itself (``await phase.run(self)``, tokenbench.load.phases); a phase that is one
     window of the run does so through ``run_window``, which leaves its PhaseMark."""
 
-    def __init__(self, client_factory, prompts: PromptStream, journal: Journal, seed: int = 0):
+    def __init__(self, client_factory, prompts: PromptStream, journal: Journal, seed: int = 0,
+                 shard: tuple[int, int] = (0, 1)):
         self.client_factory = client_factory
         self.prompts = prompts
         self.journal = journal  # where every finished record goes (closed when the run ends)
         self.seed = seed
         self.marks: list[PhaseMark] = []
-        self._next_id = 0
+        # one of n client processes (tokenbench.load.shards): its request ids are k, k + n, k + 2n...
+        self.shard = shard
+        self._sent = 0
+        # called once a phase's connections are warm; returns the phase's start (shared by the processes)
+        self.start_gate: Callable[[WindowPhase], Awaitable[int]] | None = None
         self._inflight: set[asyncio.Task] = set()
         self._client: Client | None = None
         self.loop_lag: list[tuple[int, int]] = []  # (time, lag) in ns
@@ -258,12 +263,17 @@ class LoadTest:
 
     @property
     def requests_sent(self) -> int:
-        return self._next_id
+        return self._sent
+
+    @property
+    def journal_paths(self) -> list:
+        return [self.journal.path]
 
     def _new(self, phase: str, user: int, scheduled_ns: int, item: dict[str, Any] | None = None):
         p = item or self.prompts.next()
-        rec = RequestRecord(self._next_id, phase, user, p["id"], scheduled_ns, max_tokens=p.get("max_tokens"))
-        self._next_id += 1
+        k, n = self.shard
+        rec = RequestRecord(k + n * self._sent, phase, user, p["id"], scheduled_ns, max_tokens=p.get("max_tokens"))
+        self._sent += 1
         return rec, p["text"]
 
     def _finished(self, rec: RequestRecord, window: PhaseWindow) -> None:
@@ -333,7 +343,8 @@ class LoadTest:
         self.current = phase
         target = phase.target()  # before the window opens: a trace is read here, not on its clock
         warmed = await self._client.pool.warm(phase.warm_count()) if phase.warm_count() else 0
-        window = PhaseWindow(self, phase)
+        start = await self.start_gate(phase) if self.start_gate is not None else None
+        window = PhaseWindow(self, phase, start)
         await phase.send_requests(window)
         window.stopped_ns = stopped = now_ns()
         await window.drain(phase.drain_timeout_s)

@@ -159,19 +159,21 @@ class Journal:
             raise RuntimeError(f"request journal {self.path}: {self._error}") from self._error
 
 
-def batches(path: str | Path) -> Iterator[pa.RecordBatch]:
-    """The journal's record batches, up to its last complete one (a killed run's file ends mid-batch)."""
-    try:
-        reader = ipc.open_stream(str(path))
-    except (pa.ArrowInvalid, OSError):  # empty: nothing was ever written
-        return
-    while True:
+def batches(*paths: str | Path) -> Iterator[pa.RecordBatch]:
+    """The journals' record batches, one journal after the other (a load test on several client
+    processes keeps one each), each up to its last complete batch (a killed run's file ends mid-batch)."""
+    for path in paths:
         try:
-            yield reader.read_next_batch()
-        except StopIteration:
-            return
-        except (pa.ArrowInvalid, OSError):  # a truncated last batch
-            return
+            reader = ipc.open_stream(str(path))
+        except (pa.ArrowInvalid, OSError):  # empty: nothing was ever written
+            continue
+        while True:
+            try:
+                yield reader.read_next_batch()
+            except StopIteration:
+                break
+            except (pa.ArrowInvalid, OSError):  # a truncated last batch
+                break
 
 
 def frame(path: str | Path) -> pd.DataFrame:
@@ -194,16 +196,16 @@ def read_records(path: str | Path) -> list[RequestRecord]:
     return out
 
 
-def to_parquet(path: str | Path, out: str | Path, kind: str, provenance: dict[str, Any], extra: dict[str, Any],
+def to_parquet(paths: str | Path | list, out: str | Path, kind: str, provenance: dict[str, Any], extra: dict[str, Any],
                client_output_tokens: Callable[[pa.RecordBatch], list[int | None]] | None = None,
                group_rows: int = 1 << 14) -> int:
-    """Write the journal as a results table (records.write_parquet_batches), ``group_rows`` per row
+    """Write the journal(s) as a results table (records.write_parquet_batches), ``group_rows`` per row
     group; ``client_output_tokens``: per batch, the re-tokenized count of each row (else kept as is).
     Returns the number of rows."""
     def tables() -> Iterator[pa.Table]:
         pending: list[pa.RecordBatch] = []
         n = 0
-        for batch in batches(path):
+        for batch in batches(*(paths if isinstance(paths, list) else [paths])):
             if client_output_tokens is not None:
                 i = SCHEMA.get_field_index("client_output_tokens")
                 batch = batch.set_column(i, SCHEMA.field(i), pa.array(client_output_tokens(batch), type=pa.int64()))

@@ -34,7 +34,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from tokenbench.load.clock import now_ns, sleep_until, wait_precisely
 from tokenbench.schema import Name, Strict
@@ -62,10 +62,33 @@ class LoadPhase(Strict):
     # request's connect time stays out of its latency): None is on for closed loops (one per user)
     # and off for open loops, where True needs max_concurrency (how many to open)
     warm_connections: bool | None = None
+    _shard: tuple[int, int] = PrivateAttr((0, 1))  # (k, n): this process sends the k-th of n shares
 
     def warm_count(self) -> int:
         """How many connections to open before the phase starts."""
         return 0
+
+    def share(self, k: int, n: int) -> LoadPhase:
+        """The k-th of n shares of this phase, for one of n client processes (tokenbench.load.shards):
+        closed-loop users and open-loop arrivals are dealt out round-robin (user u, arrival i to
+        share u mod n, i mod n), so the shares together send exactly the phase. Labels and targets
+        stay the whole phase's."""
+        if n > 1 and not self.shardable:
+            raise ValueError(f"phase {self.name!r} ({self.mode}) cannot be split across client processes")
+        part = self.model_copy()
+        part._shard = (k, n)
+        return part
+
+    shardable: ClassVar[bool] = True
+
+    def _mine(self, i: int) -> bool:
+        k, n = self._shard
+        return i % n == k
+
+    def _count_share(self, total: int) -> int:
+        """How many of ``total`` things dealt round-robin this share gets."""
+        k, n = self._shard
+        return total // n + (k < total % n)
 
     @property
     @abstractmethod
@@ -109,7 +132,7 @@ class BoundedPhase(WindowPhase):
         return self
 
     def bounds(self) -> tuple[float | None, int | None]:
-        return self.duration_s, self.requests
+        return self.duration_s, self._count_share(self.requests) if self.requests is not None else None
 
     def target(self) -> dict[str, Any]:
         return {k: v for k, v in (("duration_s", self.duration_s), ("requests", self.requests)) if v is not None}
@@ -128,7 +151,7 @@ class ClosedPhase(BoundedPhase):
         return self
 
     def warm_count(self) -> int:
-        return 0 if self.warm_connections is False else self.users
+        return 0 if self.warm_connections is False else self._count_share(self.users)
 
     @property
     def label(self) -> str:
@@ -155,7 +178,7 @@ class ClosedPhase(BoundedPhase):
             if window.budget is not None and window.sent >= window.budget:
                 budget_spent.set()
 
-        workers = [asyncio.create_task(user(u)) for u in range(users)]
+        workers = [asyncio.create_task(user(u)) for u in range(users) if self._mine(u)]
         try:
             if window.end_ns is not None:
                 await sleep_until(window.end_ns)
@@ -183,7 +206,11 @@ class OpenLoopPhase(WindowPhase):
         return self
 
     def warm_count(self) -> int:
-        return self.max_concurrency if self.warm_connections else 0
+        return self._cap() if self.warm_connections else 0
+
+    def _cap(self) -> int | None:
+        """This share's concurrency cap (at least 1 of the phase's max_concurrency)."""
+        return max(self._count_share(self.max_concurrency), 1) if self.max_concurrency else None
 
     @abstractmethod
     def schedule(self, seed: int) -> Iterator[Arrival]:
@@ -196,10 +223,12 @@ class OpenLoopPhase(WindowPhase):
         return {"max_concurrency": self.max_concurrency} if self.max_concurrency else {}
 
     async def send_requests(self, window: PhaseWindow) -> None:
-        cap = self.max_concurrency
+        cap = self._cap()
         sem = asyncio.Semaphore(cap) if cap else None
         start = window.start_ns
-        for offset, item in self.schedule(window.seed):
+        for i, (offset, item) in enumerate(self.schedule(window.seed)):
+            if not self._mine(i):
+                continue
             t_sched = start + offset
             if not window.more(t_sched):
                 break
@@ -357,6 +386,7 @@ class SweepPhase(LoadPhase):
     (``<name>-sync``, ``<name>-max``, ``<name>-r<i>``) carrying ``measured_rps``."""
 
     mode: Literal["sweep"] = "sweep"
+    shardable: ClassVar[bool] = False  # each step's rates come from the steps before: one process decides
     step_duration_s: float = Field(gt=0)
     max_users: int = Field(64, ge=2)  # concurrency of the throughput step
     rates: int = Field(5, ge=1)

@@ -24,8 +24,9 @@ from tokenbench.engines import promscrape
 from tokenbench.engines.server import (Server, die_with_parent, free_port, gpu_idle_check, grep_log, pick_port,
                                        wait_endpoint_ready)
 from tokenbench.load import journal as request_journal
-from tokenbench.load.generator import LoadTest, event_loop_name, loop_lag_by_phase, run_async, session_factory
-from tokenbench.load.prompts import PromptStream, load_prompts, prompt_set_hash
+from tokenbench.load.generator import LoadTest, event_loop_name, loop_lag_by_phase, run_async
+from tokenbench.load.shards import ClientSpec, ShardedLoadTest, load_test
+from tokenbench.load.prompts import load_prompts, prompt_set_hash
 from tokenbench.load.tokenizer import EngineTokenizer
 from tokenbench.telemetry import hardware
 
@@ -201,7 +202,7 @@ class CellLoadTest:
         self.telemetry: Telemetry | None = None
         self.scraper: promscrape.Scraper | None = None
         self.tokenizer: EngineTokenizer | None = None
-        self.test: LoadTest | None = None
+        self.test: LoadTest | ShardedLoadTest | None = None
         self.client_counts: list[pa.Array] | None = None  # per journal batch, from count_tokens
         self.prompts: list[dict[str, Any]] = []
         self.caught: dict[str, str] = {}  # the signal that cancelled the load, if one did
@@ -346,10 +347,9 @@ class CellLoadTest:
 
     def run_load(self) -> None:
         ep, request, load = self.endpoint, self.settings.request, self.settings.load
-        factory = session_factory(ep.base_url, ep.route_prefix, ep.request_model, request, ep.capabilities,
-                                  headers=ep.headers or None)
-        self.test = LoadTest(factory, PromptStream(self.prompts, request.seed, load.name),
-                             journal=request_journal.Journal(self.journal), seed=request.seed)
+        client = ClientSpec(ep.base_url, ep.route_prefix, ep.request_model, request, frozenset(ep.capabilities),
+                            ep.headers or None)
+        self.test = load_test(load.processes, client, self.prompts, load.name, request.seed, self.journal)
         run_async(cancellable(self.test.run(load.phases), self.caught))
         signal.signal(signal.SIGTERM, _raise_interrupted)  # the event loop's handlers are gone with it
 
@@ -358,7 +358,7 @@ class CellLoadTest:
             return
         try:  # a batch at a time, while the server (its tokenizer) is still up
             self.client_counts = [pa.array(count_output_tokens(b, self.tokenizer), type=pa.int64())
-                                  for b in request_journal.batches(self.journal)]
+                                  for b in request_journal.batches(*self.test.journal_paths)]
         except Exception as exc:  # a check that failed must not cost the measured run
             self.doc["client_token_count_error"] = f"{type(exc).__name__}: {exc}"[:300]
 
@@ -385,7 +385,7 @@ class CellLoadTest:
             records.write_table(request_journal.empty_frame(), out.requests, "requests", prov, extra)
         else:
             counts = iter(self.client_counts) if self.client_counts else None
-            request_journal.to_parquet(self.journal, out.requests, "requests", prov, extra,
+            request_journal.to_parquet(self.test.journal_paths, out.requests, "requests", prov, extra,
                                        client_output_tokens=(lambda _batch: next(counts)) if counts else None)
         records.write_table(self.telemetry_frame(), out.telemetry, "telemetry", prov, extra)
         if out.engine_metrics is not None:
@@ -412,7 +412,7 @@ class CellLoadTest:
         return tel
 
 
-def client_summary(test: LoadTest | None) -> dict[str, Any]:
+def client_summary(test: LoadTest | ShardedLoadTest | None) -> dict[str, Any]:
     """How the client itself did: event-loop lag (is the client the bottleneck?), what it sent, and
     how it got its connections."""
     lag = loop_lag_by_phase(test.loop_lag, test.marks) if test else {}
@@ -426,6 +426,7 @@ def client_summary(test: LoadTest | None) -> dict[str, Any]:
         "status_counts": dict(test.status_counts) if test else {},
         "connections": dict(test.connection_counts) if test else {},
         "resent": test.resent if test else 0,
+        "processes": getattr(test, "processes", 1),
     }
 
 

@@ -1,0 +1,202 @@
+"""One load test on several client processes, each with its own event loop (one core each).
+
+A single event loop tops out near a thousand streamed requests a second on one core
+(tests/perf/bench_client.py). ``ShardedLoadTest`` runs ``processes`` workers, each a full
+:class:`~tokenbench.load.generator.LoadTest` over its own connection pool and journal, sending its
+share of every phase (``LoadPhase.share``: closed-loop users and open-loop arrivals dealt out
+round-robin, so the shares together send exactly the phase's users and arrival schedule, and the
+schedule's statistics hold for the union). The parent keeps the phases in step: each worker warms
+its connections and reports ready, and the parent hands all of them one start time a few
+milliseconds ahead; CLOCK_MONOTONIC is shared by the processes of a host, so their records merge
+on one time line. Request ids are interleaved (worker k of n: k, k + n, ...), journals stay one per
+worker and are read one after the other.
+
+The parent has the same surface as LoadTest for its callers: ``run``, ``marks``, ``journal_paths``,
+``loop_lag``, ``requests_sent``, ``status_counts``, ``connection_counts``, ``resent``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenbench.config import RequestSpec
+from tokenbench.load.clock import now_ns
+from tokenbench.load.generator import LoadTest, PhaseMark, run_async, session_factory
+from tokenbench.load.journal import Journal
+from tokenbench.load.phases import LoadPhase
+from tokenbench.load.prompts import PromptStream
+
+START_AHEAD_NS = 20_000_000  # the shared start: far enough ahead for every worker to be waiting for it
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """What a worker needs to build its client (plain, picklable data)."""
+    base_url: str
+    route_prefix: str
+    served_model: str
+    request: RequestSpec
+    capabilities: frozenset[str]
+    headers: dict[str, str] | None = None
+
+
+def shard_paths(journal: Path, n: int) -> list[Path]:
+    """Worker k's journal: ``<name>.shard<k><suffix>`` beside the load test's journal."""
+    return [journal.with_name(f"{journal.stem}.shard{k}{journal.suffix}") for k in range(n)]
+
+
+def check_shardable(phases: list[LoadPhase], processes: int) -> None:
+    if processes > 1:
+        for p in phases:
+            p.share(0, processes)  # raises for a phase that cannot be split
+
+
+def _worker(conn, k: int, n: int, client: ClientSpec, prompts: list[dict[str, Any]], salt: str, seed: int,
+            journal: str, phases: list[LoadPhase]) -> None:
+    """A worker process: its share of each phase, in step with the others through ``conn``."""
+    from tokenbench.load.run import cancellable  # the same SIGTERM handling as a single-process run
+
+    factory = session_factory(client.base_url, client.route_prefix, client.served_model, client.request,
+                              set(client.capabilities), client.headers)
+    test = LoadTest(factory, PromptStream(prompts, seed, f"{salt}:shard{k}/{n}"), Journal(journal), seed=seed,
+                    shard=(k, n))
+
+    async def gate(phase) -> int:
+        conn.send(("ready", phase.name))
+        return await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+
+    test.start_gate = gate
+    error = None
+    try:
+        run_async(cancellable(test.run([p.share(k, n) for p in phases])))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        error = "interrupted"
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        error = f"{type(exc).__name__}: {exc}"
+    try:
+        conn.send(("done", {"marks": [asdict(m) for m in test.marks], "loop_lag": test.loop_lag,
+                            "sent": test.requests_sent, "status": dict(test.status_counts),
+                            "connections": dict(test.connection_counts), "resent": test.resent,
+                            "error": error}))
+    except (BrokenPipeError, OSError):
+        pass
+
+
+class ShardedLoadTest:
+    """A LoadTest's phases on ``processes`` worker processes (see the module docstring)."""
+
+    def __init__(self, processes: int, client: ClientSpec, prompts: list[dict[str, Any]], salt: str, seed: int,
+                 journal: Path):
+        self.processes, self.client, self.prompts, self.salt, self.seed = processes, client, prompts, salt, seed
+        self.journal_paths = shard_paths(Path(journal), processes)
+        self.marks: list[PhaseMark] = []
+        self.loop_lag: list[tuple[int, int]] = []
+        self.requests_sent = self.resent = 0
+        self.status_counts: Counter[str] = Counter()
+        self.connection_counts: Counter[str] = Counter()
+        self.current: LoadPhase | None = None
+
+    async def run(self, phases: list[LoadPhase]) -> None:
+        check_shardable(phases, self.processes)
+        ctx = mp.get_context("spawn")  # a clean interpreter: no inherited event loop or threads
+        pipes, procs = [], []
+        for k, path in enumerate(self.journal_paths):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, name=f"tokenbench-client-{k}", daemon=True,
+                               args=(child, k, self.processes, self.client, self.prompts, self.salt, self.seed,
+                                     str(path), phases))
+            proc.start()
+            child.close()
+            pipes.append(parent)
+            procs.append(proc)
+        loop = asyncio.get_running_loop()
+        inbox: list[asyncio.Queue] = [asyncio.Queue() for _ in pipes]
+        for c, q in zip(pipes, inbox):  # each worker's messages, read as they arrive (never by a stray thread)
+            loop.add_reader(c.fileno(), _receive, c, q)
+        done: list[dict[str, Any] | None] = [None] * self.processes
+        try:
+            while True:
+                msgs = await asyncio.gather(*(q.get() for q in inbox))
+                for i, (kind, body) in enumerate(msgs):
+                    if kind == "done":
+                        done[i] = body
+                if all(kind == "done" for kind, _ in msgs):
+                    break
+                if any(kind != "ready" for kind, _ in msgs):
+                    raise RuntimeError(f"a client process stopped early: {[b for _, b in msgs if b]}")
+                start = now_ns() + START_AHEAD_NS
+                for c in pipes:
+                    c.send(start)
+        except BaseException:
+            for p in procs:  # SIGTERM: each worker cancels its requests (recorded) and closes its journal
+                if p.is_alive():
+                    p.terminate()
+            for i, q in enumerate(inbox):
+                while done[i] is None:
+                    try:
+                        kind, body = await asyncio.shield(asyncio.wait_for(q.get(), 30))
+                    except (TimeoutError, asyncio.TimeoutError):
+                        break
+                    if kind == "eof":
+                        break
+                    if kind == "done":
+                        done[i] = body
+            raise
+        finally:
+            for c in pipes:
+                loop.remove_reader(c.fileno())
+            for p in procs:
+                p.join(10)
+                if p.is_alive():
+                    p.kill()
+            self._merge([d for d in done if d is not None])
+        errors = [d["error"] for d in done if d and d["error"]]
+        if errors:
+            raise RuntimeError(f"client process failed: {errors[0]}")
+
+    def _merge(self, reports: list[dict[str, Any]]) -> None:
+        """The workers' figures as one load test's: each phase's mark spans all its shares."""
+        for r in reports:
+            self.loop_lag += [tuple(x) for x in r["loop_lag"]]
+            self.requests_sent += r["sent"]
+            self.status_counts.update(r["status"])
+            self.connection_counts.update(r["connections"])
+            self.resent += r["resent"]
+        self.loop_lag.sort()
+        by_name: dict[str, list[dict[str, Any]]] = {}
+        for r in reports:
+            for m in r["marks"]:
+                by_name.setdefault(m["name"], []).append(m)
+        for name, ms in by_name.items():
+            first = ms[0]
+            self.marks.append(PhaseMark(**{**first, "start_ns": min(m["start_ns"] for m in ms),
+                                           "end_ns": max(m["end_ns"] for m in ms),
+                                           "drained_ns": max(m["drained_ns"] for m in ms),
+                                           "warm_connections": sum(m["warm_connections"] for m in ms)}))
+        self.marks.sort(key=lambda m: m.start_ns)
+
+
+def _receive(conn, inbox: asyncio.Queue) -> None:
+    """One message from a worker into its inbox; ("eof", None) once it has gone."""
+    try:
+        inbox.put_nowait(conn.recv())
+    except (EOFError, OSError):
+        asyncio.get_running_loop().remove_reader(conn.fileno())
+        inbox.put_nowait(("eof", None))
+
+
+def load_test(processes: int, client: ClientSpec, prompts: list[dict[str, Any]], salt: str, seed: int,
+              journal: Path) -> LoadTest | ShardedLoadTest:
+    """The load test for ``processes`` client processes: this process's own event loop for 1."""
+    if processes == 1:
+        return LoadTest(session_factory(client.base_url, client.route_prefix, client.served_model, client.request,
+                                        set(client.capabilities), client.headers),
+                        PromptStream(prompts, seed, salt), journal=Journal(journal), seed=seed)
+    return ShardedLoadTest(processes, client, prompts, salt, seed, journal)
+
+
