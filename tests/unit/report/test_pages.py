@@ -247,3 +247,25 @@ def test_iso_tables_show_each_configuration_at_each_target_and_percent_only_agai
     assert not any("input" in c for c in t["table"].columns)  # shown in the download only
     (t,) = pages.iso_tables({**fr, "baseline": None})
     assert not any("vs" in c for c in t["table"].columns)
+
+
+def test_run_page_shows_each_phases_figures_under_the_other_tools_definitions(site):
+    run_page = next(p for p in site["written"] if "/runs/" in p)
+    text = open(run_page).read()
+    section = text.split("## Other tools' definitions", 1)[1]
+    assert "### steady" in section
+    for name in ("tokenbench", "vLLM bench serve", "GuideLLM", "AIPerf", "inference-perf"):
+        assert f">{name}<" in section
+    # these records hold no re-tokenized counts: AIPerf's output tokens are n/a with the note saying why
+    table = section.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    aiperf = next(r for r in table.split("<tr") if ">AIPerf<" in r)
+    assert 'data-label="output tokens total" class="tb-num">n/a<' in aiperf
+    assert "<code>client_output_tokens</code> not recorded for 30 of 30 requests" in section
+    # vLLM counts from the first byte in these records (no first_event_ns): 1 ms after the send, not 40
+    vllm = next(r for r in table.split("<tr") if ">vLLM bench serve<" in r)
+    assert 'data-label="TTFT p50 (ms)" class="tb-num">1.0<' in vllm
+    methodology = (site["out"] / "docs" / "methodology.md").read_text()
+    assert "## Other tools' definitions" in methodology
+    assert "https://github.com/vllm-project/vllm/blob/02cfb534df5674737558730b10f23d1b7aef9b7c/" \
+           "vllm/benchmarks/lib/endpoint_request_func.py" in methodology
+    assert "<code>time_per_output_token_ms</code>" in methodology

@@ -527,7 +527,14 @@ def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], ma
         "client": run.get("client"),
         "phases": phases,
     }
+    from tokenbench.analysis.definitions import side_by_side
     from tokenbench.analysis.efficiency import cell_figures
+
+    # the phases' TTFT, TPOT, ITL and output tokens as other tools define them, beside these
+    peers = side_by_side(req, run["phases"], {p["phase"]: p for p in phases})
+    for p in phases:
+        if p["phase"] in peers:
+            p["peer_figures"] = peers[p["phase"]]
 
     doc["cell_figures"] = cell_figures(phases, tl, engine_metrics if engine_metrics is not None else pd.DataFrame(),
                                        run, manifest, hardware, peak, meter)

@@ -410,6 +410,10 @@ PHASE_FIELDS = {
     "stability": "the issuing window's halves: output tok/s and median TPOT of the requests ending in each",
     "intervals": "within-run confidence intervals: a block bootstrap over time blocks of the issuing window "
                  "(block length, block count and rule given); per latency metric its mean, p50, p95 and p99",
+    "peer_figures": "TTFT, TPOT, ITL and output tokens of the phase's ok requests as vLLM bench serve, GuideLLM, "
+                    "AIPerf and inference-perf define them, each aggregated as its tool does, beside tokenbench's "
+                    "own, with the difference and a note wherever the records lack what a definition needs "
+                    "(analysis/definitions.py; Methodology, \"Other tools' definitions\")",
 }
 
 # summary.parquet column -> (metric key, statistic or None for the value)

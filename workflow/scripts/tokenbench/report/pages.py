@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shlex
 import shutil
 from datetime import datetime, timezone
@@ -21,6 +22,7 @@ import yaml
 from markupsafe import Markup
 
 from tokenbench import provenance
+from tokenbench.analysis import definitions
 from tokenbench.analysis.registry import (CELL_METRICS, CONVENTIONS, ESTIMATED, METRICS, PHASE_FIELDS, Column,
                                           fmt)
 from tokenbench.config import StudySpec
@@ -311,6 +313,79 @@ def phase_table(doc: dict[str, Any]) -> Table:
     return Table("phases", rows)
 
 
+def code_text(text: str) -> Markup:
+    """Text with `code` spans, for a table cell or note (HTML, where Markdown is not read)."""
+    return Markup(re.sub(r"``(.+?)``|`([^`]+)`", lambda m: f"<code>{m.group(1) or m.group(2)}</code>",
+                         html.escape(text, quote=False)))
+
+
+def _signed(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:+,.{digits}f}"
+
+
+def peer_tables(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per phase: each tool's figures of the phase's requests (tokenbench's first), the statistic
+    ``definitions.SHOWN`` names per figure and its difference from tokenbench's; each note once
+    under the table, naming the tools and figures it applies to, and referred to by number."""
+    out = []
+    for ph in doc["phases"]:
+        peers = ph.get("peer_figures")
+        if not peers:
+            continue
+        applies: dict[str, list[str]] = {}  # note -> "tool (figures)" it applies to, in order of appearance
+        rows, row_notes = [], []
+        for tool in definitions.TOOLS:
+            entry = peers.get(tool.key)
+            if entry is None:
+                continue
+            r = Row().text("tool", tool.name, "tool")
+            figures_of: dict[str, list[str]] = {n: [] for n in entry.get("notes", [])}
+            for fig, (label, unit) in definitions.FIGURES.items():
+                f = entry["figures"].get(fig) or {}
+                stat, digits = definitions.SHOWN[fig], 0 if fig == "output_tokens" else 1
+                suffix = f" ({unit})" if unit else ""
+                r.number(f"{label} {stat}{suffix}", f"{fig}_{stat}", f.get(stat), digits)
+                diff = None if tool is definitions.TOKENBENCH else (f.get("vs_tokenbench") or {}).get(stat)
+                r.number(f"Δ {label}{suffix}", f"{fig}_{stat}_vs_tokenbench", diff, digits,
+                         shown="" if tool is definitions.TOKENBENCH else _signed(diff, digits))
+                for n in f.get("notes", []):
+                    figures_of.setdefault(n, []).append(label)
+            for n, figs in figures_of.items():
+                applies.setdefault(n, []).append(f"{tool.name} ({', '.join(figs)})" if figs else tool.name)
+            rows.append(r)
+            row_notes.append(list(figures_of))
+        order = list(applies)
+        for r, notes in zip(rows, row_notes):
+            r.text("notes", ", ".join(str(i) for i in sorted(order.index(n) + 1 for n in notes)), "notes")
+        table_id = "peers-" + re.sub(r"[^A-Za-z0-9_-]", "-", ph["phase"])
+        out.append({"phase": ph["phase"], "label": ph.get("label") or "",
+                    "table": Table(table_id, rows, notes=[code_text(f"{'; '.join(applies[n])}: {n}") for n in order])})
+    return out
+
+
+def peer_definitions() -> tuple[Table, list[dict[str, Any]]]:
+    """The Methodology page's account of the other tools: every figure's definition as declared in
+    ``analysis/definitions.py``, and each tool's version, clock and source files (linked)."""
+    rows = []
+    for tool in definitions.TOOLS:
+        for d in tool.definitions:
+            label, unit = definitions.FIGURES[d.figure]
+            rows.append(Row().text("tool", tool.name, "tool").text("figure", label, "figure")
+                        .text("the tool's name", Markup(f"<code>{html.escape(d.name)}</code>"), "name")
+                        .text("definition", code_text(" ".join(d.formula.split())), "definition"))
+            rows[-1].data["name"] = d.name
+    tools = []
+    for tool in definitions.TOOLS:
+        srcs = []
+        for s in tool.sources:
+            repo, _, rest = s.partition("@")
+            commit, _, path = rest.partition(":")
+            srcs.append({"path": path or s, "url": f"https://github.com/{repo}/blob/{commit}/{path}" if path else None})
+        tools.append({"name": tool.name, "version": tool.version, "clock": tool.clock, "percentile": tool.percentile,
+                      "sources": srcs})
+    return Table("peer-definitions", rows, sticky=False), tools
+
+
 def runs_table(res: Results) -> Table:
     rows = []
     for d in res.docs:
@@ -493,6 +568,7 @@ def page_contexts(res: Results, study: StudySpec, config_hash: str, history: dic
     energy, valley = cell_figures_table(res, "energy", ENERGY_KEYS), valley_table(res)
     startup, telemetry, roofline = cell_figures_table(res, "startup", STARTUP_KEYS), telemetry_table(res), roofline_table(res)
     sweep_charts = _page_charts(["frontier"], res.charts)
+    peer_table, peer_tools = peer_definitions()
     pages: dict[str, dict] = {
         "index": {"goals": verdict(res), "findings": findings(res), "hypotheses": hypothesis_table(res.hypotheses),
                   "crashed": crashed, "incomplete": incomplete, "slo": slo_text(res), "slo_share": SLO_SHARE,
@@ -516,6 +592,7 @@ def page_contexts(res: Results, study: StudySpec, config_hash: str, history: dic
         "health": {**health_tables(res), "max_lag": None, "charts": []},
         "published": {**published_tables(), "charts": []},
         "methodology": {"conventions": CONVENTIONS, "metrics": metric_table(), "fields": PHASE_FIELDS,
+                        "peer_definitions": peer_table, "peer_tools": peer_tools,
                         "statistics": statistics_methods(), "loads": load_tables(res.runs),
                         "peak_note": hw.get("peak_note"), "commands": server_commands(res.runs), "charts": []},
         "history": {"history": history, "charts": []},
@@ -530,6 +607,7 @@ def page_contexts(res: Results, study: StudySpec, config_hash: str, history: dic
         client = d.get("client") or {}
         pages[f"runs/{key}"] = {
             "title": run_title(d["cell"]), "doc": d, "client": client, "phases": phase_table(d),
+            "peers": peer_tables(d),
             "status": ", ".join(f"{k}: {v}" for k, v in sorted((client.get("status_counts") or {}).items())) or "none",
             "command": provenance.scrub(shlex.join(r["server_command"])) if r.get("server_command") else "",
             "charts": _page_charts([f"timeline.{key}", f"engine.{key}", f"latency_breakdown.{key}"], res.charts),
