@@ -6,7 +6,9 @@ measures the client and not the server. Extras for benchmarking:
 
 - ``stamp``: every chunk carries ``"t_ns"``, the server's ``time.monotonic_ns()`` just before the
   write (CLOCK_MONOTONIC is shared by the processes of one host), so a client's timing error can be
-  measured per chunk as arrival − send, free of the server's own scheduling jitter.
+  measured per chunk as arrival − send, free of the server's own scheduling jitter. The first
+  content chunk also carries ``"rx_ns"``: when the server had parsed the whole request (user-space
+  time in the handler, not a kernel receive stamp), so request write → server receipt can be seen.
 - ``burst``: with zero delays, write each response in one ``write`` instead of one per token.
 - ``GET /stats`` (``?reset=1`` clears): requests, tokens, and how late the server's injected TTFT
   and ITL really were (actual − configured), so a peer's reported TTFT/ITL can be judged against
@@ -102,6 +104,8 @@ class _Stream:
             s += "," + self.usage
         if b.stamp:
             s += ',"t_ns":%d' % t
+            if i == 0:  # when the server had the whole request (its parse time, not a kernel stamp)
+                s += ',"rx_ns":%d' % self.t_recv
         return b"data: " + s.encode() + b"}\n\n"
 
     def tail(self, t: int) -> bytes:

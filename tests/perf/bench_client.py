@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+from array import array
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -62,49 +63,60 @@ def request_spec(max_tokens: int):
 # =================================================================================================
 
 class _JsonShim:
-    """json.loads that remembers the server's send stamp ("t_ns") of the object it last parsed.
+    """json.loads that remembers the server's send stamp ("t_ns") and receipt stamp ("rx_ns") of the
+    object it last parsed.
 
-    Used only in timing runs: both clients append to ``rec.chunk_ns`` synchronously right after
-    parsing the chunk, so a list that reads ``LAST`` on append pairs each arrival with its stamp.
+    Used only in timing runs: the client appends to ``rec.chunk_ns`` synchronously right after
+    parsing the chunk, so a chunk_ns that reads ``last`` on append pairs each arrival with its stamp.
     """
 
     last = None
+    last_rx = None
 
     def __init__(self):
         self._loads = json.loads
 
     def loads(self, data):
         obj = self._loads(data)
-        _JsonShim.last = obj.get("t_ns") if isinstance(obj, dict) else None
+        d = isinstance(obj, dict)
+        _JsonShim.last = obj.get("t_ns") if d else None
+        _JsonShim.last_rx = obj.get("rx_ns") if d else None
         return obj
 
     def __getattr__(self, name):
         return getattr(json, name)
 
 
-def instrument_stamps():
-    """Pair every recorded content-chunk arrival with the server's send stamp, in both clients."""
-    from dataclasses import dataclass
+class StampArray(array):
+    """RequestRecord.chunk_ns (an ``array('q')``) that also keeps each chunk's server send stamp and
+    the first chunk's server receipt stamp (the journal copies only the arrivals)."""
 
+    def __new__(cls, *args):
+        self = super().__new__(cls, "q")
+        self.stamps, self.rx = [], None
+        return self
+
+    def append(self, t):
+        array.append(self, t)
+        self.stamps.append(_JsonShim.last)
+        if self.rx is None:
+            self.rx = _JsonShim.last_rx
+
+
+def instrument_stamps():
+    """Pair every recorded content-chunk arrival with the server's send stamp."""
     from tokenbench.load import generator as loadgen
 
     shim = _JsonShim()
     loadgen._loads = shim.loads  # json instead of orjson in timing runs: only timing is measured there
+    record = loadgen.RequestRecord
 
-    class StampList(list):
-        __slots__ = ("stamps",)
+    def stamped_record(*args, **kw):  # LoadTest._new builds records through this module-level name
+        rec = record(*args, **kw)
+        rec.chunk_ns = StampArray()
+        return rec
 
-        def append(self, t):
-            list.append(self, t)
-            self.stamps.append(_JsonShim.last)
-
-    @dataclass
-    class StampedRecord(loadgen.RequestRecord):
-        def __post_init__(self):
-            self.chunk_ns = StampList()
-            self.chunk_ns.stamps = []
-
-    loadgen.RequestRecord = StampedRecord
+    loadgen.RequestRecord = stamped_record
 
 
 # =================================================================================================
@@ -128,22 +140,57 @@ def client_factory(kind: str, url: str, max_tokens: int):
     return loadgen.session_factory(url, "/v1", "fake", req, CAPS)
 
 
+class _NoJournal:
+    """--no-journal: finished records are dropped (LoadTest requires a journal)."""
+    path = None
+
+    def add(self, rec):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+SCRATCH: list = []
+
+
 def journal_file():
-    """A scratch request journal, as the pipeline always writes one (None with --no-journal)."""
+    """A scratch request journal (Arrow IPC, removed when the worker ends), as the pipeline always
+    writes one; a journal that drops records with --no-journal."""
     if not JOURNAL:
-        return None
+        return _NoJournal()
     import tempfile
-    return tempfile.TemporaryFile("w+")
+
+    from tokenbench.load.journal import Journal
+    if not SCRATCH:
+        SCRATCH.append(tempfile.mkdtemp(prefix="tokenbench-bench-journal-"))
+    return Journal(Path(SCRATCH[0]) / f"j{time.monotonic_ns()}.arrow")
 
 
-async def job_closed(kind, url, conc, duration, warmup, max_tokens, timing):
+def long_prompts(kb: int) -> list[dict]:
+    """One synthetic prompt of ``kb`` KiB of text (~kb/4 k tokens at ~4 characters a token; the fake
+    server does not tokenize it)."""
+    words = "the quick brown fox jumps over the lazy dog while benchmarking long context prefill "
+    text = (words * (kb * 1024 // len(words) + 1))[:kb * 1024]
+    return [{"id": f"long{kb}k", "text": text}]
+
+
+async def job_closed(kind, url, conc, duration, warmup, max_tokens, timing, warm=None, prompt_kb=None,
+                     split=False):
     from tokenbench.load import generator as loadgen
     from tokenbench.load.phases import ClosedPhase
     from tokenbench.load.prompts import PromptStream, builtin_prompts
 
-    test = loadgen.LoadTest(client_factory(kind, url, max_tokens), PromptStream(builtin_prompts(), 0),
+    prompts = long_prompts(prompt_kb) if prompt_kb else builtin_prompts()
+    test = loadgen.LoadTest(client_factory(kind, url, max_tokens), PromptStream(prompts, 0),
                             journal=journal_file())
-    phase = ClosedPhase(name="c", users=conc, duration_s=duration, timeout_s=60, drain_timeout_s=10)
+    records: list = []  # this job's records, seen as each finishes (before the journal takes it)
+    test.on_finished.append(records.append)
+    phase = ClosedPhase(name="c", users=conc, duration_s=duration, timeout_s=120, drain_timeout_s=60,
+                        warm_connections=warm)
     cpu0, scpu0, wall0 = time.process_time(), proc_cpu_s(SERVER_PID), time.monotonic()
     await test.run([phase])
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
@@ -151,20 +198,159 @@ async def job_closed(kind, url, conc, duration, warmup, max_tokens, timing):
     mark = test.marks[0]
     w0, w1 = mark.start_ns + int(warmup * 1e9), mark.end_ns
     span = (w1 - w0) / 1e9
-    tokens = sum(1 for r in test.records for t in r.chunk_ns if w0 <= t < w1)
+    tokens = sum(1 for r in records for t in r.chunk_ns if w0 <= t < w1)
     statuses: dict[str, int] = {}
-    for r in test.records:
+    for r in records:
         statuses[r.status] = statuses.get(r.status, 0) + 1
     out = {"client": kind, "concurrency": conc, "duration_s": duration, "window_s": span,
            "output_tok_s": tokens / span,
-           "requests_s": sum(1 for r in test.records if r.end_ns and w0 <= r.end_ns < w1 and r.status == "ok") / span,
+           "requests_s": sum(1 for r in records if r.end_ns and w0 <= r.end_ns < w1 and r.status == "ok") / span,
            "statuses": statuses, "client_cpu_s": cpu, "wall_s": wall,
            "client_cpu_util": cpu / wall, "server_cpu_util": scpu / wall if scpu is not None else None,
-           "tok_per_client_cpu_s": sum(len(r.chunk_ns) for r in test.records) / cpu if cpu else None,
+           "tok_per_client_cpu_s": sum(len(r.chunk_ns) for r in records) / cpu if cpu else None,
            "loop_lag_ms_p99": (pct([v for _, v in test.loop_lag], 99) or 0) / 1e6}
     if timing:
-        out.update(timing_errors(test.records, w0, timing))
+        out.update(timing_errors(records, w0, timing))
+    if split:
+        out.update(ttft_split(records, timing[0], timing[1]))
+    out["requests"] = len(records)
+    out["warm_connections"] = mark.warm_connections
     return out
+
+
+def ttft_split(records, ttft_ms, itl_ms):
+    """TTFT error (measured − injected, ms) from the attempt start (sent_ns, the old definition) and
+    from the request written (written_ns, the new one), for each user's first request and for all;
+    connect (written − sent) and wire (server receipt − written) times; ITL |error|."""
+    first: dict[int, object] = {}
+    for r in records:
+        if r.status == "ok" and r.first_token_ns is not None and (r.user not in first or r.sent_ns < first[r.user].sent_ns):
+            first[r.user] = r
+    out = {}
+    for label, recs in (("first", list(first.values())),
+                        ("all", [r for r in records if r.status == "ok" and r.first_token_ns is not None])):
+        sent = [(r.first_token_ns - r.sent_ns) / 1e6 - ttft_ms for r in recs]
+        written = [(r.first_token_ns - r.written_ns) / 1e6 - ttft_ms for r in recs if r.written_ns]
+        for q in (50, 99):
+            out[f"ttft_err_sent_{label}_p{q}"] = pct(sent, q)
+            out[f"ttft_err_written_{label}_p{q}"] = pct(written, q)
+        out[f"n_{label}"] = len(recs)
+        conn = [(r.written_ns - r.sent_ns) / 1e6 for r in recs if r.written_ns]
+        wire = [(r.chunk_ns.rx - r.written_ns) / 1e6 for r in recs
+                if r.written_ns and getattr(r.chunk_ns, "rx", None)]
+        for q in (50, 99):
+            out[f"connect_{label}_ms_p{q}"] = pct(conn, q)
+            out[f"wire_{label}_ms_p{q}"] = pct(wire, q)
+        out[f"connections_{label}"] = dict(sorted({c: sum(1 for r in recs if r.connection == c)
+                                                   for c in {r.connection for r in recs}}.items(), key=str))
+    gaps = [abs((b - a) / 1e6 - itl_ms) for r in records if r.status == "ok" for a, b in zip(r.chunk_ns, r.chunk_ns[1:])]
+    out["itl_abs_err_ms_p99"] = pct(gaps, 99)
+    out["itl_abs_err_ms_p50"] = pct(gaps, 50)
+    return out
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def job_memory(kind, url, users, requests, max_tokens):
+    """Peak RSS of this (fresh) process over a closed loop of ``requests`` requests, minus its RSS
+    before the run (after imports)."""
+    import resource
+
+    from tokenbench.load import generator as loadgen
+    from tokenbench.load.phases import ClosedPhase
+    from tokenbench.load.prompts import PromptStream, builtin_prompts
+
+    test = loadgen.LoadTest(client_factory(kind, url, max_tokens), PromptStream(builtin_prompts(), 0),
+                            journal=journal_file())
+    rss0 = rss_kib()
+    wall0, cpu0 = time.monotonic(), time.process_time()
+    await test.run([ClosedPhase(name="m", users=users, requests=requests, timeout_s=120, drain_timeout_s=60)])
+    wall = time.monotonic() - wall0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    size = sum(os.path.getsize(p) for p in test.journal_paths if p and os.path.exists(p))
+    return {"what": f"{requests:,} requests", "requests": test.requests_sent, "ok": test.status_counts.get("ok", 0),
+            "rss_before_mib": rss0 / 1024, "peak_rss_mib": peak / 1024, "growth_mib": (peak - rss0) / 1024,
+            "kib_per_request": (peak - rss0) / max(1, test.requests_sent), "seconds": wall,
+            "requests_s": test.requests_sent / wall, "client_cpu_s": time.process_time() - cpu0,
+            "journal_mib": size / 2**20, "statuses": dict(test.status_counts)}
+
+
+def job_journal(n, chunks):
+    """``n`` synthetic finished records of ``chunks`` chunk arrivals each through Journal.add (no network)."""
+    import resource
+
+    from tokenbench.load.journal import RequestRecord
+    j = journal_file()
+    rss0 = rss_kib()
+    t0 = time.monotonic()
+    base = 10**15
+    step = 20_000_000  # records 20 ms apart, chunks 1 ms apart
+    for i in range(n):
+        t = base + i * step
+        rec = RequestRecord(i, "j", i % 64, "p", t, sent_ns=t + 1000, connected_ns=t + 2000, written_ns=t + 3000,
+                            headers_ns=t + 4000, first_byte_ns=t + 5000, first_event_ns=t + 6000,
+                            first_token_ns=t + 7000, first_output_token_ns=t + 7000, end_ns=t + chunks * 1_000_000,
+                            prompt_tokens=8, output_tokens=chunks, output_tokens_source="usage", output_chars=4 * chunks,
+                            finish_reason="length", status="ok", http_status=200, connection="reused", attempts=1)
+        rec.chunk_ns = array("q", range(t + 7000, t + 7000 + chunks * 1_000_000, 1_000_000))
+        j.add(rec)
+    j.close()
+    wall = time.monotonic() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    size = os.path.getsize(j.path) if j.path else 0
+    return {"what": f"journal: {n:,} records × {chunks} chunks", "requests": n, "rss_before_mib": rss0 / 1024,
+            "peak_rss_mib": peak / 1024, "growth_mib": (peak - rss0) / 1024, "kib_per_request": (peak - rss0) / n,
+            "seconds": wall, "requests_s": n / wall, "journal_mib": size / 2**20}
+
+
+def job_shards(url, processes, users, duration, warmup, max_tokens):
+    """Capacity through tokenbench.load.shards.load_test on ``processes`` client processes; client CPU is
+    this process's plus its joined workers' (getrusage RUSAGE_CHILDREN: they are waited for by the run)."""
+    import resource
+
+    from pyarrow import compute as pc
+    from tokenbench.load.generator import run_async
+    from tokenbench.load.journal import batches
+    from tokenbench.load.phases import ClosedPhase
+    from tokenbench.load.prompts import builtin_prompts
+    from tokenbench.load.shards import ClientSpec, load_test
+
+    journal = journal_file()
+    journal.close()
+    spec = ClientSpec(url, "/v1", "fake", request_spec(max_tokens), frozenset(CAPS))
+    test = load_test(processes, spec, builtin_prompts(), "bench", 0, journal.path)
+    phase = ClosedPhase(name="p", users=users, duration_s=duration, timeout_s=60, drain_timeout_s=10)
+    ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0, scpu0, wall0 = time.process_time(), proc_cpu_s(SERVER_PID), time.monotonic()
+    run_async(test.run([phase]))
+    wall = time.monotonic() - wall0
+    ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = time.process_time() - cpu0
+    children = (ch1.ru_utime - ch0.ru_utime) + (ch1.ru_stime - ch0.ru_stime)
+    scpu = proc_cpu_s(SERVER_PID) - scpu0 if SERVER_PID else None
+    mark = test.marks[0]
+    w0, w1 = mark.start_ns + int(warmup * 1e9), mark.end_ns
+    span = (w1 - w0) / 1e9
+    tokens = reqs = 0
+    for b in batches(*test.journal_paths):
+        flat = b.column("chunk_ns").flatten().to_numpy()
+        tokens += int(((flat >= w0) & (flat < w1)).sum())
+        end = b.column("end_ns").to_numpy(zero_copy_only=False)
+        ok = pc.equal(b.column("status"), "ok").to_numpy(zero_copy_only=False)
+        reqs += int((ok & (end >= w0) & (end < w1)).sum())
+    cpu = own + children
+    sent = test.requests_sent
+    return {"processes": processes, "concurrency": users, "window_s": span, "requests_s": reqs / span,
+            "output_tok_s": tokens / span, "requests": sent, "statuses": dict(test.status_counts),
+            "client_cpu_s": cpu, "client_cpu_s_parent": own, "client_cpu_s_workers": children, "wall_s": wall,
+            "client_cpu_s_per_request": cpu / max(1, sent), "requests_per_client_cpu_s": sent / cpu if cpu else None,
+            "server_cpu_util": scpu / wall if scpu is not None else None}
 
 
 def timing_errors(records, w0, timing):
@@ -215,10 +401,11 @@ async def job_open(kind, url, arrival, rate, duration, scheduler, max_tokens):
     if scheduler == "loadgen":
         test = loadgen.LoadTest(client_factory(kind, url, max_tokens), PromptStream(builtin_prompts(), 0),
                                 journal=journal_file())
+        recs: list = []
+        test.on_finished.append(recs.append)
         phase = PoissonPhase(name="o", rate_rps=rate, duration_s=duration, timeout_s=30, drain_timeout_s=10)
         await test.run([phase])
         start, end = test.marks[0].start_ns, test.marks[0].end_ns
-        recs = test.records
         scheduled = len(recs)
     else:
         prompts = PromptStream(builtin_prompts(), 0)
@@ -297,17 +484,34 @@ def worker(spec: dict) -> None:
     if spec.get("stamps"):
         instrument_stamps()
     results = []
-    for job in spec["jobs"]:
+    try:
+        for job in spec["jobs"]:
+            results.append(run_job(kind, spec, job, run_jobs))
+    finally:
+        for d in SCRATCH:
+            shutil.rmtree(d, ignore_errors=True)
+    print(json.dumps(results))
+
+
+def run_job(kind, spec, job, run_jobs):
+    if job["mode"] == "journal":
+        return job_journal(job["records"], job["chunks"])
+    if job["mode"] == "shards":
+        return job_shards(spec["url"], job["processes"], job["concurrency"], job["duration"], job["warmup"],
+                          spec["max_tokens"])
+    if True:
         if job["mode"] == "closed":
             coro = job_closed(kind, spec["url"], job["concurrency"], job["duration"], job["warmup"],
-                              spec["max_tokens"], job.get("timing"))
+                              job.get("max_tokens", spec["max_tokens"]), job.get("timing"), job.get("warm"),
+                              job.get("prompt_kb"), job.get("split", False))
+        elif job["mode"] == "memory":
+            coro = job_memory(kind, spec["url"], job["concurrency"], job["requests"], spec["max_tokens"])
         else:
             coro = job_open(kind, spec["url"], job["arrival"], job["rate"], job["duration"], job["scheduler"],
                             spec["max_tokens"])
         r = run_jobs(coro)
         r["client"] = spec["client"]
-        results.append(r)
-    print(json.dumps(results))
+        return r
 
 
 # =================================================================================================
@@ -315,8 +519,9 @@ def worker(spec: dict) -> None:
 # =================================================================================================
 
 def parser_bench() -> list[dict]:
-    from tests.fakes.fast_fake_server import _SSE_HEAD, FastBehaviour, _frame, _Stream
     from tokenbench.load.http_stream import StreamResult, _Conn
+
+    from tests.fakes.fast_fake_server import _SSE_HEAD, FastBehaviour, _frame, _Stream
 
     class _T:
         def write(self, b):
@@ -383,7 +588,7 @@ def parser_bench() -> list[dict]:
                         end_ns=5, chunk_ns=list(range(10**15, 10**15 + 64)), prompt_tokens=8, output_tokens=64,
                         output_tokens_source="usage", output_chars=300, finish_reason="length", status="ok",
                         http_status=200)
-    shallow = lambda r: {f.name: getattr(r, f.name) for f in dataclasses.fields(r)}  # noqa: E731
+    shallow = lambda r: {f.name: getattr(r, f.name) for f in dataclasses.fields(r)}
     with tempfile.TemporaryFile("w") as f:
         for name, fn in [("journal line, json.dumps(asdict(rec)) + write + flush  [loadgen today]",
                           lambda: (f.write(json.dumps(dataclasses.asdict(rec)) + "\n"), f.flush())),
@@ -469,9 +674,9 @@ class Server:
 
 
 def run_worker(client, server, jobs, cpu, max_tokens, stamps=False, timeout=None):
-    spec = {"client": client, "url": server.url, "jobs": jobs, "cpu": cpu, "max_tokens": max_tokens, "stamps": stamps,
-            "server_pid": server.proc.pid, "journal": not NO_JOURNAL}
-    budget = timeout or (sum(j["duration"] for j in jobs) + 30 + 5 * len(jobs))
+    spec = {"client": client, "url": server.url if server else None, "jobs": jobs, "cpu": cpu, "max_tokens": max_tokens,
+            "stamps": stamps, "server_pid": server.proc.pid if server else None, "journal": not NO_JOURNAL}
+    budget = timeout or (sum(j.get("duration", 60) for j in jobs) + 30 + 5 * len(jobs))
     p = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env_with_scripts(),
                        capture_output=True, text=True, timeout=budget)
     if p.returncode != 0:
@@ -555,7 +760,7 @@ def read_peer(name, outdir, concs) -> dict[int, dict]:
     if name == "guidellm":
         for b in json.loads((Path(outdir) / "guidellm.json").read_text())["benchmarks"]:
             m = b["metrics"]
-            s = lambda k: m[k]["successful"]  # noqa: E731
+            s = lambda k: m[k]["successful"]
             out[int(b["config"]["strategy"]["streams"])] = {
                 "output_tok_s": s("output_tokens_per_second")["mean"],
                 "ttft_ms_p50": s("time_to_first_token_ms")["median"],
@@ -652,7 +857,7 @@ def ensure_extras(install: bool, log) -> str | None:
     """uvloop for the 'tokenbench+uvloop' client: the project's environment if it has it, else
     .venv-peers/extras (pip --target), so the project's venv is left as it is."""
     try:
-        import uvloop  # noqa: F401
+        import uvloop
         return uvloop.__version__
     except ImportError:
         pass
@@ -689,7 +894,13 @@ def main(argv=None):
                     help="comma list of guidellm, aiperf; or 'none' (default: both; none with --quick)")
     ap.add_argument("--no-peer-install", action="store_true", help="use peers only if already installed")
     ap.add_argument("--sections", default="parser,capacity,timing,open",
-                    help="comma list of parser, capacity, timing, open")
+                    help="comma list of parser, capacity, timing, open, memory, processes, ttft, long")
+    ap.add_argument("--mem-requests", default="10000,100000",
+                    help="memory: closed-loop run lengths, requests (comma list)")
+    ap.add_argument("--journal-records", type=int, default=1_000_000,
+                    help="memory: synthetic records pushed through Journal.add (0: skip)")
+    ap.add_argument("--section-s", type=float, default=None,
+                    help="seconds per point in processes, ttft and long (default 4, 3, 3)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin server and client to separate CPUs")
     ap.add_argument("--no-journal", action="store_true",
                     help="run LoadTest without its per-request JSONL journal (the pipeline always writes one)")
@@ -736,7 +947,14 @@ def main(argv=None):
         log("note: fewer than 2 CPUs available: server and client are not pinned apart")
     else:
         log(f"pinning: fake server on CPU {server_cpu}, client under test (and each peer's processes) on CPU {client_cpu}")
-    results: dict = {"machine": info, "capacity": [], "timing": [], "open_loop": [], "peers": {}, "notes": []}
+    results: dict = {"machine": info, "capacity": [], "timing": [], "open_loop": [], "peers": {}, "notes": [],
+                     "loadavg": {}}
+
+    def loadavg(section, when):
+        with open("/proc/loadavg") as f:
+            v = f.read().strip()
+        results["loadavg"].setdefault(section, {})[when] = v
+        log(f"  /proc/loadavg {when} {section}: {v}")
     peer_err = {}
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"tokenbench-bench-{os.getpid()}"
     if peers and ({"capacity", "timing"} & sections):
@@ -874,6 +1092,155 @@ def main(argv=None):
                      ("errors", errors)],
               "open-loop accuracy (send lag = actual send − scheduled send; 'loadgen' = LoadTest's poisson phase as it "
               "is, 'precise' = sleep to 1.5 ms before, then yield until due)", log)
+
+
+    # ---- memory --------------------------------------------------------------------------------
+    if "memory" in sections:
+        mem_n = [int(x) for x in a.mem_requests.split(",") if x]
+        log("\n[memory] peak RSS of a fresh client process (ru_maxrss) minus its RSS before the run: closed loop, "
+            "64 users, 256 tokens/request, zero delays, server in burst mode; plus Journal.add alone")
+        loadavg("memory", "before")
+        rows = []
+        with Server(server_cpu, 256, burst=True) as srv:
+            for n in mem_n:
+                (r,) = run_worker("tokenbench", srv, [{"mode": "memory", "concurrency": 64, "requests": n,
+                                                      "duration": n / 100}], client_cpu, 256)
+                rows.append(r)
+                log(f"  {n:>9,} requests: peak {fmt(r.get('peak_rss_mib'))} MiB, +{fmt(r.get('growth_mib'))} MiB, "
+                    f"{fmt(r.get('kib_per_request'), 3)} KiB/request, {fmt(r.get('seconds'))} s"
+                    + (f"  ERROR {r['error']}" if "error" in r else ""))
+        if a.journal_records:
+            (r,) = run_worker("tokenbench", None, [{"mode": "journal", "records": a.journal_records, "chunks": 256,
+                                                    "duration": a.journal_records / 5000}], client_cpu, 256)
+            rows.append(r)
+            log(f"  journal {a.journal_records:,} records: peak {fmt(r.get('peak_rss_mib'))} MiB, "
+                f"{fmt(r.get('seconds'))} s" + (f"  ERROR {r['error']}" if "error" in r else ""))
+        loadavg("memory", "after")
+        prev = None
+        for r in rows:  # growth per extra request between consecutive run lengths: the per-request slope
+            if prev is not None and r.get("growth_mib") is not None and not r["what"].startswith("journal"):
+                r["marginal_kib_per_request"] = ((r["growth_mib"] - prev["growth_mib"]) * 1024
+                                                 / max(1, r["requests"] - prev["requests"]))
+            if not r["what"].startswith("journal") and r.get("growth_mib") is not None:
+                prev = r
+        results["memory"] = rows
+        table(rows, [("run", "what"), ("requests", "requests"), ("RSS before MiB", "rss_before_mib"),
+                     ("peak RSS MiB", "peak_rss_mib"), ("growth MiB", "growth_mib"),
+                     ("KiB/request", "kib_per_request", 3), ("marginal KiB/req", "marginal_kib_per_request", 3),
+                     ("seconds", "seconds"), ("req/s", "requests_s"),
+                     ("journal MiB", "journal_mib"), ("errors", errors)],
+              "client memory (growth = peak RSS − RSS before the run; marginal = growth difference / request difference "
+              "from the previous run length; target: flat in run length, ≤ 2 KiB/request "
+              "beyond a fixed base, 1M requests < 1 GB; before the journal: 231 MiB at 2,000 requests, ~505 MiB at "
+              "10,000)", log)
+
+    # ---- processes -----------------------------------------------------------------------------
+    if "processes" in sections:
+        d = a.section_s or 4.0
+        log(f"\n[processes] tokenbench.load.shards.load_test, closed loop 256 users, {a.tokens} tokens/request, "
+            f"zero delays, server in burst mode on CPU {server_cpu}; {d:g} s per point (first 1 s not counted); "
+            f"1 process pinned to CPU {client_cpu}, 2 processes unpinned (workers share both cores with the server)")
+        loadavg("processes", "before")
+        rows = []
+        with Server(server_cpu, a.tokens, burst=True) as srv:
+            for n in (1, 2):
+                (r,) = run_worker("tokenbench", srv, [{"mode": "shards", "processes": n, "concurrency": 256,
+                                                      "duration": d, "warmup": 1.0}],
+                                  client_cpu if n == 1 else None, a.tokens)
+                r.setdefault("processes", n)
+                r["pinning"] = f"CPU {client_cpu}" if n == 1 and client_cpu is not None else "unpinned"
+                rows.append(r)
+                log(f"  processes={n}: {fmt(r.get('requests_s'))} req/s, {fmt(r.get('output_tok_s'))} tok/s, "
+                    f"{fmt(r.get('requests_per_client_cpu_s'))} req/client-CPU-s"
+                    + (f"  ERROR {r['error']}" if "error" in r else ""))
+        loadavg("processes", "after")
+        results["processes"] = rows
+        table(rows, [("processes", "processes"), ("client", "pinning"), ("req/s", "requests_s"),
+                     ("out tok/s", "output_tok_s"), ("client CPU s", "client_cpu_s", 2),
+                     ("of which workers", "client_cpu_s_workers", 2),
+                     ("CPU ms/request", lambda r: fmt(r.get("client_cpu_s_per_request") and 1e3 * r["client_cpu_s_per_request"], 3)),
+                     ("req/client-CPU-s", "requests_per_client_cpu_s"),
+                     ("server CPU", lambda r: fmt(r.get("server_cpu_util") and 100 * r["server_cpu_util"], 0) + "%"),
+                     ("errors", errors)],
+              "client processes (req/client-CPU-s = requests sent / CPU seconds of the parent and its workers: the "
+              "per-core figure; server CPU > 90% means the server was the limit)", log)
+
+    # ---- ttft ----------------------------------------------------------------------------------
+    if "ttft" in sections:
+        d = a.section_s or 3.0
+        ttft, ttok = 20.0, 16
+        itl_of = lambda n: 5.0 if n <= 64 else 20.0
+        log(f"\n[ttft] injected TTFT {ttft:g} ms, ITL 5 ms at 64 users / 20 ms at 128-256, {ttok} tokens/request, "
+            f"{d:g} s per point, every request counted (first requests too); server with precise timers, "
+            f"stamps (t_ns per chunk, rx_ns = server's parse time of the request in the first chunk)")
+        loadavg("ttft", "before")
+        rows = []
+        for n in (64, 128, 256):
+            itl = itl_of(n)
+            with Server(server_cpu, ttok, ttft, itl, stamp=True, precise=True) as srv:
+                for warm in (None, False):
+                    srv.stats(reset=True)
+                    (r,) = run_worker("tokenbench", srv, [{"mode": "closed", "concurrency": n, "duration": d,
+                                                          "warmup": 0.0, "timing": [ttft, itl], "warm": warm,
+                                                          "split": True}], client_cpu, ttok, stamps=True)
+                    s_ = srv.stats()
+                    r.update({"concurrency": n, "warm": "on" if warm is None else "off", "itl_injected_ms": itl,
+                              "server_ttft_late_ms_p99": (s_.get("ttft_late_us_p99") or 0) / 1e3})
+                    rows.append(r)
+                    log(f"  users={n:<4d} warm={r['warm']:3s} TTFT err p99 from sent: first "
+                        f"{fmt(r.get('ttft_err_sent_first_p99'), 2)} all {fmt(r.get('ttft_err_sent_all_p99'), 2)} ms; "
+                        f"from written: first {fmt(r.get('ttft_err_written_first_p99'), 2)} all "
+                        f"{fmt(r.get('ttft_err_written_all_p99'), 2)} ms" + (f"  ERROR {r['error']}" if "error" in r else ""))
+        loadavg("ttft", "after")
+        results["ttft"] = rows
+        table(rows, [("users", "concurrency"), ("warm", "warm"), ("req", "n_all"), ("firsts", "n_first"),
+                     ("conn first p50/p99", lambda r: f"{fmt(r.get('connect_first_ms_p50'), 2)}/{fmt(r.get('connect_first_ms_p99'), 2)}"),
+                     ("conn all p99", "connect_all_ms_p99", 2),
+                     ("wire first p50/p99", lambda r: f"{fmt(r.get('wire_first_ms_p50'), 2)}/{fmt(r.get('wire_first_ms_p99'), 2)}"),
+                     ("wire all p99", "wire_all_ms_p99", 2),
+                     ("sent: first p50/p99", lambda r: f"{fmt(r.get('ttft_err_sent_first_p50'), 2)}/{fmt(r.get('ttft_err_sent_first_p99'), 2)}"),
+                     ("sent: all p50/p99", lambda r: f"{fmt(r.get('ttft_err_sent_all_p50'), 2)}/{fmt(r.get('ttft_err_sent_all_p99'), 2)}"),
+                     ("written: first p50/p99", lambda r: f"{fmt(r.get('ttft_err_written_first_p50'), 2)}/{fmt(r.get('ttft_err_written_first_p99'), 2)}"),
+                     ("written: all p50/p99", lambda r: f"{fmt(r.get('ttft_err_written_all_p50'), 2)}/{fmt(r.get('ttft_err_written_all_p99'), 2)}"),
+                     ("ITL inj.", "itl_injected_ms", 0), ("|ITL err| p99", "itl_abs_err_ms_p99", 3),
+                     ("server TTFT late p99", "server_ttft_late_ms_p99", 2), ("errors", errors)],
+              f"TTFT error split, ms (error = measured TTFT − injected {ttft:g} ms, from sent_ns [old] and from "
+              "written_ns [new]; conn = written − sent; wire = server rx_ns − written; the server's own lateness is "
+              "inside every error; goal: TTFT err p99 ≤ 1 ms at 64-256 users incl. first requests, ITL p99 ≤ 0.1 ms "
+              "at 256)", log)
+
+    # ---- long ----------------------------------------------------------------------------------
+    if "long" in sections:
+        d = a.section_s or 3.0
+        ttft, itl = 20.0, 1.0
+        log(f"\n[long] long contexts: one prompt of 200 KiB / 512 KiB of text (~50k / ~128k tokens at ~4 chars a "
+            f"token; the fake server does not tokenize, it only receives the bytes), 1 and 8 users, 64 tokens; and "
+            f"8192 output tokens at 1 user; injected TTFT {ttft:g} ms, ITL {itl:g} ms, {d:g} s per point (requests "
+            f"in flight at the end run to completion)")
+        loadavg("long", "before")
+        rows = []
+        cases = [(kb, n, 64) for kb in (200, 512) for n in (1, 8)] + [(None, 1, 8192)]
+        with Server(server_cpu, 8192, ttft, itl, stamp=True, precise=True) as srv:
+            for kb, n, mt in cases:
+                (r,) = run_worker("tokenbench", srv, [{"mode": "closed", "concurrency": n, "duration": d, "warmup": 0.0,
+                                                      "timing": [ttft, itl], "split": True, "prompt_kb": kb,
+                                                      "max_tokens": mt}], client_cpu, mt, stamps=True,
+                                  timeout=int(d + 120))
+                r.update({"concurrency": n, "prompt": f"{kb} KiB" if kb else "builtin (short)", "max_tokens": mt})
+                rows.append(r)
+                log(f"  prompt {r['prompt']:15s} users={n} max_tokens={mt}: {fmt(r.get('requests_s'), 2)} req/s, "
+                    f"TTFT err p99 (written) {fmt(r.get('ttft_err_written_all_p99'), 2)} ms"
+                    + (f"  ERROR {r['error']}" if "error" in r else ""))
+        loadavg("long", "after")
+        results["long"] = rows
+        table(rows, [("prompt", "prompt"), ("users", "concurrency"), ("max_tokens", "max_tokens"), ("req", "n_all"),
+                     ("req/s", "requests_s", 2), ("out tok/s", "output_tok_s"),
+                     ("conn p99", "connect_all_ms_p99", 2), ("wire p50/p99", lambda r: f"{fmt(r.get('wire_all_ms_p50'), 2)}/{fmt(r.get('wire_all_ms_p99'), 2)}"),
+                     ("TTFT err sent p50/p99", lambda r: f"{fmt(r.get('ttft_err_sent_all_p50'), 2)}/{fmt(r.get('ttft_err_sent_all_p99'), 2)}"),
+                     ("TTFT err written p50/p99", lambda r: f"{fmt(r.get('ttft_err_written_all_p50'), 2)}/{fmt(r.get('ttft_err_written_all_p99'), 2)}"),
+                     ("|ITL err| p99", "itl_abs_err_ms_p99", 3), ("errors", errors)],
+              f"long contexts, ms (TTFT error = measured − injected {ttft:g} ms; wire = server rx_ns − written: the "
+              f"request body's transfer and parse; ITL injected {itl:g} ms)", log)
 
     info["loadavg_end"] = os.getloadavg()
     info["runtime_s"] = time.monotonic() - t_start
