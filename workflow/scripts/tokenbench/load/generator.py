@@ -212,7 +212,8 @@ class PhaseWindow:
         rec, text = test._new(self._name, user, scheduled_ns, item)
         self.sent += 1
         t = asyncio.create_task(test._one(rec, text, self._timeout_s, self))
-        self.tasks.add(t)
+        self.tasks.add(t)  # only while in flight: a finished task (~1 KiB) must not stay for the run
+        t.add_done_callback(self.tasks.discard)
         test._inflight.add(t)
         t.add_done_callback(test._inflight.discard)
         return t
