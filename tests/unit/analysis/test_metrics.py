@@ -22,7 +22,8 @@ def req(i, phase, sent, ttft_ms, n, itl_ms, status="ok", usage=True, scheduled=N
             "output_tokens_source": "usage" if status == "ok" else None, "output_chars": n * 3,
             "finish_reason": "length", "status": status, "http_status": 200 if status == "ok" else 500, "error": None,
             "attempts": 1, "max_tokens": None, "output_text": "x" * n, "client_output_tokens": None,
-            "reasoning_chunks": 0, "reasoning_chars": 0}
+            "reasoning_chunks": 0, "reasoning_chars": 0, "written_ns": sent, "first_event_ns": sent + MS,
+            "first_output_token_ns": first if chunks else None}
 
 
 def frame(rows):

@@ -261,7 +261,7 @@ def test_run_page_shows_each_phases_figures_under_the_other_tools_definitions(si
     aiperf = next(r for r in table.split("<tr") if ">AIPerf<" in r)
     assert 'data-label="output tokens total" class="tb-num">n/a<' in aiperf
     assert "<code>client_output_tokens</code> not recorded for 30 of 30 requests" in section
-    # vLLM counts from the first byte in these records (no first_event_ns): 1 ms after the send, not 40
+    # vLLM stops at the first event (the role chunk), 1 ms after the send in these records, not at the token
     vllm = next(r for r in table.split("<tr") if ">vLLM bench serve<" in r)
     assert 'data-label="TTFT p50 (ms)" class="tb-num">1.0<' in vllm
     methodology = (site["out"] / "docs" / "methodology.md").read_text()

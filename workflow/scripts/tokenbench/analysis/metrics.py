@@ -92,7 +92,7 @@ def request_latencies(req: pd.DataFrame) -> pd.DataFrame:
     the kernel: the server can see it from then on), so that opening a connection, or waiting for
     the event loop to write it, is not server latency; ``connect_ms`` reports that part apart."""
     ok = req[req["status"] == "ok"].copy()
-    f = lambda c: ok[c].astype("Float64")  # noqa: E731
+    f = lambda c: _column(ok, c)  # noqa: E731
     written = f("written_ns").fillna(f("sent_ns"))  # a request never written has no response: fallback only
     since = lambda c: (f(c) - written) / 1e6  # noqa: E731
     ok["ttft_ms"] = since("first_token_ns")
@@ -106,12 +106,18 @@ def request_latencies(req: pd.DataFrame) -> pd.DataFrame:
     return ok
 
 
+def _column(df: pd.DataFrame, c: str) -> pd.Series:
+    """A numeric column as Float64; all NA where the records predate it (a frame built before a
+    column was added: tokenbench.analysis.definitions reads such frames too)."""
+    return df[c].astype("Float64") if c in df else pd.Series(pd.NA, index=df.index, dtype="Float64")
+
+
 def visible_tokens(ok: pd.DataFrame) -> pd.Series:
     """Output tokens streamed from the first token on: the server's count, less reasoning tokens it
     reported but never streamed (a model that thinks in hidden tokens spends them before its first
     visible token, inside TTFT; counting them in TPOT's denominator would make decoding look faster)."""
     n = ok["output_tokens"].astype("Float64")
-    hidden = ok["reasoning_tokens"].astype("Float64").where(ok["reasoning_chunks"].astype("Float64") == 0)
+    hidden = _column(ok, "reasoning_tokens").where(_column(ok, "reasoning_chunks") == 0)
     return (n - hidden.fillna(0)).clip(lower=0)
 
 
