@@ -12,7 +12,6 @@ can crash before becoming ready, can ignore SIGTERM (so teardown must escalate t
 can fork a child that must not be orphaned.
 """
 import argparse
-import asyncio
 import os
 import signal
 import subprocess

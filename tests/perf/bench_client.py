@@ -836,6 +836,11 @@ def errors(r) -> str:
     return ",".join(f"{k}:{v}" for k, v in (r.get("statuses") or {}).items() if k != "ok") or "0"
 
 
+def p50_p99(key: str):
+    """A table cell: ``<key>_p50/<key>_p99`` to 2 decimals."""
+    return lambda r: f"{fmt(r.get(key + '_p50'), 2)}/{fmt(r.get(key + '_p99'), 2)}"
+
+
 def table(rows, cols, title, log):
     log("")
     log(title)
@@ -1193,14 +1198,14 @@ def main(argv=None):
         loadavg("ttft", "after")
         results["ttft"] = rows
         table(rows, [("users", "concurrency"), ("warm", "warm"), ("req", "n_all"), ("firsts", "n_first"),
-                     ("conn first p50/p99", lambda r: f"{fmt(r.get('connect_first_ms_p50'), 2)}/{fmt(r.get('connect_first_ms_p99'), 2)}"),
+                     ("conn first p50/p99", p50_p99("connect_first_ms")),
                      ("conn all p99", "connect_all_ms_p99", 2),
-                     ("wire first p50/p99", lambda r: f"{fmt(r.get('wire_first_ms_p50'), 2)}/{fmt(r.get('wire_first_ms_p99'), 2)}"),
+                     ("wire first p50/p99", p50_p99("wire_first_ms")),
                      ("wire all p99", "wire_all_ms_p99", 2),
-                     ("sent: first p50/p99", lambda r: f"{fmt(r.get('ttft_err_sent_first_p50'), 2)}/{fmt(r.get('ttft_err_sent_first_p99'), 2)}"),
-                     ("sent: all p50/p99", lambda r: f"{fmt(r.get('ttft_err_sent_all_p50'), 2)}/{fmt(r.get('ttft_err_sent_all_p99'), 2)}"),
-                     ("written: first p50/p99", lambda r: f"{fmt(r.get('ttft_err_written_first_p50'), 2)}/{fmt(r.get('ttft_err_written_first_p99'), 2)}"),
-                     ("written: all p50/p99", lambda r: f"{fmt(r.get('ttft_err_written_all_p50'), 2)}/{fmt(r.get('ttft_err_written_all_p99'), 2)}"),
+                     ("sent: first p50/p99", p50_p99("ttft_err_sent_first")),
+                     ("sent: all p50/p99", p50_p99("ttft_err_sent_all")),
+                     ("written: first p50/p99", p50_p99("ttft_err_written_first")),
+                     ("written: all p50/p99", p50_p99("ttft_err_written_all")),
                      ("ITL inj.", "itl_injected_ms", 0), ("|ITL err| p99", "itl_abs_err_ms_p99", 3),
                      ("server TTFT late p99", "server_ttft_late_ms_p99", 2), ("errors", errors)],
               f"TTFT error split, ms (error = measured TTFT − injected {ttft:g} ms, from sent_ns [old] and from "
@@ -1234,9 +1239,9 @@ def main(argv=None):
         results["long"] = rows
         table(rows, [("prompt", "prompt"), ("users", "concurrency"), ("max_tokens", "max_tokens"), ("req", "n_all"),
                      ("req/s", "requests_s", 2), ("out tok/s", "output_tok_s"),
-                     ("conn p99", "connect_all_ms_p99", 2), ("wire p50/p99", lambda r: f"{fmt(r.get('wire_all_ms_p50'), 2)}/{fmt(r.get('wire_all_ms_p99'), 2)}"),
-                     ("TTFT err sent p50/p99", lambda r: f"{fmt(r.get('ttft_err_sent_all_p50'), 2)}/{fmt(r.get('ttft_err_sent_all_p99'), 2)}"),
-                     ("TTFT err written p50/p99", lambda r: f"{fmt(r.get('ttft_err_written_all_p50'), 2)}/{fmt(r.get('ttft_err_written_all_p99'), 2)}"),
+                     ("conn p99", "connect_all_ms_p99", 2), ("wire p50/p99", p50_p99("wire_all_ms")),
+                     ("TTFT err sent p50/p99", p50_p99("ttft_err_sent_all")),
+                     ("TTFT err written p50/p99", p50_p99("ttft_err_written_all")),
                      ("|ITL err| p99", "itl_abs_err_ms_p99", 3), ("errors", errors)],
               f"long contexts, ms (TTFT error = measured − injected {ttft:g} ms; wire = server rx_ns − written: the "
               f"request body's transfer and parse; ITL injected {itl:g} ms)", log)

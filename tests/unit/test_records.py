@@ -54,13 +54,3 @@ def test_list_columns_read_as_one_arrow_buffer(tmp_path, monkeypatch, group_rows
     assert isinstance(got["chunk_ns"].dtype, pd.ArrowDtype)
     assert [None if x is pd.NA else list(x) for x in got["chunk_ns"].array.tolist()] == lists
     assert [list(x) if x is not None else None for x in read_table(p)["chunk_ns"]] == lists  # the default: unchanged
-
-
-@pytest.mark.parametrize("arrow_lists", [False, True])
-def test_optional_columns_are_read_where_the_file_has_them(tmp_path, arrow_lists):
-    df = pd.DataFrame({"a": [1, 2], "b": [3, 4], "first_event_ns": [5, 6]})
-    p = tmp_path / "r.parquet"
-    write_table(df, p, "requests", {})
-    got = read_table(p, columns=["a"], optional=["first_event_ns", "written_ns", "a"], arrow_lists=arrow_lists)
-    assert list(got.columns) == ["a", "first_event_ns"]  # written_ns: not in this (older) file
-    assert got["first_event_ns"].tolist() == [5, 6]

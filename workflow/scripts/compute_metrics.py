@@ -2,13 +2,11 @@
 from tokenbench import records
 from tokenbench.config import HardwareSpec, SloSpec, ValiditySpec
 from tokenbench.joblog import to_log
-from tokenbench.analysis.definitions import RECORD_COLUMNS
 from tokenbench.analysis.metrics import REQUEST_COLUMNS_USED, compute_metrics
 
 log = to_log(snakemake.log[0])
 run = records.read_json(snakemake.input.run)
-requests = records.read_table(snakemake.input.requests, columns=REQUEST_COLUMNS_USED, arrow_lists=True,
-                              optional=RECORD_COLUMNS)
+requests = records.read_table(snakemake.input.requests, columns=REQUEST_COLUMNS_USED, arrow_lists=True)
 doc, windows = compute_metrics(requests, records.read_table(snakemake.input.timeline),
                                run, records.read_json(snakemake.input.model),
                                HardwareSpec.model_validate(snakemake.params.hardware),

@@ -2,7 +2,6 @@
 import sys
 
 import pytest
-import yaml
 
 from tokenbench.engines import catalog as engines
 from tokenbench.config import ConfigError, validate

@@ -85,19 +85,15 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def read_table(path: str | Path, columns: list[str] | None = None, arrow_lists: bool = False,
-               optional: list[str] = ()) -> pd.DataFrame:
-    """A results table; ``columns``: only these; ``optional``: these too where the file has them (a
-    column added to a table after older files were written). ``arrow_lists``: list columns
-    (``chunk_ns``) as pandas' Arrow list dtype over one contiguous buffer, which
-    ``tokenbench.chunks`` reads without a copy, instead of a NumPy array object per row (a million
-    of them take seconds to make and GBs to hold)."""
+def read_table(path: str | Path, columns: list[str] | None = None, arrow_lists: bool = False) -> pd.DataFrame:
+    """A results table; ``columns``: only these. ``arrow_lists``: list columns (``chunk_ns``) as
+    pandas' Arrow list dtype over one contiguous buffer, which ``tokenbench.chunks`` reads without a
+    copy, instead of a NumPy array object per row (a million of them take seconds to make and GBs
+    to hold)."""
     read_meta(path)
-    schema = pq.read_schema(path)
-    if columns is not None and optional:
-        columns = [*columns, *(c for c in optional if c in schema.names and c not in columns)]
     if not arrow_lists:
         return pd.read_parquet(path, columns=columns)
+    schema = pq.read_schema(path)
     names = columns if columns is not None else schema.names
     nested = [c for c in names if pa.types.is_list(schema.field(c).type) or pa.types.is_large_list(schema.field(c).type)]
     df = pq.read_table(path, columns=[c for c in names if c not in nested], use_threads=threads() > 1).to_pandas()

@@ -30,11 +30,6 @@ import pandas as pd
 from tokenbench.analysis.metrics import dist, itl_dist, itl_ms, request_latencies
 from tokenbench.chunks import Chunks, Tokens
 
-# requests.parquet columns read where the file holds them (older files lack the newer ones; a
-# column that is not there is "not recorded", and the figures that need it say so)
-RECORD_COLUMNS = ["first_byte_ns", "first_event_ns", "first_output_token_ns", "reasoning_chunks",
-                  "reasoning_tokens", "client_output_tokens", "output_tokens_source"]
-
 # figure -> (label, unit)
 FIGURES = {"ttft_ms": ("TTFT", "ms"), "tpot_ms": ("TPOT", "ms"), "itl_ms": ("ITL", "ms"),
            "output_tokens": ("output tokens", "")}

@@ -27,9 +27,10 @@ from tokenbench.models import flops_per_token as model_flops
 from tokenbench.telemetry.energy import EnergyMeter
 from tokenbench.telemetry.merge import baseline_window
 
-# what compute_metrics reads of requests.parquet (the wrapper reads only these: add a column here
-# before using it)
-REQUEST_COLUMNS_USED = ["phase", "status", "scheduled_ns", "sent_ns", "written_ns", "first_byte_ns", "first_token_ns",
+# what compute_metrics reads of requests.parquet, other tools' definitions (analysis/definitions.py)
+# included (the wrapper reads only these: add a column here before using it)
+REQUEST_COLUMNS_USED = ["phase", "status", "scheduled_ns", "sent_ns", "written_ns", "first_byte_ns", "first_event_ns",
+                        "first_token_ns",
                         "first_output_token_ns", "end_ns", "output_tokens", "reasoning_tokens", "reasoning_chunks",
                         "prompt_tokens", "output_tokens_source", "client_output_tokens", "chunk_ns"]
 

@@ -21,11 +21,12 @@ from tokenbench.analysis.metrics import compute_metrics
 from tokenbench.analysis.registry import Column
 from tokenbench.config import (ConfigError, HardwareSpec, Phase, RequestSpec, SloSpec, ValiditySpec, canonical_hash,
                                is_loopback)
-from tokenbench.load.generator import LoadTest, run_async, session_factory
+from tokenbench.load.generator import LoadTest, run_async
 from tokenbench.load.phases import LoadPhase
-from tokenbench.load.prompts import PromptStream, load_prompts, prompt_set_hash
+from tokenbench.load.prompts import load_prompts, prompt_set_hash
 from tokenbench.load import journal as request_journal
 from tokenbench.load.run import api_key_headers, cancellable, client_summary
+from tokenbench.load.shards import ClientSpec, load_test
 from tokenbench.telemetry import hardware
 from tokenbench.telemetry.merge import merge_telemetry
 
@@ -93,9 +94,8 @@ def run_endpoint(endpoint: str, model: str, phases: list[LoadPhase], request: Re
                                                                                     "monotonic_ns": time.monotonic_ns()}},
                            "hardware": hardware.describe("auto")}
     journal = out / "requests.arrows"
-    test = LoadTest(session_factory(endpoint, route_prefix, model, request, capabilities, headers),
-                    PromptStream(prompts, request.seed, "cli"), journal=request_journal.Journal(journal),
-                    seed=request.seed)
+    test = load_test(1, ClientSpec(endpoint, route_prefix, model, request, frozenset(capabilities), headers),
+                     prompts, "cli", request.seed, journal)
 
     async def main():
         bar = asyncio.create_task(_progress(test, progress)) if progress else None

@@ -478,7 +478,8 @@ class _StampedTransport:
         if self._closing:
             return True
         try:
-            return self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) is not None
+            self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # b"": EOF; bytes: out of turn
+            return True
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:

@@ -180,7 +180,7 @@ def frame(path: str | Path) -> pd.DataFrame:
     """The whole journal as a DataFrame (for small runs and tests: it holds every record at once)."""
     bs = list(batches(path))
     table = pa.Table.from_batches(bs, schema=SCHEMA)
-    df = table.to_pandas(types_mapper=None)
+    df = table.to_pandas()
     return df.astype({k: v for k, v in PANDAS_DTYPES.items() if k != "chunk_ns"})
 
 
@@ -218,15 +218,3 @@ def to_parquet(paths: str | Path | list, out: str | Path, kind: str, provenance:
             yield pa.Table.from_batches(pending, schema=SCHEMA)
 
     return records.write_table_batches(tables(), SCHEMA, out, kind, provenance, extra)
-
-
-def empty_frame() -> pd.DataFrame:
-    return pa.Table.from_batches([], schema=SCHEMA).to_pandas().astype(
-        {k: v for k, v in PANDAS_DTYPES.items() if k != "chunk_ns"})
-
-
-def records_frame(recs: list[RequestRecord]) -> pd.DataFrame:
-    """Records in memory as a requests frame (tests and small callers)."""
-    df = pd.DataFrame([{n: getattr(r, n) for n in FIELDS} for r in recs], columns=FIELDS)
-    df["chunk_ns"] = [list(c) for c in df["chunk_ns"]]
-    return df.astype(PANDAS_DTYPES)

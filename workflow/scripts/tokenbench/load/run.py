@@ -381,12 +381,10 @@ class CellLoadTest:
         self.doc["client"] = client_summary(self.test)
         extra = {"complete": self.doc["complete"], "cell": self.doc["cell"]}
         out = self.outputs
-        if self.test is None:  # no load ran: an empty table (not a journal left by an earlier attempt)
-            records.write_table(request_journal.empty_frame(), out.requests, "requests", prov, extra)
-        else:
-            counts = iter(self.client_counts) if self.client_counts else None
-            request_journal.to_parquet(self.test.journal_paths, out.requests, "requests", prov, extra,
-                                       client_output_tokens=(lambda _batch: next(counts)) if counts else None)
+        counts = iter(self.client_counts) if self.client_counts else None
+        # no load ran: no journals, an empty table (not a journal left by an earlier attempt)
+        request_journal.to_parquet(self.test.journal_paths if self.test else [], out.requests, "requests", prov,
+                                   extra, client_output_tokens=(lambda _batch: next(counts)) if counts else None)
         records.write_table(self.telemetry_frame(), out.telemetry, "telemetry", prov, extra)
         if out.engine_metrics is not None:
             em = self.scraper.frame() if self.scraper is not None else promscrape.frame([])

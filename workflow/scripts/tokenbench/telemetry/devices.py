@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from collections.abc import Mapping
-from typing import Any
 
 from tokenbench.telemetry.sampler import _decode
 
