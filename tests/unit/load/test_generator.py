@@ -171,7 +171,7 @@ def test_idle_gap_longer_than_server_keepalive_loses_nothing(fake_server):
 
 def test_a_server_that_closes_after_each_response_costs_no_resends(fake_server):
     # llama-server closes the connection after each streamed response without "Connection: close";
-    # its FIN lands 0.03-5 ms later. The pool peeks for it and lets a used connection ripen before
+    # its FIN lands ~0.1-0.3 ms later. The pool peeks for it and lets a used connection ripen before
     # reusing it on a server not yet seen keeping one alive: no request is written to a dying socket
     srv = fake_server(tokens=2, close_after_response=True)
     test, _ = run(srv.url, [closed(users=6, duration_s=1.0)])

@@ -526,9 +526,10 @@ class StreamPool:
     """
 
     # A server that closes a connection after each streamed response without saying so (llama-server
-    # does) delivers its FIN 0.03-5 ms after the response's last byte (measured on loopback): a
-    # connection reused sooner may be one the server is closing. Until the server has kept one alive
-    # for a second request, an idle connection is reused only once it has been idle this long.
+    # does) delivers its FIN 0.07-0.3 ms after the response's last byte on an idle loopback host, later
+    # on a busy one (tests/perf/keepalive_probe.py): a connection reused sooner may be one the server
+    # is closing. Until the server has kept one alive for a second request, an idle connection is
+    # reused only once it has been idle this long (a wide margin: on a busy host the FIN comes later).
     RIPE_NS = 20_000_000
 
     def __init__(self, host: str, port: int, headers: dict[str, str] | None = None, limit: int | None = None,
