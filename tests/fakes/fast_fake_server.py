@@ -7,8 +7,13 @@ measures the client and not the server. Extras for benchmarking:
 - ``stamp``: every chunk carries ``"t_ns"``, the server's ``time.monotonic_ns()`` just before the
   write (CLOCK_MONOTONIC is shared by the processes of one host), so a client's timing error can be
   measured per chunk as arrival − send, free of the server's own scheduling jitter. The first
-  content chunk also carries ``"rx_ns"``: when the server had parsed the whole request (user-space
-  time in the handler, not a kernel receive stamp), so request write → server receipt can be seen.
+  content chunk also carries ``"rx_ns"``: the kernel's receive timestamp (SO_TIMESTAMPNS, converted
+  to CLOCK_MONOTONIC) of the read that completed the request, i.e. when its last byte reached the
+  server's socket, and ``"parsed_ns"``: when the handler had parsed it (user space). With ``stamp``
+  the server reads its sockets with ``recvmsg`` to get those stamps (:class:`_StampedServerTransport`);
+  where the kernel gives none, ``rx_ns`` is the user-space read time and ``"rx_kernel":false`` says so.
+  The server's injected TTFT counts from ``rx_ns``, so ``t_ns`` of the first content chunk − ``rx_ns``
+  is the TTFT the server really produced: the ground truth a client's TTFT is judged against.
 - ``burst``: with zero delays, write each response in one ``write`` instead of one per token.
 - ``GET /stats`` (``?reset=1`` clears): requests, tokens, and how late the server's injected TTFT
   and ITL really were (actual − configured), so a peer's reported TTFT/ITL can be judged against
@@ -27,9 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import platform
 import selectors
 import socket
+import struct
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from time import monotonic_ns as now_ns
 
@@ -80,14 +89,16 @@ _DONE = b"data: [DONE]\n\n"
 class _Stream:
     """One streaming response being emitted."""
 
-    __slots__ = ("conn", "b", "n", "i", "chat", "prefix", "usage", "t_recv", "t_next", "t_prev", "handle", "frames")
+    __slots__ = ("conn", "b", "n", "i", "chat", "prefix", "usage", "t_recv", "t_parsed", "kernel", "t_next", "t_prev",
+                 "handle", "frames")
 
-    def __init__(self, conn, b: FastBehaviour, n: int, chat: bool, model: str, rid: int, t_recv: int):
+    def __init__(self, conn, b: FastBehaviour, n: int, chat: bool, model: str, rid: int, t_recv: int,
+                 t_parsed: int = 0, kernel: bool = False):
         self.conn, self.b, self.n, self.i, self.chat = conn, b, n, 0, chat
         obj = "chat.completion.chunk" if chat else "text_completion"
         self.prefix = ('{"id":"fake-%d","object":"%s","model":%s,"choices":[' % (rid, obj, json.dumps(model)))
         self.usage = '"usage":{"prompt_tokens":8,"completion_tokens":%d,"total_tokens":%d}' % (n, 8 + n)
-        self.t_recv = t_recv
+        self.t_recv, self.t_parsed, self.kernel = t_recv, t_parsed, kernel
         self.t_prev = 0
         self.handle = None
         self.frames = None  # pre-rendered chunked frames (zero delays, no stamps)
@@ -104,8 +115,11 @@ class _Stream:
             s += "," + self.usage
         if b.stamp:
             s += ',"t_ns":%d' % t
-            if i == 0:  # when the server had the whole request (its parse time, not a kernel stamp)
-                s += ',"rx_ns":%d' % self.t_recv
+            if i == 0:  # when the request's last byte reached the socket (kernel), and when it was parsed
+                s += ',"rx_ns":%d,"parsed_ns":%d' % (self.t_recv, self.t_parsed)
+                if not self.kernel:
+                    s += ',"rx_kernel":false'
+
         return b"data: " + s.encode() + b"}\n\n"
 
     def tail(self, t: int) -> bytes:
@@ -129,6 +143,8 @@ class _ServerConn(asyncio.Protocol):
         self.transport = None
         self.stream: _Stream | None = None
         self.close_after = False
+        self.rx_ns = 0  # receive time of the newest bytes read (kernel stamp where there is one)
+        self.rx_kernel = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -141,7 +157,8 @@ class _ServerConn(asyncio.Protocol):
             self.stream.handle.cancel()
         self.stream = None
 
-    def data_received(self, data):
+    def data_received(self, data, t: int | None = None):
+        self.rx_ns, self.rx_kernel = (t, True) if t is not None else (now_ns(), False)
         self.buf += data
         if self.stream is None:
             self._next_request()
@@ -179,6 +196,129 @@ class _ServerConn(asyncio.Protocol):
             self._next_request()
 
 
+# SO_TIMESTAMPNS(_OLD) = 35 on Linux's asm-generic architectures (Python's socket module lacks it)
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", None) or (
+    35 if sys.platform.startswith("linux")
+    and platform.machine() in {"x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "s390x"} else None)
+_TS = struct.Struct("@qq")
+
+
+class _StampedServerTransport:
+    """An accepted socket read with ``recvmsg``, handing each read's kernel receive timestamp
+    (CLOCK_REALTIME converted to CLOCK_MONOTONIC) to ``protocol.data_received(data, t)``; the write
+    side is the few methods :class:`_ServerConn` uses (write, close after flushing, abort)."""
+
+    def __init__(self, loop, sock: socket.socket, protocol: _ServerConn):
+        self._loop, self._sock, self._protocol = loop, sock, protocol
+        self._fd = sock.fileno()
+        self._closing = self._close_when_flushed = False
+        self._wbuf = bytearray()
+        protocol.connection_made(self)
+        loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        while not self._closing:
+            try:
+                data, anc, _, _ = self._sock.recvmsg(262144, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                return self._lost(exc)
+            if not data:
+                return self._lost(None)
+            t = None
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= _TS.size:
+                    sec, nsec = _TS.unpack_from(payload)
+                    t = sec * 1_000_000_000 + nsec - (time.time_ns() - now_ns())
+            self._protocol.data_received(data, t)
+
+    def write(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if not self._wbuf:
+            try:
+                n = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                return self._lost(exc)
+            if n == len(data):
+                return
+            data = data[n:]
+            self._loop.add_writer(self._fd, self._writable)
+        self._wbuf += data
+
+    def _writable(self) -> None:
+        try:
+            n = self._sock.send(self._wbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            return self._lost(exc)
+        del self._wbuf[:n]
+        if not self._wbuf:
+            self._loop.remove_writer(self._fd)
+            if self._close_when_flushed:
+                self._lost(None)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._close_when_flushed
+
+    def close(self) -> None:
+        """Close once what was written has gone (as asyncio's transports do)."""
+        if self._wbuf:
+            self._close_when_flushed = True
+        else:
+            self._lost(None)
+
+    def abort(self) -> None:
+        self._lost(None)
+
+    def _lost(self, exc) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._fd)
+        self._loop.remove_writer(self._fd)
+        self._sock.close()
+        self._loop.call_soon(self._protocol.connection_lost, exc)
+
+
+class _StampedListener:
+    """Accepts connections on a listening socket and wraps each in a :class:`_StampedServerTransport`.
+    SO_TIMESTAMPNS is set on the listener too, so a request that lands before the accept is stamped
+    (accepted sockets inherit the flag)."""
+
+    def __init__(self, loop, sock: socket.socket, factory):
+        self._loop, self._sock, self._factory = loop, sock, factory
+        self.sockets = [sock]
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(256):
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            _StampedServerTransport(self._loop, conn, self._factory())
+
+    def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+
+    async def wait_closed(self) -> None:
+        return None
+
+
 class FastFakeServer:
     def __init__(self, behaviour: FastBehaviour | None = None):
         self.b = behaviour or FastBehaviour()
@@ -212,7 +352,8 @@ class FastFakeServer:
             return conn.respond(404, {"error": "not found"})
         if path not in ("/v1/chat/completions", "/v1/completions"):
             return conn.respond(404, {"error": "not found"})
-        t_recv = now_ns()
+        t_parsed = now_ns()
+        t_recv = conn.rx_ns or t_parsed  # the read that completed the request (kernel stamp where there is one)
         self.stats.requests += 1
         b = self.b
         if b.status != 200:
@@ -223,7 +364,7 @@ class FastFakeServer:
             return conn.respond(400, {"error": {"message": "bad json"}})
         n = min(b.tokens, int(req.get("max_tokens") or b.tokens))
         chat = path.endswith("/chat/completions")
-        st = _Stream(conn, b, n, chat, req.get("model", "fake"), self.stats.requests, t_recv)
+        st = _Stream(conn, b, n, chat, req.get("model", "fake"), self.stats.requests, t_recv, t_parsed, conn.rx_kernel)
         conn.stream = st
         w = conn.transport.write
         if b.content_length or (b.burst and not b.ttft_ms and not b.itl_ms and b.fail_after is None):
@@ -299,8 +440,16 @@ class FastFakeServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None):
         self.loop = asyncio.get_running_loop()
-        kw = {"sock": sock} if sock is not None else {"host": host, "port": port}
-        self.srv = await self.loop.create_server(lambda: _ServerConn(self), backlog=4096, reuse_address=True, **kw)
+        if self.b.stamp and _SO_TIMESTAMPNS is not None:  # kernel receive stamps: our own accept loop
+            if sock is None:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, port))
+                sock.listen(4096)
+            self.srv = _StampedListener(self.loop, sock, lambda: _ServerConn(self))
+        else:
+            kw = {"sock": sock} if sock is not None else {"host": host, "port": port}
+            self.srv = await self.loop.create_server(lambda: _ServerConn(self), backlog=4096, reuse_address=True, **kw)
         self.port = self.srv.sockets[0].getsockname()[1]
         return self
 

@@ -62,8 +62,9 @@ def request_spec(max_tokens: int):
 # =================================================================================================
 
 class _JsonShim:
-    """json.loads that remembers the server's send stamp ("t_ns") and receipt stamp ("rx_ns") of the
-    object it last parsed.
+    """json.loads that remembers the server's send stamp ("t_ns") and receipt stamp ("rx_ns", the
+    kernel's receive time of the request's last byte; "rx_kernel": false where it was user-space) of
+    the object it last parsed.
 
     Used only in timing runs: the client appends to ``rec.chunk_ns`` synchronously right after
     parsing the chunk, so a chunk_ns that reads ``last`` on append pairs each arrival with its stamp.
@@ -71,6 +72,7 @@ class _JsonShim:
 
     last = None
     last_rx = None
+    last_rx_kernel = True
 
     def __init__(self):
         self._loads = json.loads
@@ -80,6 +82,7 @@ class _JsonShim:
         d = isinstance(obj, dict)
         _JsonShim.last = obj.get("t_ns") if d else None
         _JsonShim.last_rx = obj.get("rx_ns") if d else None
+        _JsonShim.last_rx_kernel = obj.get("rx_kernel", True) if d else True
         return obj
 
     def __getattr__(self, name):
@@ -92,14 +95,14 @@ class StampArray(array):
 
     def __new__(cls, *args):
         self = super().__new__(cls, "q")
-        self.stamps, self.rx = [], None
+        self.stamps, self.rx, self.rx_kernel = [], None, True
         return self
 
     def append(self, t):
         array.append(self, t)
         self.stamps.append(_JsonShim.last)
         if self.rx is None:
-            self.rx = _JsonShim.last_rx
+            self.rx, self.rx_kernel = _JsonShim.last_rx, _JsonShim.last_rx_kernel
 
 
 def instrument_stamps():
@@ -218,33 +221,55 @@ async def job_closed(kind, url, conc, duration, warmup, max_tokens, timing, warm
 
 
 def ttft_split(records, ttft_ms, itl_ms):
-    """TTFT error (measured − injected, ms) from the attempt start (sent_ns, the old definition) and
-    from the request written (written_ns, the new one), for each user's first request and for all;
-    connect (written − sent) and wire (server receipt − written) times; ITL |error|."""
+    """TTFT error against the server's ground truth, for each user's first request and for all.
+
+    Ground truth per request: the server's first-content-chunk send stamp (``t_ns``, taken just
+    before its write) − the kernel receive timestamp of the request's last byte at the server
+    (``rx_ns``). The client's TTFT is its kernel receive timestamp of that chunk − ``written_ns``
+    (the new definition) or − ``sent_ns`` (the attempt start: the old one). Error = client − truth,
+    split into its two halves: write = ``written_ns`` − server ``rx_ns`` (how long after the request
+    reached the server the client stamped it written), delivery = client receive − server send
+    stamp. Also: connect (written − sent), the server's own lateness against the injected TTFT
+    (inside the old "measured − injected" error, not a client error), and ITL error per gap against
+    the server's own gap (client gap − server gap, both sides stamped), beside |gap − injected|."""
     first: dict[int, object] = {}
-    for r in records:
-        if r.status == "ok" and r.first_token_ns is not None and (r.user not in first or r.sent_ns < first[r.user].sent_ns):
+    timed = [r for r in records if r.status == "ok" and r.first_token_ns is not None and r.chunk_ns
+             and getattr(r.chunk_ns, "rx", None) and r.chunk_ns.stamps and r.chunk_ns.stamps[0]]
+    for r in timed:
+        if r.user not in first or r.sent_ns < first[r.user].sent_ns:
             first[r.user] = r
-    out = {}
-    for label, recs in (("first", list(first.values())),
-                        ("all", [r for r in records if r.status == "ok" and r.first_token_ns is not None])):
-        sent = [(r.first_token_ns - r.sent_ns) / 1e6 - ttft_ms for r in recs]
-        written = [(r.first_token_ns - r.written_ns) / 1e6 - ttft_ms for r in recs if r.written_ns]
+    out = {"kernel_rx_stamps": sum(1 for r in timed if r.chunk_ns.rx_kernel), "timed": len(timed)}
+    for label, recs in (("first", list(first.values())), ("all", timed)):
+        truth = [(r.chunk_ns.stamps[0] - r.chunk_ns.rx) / 1e6 for r in recs]
+        sent = [(r.chunk_ns[0] - r.sent_ns) / 1e6 - t for r, t in zip(recs, truth)]
+        written = [(r.chunk_ns[0] - r.written_ns) / 1e6 - t for r, t in zip(recs, truth) if r.written_ns]
+        write = [(r.written_ns - r.chunk_ns.rx) / 1e6 for r in recs if r.written_ns]
+        delivery = [(r.chunk_ns[0] - r.chunk_ns.stamps[0]) / 1e6 for r in recs]
+        late = [t - ttft_ms for t in truth]
+        conn = [(r.written_ns - r.sent_ns) / 1e6 for r in recs if r.written_ns]
         for q in (50, 99):
             out[f"ttft_err_sent_{label}_p{q}"] = pct(sent, q)
             out[f"ttft_err_written_{label}_p{q}"] = pct(written, q)
-        out[f"n_{label}"] = len(recs)
-        conn = [(r.written_ns - r.sent_ns) / 1e6 for r in recs if r.written_ns]
-        wire = [(r.chunk_ns.rx - r.written_ns) / 1e6 for r in recs
-                if r.written_ns and getattr(r.chunk_ns, "rx", None)]
-        for q in (50, 99):
+            out[f"ttft_abs_err_written_{label}_p{q}"] = pct([abs(x) for x in written], q)
+            out[f"write_{label}_ms_p{q}"] = pct(write, q)
+            out[f"delivery_{label}_ms_p{q}"] = pct(delivery, q)
+            out[f"server_late_{label}_ms_p{q}"] = pct(late, q)
             out[f"connect_{label}_ms_p{q}"] = pct(conn, q)
-            out[f"wire_{label}_ms_p{q}"] = pct(wire, q)
+        out[f"ttft_abs_err_written_{label}_max"] = max((abs(x) for x in written), default=None)
+        out[f"n_{label}"] = len(recs)
         out[f"connections_{label}"] = dict(sorted({c: sum(1 for r in recs if r.connection == c)
                                                    for c in {r.connection for r in recs}}.items(), key=str))
-    gaps = [abs((b - a) / 1e6 - itl_ms) for r in records if r.status == "ok" for a, b in zip(r.chunk_ns, r.chunk_ns[1:])]
-    out["itl_abs_err_ms_p99"] = pct(gaps, 99)
-    out["itl_abs_err_ms_p50"] = pct(gaps, 50)
+    gaps, vs_injected = [], []
+    for r in timed:
+        st = r.chunk_ns.stamps
+        for i in range(1, len(r.chunk_ns)):
+            if st[i] and st[i - 1]:
+                gaps.append(abs((r.chunk_ns[i] - r.chunk_ns[i - 1]) - (st[i] - st[i - 1])) / 1e6)
+            vs_injected.append(abs((r.chunk_ns[i] - r.chunk_ns[i - 1]) / 1e6 - itl_ms))
+    for q in (50, 99):
+        out[f"itl_abs_err_ms_p{q}"] = pct(gaps, q)
+        out[f"itl_abs_dev_injected_ms_p{q}"] = pct(vs_injected, q)
+    out["itl_gaps"] = len(gaps)
     return out
 
 
@@ -836,9 +861,9 @@ def errors(r) -> str:
     return ",".join(f"{k}:{v}" for k, v in (r.get("statuses") or {}).items() if k != "ok") or "0"
 
 
-def p50_p99(key: str):
-    """A table cell: ``<key>_p50/<key>_p99`` to 2 decimals."""
-    return lambda r: f"{fmt(r.get(key + '_p50'), 2)}/{fmt(r.get(key + '_p99'), 2)}"
+def p50_p99(key: str, nd: int = 2):
+    """A table cell: ``<key>_p50/<key>_p99`` to ``nd`` decimals."""
+    return lambda r: f"{fmt(r.get(key + '_p50'), nd)}/{fmt(r.get(key + '_p99'), nd)}"
 
 
 def table(rows, cols, title, log):
@@ -1175,8 +1200,9 @@ def main(argv=None):
         ttft, ttok = 20.0, 16
         itl_of = lambda n: 5.0 if n <= 64 else 20.0
         log(f"\n[ttft] injected TTFT {ttft:g} ms, ITL 5 ms at 64 users / 20 ms at 128-256, {ttok} tokens/request, "
-            f"{d:g} s per point, every request counted (first requests too); server with precise timers, "
-            f"stamps (t_ns per chunk, rx_ns = server's parse time of the request in the first chunk)")
+            f"{d:g} s per point, every request counted (first requests too); server with precise timers and kernel "
+            f"receive stamps (rx_ns: SO_TIMESTAMPNS of the request's last byte; t_ns: each chunk's send time); "
+            f"client with kernel receive stamps; error = client TTFT − server TTFT (t_ns of the first token − rx_ns)")
         loadavg("ttft", "before")
         rows = []
         for n in (64, 128, 256):
@@ -1187,31 +1213,33 @@ def main(argv=None):
                     (r,) = run_worker("tokenbench", srv, [{"mode": "closed", "concurrency": n, "duration": d,
                                                           "warmup": 0.0, "timing": [ttft, itl], "warm": warm,
                                                           "split": True}], client_cpu, ttok, stamps=True)
-                    s_ = srv.stats()
-                    r.update({"concurrency": n, "warm": "on" if warm is None else "off", "itl_injected_ms": itl,
-                              "server_ttft_late_ms_p99": (s_.get("ttft_late_us_p99") or 0) / 1e3})
+                    r.update({"concurrency": n, "warm": "on" if warm is None else "off", "itl_injected_ms": itl})
                     rows.append(r)
-                    log(f"  users={n:<4d} warm={r['warm']:3s} TTFT err p99 from sent: first "
+                    log(f"  users={n:<4d} warm={r['warm']:3s} TTFT err p99 from written: first "
+                        f"{fmt(r.get('ttft_err_written_first_p99'), 3)} all {fmt(r.get('ttft_err_written_all_p99'), 3)} ms "
+                        f"(|err| max {fmt(r.get('ttft_abs_err_written_all_max'), 3)}); from sent: first "
                         f"{fmt(r.get('ttft_err_sent_first_p99'), 2)} all {fmt(r.get('ttft_err_sent_all_p99'), 2)} ms; "
-                        f"from written: first {fmt(r.get('ttft_err_written_first_p99'), 2)} all "
-                        f"{fmt(r.get('ttft_err_written_all_p99'), 2)} ms" + (f"  ERROR {r['error']}" if "error" in r else ""))
+                        f"|ITL err| p99 {fmt(r.get('itl_abs_err_ms_p99'), 3)} ms; kernel rx stamps "
+                        f"{r.get('kernel_rx_stamps')}/{r.get('timed')}" + (f"  ERROR {r['error']}" if "error" in r else ""))
         loadavg("ttft", "after")
         results["ttft"] = rows
         table(rows, [("users", "concurrency"), ("warm", "warm"), ("req", "n_all"), ("firsts", "n_first"),
                      ("conn first p50/p99", p50_p99("connect_first_ms")),
-                     ("conn all p99", "connect_all_ms_p99", 2),
-                     ("wire first p50/p99", p50_p99("wire_first_ms")),
-                     ("wire all p99", "wire_all_ms_p99", 2),
+                     ("write first p50/p99", p50_p99("write_first_ms", 3)),
+                     ("delivery all p50/p99", p50_p99("delivery_all_ms", 3)),
                      ("sent: first p50/p99", p50_p99("ttft_err_sent_first")),
-                     ("sent: all p50/p99", p50_p99("ttft_err_sent_all")),
-                     ("written: first p50/p99", p50_p99("ttft_err_written_first")),
-                     ("written: all p50/p99", p50_p99("ttft_err_written_all")),
-                     ("ITL inj.", "itl_injected_ms", 0), ("|ITL err| p99", "itl_abs_err_ms_p99", 3),
-                     ("server TTFT late p99", "server_ttft_late_ms_p99", 2), ("errors", errors)],
-              f"TTFT error split, ms (error = measured TTFT − injected {ttft:g} ms, from sent_ns [old] and from "
-              "written_ns [new]; conn = written − sent; wire = server rx_ns − written; the server's own lateness is "
-              "inside every error; goal: TTFT err p99 ≤ 1 ms at 64-256 users incl. first requests, ITL p99 ≤ 0.1 ms "
-              "at 256)", log)
+                     ("written: first p50/p99", p50_p99("ttft_err_written_first", 3)),
+                     ("written: all p50/p99", p50_p99("ttft_err_written_all", 3)),
+                     ("|written| all max", "ttft_abs_err_written_all_max", 3),
+                     ("server late p50/p99", p50_p99("server_late_all_ms")),
+                     ("ITL inj.", "itl_injected_ms", 0), ("|ITL err| p50/p99", p50_p99("itl_abs_err_ms", 3)),
+                     ("|ITL − inj.| p99", "itl_abs_dev_injected_ms_p99", 3), ("errors", errors)],
+              f"TTFT error against the server's ground truth, ms: error = client TTFT − server TTFT, where server "
+              "TTFT = its first-token send stamp − the kernel receive stamp of the request's last byte; client TTFT "
+              "from written_ns [new] or sent_ns [old]; conn = written − sent; write = written − server rx (the "
+              "written stamp's lag); delivery = client kernel rx − server send stamp; server late = server TTFT − "
+              f"injected {ttft:g} ms (the server, not the client); |ITL err| = |client gap − server gap| per gap; "
+              "goal: |TTFT err| p99 ≤ 1 ms at 64-256 users incl. first requests, |ITL err| p99 ≤ 0.1 ms at 256", log)
 
     # ---- long ----------------------------------------------------------------------------------
     if "long" in sections:
@@ -1239,12 +1267,13 @@ def main(argv=None):
         results["long"] = rows
         table(rows, [("prompt", "prompt"), ("users", "concurrency"), ("max_tokens", "max_tokens"), ("req", "n_all"),
                      ("req/s", "requests_s", 2), ("out tok/s", "output_tok_s"),
-                     ("conn p99", "connect_all_ms_p99", 2), ("wire p50/p99", p50_p99("wire_all_ms")),
+                     ("conn p99", "connect_all_ms_p99", 2), ("write p50/p99", p50_p99("write_all_ms", 3)),
                      ("TTFT err sent p50/p99", p50_p99("ttft_err_sent_all")),
-                     ("TTFT err written p50/p99", p50_p99("ttft_err_written_all")),
+                     ("TTFT err written p50/p99", p50_p99("ttft_err_written_all", 3)),
+                     ("server late p99", "server_late_all_ms_p99", 2),
                      ("|ITL err| p99", "itl_abs_err_ms_p99", 3), ("errors", errors)],
-              f"long contexts, ms (TTFT error = measured − injected {ttft:g} ms; wire = server rx_ns − written: the "
-              f"request body's transfer and parse; ITL injected {itl:g} ms)", log)
+              f"long contexts, ms (TTFT error = client TTFT − server TTFT, as in [ttft]; sent counts the request "
+              f"body's transfer; write = written − server kernel rx; injected TTFT {ttft:g} ms, ITL {itl:g} ms)", log)
 
     info["loadavg_end"] = os.getloadavg()
     info["runtime_s"] = time.monotonic() - t_start

@@ -76,3 +76,28 @@ def test_cli_run_without_its_api_key_in_the_environment_is_a_config_error(fake_s
                "--api-key-env", "TB_NO_SUCH_KEY", "--profile", "closed:users=1,requests=1"])
     assert rc == 2 and "--api-key-env names TB_NO_SUCH_KEY, which is not set" in capsys.readouterr().err
     assert srv.requests == 0
+
+
+def test_cli_run_on_two_client_processes_records_every_request_once(fake_server, tmp_path, capsys):
+    srv = fake_server(tokens=4, ttft_ms=2)
+    rc = main(["run", "--endpoint", srv.url, "--model", "fake", "--out", str(tmp_path), "--processes", "2",
+               "--profile", "closed:users=3,requests=9", "--profile", "poisson:rate_rps=60,duration_s=0.4"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    req = read_table(tmp_path / "requests.parquet")
+    assert len(req) == srv.requests and req.request_id.is_unique and (req.status == "ok").all()
+    assert sum(req.phase == "closed0") == 9 and set(req[req.phase == "closed0"].user) == {0, 1, 2}
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["metrics.json", "requests.parquet", "run.json"]  # shards gone
+    doc = read_json(tmp_path / "run.json")
+    assert doc["settings"]["load"]["processes"] == 2 and doc["client"]["requests_sent"] == len(req)
+
+
+def test_cli_processes_out_of_bounds_or_with_a_sweep_is_a_config_error(fake_server, tmp_path, capsys):
+    srv = fake_server(tokens=4)
+    base = ["run", "--endpoint", srv.url, "--model", "fake", "--out", str(tmp_path), "--quiet"]
+    assert main(base + ["--processes", "0", "--profile", "closed:users=1,requests=1"]) == 2
+    assert "--processes 0" in capsys.readouterr().err
+    assert main(base + ["--processes", "2", "--profile", "sweep:step_duration_s=1"]) == 2
+    err = capsys.readouterr().err
+    assert "--processes 2" in err and "sweep0" in err and "one client process" in err
+    assert srv.requests == 0

@@ -390,3 +390,19 @@ def test_a_pooled_connection_closed_by_the_server_is_replaced_once():
     assert first.error is None and first.attempts == 1
     assert second.error is None and second.status == 200 and second.attempts == 2 and second.reused is False
     assert [d for _, d in events][-1] == b"[DONE]" and connections == 2
+
+
+def test_the_request_written_stamp_and_token_arrivals_agree_with_the_servers_kernel_stamps(fast_server):
+    # the server stamps, per request, the kernel receive time of its last byte (rx_ns) and each
+    # chunk's send time (t_ns): written_ns comes after the kernel had the request (it is stamped once
+    # send() returns), and each content chunk arrives after the server sent it
+    srv = fast_server(tokens=4, ttft_ms=3, itl_ms=1, stamp=True)
+    results, events, _ = post(srv.port, n=6)
+    for res, ev in zip(results, events):
+        chunks = [(t, json.loads(d)) for t, d in ev if d != b"[DONE]"]
+        content = [(t, o) for t, o in chunks if o["choices"] and o["choices"][0]["delta"].get("content")]
+        first = content[0][1]
+        assert first.get("rx_kernel", True), "no kernel receive stamp on the server"
+        assert first["rx_ns"] <= res.written_ns < first["rx_ns"] + 50_000_000
+        assert first["rx_ns"] <= first["parsed_ns"] <= first["t_ns"]
+        assert all(o["t_ns"] <= t for t, o in content)

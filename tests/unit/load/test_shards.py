@@ -30,6 +30,8 @@ def test_users_are_dealt_out_and_every_request_is_recorded_once(fake_server, tmp
     assert {r.user for r in recs if r.phase == "c"} == set(range(5))
     assert sum(r.phase == "n" for r in recs) == 7  # the budget split 4 + 3
     assert {r.status for r in recs} == {"ok"} and test.status_counts == {"ok": len(recs)}
+    # the progress counters, summed from what the workers published
+    assert test.n_done == test.n_ok == len(recs) and test.n_chunks == sum(len(r.chunk_ns) for r in recs) > 0
     assert [m.name for m in test.marks] == ["c", "n"]
     c = test.marks[0]
     assert c.warm_connections == 5 and c.label == "5 users" and c.target["users"] == 5
@@ -57,6 +59,25 @@ def test_capped_open_loop_splits_its_cap_and_warms_it(fake_server, tmp_path):
     test, recs = run(srv.url, [ConstantPhase(name="o", rate_rps=100, requests=20, max_concurrency=3,
                                              warm_connections=True, **FAST)], 2, tmp_path)
     assert len(recs) == 20 and test.marks[0].warm_connections == 3  # 2 + 1
+
+
+def test_progress_counters_are_live_while_the_workers_run(fake_server, tmp_path):
+    srv = fake_server(tokens=4, ttft_ms=5)
+    client = ClientSpec(srv.url, "/v1", "m", REQ, frozenset({"chat", "stream_usage", "ignore_eos"}))
+    test = load_test(2, client, builtin_prompts(), "l", 0, tmp_path / "j.arrows")
+    seen = []
+
+    async def main():
+        task = asyncio.create_task(test.run([ClosedPhase(name="c", users=4, duration_s=1.5, **FAST)]))
+        while not task.done():
+            seen.append((test.current and test.current.name, test.requests_sent, test.n_done))
+            await asyncio.sleep(0.1)
+        await task
+
+    asyncio.run(main())
+    during = [s for s in seen if s[0] == "c" and 0 < s[2] < test.n_done]
+    assert during, seen  # counts rose while the phase ran, not only at the end
+    assert all(a[2] <= b[2] for a, b in zip(seen, seen[1:]))
 
 
 def test_a_sweep_cannot_be_split_and_the_config_says_so():

@@ -26,7 +26,7 @@ from tokenbench.load.phases import LoadPhase
 from tokenbench.load.prompts import load_prompts, prompt_set_hash
 from tokenbench.load import journal as request_journal
 from tokenbench.load.run import api_key_headers, cancellable, client_summary
-from tokenbench.load.shards import ClientSpec, load_test
+from tokenbench.load.shards import ClientSpec, check_shardable, load_test
 from tokenbench.telemetry import hardware
 from tokenbench.telemetry.merge import merge_telemetry
 
@@ -79,22 +79,28 @@ async def _progress(test: LoadTest, out, every_s: float = 0.5) -> None:
 def run_endpoint(endpoint: str, model: str, phases: list[LoadPhase], request: RequestSpec, out_dir: str, *,
                  route_prefix: str, capabilities: set[str], api_key_env: str | None = None,
                  allow_remote: bool = False, slo: SloSpec | None = None, validity: ValiditySpec | None = None,
-                 progress=sys.stderr) -> dict[str, Any]:
-    """Run the phases against the endpoint; write requests.parquet, run.json and metrics.json to out_dir."""
+                 progress=sys.stderr, processes: int = 1) -> dict[str, Any]:
+    """Run the phases against the endpoint on ``processes`` client processes (tokenbench.load.shards);
+    write requests.parquet, run.json and metrics.json to out_dir."""
     check_loopback(endpoint, allow_remote)
+    try:
+        check_shardable(phases, processes)
+    except ValueError as exc:
+        raise ConfigError(f"--processes {processes}: {exc}; use 1") from None
     headers = api_key_headers(api_key_env, "--api-key-env") or None
     prompts, _ = load_prompts(request.prompts, None, request.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"endpoint": endpoint, "model": model, "request": request.model_dump(mode="json"),
-                "load": {"name": "cli", "phases": [p.model_dump(mode="json") for p in phases]}}
+                "load": {"name": "cli", "phases": [p.model_dump(mode="json") for p in phases],
+                         "processes": processes}}
     doc: dict[str, Any] = {"cell": {"engine": "endpoint", "model": model, "load": "cli", "rep": "r1"}, "settings": settings,
                            "server_command": [f"(external endpoint {endpoint})"], "complete": False,
                            "clock": {"timestamps": "CLOCK_MONOTONIC ns", "anchor": {"wall_ns": time.time_ns(),
                                                                                     "monotonic_ns": time.monotonic_ns()}},
                            "hardware": hardware.describe("auto")}
     journal = out / "requests.arrows"
-    test = load_test(1, ClientSpec(endpoint, route_prefix, model, request, frozenset(capabilities), headers),
+    test = load_test(processes, ClientSpec(endpoint, route_prefix, model, request, frozenset(capabilities), headers),
                      prompts, "cli", request.seed, journal)
 
     async def main():
@@ -115,8 +121,10 @@ def run_endpoint(endpoint: str, model: str, phases: list[LoadPhase], request: Re
     doc["phases"] = [m.__dict__ for m in test.marks]
     doc["client"] = client_summary(test)
     doc["provenance"] = prov
-    request_journal.to_parquet(journal, out / "requests.parquet", "requests", prov, {"complete": doc["complete"]})
-    journal.unlink()
+    request_journal.to_parquet(test.journal_paths, out / "requests.parquet", "requests", prov,
+                               {"complete": doc["complete"]})
+    for path in test.journal_paths:
+        Path(path).unlink(missing_ok=True)
     req_df = records.read_table(out / "requests.parquet")
     records.write_json({k: v for k, v in doc.items() if k != "provenance"}, out / "run.json", "run", prov)
     tl = merge_telemetry(req_df, pd.DataFrame({"t_ns": pd.Series(dtype="int64"), "device": pd.Series(dtype="string")}), doc)

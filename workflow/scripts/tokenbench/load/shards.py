@@ -12,7 +12,9 @@ on one time line. Request ids are interleaved (worker k of n: k, k + n, ...), jo
 worker and are read one after the other.
 
 The parent has the same surface as LoadTest for its callers: ``run``, ``marks``, ``journal_paths``,
-``loop_lag``, ``requests_sent``, ``status_counts``, ``connection_counts``, ``resent``.
+``loop_lag``, ``requests_sent``, ``status_counts``, ``connection_counts``, ``resent``, and the live
+progress counters ``current``, ``n_done``, ``n_ok``, ``n_chunks`` (summed from a shared-memory array
+each worker refreshes every ``LIVE_EVERY_S``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from tokenbench.load.phases import LoadPhase
 from tokenbench.load.prompts import PromptStream
 
 START_AHEAD_NS = 20_000_000  # the shared start: far enough ahead for every worker to be waiting for it
+LIVE_EVERY_S = 0.25  # how often a worker copies its progress counters into the shared array
+_LIVE = ("requests_sent", "n_done", "n_ok", "n_chunks")  # a worker's slots in the shared array, in order
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,19 @@ def check_shardable(phases: list[LoadPhase], processes: int) -> None:
             p.share(0, processes)  # raises for a phase that cannot be split
 
 
+def _publish(test: LoadTest, live, k: int) -> None:
+    for i, name in enumerate(_LIVE):
+        live[k * len(_LIVE) + i] = getattr(test, name)
+
+
+async def _live(test: LoadTest, live, k: int) -> None:
+    while True:
+        _publish(test, live, k)
+        await asyncio.sleep(LIVE_EVERY_S)
+
+
 def _worker(conn, k: int, n: int, client: ClientSpec, prompts: list[dict[str, Any]], salt: str, seed: int,
-            journal: str, phases: list[LoadPhase]) -> None:
+            journal: str, phases: list[LoadPhase], live) -> None:
     """A worker process: its share of each phase, in step with the others through ``conn``."""
     from tokenbench.load.run import cancellable  # the same SIGTERM handling as a single-process run
 
@@ -71,9 +86,18 @@ def _worker(conn, k: int, n: int, client: ClientSpec, prompts: list[dict[str, An
         return await asyncio.get_running_loop().run_in_executor(None, conn.recv)
 
     test.start_gate = gate
+
+    async def main():
+        ticker = asyncio.create_task(_live(test, live, k))
+        try:
+            await test.run([p.share(k, n) for p in phases])
+        finally:
+            ticker.cancel()
+            _publish(test, live, k)
+
     error = None
     try:
-        run_async(cancellable(test.run([p.share(k, n) for p in phases])))
+        run_async(cancellable(main()))
     except (asyncio.CancelledError, KeyboardInterrupt):
         error = "interrupted"
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
@@ -96,10 +120,34 @@ class ShardedLoadTest:
         self.journal_paths = shard_paths(Path(journal), processes)
         self.marks: list[PhaseMark] = []
         self.loop_lag: list[tuple[int, int]] = []
-        self.requests_sent = self.resent = 0
+        self.resent = 0
         self.status_counts: Counter[str] = Counter()
         self.connection_counts: Counter[str] = Counter()
         self.current: LoadPhase | None = None
+        self._live = mp.get_context("spawn").RawArray("q", len(_LIVE) * processes)  # written by the workers
+        self._final: dict[str, int] | None = None  # the workers' own totals, once they have reported
+
+    def _count(self, name: str) -> int:
+        if self._final is not None:
+            return self._final[name]
+        i = _LIVE.index(name)
+        return sum(self._live[k * len(_LIVE) + i] for k in range(self.processes))
+
+    @property
+    def requests_sent(self) -> int:
+        return self._count("requests_sent")
+
+    @property
+    def n_done(self) -> int:
+        return self._count("n_done")
+
+    @property
+    def n_ok(self) -> int:
+        return self._count("n_ok")
+
+    @property
+    def n_chunks(self) -> int:
+        return self._count("n_chunks")
 
     async def run(self, phases: list[LoadPhase]) -> None:
         check_shardable(phases, self.processes)
@@ -109,7 +157,7 @@ class ShardedLoadTest:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker, name=f"tokenbench-client-{k}", daemon=True,
                                args=(child, k, self.processes, self.client, self.prompts, self.salt, self.seed,
-                                     str(path), phases))
+                                     str(path), phases, self._live))
             proc.start()
             child.close()
             pipes.append(parent)
@@ -129,6 +177,7 @@ class ShardedLoadTest:
                     break
                 if any(kind != "ready" for kind, _ in msgs):
                     raise RuntimeError(f"a client process stopped early: {[b for _, b in msgs if b]}")
+                self.current = next((p for p in phases if p.name == msgs[0][1]), None)
                 start = now_ns() + START_AHEAD_NS
                 for c in pipes:
                     c.send(start)
@@ -161,9 +210,11 @@ class ShardedLoadTest:
 
     def _merge(self, reports: list[dict[str, Any]]) -> None:
         """The workers' figures as one load test's: each phase's mark spans all its shares."""
+        live = {name: self._count(name) for name in _LIVE}  # a worker that never reported: its last published
+        live["requests_sent"] = sum(r["sent"] for r in reports) if len(reports) == self.processes else live["requests_sent"]
+        self._final = live
         for r in reports:
             self.loop_lag += [tuple(x) for x in r["loop_lag"]]
-            self.requests_sent += r["sent"]
             self.status_counts.update(r["status"])
             self.connection_counts.update(r["connections"])
             self.resent += r["resent"]
