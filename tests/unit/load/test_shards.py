@@ -97,7 +97,11 @@ def test_an_interrupted_sharded_run_records_every_request_it_sent(fake_server, t
 
     async def main():
         task = asyncio.create_task(test.run([ClosedPhase(name="c", users=4, duration_s=60, **FAST)]))
-        await asyncio.sleep(2.5)
+        for _ in range(300):  # until some requests have finished (workers start slowly on a busy machine)
+            await asyncio.sleep(0.1)
+            if test.n_ok >= 2:
+                break
+        await asyncio.sleep(0.3)  # then interrupt with requests in flight
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -289,7 +289,7 @@ class LoadTest:
             window.ok += 1
         for hook in self.on_finished:
             hook(rec)
-        self.journal.add(rec)  # buffered; handed to the writer every 0.5 s by the lag monitor
+        self.journal.add(rec)  # buffered; handed to the writer every 0.1 s by the lag monitor
 
     async def _one(self, rec: RequestRecord, text: str, timeout_s: float, window: PhaseWindow) -> None:
         try:
@@ -299,7 +299,9 @@ class LoadTest:
 
     async def _lag_monitor(self, period_ns: int = 10_000_000) -> None:
         """Event-loop lag: how late a 10 ms timer fires. High lag means the client is the bottleneck.
-        Also flushes the journal every 50 ticks (0.5 s), off the per-request path."""
+        Also flushes the journal every 10 ticks (0.1 s), off the per-request path: the conversion to
+        Arrow holds the loop ~3 us a record, so small, frequent batches keep each stall well under
+        an inter-token gap (at 1,000 requests/s: ~0.3 ms a flush, against ~1.5 ms every 0.5 s)."""
         tick = 0
         while True:
             t0 = now_ns()
@@ -307,7 +309,7 @@ class LoadTest:
             t = now_ns()
             self.loop_lag.append((t, t - t0 - period_ns))
             tick += 1
-            if tick % 50 == 0:
+            if tick % 10 == 0:
                 self.journal.flush()
 
     async def run(self, phases: list[LoadPhase]) -> None:
