@@ -30,6 +30,42 @@ def test_records_stream_in_batches_and_read_back_exactly(tmp_path):
     assert len(df) == 10 and str(df["first_token_ns"].dtype) == "Int64"
 
 
+def test_sealed_records_are_converted_a_column_at_a_time_in_order(tmp_path):
+    from tokenbench.load.journal import FIELDS
+
+    path = tmp_path / "j.arrows"
+    j = Journal(path)
+    for i in range(3):
+        j.add(rec(i))
+    j.seal()
+    for i in range(3, 5):  # records finishing while the sealed ones are converted
+        j.add(rec(i))
+    for _ in range(len(FIELDS) - 1):
+        j.convert(budget_ns=0)  # one column per call
+    assert j._queue.qsize() == 0  # one column still to go: nothing handed to the writer yet
+    j.convert(budget_ns=0)
+    assert j._queue.qsize() == 1
+    j.seal()
+    j.convert(budget_ns=10**9)  # a generous budget converts the second batch whole
+    j.close()
+    assert [b.num_rows for b in batches(path)] == [3, 2]
+    assert [r.request_id for r in read_records(path)] == [0, 1, 2, 3, 4]
+
+
+def test_a_backlog_of_sealed_records_is_converted_at_once(tmp_path):
+    path = tmp_path / "j.arrows"
+    j = Journal(path)
+    for i in range(Journal.MAX_SEALED):  # sealed, never converted
+        j.add(rec(i))
+        j.seal()
+    assert len(j._sealed) == Journal.MAX_SEALED
+    j.add(rec(Journal.MAX_SEALED))
+    j.seal()  # one more: it catches up
+    assert not j._sealed
+    j.close()
+    assert [r.request_id for r in read_records(path)] == list(range(Journal.MAX_SEALED + 1))
+
+
 def test_a_journal_cut_mid_batch_keeps_every_complete_batch(tmp_path):
     path = tmp_path / "j.arrows"
     j = Journal(path, batch_rows=5)

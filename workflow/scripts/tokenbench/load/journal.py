@@ -2,13 +2,16 @@
 
 A :class:`RequestRecord` lives only while its request is in flight (its chunk arrivals in an
 ``array('q')``, 8 bytes each, not a list of Python ints). When the request ends, the record's
-fields are appended to column buffers; every ``batch_rows`` records (or whenever ``flush`` is
-called) the buffers become one Arrow record batch, handed to a writer thread that appends it to an
-Arrow IPC stream (zstd-compressed). The client's memory therefore stays flat however long the run:
-what is resident is the requests in flight plus one batch.
+fields are appended to column buffers. ``seal`` takes the buffered records out (the load test does
+so every 0.1 s) and ``convert`` turns them into an Arrow record batch a few columns per call (the
+load test gives it ~0.2 ms every 10 ms tick, so the event loop is never held for long); each batch
+goes to a writer thread that appends it to an Arrow IPC stream (zstd-compressed). ``flush`` does
+all of that at once, as does ``add`` every ``batch_rows`` records. The client's memory therefore
+stays flat however long the run: what is resident is the requests in flight plus a few batches.
 
 The journal is readable at any moment up to its last complete batch, so a run killed outright keeps
-all it had flushed (every 0.1 s); ``to_parquet`` turns it into ``requests.parquet`` a batch at a time.
+every record that finished more than ~0.2 s before; ``to_parquet`` turns it into
+``requests.parquet`` a batch at a time.
 
 The columns are declared once, by :class:`RequestRecord`'s annotations: ``int`` is int64, ``int |
 None`` a nullable int64, ``str`` / ``str | None`` a string, ``array`` (chunk_ns) a list of int64.
@@ -16,8 +19,10 @@ None`` a nullable int64, ``str`` / ``str | None`` a string, ``array`` (chunk_ns)
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
+import time
 from array import array
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -89,13 +94,38 @@ PANDAS_DTYPES = {f.name: _PANDAS[f.type] for f in fields(RequestRecord)}
 _SCALARS = [n for n in FIELDS if n != "chunk_ns"]
 
 
+class _Sealed:
+    """Buffered records taken out of the journal's buffers, being converted to Arrow a few columns
+    at a time (``step``) so that no single call holds the event loop for long."""
+
+    __slots__ = ("cols", "values", "lengths", "arrays")
+
+    def __init__(self, cols: dict[str, list], values: array, lengths: list[int]):
+        self.cols, self.values, self.lengths = cols, values, lengths
+        self.arrays: list[pa.Array] = []
+
+    def step(self) -> bool:
+        """Convert the next column; True once every column is converted."""
+        name = FIELDS[len(self.arrays)]
+        if name == "chunk_ns":
+            offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+            np.cumsum(self.lengths, out=offsets[1:])
+            self.arrays.append(pa.LargeListArray.from_arrays(
+                pa.array(offsets), pa.array(np.frombuffer(self.values, dtype=np.int64))))
+        else:
+            self.arrays.append(pa.array(self.cols[name], type=SCHEMA.field(name).type))
+            self.cols[name] = None  # converted: its Python objects can go
+        return len(self.arrays) == len(FIELDS)
+
+    def batch(self) -> pa.RecordBatch:
+        while len(self.arrays) < len(FIELDS):
+            self.step()
+        return pa.RecordBatch.from_arrays(self.arrays, schema=SCHEMA)
+
+
 def _batch(cols: dict[str, list], values: array, lengths: list[int]) -> pa.RecordBatch:
     """Column buffers (and the chunk arrivals end to end, with each record's count) as a record batch."""
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    chunk = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(np.frombuffer(values, dtype=np.int64)))
-    arrays = [chunk if n == "chunk_ns" else pa.array(cols[n], type=SCHEMA.field(n).type) for n in FIELDS]
-    return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+    return _Sealed(cols, values, lengths).batch()
 
 
 _WARM = False
@@ -117,6 +147,8 @@ def _warm_conversion() -> None:
 class Journal:
     """Finished records, streamed to an Arrow IPC file a batch at a time by a writer thread."""
 
+    MAX_SEALED = 4  # sealed buffers awaiting conversion before ``seal`` converts them all at once
+
     def __init__(self, path: str | Path, batch_rows: int = 2048):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +157,7 @@ class Journal:
         self._cols: dict[str, list] = {n: [] for n in _SCALARS}
         self._values = array("q")  # the buffered records' chunk_ns, end to end
         self._lengths: list[int] = []
+        self._sealed: collections.deque[_Sealed] = collections.deque()  # taken out of the buffers, being converted
         self._queue: queue.Queue = queue.Queue(maxsize=8)  # batches for the writer; bounded: memory stays flat
         self._error: BaseException | None = None
         self._sink = pa.OSFile(str(self.path), "wb")  # unbuffered: a batch is on disk once written
@@ -143,15 +176,37 @@ class Journal:
         if len(self._lengths) >= self.batch_rows:
             self.flush()
 
-    def flush(self) -> None:
-        """Hand the buffered records to the writer (they reach the file within milliseconds)."""
+    def seal(self) -> None:
+        """Take the buffered records out of the buffers, for ``convert`` to turn into a batch a few
+        columns at a time (the event loop's way: see LoadTest's lag monitor)."""
         if self._error is not None:
             raise RuntimeError(f"request journal {self.path}: {self._error}") from self._error
-        if not self._lengths:
-            return
-        cols, values, lengths = self._cols, self._values, self._lengths
-        self._cols, self._values, self._lengths = {n: [] for n in _SCALARS}, array("q"), []
-        self._queue.put(_batch(cols, values, lengths))
+        if self._lengths:
+            self._sealed.append(_Sealed(self._cols, self._values, self._lengths))
+            self._cols, self._values, self._lengths = {n: [] for n in _SCALARS}, array("q"), []
+        if len(self._sealed) > self.MAX_SEALED:  # conversion fell behind: catch up now, memory stays bounded
+            self._convert_all()
+
+    def convert(self, budget_ns: int = 200_000) -> None:
+        """Convert sealed records, column by column, for about ``budget_ns`` (at least one column);
+        each finished batch goes to the writer."""
+        t0 = time.monotonic_ns()
+        while self._sealed:
+            head = self._sealed[0]
+            if head.step():
+                self._queue.put(head.batch())
+                self._sealed.popleft()
+            if time.monotonic_ns() - t0 >= budget_ns:
+                return
+
+    def _convert_all(self) -> None:
+        while self._sealed:
+            self._queue.put(self._sealed.popleft().batch())
+
+    def flush(self) -> None:
+        """Hand every buffered record to the writer now (they reach the file within milliseconds)."""
+        self.seal()
+        self._convert_all()
 
     def _write_batches(self) -> None:
         while True:
