@@ -406,3 +406,12 @@ def test_the_request_written_stamp_and_token_arrivals_agree_with_the_servers_ker
         assert first["rx_ns"] <= res.written_ns < first["rx_ns"] + 50_000_000
         assert first["rx_ns"] <= first["parsed_ns"] <= first["t_ns"]
         assert all(o["t_ns"] <= t for t, o in content)
+
+
+def test_no_time_is_negative_against_a_server_that_answers_at_once(fast_server):
+    # zero delays: the answer's kernel stamp can precede the stamp taken after send() returned
+    srv = fast_server(tokens=2)
+    results, events, _ = post(srv.port, n=30)
+    for res, ev in zip(results, events):
+        assert res.started_ns <= res.connected_ns <= res.written_ns <= res.headers_ns <= res.first_byte_ns
+        assert all(t >= res.written_ns for t, _ in ev)

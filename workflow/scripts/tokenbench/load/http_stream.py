@@ -114,6 +114,11 @@ class _Conn(asyncio.Protocol):
         if res is None:  # bytes while idle: the server is talking out of turn; do not reuse
             self._close()
             return
+        if res.written_ns is not None and t < res.written_ns:
+            # the response's kernel receive stamp precedes the stamp taken after send() returned: the
+            # server answered within microseconds and the written stamp came late; the request was
+            # written no later than the first byte of its answer arrived
+            res.written_ns = t
         try:
             if self._in_head:
                 data = self._head(t, data)
