@@ -185,11 +185,11 @@ def test_pipeline_load_test_writes_progress_lines_into_its_job_log(fake_server, 
 
     srv = fake_server(tokens=4, itl_ms=20)
     eng = {"kind": "external", "url": srv.url, "capabilities": ["chat", "stream_usage", "ignore_eos"], "metrics_paths": []}
-    phases = [{"name": "warm", "mode": "closed", "users": 2, "duration_s": 0.6, "warmup": True},
-              {"name": "rest", "mode": "idle", "duration_s": 0.4},
+    phases = [{"name": "warm", "mode": "closed", "users": 2, "duration_s": 1.0, "warmup": True},
+              {"name": "rest", "mode": "idle", "duration_s": 1.0},
               {"name": "steady", "mode": "closed", "users": 2, "requests": 8}]
     settings, man, probe, paths = cell(tmp_path, eng, phases, processes=processes)
-    monkeypatch.setenv(PROGRESS_ENV, "0.25")
+    monkeypatch.setenv(PROGRESS_ENV, "30")  # longer than the run: each phase still gets its lines
     log = tmp_path / "job.log"
     with open(log, "w", buffering=1) as fh:
         monkeypatch.setattr(sys, "stderr", fh)  # as joblog.to_log does in the job
@@ -198,7 +198,7 @@ def test_pipeline_load_test_writes_progress_lines_into_its_job_log(fake_server, 
     assert doc["complete"]
     label = "[e / m / l / r1]"
     assert f"{label} phase warm 1/3 (2 users)" in text
-    assert f"{label} phase rest 2/3 (idle 0.4 s)" in text
+    assert f"{label} phase rest 2/3 (idle 1 s)" in text
     ended = re.search(rf"{re.escape(label)} phase warm ended: (\d+) requests done \((\d+) ok, 0 errors\)", text)
     assert ended and ended[1] == ended[2] and int(ended[1]) == doc["client"]["requests_sent"] - 8
     steady = [line for line in text.splitlines() if f"{label} phase steady 3/3" in line]

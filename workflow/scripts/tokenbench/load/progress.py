@@ -8,10 +8,11 @@ same few attribute reads and one formatted line, whatever the load, so it cannot
 generator. It shows
 
 - on a terminal: a tqdm bar per phase (requests done of expected; where the phase's request count
-  is not known, seconds of its duration), redrawn every ``TTY_EVERY_S``;
+  is not known, seconds of its duration), redrawn every ``POLL_S``;
 - elsewhere (a Snakemake job log, a pipe): one plain line every ``every_s`` seconds (default 5 s;
   ``TOKENBENCH_PROGRESS_S`` sets it for the pipeline, ``tokenbench run --progress-every`` for a run;
-  0 shows none), plus one when a phase starts and a last one when the load ends.
+  0 shows none), plus one when a phase starts, one when it has ended and a last one when the load
+  ends.
 
 Expected requests come from the phase: its ``requests`` budget; for an open loop bounded by time,
 rate × duration (an estimate: the arrivals are random, shown with ``~``); for a trace, its rows;
@@ -33,7 +34,7 @@ from typing import Any, Callable, TextIO
 
 PROGRESS_ENV = "TOKENBENCH_PROGRESS_S"
 DEFAULT_EVERY_S = 5.0
-TTY_EVERY_S = 0.5  # a terminal display's redraw period
+POLL_S = 0.5  # how often the counters are read (and a terminal display redrawn)
 RATE_WINDOW_S = 5.0  # live rates are over about this long
 
 
@@ -136,7 +137,7 @@ class State:
     def timing(self) -> str:
         p, left = self.plan, self.time_left_s()
         if p.duration_s is not None and left is not None and left <= 0:
-            return f"{_fmt_s(self.elapsed_s)}, sending done, draining"
+            return f"{_fmt_s(self.elapsed_s)}, sending done" + (", draining" if self.in_flight else "")
         if p.duration_s is not None:
             return f"{_fmt_s(self.elapsed_s)} of {_fmt_s(p.duration_s)}, {_fmt_s(left)} left"
         return f"{_fmt_s(self.elapsed_s)}" + (f", ~{_fmt_s(left)} left" if left is not None else "")
@@ -165,7 +166,9 @@ class Progress:
         self.lines_to = lines_to if every_s > 0 else None
         self.bar_to = bar_to
         self.every_s = every_s
-        self.poll_s = TTY_EVERY_S if bar_to is not None else every_s  # lines are written when due
+        # read the counters every POLL_S (a phase shorter than the line interval still gets its line);
+        # a line is written when one is due
+        self.poll_s = min(POLL_S, every_s) if every_s > 0 else POLL_S
         self._start = None  # the PhaseStart shown
         self._plan: PhasePlan | None = None
         self._seen: deque[tuple[float, int, int]] = deque(maxlen=max(2, math.ceil(RATE_WINDOW_S / max(self.poll_s, 1e-3)) + 1))
@@ -245,7 +248,7 @@ class Progress:
         if left is None:
             when = f"{_fmt_s(st.elapsed_s)} gone"
         else:
-            when = "draining" if left <= 0 else f"{_fmt_s(left)} left"
+            when = ("draining" if st.in_flight else "done") if left <= 0 else f"{_fmt_s(left)} left"
         what = "" if st.plan.mode == "idle" else (
             ("" if self._by_count else f"{st.done} done, ")
             + f"{st.ok} ok, {st.errors} error{'s' if st.errors != 1 else ''}, {st.in_flight} in flight | {st.rates()} | ")
