@@ -36,8 +36,19 @@ def main(argv=None) -> int:
     r.add_argument("--processes", type=int,
                    help="client processes, one event loop (core) each, sharing out users and arrivals; one core "
                         "streams ~1,000 requests/s (default: the --config load's `processes`, else 1)")
-    r.add_argument("--quiet", action="store_true", help="no progress line")
+    r.add_argument("--quiet", action="store_true", help="no progress display")
+    r.add_argument("--progress-every", type=float, metavar="S",
+                   help="seconds between progress lines when stderr is not a terminal (default: "
+                        "$TOKENBENCH_PROGRESS_S, else 5)")
+    res = sub.add_parser("results", help="what a run directory or the pipeline's data/ holds, as tables",
+                         description="Loads the records, metrics, run documents and summary of a `tokenbench run --out` "
+                                     "directory or of the pipeline's data/ tree (the Python API: "
+                                     "tokenbench.results.load_results) and prints cells, phases and a summary table.")
+    res.add_argument("dir", help="a run directory, the pipeline's data/ directory, or the project directory above it")
+    res.add_argument("--csv", metavar="OUT", help="also write runs, phases, records, metrics and summary as CSV into OUT")
     args = ap.parse_args(argv)
+    if args.cmd == "results":
+        return _results(args)
     if args.cmd == "run":
         return _run(args)
     if args.cmd == "validate":
@@ -56,6 +67,22 @@ def main(argv=None) -> int:
 
         return build_main(["--dest", args.dest])
     return 1
+
+
+def _results(args) -> int:
+    from tokenbench.records import SchemaError
+    from tokenbench.results import ResultsError, describe, export_csv, load_results
+
+    try:
+        res = load_results(args.dir)
+        print("\n".join(describe(res)))
+        if args.csv:
+            files = export_csv(res, args.csv)
+            print(f"\nCSV: {', '.join(str(f) for f in files)}")
+    except (ResultsError, SchemaError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _run(args) -> int:
@@ -92,7 +119,8 @@ def _run(args) -> int:
         request = RequestSpec(ignore_eos=args.ignore_eos, **{k: v for k, v in given.items() if v is not None})
         metrics = run_endpoint(args.endpoint, args.model, phases, request, args.out, route_prefix=args.route_prefix,
                                capabilities=caps, api_key_env=args.api_key_env, allow_remote=args.allow_remote,
-                               progress=None if args.quiet else sys.stderr, processes=processes)
+                               progress=None if args.quiet else sys.stderr, processes=processes,
+                               progress_every_s=args.progress_every)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,14 @@
 Every Parquet file tokenbench writes holds, in its schema metadata under the key ``tokenbench``,
 a JSON object ``{"schema_version": N, "kind": ..., "provenance": {...}}``. JSON results carry the
 same two keys at top level.
+
+Versions. ``schema_version`` is a plain integer and it is the layout's *major* version: it goes up
+on every change to the columns or keys a reader could notice (a column added, removed, renamed or
+redefined, a unit changed), and there is no minor version. Each reader says which majors it reads:
+the pipeline's stages read only the current one (they compute on its columns: an older file means
+"rerun the stage that wrote it"); ``tokenbench.results`` (results as DataFrames) reads every major
+from ``OLDEST_READABLE`` up to the current one, each file as it was written. A file of any other
+version is refused with an error naming the file, the version found and the versions read.
 """
 
 from __future__ import annotations
@@ -18,14 +26,38 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokenbench import SCHEMA_VERSION
+from tokenbench import SCHEMA_VERSION, __version__
 from tokenbench.joblog import threads
 
 META_KEY = b"tokenbench"
 
 
+OLDEST_READABLE = 1  # the first layout: every results file since carries the envelope above
+CURRENT = frozenset({SCHEMA_VERSION})  # what the pipeline's stages read
+
+
 class SchemaError(ValueError):
     pass
+
+
+def check_version(path: str | Path, doc: dict[str, Any], reads: frozenset[int] = CURRENT) -> int:
+    """The file's schema version if it is one of ``reads``, else a SchemaError naming the file, the
+    version found, the versions read and what to do."""
+    found = doc.get("schema_version")
+    if isinstance(found, int) and not isinstance(found, bool) and found in reads:
+        return found
+    lo, hi = min(reads), max(reads)
+    span = f"version {lo}" if lo == hi else f"versions {lo} to {hi}"
+    writer = ((doc.get("provenance") or {}).get("tool_version")
+              if isinstance(doc.get("provenance"), dict) else None)
+    by = f" (written by tokenbench {writer})" if writer else ""
+    if isinstance(found, int) and not isinstance(found, bool) and found > hi:
+        todo = f"it is newer than this tokenbench ({__version__}); upgrade tokenbench to read it"
+    elif isinstance(found, int) and not isinstance(found, bool) and found >= OLDEST_READABLE:
+        todo = "rerun the stage that wrote it"
+    else:
+        todo = "it is not a tokenbench results layout"
+    raise SchemaError(f"{path}: results schema version {found!r}{by}; this reader reads {span}; {todo}")
 
 
 def write_table(df: pd.DataFrame, path: str | Path, kind: str, provenance: dict[str, Any],
@@ -75,22 +107,24 @@ def _layout(schema: pa.Schema) -> dict[str, Any]:
             "compression": {**{c: "snappy" for c in others}, **{leaf: "none" for leaf in leaves}}}
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
+def read_meta(path: str | Path, reads: frozenset[int] = CURRENT) -> dict[str, Any]:
+    """A results table's envelope (schema version, kind, provenance, extras); ``reads``: the schema
+    versions accepted (see the module docstring)."""
     meta = pq.read_schema(path).metadata or {}
     if META_KEY not in meta:
         raise SchemaError(f"{path} is not a tokenbench results file (no '{META_KEY.decode()}' metadata)")
     doc = json.loads(meta[META_KEY])
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise SchemaError(f"{path} has schema version {doc.get('schema_version')}, this tokenbench reads {SCHEMA_VERSION}; rerun its stage")
+    check_version(path, doc, reads)
     return doc
 
 
-def read_table(path: str | Path, columns: list[str] | None = None, arrow_lists: bool = False) -> pd.DataFrame:
+def read_table(path: str | Path, columns: list[str] | None = None, arrow_lists: bool = False,
+               reads: frozenset[int] = CURRENT) -> pd.DataFrame:
     """A results table; ``columns``: only these. ``arrow_lists``: list columns (``chunk_ns``) as
     pandas' Arrow list dtype over one contiguous buffer, which ``tokenbench.chunks`` reads without a
     copy, instead of a NumPy array object per row (a million of them take seconds to make and GBs
     to hold)."""
-    read_meta(path)
+    read_meta(path, reads)
     if not arrow_lists:
         return pd.read_parquet(path, columns=columns)
     schema = pq.read_schema(path)
@@ -157,10 +191,11 @@ def write_json(doc: dict[str, Any], path: str | Path, kind: str, provenance: dic
     _atomic(path, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
-def read_json(path: str | Path) -> dict[str, Any]:
+def read_json(path: str | Path, reads: frozenset[int] = CURRENT) -> dict[str, Any]:
     doc = json.loads(Path(path).read_text())
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise SchemaError(f"{path} has schema version {doc.get('schema_version')}, this tokenbench reads {SCHEMA_VERSION}; rerun its stage")
+    if not isinstance(doc, dict):
+        raise SchemaError(f"{path} is not a tokenbench results document (a JSON {type(doc).__name__}, not an object)")
+    check_version(path, doc, reads)
     return doc
 
 

@@ -1,7 +1,7 @@
 """One load test against an already-running OpenAI-compatible endpoint, outside Snakemake.
 
 ``tokenbench run --endpoint http://127.0.0.1:8080 --model m --profile closed:users=4,duration_s=30``
-drives the same load generator, records and metrics as the pipeline, with a progress line.
+drives the same load generator, records and metrics as the pipeline, with its progress display.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from tokenbench.analysis.metrics import compute_metrics
 from tokenbench.analysis.registry import Column
 from tokenbench.config import (ConfigError, HardwareSpec, Phase, RequestSpec, SloSpec, ValiditySpec, canonical_hash,
                                is_loopback)
-from tokenbench.load.generator import LoadTest, run_async
+from tokenbench.load.generator import run_async
 from tokenbench.load.phases import LoadPhase
+from tokenbench.load.progress import Progress, interval_from_env, shown
 from tokenbench.load.prompts import load_prompts, prompt_set_hash
 from tokenbench.load import journal as request_journal
 from tokenbench.load.run import api_key_headers, cancellable, client_summary
@@ -60,28 +61,14 @@ def check_loopback(url: str, allow_remote: bool) -> urllib.parse.ParseResult:
     return u
 
 
-async def _progress(test: LoadTest, out, every_s: float = 0.5) -> None:
-    """A progress line from the load test's running counters (constant work per tick)."""
-    t0 = time.monotonic()
-    last_chunks, last_t = 0, t0
-    while True:
-        await asyncio.sleep(every_s)
-        now = time.monotonic()
-        sent, done, ok = test.requests_sent, test.n_done, test.n_ok
-        rate = (test.n_chunks - last_chunks) / (now - last_t)
-        last_chunks, last_t = test.n_chunks, now
-        name = test.current.name if test.current else "-"
-        out.write(f"\r[{name}] {now - t0:6.1f} s  sent {sent}  ok {ok}  "
-                  f"errors {done - ok}  in flight {sent - done}  chunks/s (finished requests) {rate:7.1f}   ")
-        out.flush()
-
-
 def run_endpoint(endpoint: str, model: str, phases: list[LoadPhase], request: RequestSpec, out_dir: str, *,
                  route_prefix: str, capabilities: set[str], api_key_env: str | None = None,
                  allow_remote: bool = False, slo: SloSpec | None = None, validity: ValiditySpec | None = None,
-                 progress=sys.stderr, processes: int = 1) -> dict[str, Any]:
+                 progress=sys.stderr, processes: int = 1, progress_every_s: float | None = None) -> dict[str, Any]:
     """Run the phases against the endpoint on ``processes`` client processes (tokenbench.load.shards);
-    write requests.parquet, run.json and metrics.json to out_dir."""
+    write requests.parquet, run.json and metrics.json to out_dir. ``progress``: where the progress
+    display goes (tokenbench.load.progress: a bar on a terminal, else a line every
+    ``progress_every_s``, default ``$TOKENBENCH_PROGRESS_S`` or 5 s); None: none."""
     check_loopback(endpoint, allow_remote)
     try:
         check_shardable(phases, processes)
@@ -103,17 +90,16 @@ def run_endpoint(endpoint: str, model: str, phases: list[LoadPhase], request: Re
     test = load_test(processes, ClientSpec(endpoint, route_prefix, model, request, frozenset(capabilities), headers),
                      prompts, "cli", request.seed, journal)
 
-    async def main():
-        bar = asyncio.create_task(_progress(test, progress)) if progress else None
-        try:
-            await test.run(phases)
-        finally:
-            if bar:
-                bar.cancel()
-                progress.write("\n")
+    try:
+        every_s = interval_from_env() if progress_every_s is None else progress_every_s
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if every_s < 0:
+        raise ConfigError(f"--progress-every {every_s}: give seconds between progress lines, >= 0 (0: none)")
+    shown_on = Progress.for_stream(test, f"endpoint {model}", phases, progress, every_s)
 
     try:
-        run_async(cancellable(main()))
+        run_async(cancellable(shown(test.run(phases), shown_on)))
         doc["complete"] = True
     except (KeyboardInterrupt, asyncio.CancelledError):
         doc["interrupted"] = True

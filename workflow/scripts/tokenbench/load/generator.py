@@ -52,6 +52,18 @@ class PhaseMark:
     warm_connections: int = 0  # connections opened ahead of the phase (its warm-up), before start_ns
 
 
+@dataclass(frozen=True)
+class PhaseStart:
+    """A window's start and the run's counters then (its earlier phases drained): what a progress
+    display subtracts to show this phase's own figures."""
+    phase: LoadPhase
+    start_ns: int
+    sent: int
+    done: int
+    ok: int
+    chunks: int
+
+
 class Client:
     """One streaming request against an OpenAI-compatible server, over http_stream's pool.
 
@@ -255,6 +267,7 @@ class LoadTest:
         self._client: Client | None = None
         self.loop_lag: list[tuple[int, int]] = []  # (time, lag) in ns
         self.current: LoadPhase | None = None  # the phase running now (for progress displays)
+        self.phase_start: PhaseStart | None = None  # the running window's start and counters then
         self.n_done = self.n_ok = self.n_chunks = 0  # finished requests, ok ones, their chunks: O(1) progress
         self.status_counts: Counter[str] = Counter()
         self.connection_counts: Counter[str] = Counter()  # how requests got their connection (journal.CONNECTIONS)
@@ -350,6 +363,7 @@ class LoadTest:
         warmed = await self._client.pool.warm(phase.warm_count()) if phase.warm_count() else 0
         start = await self.start_gate(phase) if self.start_gate is not None else None
         window = PhaseWindow(self, phase, start)
+        self.phase_start = PhaseStart(phase, window.start_ns, self._sent, self.n_done, self.n_ok, self.n_chunks)
         await phase.send_requests(window)
         window.stopped_ns = stopped = now_ns()
         await window.drain(phase.drain_timeout_s)

@@ -26,6 +26,7 @@ from tokenbench.engines.server import (Server, die_with_parent, free_port, gpu_i
 from tokenbench.load import journal as request_journal
 from tokenbench.load.generator import LoadTest, event_loop_name, loop_lag_by_phase, run_async
 from tokenbench.load.shards import ClientSpec, ShardedLoadTest, load_test
+from tokenbench.load.progress import Progress, interval_from_env, shown, terminal
 from tokenbench.load.prompts import load_prompts, prompt_set_hash
 from tokenbench.load.tokenizer import EngineTokenizer
 from tokenbench.telemetry import hardware
@@ -350,8 +351,24 @@ class CellLoadTest:
         client = ClientSpec(ep.base_url, ep.route_prefix, ep.request_model, request, frozenset(ep.capabilities),
                             ep.headers or None)
         self.test = load_test(load.processes, client, self.prompts, load.name, request.seed, self.journal)
-        run_async(cancellable(self.test.run(load.phases), self.caught))
+        run_async(cancellable(shown(self.test.run(load.phases), self.progress()), self.caught))
         signal.signal(signal.SIGTERM, _raise_interrupted)  # the event loop's handlers are gone with it
+
+    def progress(self) -> Progress | None:
+        """Plain lines in the job's log (stderr, every $TOKENBENCH_PROGRESS_S, default 5 s) and, where
+        the job's own stderr is a terminal (Snakemake's), a progress bar there too."""
+        c = self.doc["cell"]
+        label = f"{c['engine']} / {c['model']} / {c['load']} / {c['rep']}"
+        try:
+            every_s = interval_from_env()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if getattr(sys.stderr, "isatty", lambda: False)():
+            lines_to, bar_to = None, sys.stderr
+        else:
+            lines_to, bar_to = sys.stderr, terminal()
+        return Progress(self.test, label, list(self.settings.load.phases), lines_to=lines_to, bar_to=bar_to,
+                        every_s=every_s)
 
     def count_tokens(self) -> None:
         if self.tokenizer is None or not self.settings.request.client_token_count:

@@ -13,8 +13,9 @@ worker and are read one after the other.
 
 The parent has the same surface as LoadTest for its callers: ``run``, ``marks``, ``journal_paths``,
 ``loop_lag``, ``requests_sent``, ``status_counts``, ``connection_counts``, ``resent``, and the live
-progress counters ``current``, ``n_done``, ``n_ok``, ``n_chunks`` (summed from a shared-memory array
-each worker refreshes every ``LIVE_EVERY_S``).
+progress counters ``current``, ``phase_start``, ``n_done``, ``n_ok``, ``n_chunks`` (summed from a
+shared-memory array each worker refreshes every ``LIVE_EVERY_S``, and once more when it is ready for
+a phase, so that the counters at a phase's start are exact).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 from tokenbench.config import RequestSpec
 from tokenbench.load.clock import now_ns
-from tokenbench.load.generator import LoadTest, PhaseMark, run_async, session_factory
+from tokenbench.load.generator import LoadTest, PhaseMark, PhaseStart, run_async, session_factory
 from tokenbench.load.journal import Journal
 from tokenbench.load.phases import LoadPhase
 from tokenbench.load.prompts import PromptStream
@@ -82,6 +83,7 @@ def _worker(conn, k: int, n: int, client: ClientSpec, prompts: list[dict[str, An
                     shard=(k, n))
 
     async def gate(phase) -> int:
+        _publish(test, live, k)  # the counters as the previous phase left them (drained)
         conn.send(("ready", phase.name))
         return await asyncio.get_running_loop().run_in_executor(None, conn.recv)
 
@@ -124,6 +126,7 @@ class ShardedLoadTest:
         self.status_counts: Counter[str] = Counter()
         self.connection_counts: Counter[str] = Counter()
         self.current: LoadPhase | None = None
+        self.phase_start: PhaseStart | None = None
         self._live = mp.get_context("spawn").RawArray("q", len(_LIVE) * processes)  # written by the workers
         self._final: dict[str, int] | None = None  # the workers' own totals, once they have reported
 
@@ -179,6 +182,8 @@ class ShardedLoadTest:
                     raise RuntimeError(f"a client process stopped early: {[b for _, b in msgs if b]}")
                 self.current = next((p for p in phases if p.name == msgs[0][1]), None)
                 start = now_ns() + START_AHEAD_NS
+                if self.current is not None:
+                    self.phase_start = PhaseStart(self.current, start, *(self._count(n) for n in _LIVE))
                 for c in pipes:
                     c.send(start)
         except BaseException:
