@@ -32,7 +32,7 @@ import sys
 
 from snakemake.utils import min_version
 
-min_version("8.0")
+min_version("9.0")  # as pyproject.toml: snakemake>=9,<10
 
 SCRIPTS = os.path.join(workflow.basedir, "workflow", "scripts")
 # The package is importable from this checkout without installing it: here, and in every script

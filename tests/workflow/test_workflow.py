@@ -21,6 +21,50 @@ def test_snakefmt_check_is_clean():
     assert f"All {len(files)} file(s) would be left unchanged" in out.stdout + out.stderr
 
 
+RULE_FILES = [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]
+# the directive order every rule keeps (issue 12); threads count as a resource
+DIRECTIVE_ORDER = ["input", "output", "log", "params", "threads", "resources", "conda", "container", "script"]
+
+
+def rule_blocks():
+    """(file, rule, {directive: its text}) of every rule, directives in file order."""
+    import re
+
+    for path in RULE_FILES:
+        for m in re.finditer(r"^rule (\w+):\n((?:    .*\n|\n)+)", path.read_text(), re.M):
+            directives, current = {}, None
+            for line in m.group(2).splitlines():
+                d = re.match(r"^    (\w+):", line)
+                if d:
+                    current = d.group(1)
+                    directives[current] = line
+                elif current:
+                    directives[current] += "\n" + line
+            yield path.name, m.group(1), directives
+
+
+def test_rules_keep_the_directive_order_a_log_and_get_input_functions():
+    import re
+
+    rules = list(rule_blocks())
+    assert len(rules) >= 20  # every rule file was read
+    for path, rule, directives in rules:
+        where = f"{path}: rule {rule}"
+        known = [d for d in directives if d in DIRECTIVE_ORDER]
+        assert known == sorted(known, key=DIRECTIVE_ORDER.index), f"{where}: directives {known}"
+        assert "log" in directives or rule == "all", f"{where} has no log:"
+        inputs = directives.get("input", "")
+        assert "lambda" not in inputs, f"{where}: an input function is a lambda; name it get_* in common.smk"
+        for fn in re.findall(r"(?:=|unpack\()\s*([a-z_][a-z0-9_]*)\s*[,)]", inputs):
+            if fn not in ("rules",):
+                assert fn.startswith("get_"), f"{where}: input function {fn} is not named get_*"
+
+
+def test_snakefile_requires_the_snakemake_it_is_written_for():
+    text = (ROOT / "Snakefile").read_text()
+    assert 'min_version("9.0")' in text and '"snakemake>=9,<10"' in (ROOT / "pyproject.toml").read_text()
+
+
 def test_dry_run_default_config(tmp_path):
     out = snakemake(tmp_path, "-n", configfile=ROOT / "config" / "config.yaml")
     assert out.returncode == 0, out.stderr
