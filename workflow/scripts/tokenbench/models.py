@@ -44,11 +44,11 @@ class ModelSpec(Strict):
     )
     allow_patterns: list[str] | None = Field(
         None,
-        description="source hub: only download files matching these glob patterns; None: the whole snapshot."
+        description="source hub: only download files matching these glob patterns; null: the whole snapshot."
     )
     served_name: str | None = Field(
         None,
-        description="The model field sent in requests; None: the model's key in models."
+        description="The model field sent in requests; null: the model's key in models."
     )
 
     @model_validator(mode="after")
