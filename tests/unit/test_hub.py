@@ -90,6 +90,21 @@ def test_refused_download_with_a_token_says_it_lacks_access_and_never_shows_it(h
     assert STORED not in msg and "hf auth login" in msg and "export HF_TOKEN=" in msg
 
 
+def test_a_repo_the_hub_does_not_show_may_be_misspelt_or_private(hf_home, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.utils import RepositoryNotFoundError
+
+    def unseen(**kw):
+        raise RepositoryNotFoundError("401 Client Error: Repository Not Found", response=_Response())
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unseen)
+    with pytest.raises(models.ModelError) as err:
+        models.hub_download("org/privat", "a" * 40)
+    msg = str(err.value)
+    assert "no repo org/privat@" in msg and "check the repo id" in msg
+    assert "export HF_TOKEN=" in msg and "hf auth login" in msg
+
+
 def test_network_failure_is_not_reported_as_a_refusal(hf_home, monkeypatch):
     import huggingface_hub
 

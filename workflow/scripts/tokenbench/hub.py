@@ -51,9 +51,18 @@ def refused(exc: BaseException) -> bool:
 
 def refusal_message(what: str, exc: BaseException) -> str:
     """The error for a refused download of ``what``: both ways to provide a token, or, when a token
-    was sent, that it lacks access."""
+    was sent, that it lacks access. A repo the hub says does not exist may be private, or misspelt."""
+    from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError
+
     origin = token_origin()
+    unseen = isinstance(exc, RepositoryNotFoundError) and not isinstance(exc, GatedRepoError)
     if origin is None:
+        if unseen:
+            return (f"the hub has no repo {what} visible without a token: check the repo id and revision, or, "
+                    f"if the repo is private, {HOW_TO_PROVIDE}")
         return f"the hub refused {what}: it is gated or private and no Hugging Face token was found; {HOW_TO_PROVIDE}"
+    if unseen:
+        return (f"the hub has no repo {what} visible with {origin}: check the repo id and revision, and that the "
+                f"token's account can see the repo, or {HOW_TO_PROVIDE}")
     return (f"the hub refused {what} with {origin}: that token has no access (for a gated model, accept its "
             f"licence on the model's hub page with the account the token belongs to), or {HOW_TO_PROVIDE}")
