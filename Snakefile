@@ -30,6 +30,10 @@
 import os
 import sys
 
+from snakemake.utils import min_version
+
+min_version("9.0")  # as pyproject.toml: snakemake>=9,<10
+
 SCRIPTS = os.path.join(workflow.basedir, "workflow", "scripts")
 # The package is importable from this checkout without installing it: here, and in every script
 # job (Snakemake puts a script's own directory, workflow/scripts, on its sys.path).
@@ -66,15 +70,9 @@ RUNS = config_runs(CFG)  # (engine, model, load, rep)
 COMPARED = compared_pairs(CFG)  # (model, a, b): configurations compared at each load
 PAIRS = config_pairs(CFG)  # (engine, model) pairs: an engine may serve only some models
 
-# HF_TOKEN is needed only to download gated hub models. Snakemake's `envvars:` makes a variable
-# *required* (the run stops if it is unset), so it is declared only when a config uses a hub
-# model and is not in offline mode; the offline default (a package-shipped model) needs none.
-if any(m.source == "hub" for m in CFG.models.values()) and os.environ.get(
-    "HF_HUB_OFFLINE", ""
-) not in ("1", "true", "yes"):
-
-    envvars:
-        "HF_TOKEN",
+# No secret is asked for here: a dry-run or a plan never needs one. The Hugging Face token (HF_TOKEN,
+# or the login `hf auth login` stored) is looked up only by the jobs that download from the hub
+# (tokenbench.hub), and a refused download says there how to provide it.
 
 
 wildcard_constraints:

@@ -12,15 +12,15 @@ rule compute_metrics:
         windows="data/metrics/{engine}/{model}/{load}/{rep}/windows.parquet",
     log:
         "logs/compute_metrics/{engine}/{model}/{load}/{rep}.log",
-    conda:
-        "../envs/tokenbench.yaml"
-    threads: 2  # NumPy work split over two threads (tokenbench.joblog.threads)
     params:
         hardware=lambda wc: CFG.hardware.model_dump(),
         slo=lambda wc: CFG.slo.model_dump(),
         validity=lambda wc: CFG.validity.model_dump(),
         level=CFG.comparison.level,
         resamples=CFG.comparison.bootstrap_resamples,
+    threads: 2  # NumPy work split over two threads (tokenbench.joblog.threads)
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/compute_metrics.py"
 
@@ -44,16 +44,16 @@ rule combine_replicates:
     """A cell's replicate runs together: t intervals across runs, the within-run (block bootstrap)
     intervals beside them, and which source of variation dominates."""
     input:
-        metrics=replicate_paths("metrics", "metrics.json"),
+        metrics=get_replicate_paths("metrics", "metrics.json"),
         code=imports_of("combine_replicates"),
     output:
         "data/analysis/cells/{engine}/{model}/{load}.json",
     log:
         "logs/combine_replicates/{engine}/{model}/{load}.log",
-    conda:
-        "../envs/tokenbench.yaml"
     params:
         level=CFG.comparison.level,
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/combine_replicates.py"
 
@@ -70,12 +70,12 @@ rule compare_configurations:
         "data/analysis/comparisons.json",
     log:
         "logs/compare_configurations.log",
-    conda:
-        "../envs/tokenbench.yaml"
     params:
         compared=COMPARED,
         comparison=CFG.comparison.model_dump(),
         slo=CFG.slo.model_dump(),
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/compare_configurations.py"
 
@@ -89,10 +89,10 @@ rule evaluate_hypotheses:
         "data/analysis/hypotheses.json",
     log:
         "logs/evaluate_hypotheses.log",
-    conda:
-        "../envs/tokenbench.yaml"
     params:
         hypotheses=hypotheses_of(),
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/evaluate_hypotheses.py"
 
@@ -100,18 +100,12 @@ rule evaluate_hypotheses:
 rule fit_saturation:
     """Saturation models fitted over the users sweep (every valid replicate point), compared by AICc."""
     input:
-        metrics=lambda wc: [
-            f"data/metrics/{wc.engine}/{wc.model}/{l}/{r}/metrics.json"
-            for l in sweep_loads()
-            for r in REPS
-        ],
+        metrics=get_sweep_metrics,
         code=imports_of("fit_saturation"),
     output:
         "data/analysis/saturation/{engine}/{model}.json",
     log:
         "logs/fit_saturation/{engine}/{model}.log",
-    conda:
-        "../envs/tokenbench.yaml"
     params:
         loads=[l for l in sweep_loads() for r in REPS],
         phases=[
@@ -119,5 +113,7 @@ rule fit_saturation:
             for l in sweep_loads()
             for r in REPS
         ],
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/fit_saturation.py"

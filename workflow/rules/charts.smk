@@ -16,7 +16,6 @@ CHART_SPECS = {
     name: f"data/charts/{name}.vl.json"
     for name in (("frontier", "throughput", "latency") if CFG.sweep else ())
 }
-chart_inputs = lambda: dict(CHART_SPECS)
 # a chart's three outputs: the spec and its data as CSV and JSON
 chart_files = lambda stem: {
     "spec": f"{stem}.vl.json",
@@ -50,12 +49,12 @@ rule trace_frontiers:
         "data/analysis/frontiers.json",
     log:
         "logs/trace_frontiers.log",
-    conda:
-        "../envs/tokenbench.yaml"
     params:
         phases=SWEEP_PHASES,
         baseline=CFG.comparison.baseline,
         level=CFG.comparison.level,
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/trace_frontiers.py"
 
@@ -103,10 +102,10 @@ rule plot_latency:
         **chart_files("data/charts/latency"),
     log:
         "logs/plot_latency.log",
-    conda:
-        "../envs/tokenbench.yaml"
     params:
         loads=sweep_loads(),
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/plot_latency.py"
 

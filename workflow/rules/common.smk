@@ -31,16 +31,16 @@ def imports_of(rule_name):
     return package_files(os.path.join(SCRIPTS, f"{rule_name}.py"))
 
 
-def settings_of(wc):
+def get_settings(wc):
     return cell_settings(CFG, wc.engine, wc.model, wc.load, wc.rep).model_dump(
         mode="json"
     )
 
 
-def load_files(wc):
+def get_load_files(wc):
     """Files a cell's load reads (trace replays, prompt files): inputs, so editing one reruns it.
     Relative paths are relative to the working directory."""
-    settings = settings_of(wc)
+    settings = get_settings(wc)
     files = [p["path"] for p in settings["load"]["phases"] if p["mode"] == "trace"]
     prompts = settings["request"]["prompts"]
     if isinstance(prompts, dict) and "file" in prompts:
@@ -53,7 +53,7 @@ def run_paths(stage, name):
     return [f"data/{stage}/{e}/{m}/{l}/{r}/{name}" for e, m, l, r in RUNS]
 
 
-def replicate_paths(stage, name):
+def get_replicate_paths(stage, name):
     """The paths of one cell's replicate runs (wildcards engine, model, load)."""
     return lambda wc: [
         f"data/{stage}/{wc.engine}/{wc.model}/{wc.load}/{r}/{name}" for r in REPS
@@ -73,17 +73,40 @@ def hypotheses_of():
     ]
 
 
+def get_sweep_metrics(wc):
+    """One configuration's metrics at every replicate of every sweep load (fit_saturation)."""
+    return [
+        f"data/metrics/{wc.engine}/{wc.model}/{l}/{r}/metrics.json"
+        for l in sweep_loads()
+        for r in REPS
+    ]
+
+
+def get_chart_specs(wc):
+    """{chart name: Vega-Lite spec path} of every chart of the config (render_pages embeds them)."""
+    return dict(CHART_SPECS)
+
+
+def get_chart_data(wc):
+    """Every chart's data beside its spec, as CSV and JSON (the pages' download links)."""
+    return [
+        p.removesuffix(".vl.json") + ext
+        for p in CHART_SPECS.values()
+        for ext in (".csv", ".json")
+    ]
+
+
 def sweep_loads():
     return list(CFG.sweep.loads) if CFG.sweep else []
 
 
-def engine_conda_env(wc):
+def get_engine_conda_env(wc):
     """Per-engine software: workflow/envs/<kind>.yaml (tokenbench's dependencies plus the engine),
     used with `--sdm conda`; without it (plain-PATH mode) the engine is whatever is on PATH.
     """
     return os.path.join(workflow.basedir, engine_env_file(CFG.engines[wc.engine].kind))
 
 
-def engine_container(wc):
+def get_engine_container(wc):
     """engines.<name>.container, used with `--sdm apptainer` (None: run on the host)."""
     return CFG.engines[wc.engine].container

@@ -6,12 +6,12 @@ rule probe_engine:
         "data/engines/{engine}/probe.json",
     log:
         "logs/probe_engine/{engine}.log",
-    conda:
-        engine_conda_env
-    container:
-        engine_container
     params:
         kind=lambda wc: CFG.engines[wc.engine].kind,
         binary=lambda wc: CFG.engines[wc.engine].binary,
+    conda:
+        get_engine_conda_env
+    container:
+        get_engine_container
     script:
         "../scripts/probe_engine.py"

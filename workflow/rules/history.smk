@@ -10,11 +10,11 @@ rule archive_results:
         "data/analysis/archive_entry.json",
     log:
         "logs/archive_results.log",
-    conda:
-        "../envs/tokenbench.yaml"
     params:
         config_hash=canonical_hash(CFG.model_dump()),
         command=RERUN_COMMAND,
         folder="data/history",
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/archive_results.py"

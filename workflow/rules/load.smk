@@ -3,7 +3,7 @@ rule run_load_test:
     input:
         model="data/models/{model}/manifest.json",
         engine="data/engines/{engine}/probe.json",
-        load_files=load_files,
+        load_files=get_load_files,
         code=imports_of("run_load_test"),
     output:
         requests="data/runs/{engine}/{model}/{load}/{rep}/requests.parquet",
@@ -14,13 +14,13 @@ rule run_load_test:
         job="logs/run_load_test/{engine}/{model}/{load}/{rep}.log",
         server="logs/run_load_test/{engine}/{model}/{load}/{rep}.server.log",
         journal="logs/run_load_test/{engine}/{model}/{load}/{rep}.requests.arrows",
-    conda:
-        engine_conda_env
-    container:
-        engine_container
+    params:
+        settings=get_settings,
     resources:
         load_test=1,  # one load test at a time on a host: they would measure each other
-    params:
-        settings=settings_of,
+    conda:
+        get_engine_conda_env
+    container:
+        get_engine_container
     script:
         "../scripts/run_load_test.py"

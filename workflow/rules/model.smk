@@ -7,9 +7,9 @@ rule resolve_model:
         "data/models/{model}/manifest.json",
     log:
         "logs/resolve_model/{model}.log",
-    conda:
-        "../envs/tokenbench.yaml"
     params:
         spec=lambda wc: CFG.models[wc.model].model_dump(mode="json"),
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/resolve_model.py"

@@ -3,12 +3,8 @@ rule render_pages:
     each table's and chart's data as CSV and JSON, each run's raw requests, and the mkdocs config.
     """
     input:
-        unpack(lambda wc: chart_inputs()),
-        chart_data=lambda wc: [
-            p.removesuffix(".vl.json") + ext
-            for p in chart_inputs().values()
-            for ext in (".csv", ".json")
-        ],
+        unpack(get_chart_specs),
+        chart_data=get_chart_data,
         metrics=run_paths("metrics", "metrics.json"),
         runs=run_paths("runs", "run.json"),
         requests=run_paths("runs", "requests.parquet"),
@@ -37,15 +33,15 @@ rule render_pages:
         assets=expand("site/docs/assets/{name}", name=SITE_ASSETS),
     log:
         "logs/render_pages.log",
-    conda:
-        "../envs/tokenbench.yaml"
     params:
         study=CFG.study.model_dump(mode="json"),
         config_hash=canonical_hash(CFG.model_dump()),
-        charts=list(chart_inputs()),
+        charts=list(CHART_SPECS),
         runs=["{}.{}.{}.{}".format(*r) for r in RUNS],
         rerun=RERUN_COMMAND,
         history="data/history",
+    conda:
+        "../envs/tokenbench.yaml"
     script:
         "../scripts/render_pages.py"
 

@@ -10,8 +10,8 @@ rule merge_telemetry:
         "data/merged/{engine}/{model}/{load}/{rep}/timeline.parquet",
     log:
         "logs/merge_telemetry/{engine}/{model}/{load}/{rep}.log",
+    threads: 2  # NumPy work split over two threads (tokenbench.joblog.threads)
     conda:
         "../envs/tokenbench.yaml"
-    threads: 2  # NumPy work split over two threads (tokenbench.joblog.threads)
     script:
         "../scripts/merge_telemetry.py"

@@ -269,3 +269,16 @@ def test_run_page_shows_each_phases_figures_under_the_other_tools_definitions(si
     assert "https://github.com/vllm-project/vllm/blob/02cfb534df5674737558730b10f23d1b7aef9b7c/" \
            "vllm/benchmarks/lib/endpoint_request_func.py" in methodology
     assert "<code>time_per_output_token_ms</code>" in methodology
+
+
+def test_config_reference_page_lists_every_key_and_offers_the_schema(site):
+    from tokenbench import config_reference
+
+    text = (site["out"] / "docs" / "config.md").read_text()
+    keys = [r["key"] for sec in config_reference.sections() for r in sec.rows]
+    assert all(f"`{k}`" in text for k in keys)
+    assert "| `validity.min_requests` | integer (≥ 0) | `20` | A phase must complete at least this many requests. |" in text
+    schema = site["out"] / "docs" / pages.CONFIG_SCHEMA
+    assert f'class="tb-download" href="{pages.CONFIG_SCHEMA}"' in text
+    assert json.loads(schema.read_text()) == config_reference.json_schema()
+    assert {"Config reference": "config.md"} in pages.mkdocs_config(StudySpec(title="T"))["nav"]

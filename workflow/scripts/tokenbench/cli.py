@@ -13,6 +13,10 @@ def main(argv=None) -> int:
     v.add_argument("config")
     b = sub.add_parser("build-engine", help="build llama-server from source (cached) into DEST")
     b.add_argument("--dest", required=True)
+    s = sub.add_parser("schema", help="write the config's JSON Schema (default) or its reference tables (--reference)")
+    s.add_argument("--out", help="write here instead of stdout (config/tokenbench.schema.json)")
+    s.add_argument("--reference", metavar="PATH", help="write the config reference (Markdown) to PATH "
+                   "(docs/config-reference.md)")
     r = sub.add_parser("run", help="one load test against a running OpenAI-compatible endpoint",
                        description="Phases run in the order given, e.g. --profile poisson:rate_rps=2,duration_s=20,warmup=true "
                                    "--profile idle:duration_s=10 --profile closed:users=8,duration_s=60")
@@ -62,6 +66,10 @@ def main(argv=None) -> int:
         for e, m, l in cells(cfg):
             print(f"{e}\t{m}\t{l}")
         return 0
+    if args.cmd == "schema":
+        from tokenbench.config_reference import write_outputs
+
+        return write_outputs(args.out, args.reference)
     if args.cmd == "build-engine":
         from tokenbench.engines.build import main as build_main
 

@@ -51,35 +51,124 @@ class EngineSpec(Strict):
     The normalised settings map onto each engine's own flags (tokenbench.engines.catalog); a setting the
     engine cannot express is an error naming this key. ``None`` means the engine's default.
     """
-    kind: EngineKind
-    binary: str | None = None  # default: the catalog's (llama-server, vllm, lmdeploy, python3 for sglang, ...)
-    host: str = "127.0.0.1"
-    port: int = Field(0, ge=0, le=65535)  # 0: pick a free port at launch
+    kind: EngineKind = Field(
+        description="Which engine this is: a catalog entry (tokenbench.engines.catalog) that maps the normalised "
+                    "settings onto its flags; 'external' is a server someone else runs, reached at url."
+    )
+    binary: str | None = Field(
+        None,
+        description="The engine's executable (a name on PATH or a path); null: the catalog's (llama-server, vllm, "
+                    "lmdeploy, python3 for sglang, ...)."
+    )
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the engine binds to and load tests send to; must be loopback (127.0.0.0/8, ::1, "
+                    "localhost) unless allow_remote is true."
+    )
+    port: int = Field(
+        0, ge=0, le=65535,
+        description="TCP port the engine listens on; 0 picks a free port at launch."
+    )
     # normalised settings
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] | None = None
-    max_context: int | None = Field(None, ge=16)  # tokens per sequence (prompt + output)
-    max_batch: int | None = Field(None, ge=1)  # sequences run at once (server-side concurrency)
-    kv_cache_fraction: float | None = Field(None, gt=0, le=1)
-    tensor_parallel: int | None = Field(None, ge=1)
-    quantization: str | None = None
-    backend: str | None = None  # lmdeploy: turbomind | pytorch; trtllm: pytorch | tensorrt
-    threads: int | None = Field(None, ge=1)  # llama.cpp only
-    extra_args: list[str] = []
-    env: dict[str, str] = {}  # extra environment for the engine process (no secrets: they are recorded)
-    models: list[Name] | None = None  # the models this engine serves; default: all
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] | None = Field(
+        None,
+        description="Weights and activations dtype; null: the engine's default."
+    )
+    max_context: int | None = Field(
+        None, ge=16,
+        description="Tokens per sequence (prompt + output) the engine allows; null: the engine's default."
+    )
+    max_batch: int | None = Field(
+        None, ge=1,
+        description="Sequences run at once (server-side concurrency: llama.cpp slots, vLLM max_num_seqs, ...); null: "
+                    "the engine's default."
+    )
+    kv_cache_fraction: float | None = Field(
+        None, gt=0, le=1,
+        description="Fraction of GPU memory (0-1] the engine may use for weights and KV cache (vLLM "
+                    "gpu_memory_utilization and its equivalents); null: the engine's default."
+    )
+    tensor_parallel: int | None = Field(
+        None, ge=1,
+        description="GPUs the model is split across (tensor parallelism); null: the engine's default (1)."
+    )
+    quantization: str | None = Field(
+        None,
+        description="Quantization method passed to the engine (e.g. awq, fp8); null: none or whatever the checkpoint "
+                    "declares."
+    )
+    backend: str | None = Field(
+        None,
+        description="The engine's backend where it has several: lmdeploy turbomind | pytorch; trtllm pytorch | "
+                    "tensorrt; null: the engine's default."
+    )
+    threads: int | None = Field(
+        None, ge=1,
+        description="CPU threads for generation (llama.cpp only); null: the engine's default."
+    )
+    extra_args: list[str] = Field(
+        [],
+        description="Further command-line arguments appended verbatim to the engine's command (recorded in "
+                    "provenance: no secrets)."
+    )
+    env: dict[str, str] = Field(
+        {},
+        description="Extra environment variables for the engine process (recorded in provenance: no secrets)."
+    )
+    models: list[Name] | None = Field(
+        None,
+        description="The models (keys of models) this engine serves; null: all of them."
+    )
     # watching it
-    metrics_paths: list[str] | None = None  # override the catalog's Prometheus paths ([] disables)
-    metrics_interval_s: float = Field(1.0, gt=0, le=60)
-    ready_timeout_s: float = Field(120, gt=0)
-    stop_grace_s: float = Field(10, gt=0)
-    container: str | None = None  # image for `--sdm apptainer`; conda env: workflow/envs/<kind>.yaml
+    metrics_paths: list[str] | None = Field(
+        None,
+        description="Prometheus paths scraped from the engine, overriding the catalog's; [] disables scraping; null: "
+                    "the catalog's."
+    )
+    metrics_interval_s: float = Field(
+        1.0, gt=0, le=60,
+        description="Seconds between scrapes of the engine's Prometheus metrics."
+    )
+    ready_timeout_s: float = Field(
+        120, gt=0,
+        description="Seconds to wait for the engine's health check to pass after launch before the run fails."
+    )
+    stop_grace_s: float = Field(
+        10, gt=0,
+        description="Seconds between SIGTERM and SIGKILL of the engine's process group at teardown."
+    )
+    container: str | None = Field(
+        None,
+        description="Container image the engine's jobs run in under `--sdm apptainer`; null: on the host (the conda "
+                    "env under `--sdm conda` is `workflow/envs/<kind>.yaml`)."
+    )
     # external endpoints (kind: external): someone else's server
-    url: str | None = None
-    api_key_env: str | None = Field(None, pattern=ENV_NAME_RE)  # the NAME of an env var holding the key
-    allow_remote: bool = False  # load tests send traffic to loopback only unless this is true
-    route_prefix: str | None = None
-    health_path: str | None = None
-    capabilities: list[Literal["chat", "completions", "stream_usage", "ignore_eos"]] | None = None
+    url: str | None = Field(
+        None,
+        description="kind external only: the server's base URL, e.g. http://127.0.0.1:8000."
+    )
+    api_key_env: str | None = Field(
+        None, pattern=ENV_NAME_RE,
+        description="kind external only: the NAME of an environment variable holding the API key (sent as a bearer "
+                    "token; its value is scrubbed from every output)."
+    )
+    allow_remote: bool = Field(
+        False,
+        description="Allow load tests to send traffic to a host that is not loopback."
+    )
+    route_prefix: str | None = Field(
+        None,
+        description="kind external only: the path prefix of the OpenAI routes; null: /v1."
+    )
+    health_path: str | None = Field(
+        None,
+        description="kind external only: the path polled until the server is ready; null: /v1/models."
+    )
+    capabilities: list[Literal["chat", "completions", "stream_usage", "ignore_eos"]] | None = Field(
+        None,
+        description="kind external only: what the server supports (of chat, completions, stream_usage, ignore_eos); "
+                    "null: chat, completions and stream_usage."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -119,48 +208,91 @@ class EngineSpec(Strict):
 # ----------------------------------------------------------------------------- loads
 # The phase schemas (one class per mode, `Phase` their union) are in tokenbench.load.phases.
 class FilePrompts(Strict):
-    file: str  # .jsonl or .csv
-    column: str = "prompt"
-    output_column: str | None = None  # per-request max_tokens from this column
-    limit: int | None = Field(None, ge=1)
+    file: str = Field(
+        description="Path of a .jsonl or .csv file of prompts, one per row (relative to the working directory)."
+    )
+    column: str = Field("prompt", description="The column (JSONL key) holding the prompt text.")
+    output_column: str | None = Field(
+        None,
+        description="A column holding each request's max_tokens; null: request.max_tokens for every request."
+    )
+    limit: int | None = Field(None, ge=1, description="Read at most this many rows; null: all.")
 
 
 class DatasetPrompts(Strict):
-    dataset: Literal["dolly", "sharegpt"]  # databricks-dolly-15k, ShareGPT (Vicuna, cleaned split)
-    revision: str = "main"  # the resolved commit sha is recorded in provenance
-    limit: int | None = Field(1000, ge=1)
+    dataset: Literal["dolly", "sharegpt"] = Field(
+        description="A Hugging Face dataset of prompts: dolly (databricks-dolly-15k) or sharegpt (ShareGPT, Vicuna "
+                    "cleaned split)."
+    )
+    revision: str = Field(
+        "main",
+        description="The dataset's hub revision; the resolved commit sha is recorded in provenance."
+    )
+    limit: int | None = Field(1000, ge=1, description="Use at most this many prompts; null: all.")
 
 
 class SyntheticSpec(Strict):
-    input_tokens: int = Field(ge=1)  # exact prompt length in the model's tokenizer
-    count: int = Field(64, ge=1)  # distinct prompts (no shared prefix beyond chance)
+    input_tokens: int = Field(ge=1, description="Exact prompt length in tokens of the model's tokenizer.")
+    count: int = Field(64, ge=1, description="Distinct prompts generated (no shared prefix beyond chance).")
 
 
 class SyntheticPrompts(Strict):
-    synthetic: SyntheticSpec
+    synthetic: SyntheticSpec = Field(description="Generated prompts of an exact token length.")
 
 
 PromptSource = Union[Literal["builtin"], FilePrompts, DatasetPrompts, SyntheticPrompts]
 
 
 class RequestSpec(Strict):
-    endpoint: Literal["chat", "completions"] = "chat"
-    max_tokens: int = Field(64, ge=1)
-    temperature: float = Field(0.7, ge=0)
-    ignore_eos: bool = True
-    prompts: PromptSource = "builtin"
-    client_token_count: bool = True  # re-tokenize outputs where the engine can tokenize; report mismatches
-    system_prompt: str | None = None
-    seed: int = 0
+    endpoint: Literal["chat", "completions"] = Field(
+        "chat",
+        description="OpenAI route requests go to: chat (/v1/chat/completions) or completions (/v1/completions)."
+    )
+    max_tokens: int = Field(64, ge=1, description="Output tokens asked for per request (max_tokens).")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature sent with each request.")
+    ignore_eos: bool = Field(
+        True,
+        description="Ask the engine to ignore end-of-sequence so every output has max_tokens tokens (fixed output "
+                    "lengths)."
+    )
+    prompts: PromptSource = Field(
+        "builtin",
+        description="Where prompts come from: builtin (32 prompts shipped with tokenbench), {file: ...}, {dataset: "
+                    "...} or {synthetic: ...}."
+    )
+    client_token_count: bool = Field(
+        True,
+        description="Re-tokenize outputs with the model's tokenizer where the engine can tokenize, and report "
+                    "mismatches with the server's usage counts."
+    )
+    system_prompt: str | None = Field(
+        None,
+        description="A system message prepended to every chat request; null: none."
+    )
+    seed: int = Field(
+        0,
+        description="Seed of the request list (prompt order and sampling of arrivals): the same seed sends the same "
+                    "requests."
+    )
 
 
 class LoadSpec(Strict):
-    description: str = ""
-    phases: list[Phase] = Field(min_length=1)
-    request: RequestSpec | None = None  # overrides the top-level `request` block
-    # client processes, each one event loop on its own core, sharing out users and arrivals
-    # (tokenbench.load.shards): one core streams ~1,000 requests/s; raise it beyond that
-    processes: int = Field(1, ge=1, le=256)
+    description: str = Field("", description="A sentence on what this load is, shown on the report.")
+    phases: list[Phase] = Field(
+        min_length=1,
+        description="The load test's phases, run in order (one mapping per phase; its mode key selects the kind: "
+                    "closed, poisson, gamma, constant, idle, trace, sweep)."
+    )
+    request: RequestSpec | None = Field(
+        None,
+        description="Request settings for this load only, replacing the top-level request block; null: the top-level "
+                    "one."
+    )
+    processes: int = Field(
+        1, ge=1, le=256,
+        description="Client processes, each one event loop on its own core, sharing out users and arrivals "
+                    "(tokenbench.load.shards); one core streams about 1,000 requests/s: raise it beyond that."
+    )
 
     @field_validator("phases")
     @classmethod
@@ -183,25 +315,49 @@ class LoadSpec(Strict):
 
 
 class SweepSpec(Strict):
-    x: Literal["users"] = "users"
-    loads: list[Name] = Field(min_length=2)
-    phase: Name | None = None  # the phase to read in each load; default: its last non-warmup phase
+    x: Literal["users"] = Field("users", description="The swept quantity on the x axis.")
+    loads: list[Name] = Field(
+        min_length=2,
+        description="The loads (keys of loads) that make up the users sweep, at least two."
+    )
+    phase: Name | None = Field(
+        None,
+        description="The phase to read in each load; null: its last non-warmup phase that sends requests."
+    )
 
 
 class HardwareSpec(Strict):
-    name: str = "auto"  # a key of hardware.yaml, or "auto" (detect GPU via NVML, else the CPU)
-    price_usd_per_hour: float | None = Field(None, ge=0)
-    electricity_usd_per_kwh: float | None = Field(None, ge=0)
-    # the output tokens a day you plan to serve: yearly hardware and electricity cost at the measured
-    # throughput and energy per token (analysis/efficiency.py); None: no yearly figures
-    daily_output_tokens: float | None = Field(None, gt=0)
+    name: str = Field(
+        "auto",
+        description="A key of hardware.yaml (peak FLOP/s, memory bandwidth), or auto: detect the GPU via NVML, else "
+                    "the CPU."
+    )
+    price_usd_per_hour: float | None = Field(
+        None, ge=0,
+        description="Hardware price in USD per hour, for cost per million tokens; null: no cost figures."
+    )
+    electricity_usd_per_kwh: float | None = Field(
+        None, ge=0,
+        description="Electricity price in USD per kWh, for energy cost; null: no energy cost."
+    )
+    daily_output_tokens: float | None = Field(
+        None, gt=0,
+        description="Output tokens a day you plan to serve: yearly hardware and electricity cost at the measured "
+                    "throughput and energy per token (analysis/efficiency.py); null: no yearly figures."
+    )
 
 
 class SloSpec(Strict):
     """Goodput counts the requests that meet every bound given (DistServe's definition)."""
-    ttft_ms: float | None = Field(None, gt=0)
-    tpot_ms: float | None = Field(None, gt=0)
-    e2e_ms: float | None = Field(None, gt=0)
+    ttft_ms: float | None = Field(
+        None, gt=0,
+        description="Time-to-first-token bound in ms a request must meet to count towards goodput; null: no bound."
+    )
+    tpot_ms: float | None = Field(
+        None, gt=0,
+        description="Time-per-output-token bound in ms; null: no bound."
+    )
+    e2e_ms: float | None = Field(None, gt=0, description="End-to-end latency bound in ms; null: no bound.")
 
 
 class ValiditySpec(Strict):
@@ -209,48 +365,90 @@ class ValiditySpec(Strict):
 
     The contention and stability bounds and why they are where they are: see
     tokenbench.analysis.metrics.validity, which the Methodology page quotes."""
-    min_duration_s: float = Field(10, ge=0)
-    min_requests: int = Field(20, ge=0)
-    max_error_rate: float = Field(0.01, ge=0, le=1)
-    max_send_lag_p99_ms: float = Field(10, gt=0)  # open loop: actual minus scheduled send
-    max_loop_lag_p99_ms: float = Field(20, gt=0)  # the client's event loop must keep up
-    min_rate_ratio: float = Field(0.98, gt=0, le=1)  # open loop: achieved / target send rate
-    # contention: CPU time nobody in the benchmark used (host busy - server - client), % of all cores
-    max_foreign_cpu_pct: float = Field(10.0, ge=0, le=100)
-    # contention on GPUs: share of samples with a process not of the server on the device, or with
-    # thermal / hardware-slowdown clock throttling
-    max_gpu_contended_share: float = Field(0.05, ge=0, le=1)
-    # stability: |second half - first half| / first half of the issuing window, for throughput
-    # (closed loop) and median TPOT
-    max_halves_change: float = Field(0.25, gt=0)
+    min_duration_s: float = Field(
+        10, ge=0,
+        description="A phase's issuing window must last at least this many seconds."
+    )
+    min_requests: int = Field(20, ge=0, description="A phase must complete at least this many requests.")
+    max_error_rate: float = Field(
+        0.01, ge=0, le=1,
+        description="Largest share (0-1) of requests that may fail."
+    )
+    max_send_lag_p99_ms: float = Field(
+        10, gt=0,
+        description="Open loop: p99 of actual minus scheduled send time in ms must stay below this."
+    )
+    max_loop_lag_p99_ms: float = Field(
+        20, gt=0,
+        description="p99 lag in ms of the client's event loop: it must keep up."
+    )
+    min_rate_ratio: float = Field(
+        0.98, gt=0, le=1,
+        description="Open loop: achieved / target send rate must be at least this."
+    )
+    max_foreign_cpu_pct: float = Field(
+        10.0, ge=0, le=100,
+        description="Contention: CPU time nobody in the benchmark used (host busy - server - client), in % of all "
+                    "cores, must stay below this."
+    )
+    max_gpu_contended_share: float = Field(
+        0.05, ge=0, le=1,
+        description="Contention on GPUs: largest share (0-1) of telemetry samples with a process not of the server on"
+                    " the device, or with thermal / hardware-slowdown clock throttling."
+    )
+    max_halves_change: float = Field(
+        0.25, gt=0,
+        description="Stability: largest relative change (0.25 = 25 %) between the issuing window's halves, "
+                    "|second half - first half| / first half, for throughput (closed loop) and median TPOT."
+    )
 
 
 class TelemetrySpec(Strict):
-    interval_s: float = Field(0.05, gt=0, le=10)  # 20 Hz, as in the seed reports
-    # seconds the sampler records before the server's launch: the host's baseline draw, which net
-    # energy subtracts (a 1 s-averaged GPU power sensor needs a few seconds to settle); 0: none
-    baseline_s: float = Field(5.0, ge=0, le=600)
+    interval_s: float = Field(
+        0.05, gt=0, le=10,
+        description="Seconds between telemetry samples (0.05 s = 20 Hz, as in the seed reports)."
+    )
+    baseline_s: float = Field(
+        5.0, ge=0, le=600,
+        description="Seconds the sampler records before the server's launch: the host's baseline draw, which net "
+                    "energy subtracts (a 1 s-averaged GPU power sensor needs a few seconds to settle); 0: none."
+    )
 
 
 class PreflightSpec(Strict):
-    gpu_idle: bool = True  # refuse to launch on a GPU that another process is using
-    max_gpu_util_pct: float = Field(5.0, ge=0, le=100)
-    max_foreign_gpu_mib: float = Field(256.0, ge=0)  # memory other processes may hold
-    gpu_memory_tolerance_mib: float = Field(256.0, ge=0)  # teardown: memory back within this
+    gpu_idle: bool = Field(True, description="Refuse to launch on a GPU that another process is using.")
+    max_gpu_util_pct: float = Field(
+        5.0, ge=0, le=100,
+        description="GPU utilisation in % above which a GPU counts as in use before launch."
+    )
+    max_foreign_gpu_mib: float = Field(
+        256.0, ge=0,
+        description="GPU memory in MiB other processes may hold before launch."
+    )
+    gpu_memory_tolerance_mib: float = Field(
+        256.0, ge=0,
+        description="Teardown check: GPU memory must be back within this many MiB of its pre-launch level."
+    )
 
 
 class StudySpec(Strict):
-    title: str
-    description: str = ""
+    title: str = Field(description="The study's title, heading the report.")
+    description: str = Field("", description="What the study compares and why, shown under the title.")
 
 
 class ComparisonSpec(Strict):
     """Between configurations (engines entries serving the same model) at each load level."""
-    baseline: Name | None = None  # compared against every other configuration; default: all pairs
-    level: float = Field(0.95, gt=0.5, lt=1)  # confidence level of intervals
-    alpha: float = Field(0.05, gt=0, lt=0.5)  # family-wise error rate (Holm) for naming a winner
-    resolve_difference: float = Field(0.05, gt=0)  # relative difference "replicates needed" is quoted for
-    bootstrap_resamples: int = Field(1000, ge=200)
+    baseline: Name | None = Field(
+        None,
+        description="The engine (a key of engines) every other configuration is compared against; null: all pairs."
+    )
+    level: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of intervals (0.5-1).")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Family-wise error rate (Holm) for naming a winner.")
+    resolve_difference: float = Field(
+        0.05, gt=0,
+        description="Relative difference (0.05 = 5 %) for which 'replicates needed to resolve' is quoted."
+    )
+    bootstrap_resamples: int = Field(1000, ge=200, description="Bootstrap resamples per interval.")
 
 
 # the figures compared between configurations (and so the ones a hypothesis may name); which way is
@@ -264,32 +462,77 @@ class HypothesisSpec(Strict):
 
     Confirmed when the whole interval of a/b lies at or above ``factor`` (``at_least``), rejected when
     it lies below, otherwise not resolvable at this sample size."""
-    name: Name
-    statement: str = ""
-    metric: str  # one of COMPARED_FIGURES
-    a: Name  # engines entries
-    b: Name
-    load: Name
-    phase: Name | None = None  # default: the load's last non-warmup phase that sends requests
-    relation: Literal["at_least", "at_most"] = "at_least"  # a/b >= factor, or a/b <= factor
-    factor: float = Field(1.0, gt=0)
+    name: Name = Field(description="The hypothesis's name (a key, used in file and page names).")
+    statement: str = Field("", description="The claim in words, shown on the report.")
+    metric: str = Field(
+        description="The figure compared: one of " + ", ".join(COMPARED_FIGURES) + "."
+    )
+    a: Name = Field(description="The configuration claimed about (a key of engines).")
+    b: Name = Field(description="The configuration it is compared with (a key of engines).")
+    load: Name = Field(description="The load (a key of loads) at which the claim is tested.")
+    phase: Name | None = Field(
+        None,
+        description="The phase read; null: the load's last non-warmup phase that sends requests."
+    )
+    relation: Literal["at_least", "at_most"] = Field(
+        "at_least",
+        description="at_least: a/b >= factor; at_most: a/b <= factor."
+    )
+    factor: float = Field(1.0, gt=0, description="The ratio a/b the claim names.")
 
 
 class Config(Strict):
-    study: StudySpec
-    hardware: HardwareSpec = HardwareSpec()
-    telemetry: TelemetrySpec = TelemetrySpec()
-    slo: SloSpec = SloSpec()
-    validity: ValiditySpec = ValiditySpec()
-    preflight: PreflightSpec = PreflightSpec()
-    request: RequestSpec = RequestSpec()
-    models: dict[Name, ModelSpec] = Field(min_length=1)
-    engines: dict[Name, EngineSpec] = Field(min_length=1)
-    loads: dict[Name, LoadSpec] = Field(min_length=1)
-    sweep: SweepSpec | None = None
-    replicates: int = Field(1, ge=1, le=100)  # each cell runs this many times, each on a fresh server launch
-    comparison: ComparisonSpec = ComparisonSpec()
-    hypotheses: list[HypothesisSpec] = []
+    study: StudySpec = Field(description="What the study is: title and description.")
+    hardware: HardwareSpec = Field(
+        HardwareSpec(),
+        description="The machine: its peak figures and prices, for MFU and cost."
+    )
+    telemetry: TelemetrySpec = Field(
+        TelemetrySpec(),
+        description="The telemetry sampler (power, utilisation, clocks)."
+    )
+    slo: SloSpec = Field(SloSpec(), description="Service-level bounds for goodput.")
+    validity: ValiditySpec = Field(
+        ValiditySpec(),
+        description="When a phase's figures can be trusted (MLPerf LoadGen style); a failed check is reported."
+    )
+    preflight: PreflightSpec = Field(
+        PreflightSpec(),
+        description="Checks before launching an engine and after tearing it down."
+    )
+    request: RequestSpec = Field(
+        RequestSpec(),
+        description="Request settings for every load (a load's own request block replaces it)."
+    )
+    models: dict[Name, ModelSpec] = Field(
+        min_length=1,
+        description="The models to serve, by name (the name becomes a path component)."
+    )
+    engines: dict[Name, EngineSpec] = Field(
+        min_length=1,
+        description="The engine configurations to benchmark, by name."
+    )
+    loads: dict[Name, LoadSpec] = Field(
+        min_length=1,
+        description="The load tests run against every (engine, model) pair, by name."
+    )
+    sweep: SweepSpec | None = Field(
+        None,
+        description="A users sweep over some loads: saturation fits and the throughput-interactivity frontier; null: "
+                    "no sweep."
+    )
+    replicates: int = Field(
+        1, ge=1, le=100,
+        description="Times each (engine, model, load) cell runs, each on a fresh server launch."
+    )
+    comparison: ComparisonSpec = Field(
+        ComparisonSpec(),
+        description="How configurations are compared at each load level."
+    )
+    hypotheses: list[HypothesisSpec] = Field(
+        [],
+        description="Claims to test from the data, e.g. 'A >= 1.5 x B output tok/s at 16 users'."
+    )
 
     @model_validator(mode="after")
     def _check_refs(self):

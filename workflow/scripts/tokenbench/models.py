@@ -2,7 +2,8 @@
 
 Sources: a file shipped inside an installed Python package (offline default), a local path, or
 the Hugging Face hub through ``huggingface_hub.snapshot_download`` with a pinned revision. The
-token comes from HF_TOKEN in the environment and is never written anywhere.
+token is asked for only here, when a hub model is downloaded (tokenbench.hub: HF_TOKEN or the
+`hf auth login` token), and is never written anywhere.
 """
 
 from __future__ import annotations
@@ -15,23 +16,40 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from tokenbench.schema import Strict
 
 
 class ModelSpec(Strict):
-    source: Literal["package", "local", "hub"]
-    # source: package -> a file shipped inside an installed Python package (no hub access)
-    package: str | None = None
-    file: str | None = None
-    # source: local -> a path on disk (file or directory)
-    path: str | None = None
-    # source: hub -> huggingface_hub.snapshot_download, revision pinned
-    repo_id: str | None = None
-    revision: str | None = None
-    allow_patterns: list[str] | None = None
-    served_name: str | None = None  # the "model" field sent in requests; default: the model key
+    """One model to serve (``models.<name>``): where its files come from."""
+    source: Literal["package", "local", "hub"] = Field(
+        description="Where the model comes from: package (a file shipped inside an installed Python package, no hub "
+                    "access), local (a path on disk) or hub (Hugging Face, revision pinned)."
+    )
+    package: str | None = Field(
+        None,
+        description="source package: the installed Python package that ships the model file."
+    )
+    file: str | None = Field(None, description="source package: the model file's path inside that package.")
+    path: str | None = Field(None, description="source local: a model file or directory on disk.")
+    repo_id: str | None = Field(
+        None,
+        description="source hub: the Hugging Face repo id, e.g. meta-llama/Meta-Llama-3-8B-Instruct (a gated repo "
+                    "needs HF_TOKEN or `hf auth login`)."
+    )
+    revision: str | None = Field(
+        None,
+        description="source hub: the pinned revision, a 40-hex commit sha or a version tag."
+    )
+    allow_patterns: list[str] | None = Field(
+        None,
+        description="source hub: only download files matching these glob patterns; null: the whole snapshot."
+    )
+    served_name: str | None = Field(
+        None,
+        description="The model field sent in requests; null: the model's key in models."
+    )
 
     @model_validator(mode="after")
     def _check_source(self):
@@ -80,6 +98,8 @@ def hub_download(repo_id: str, revision: str, allow_patterns=None, cache_dir=Non
         raise ModelError(f"{repo_id}: revision {revision} is a placeholder, not a real commit; replace "
                          f"models.<name>.revision with the repo's commit sha (the hub's 'Files and versions' "
                          f"page, or `huggingface-cli download {repo_id}` and read the snapshot directory name)")
+    from tokenbench import hub
+
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     try:
         path = snapshot_download(
@@ -87,12 +107,15 @@ def hub_download(repo_id: str, revision: str, allow_patterns=None, cache_dir=Non
             revision=revision,
             allow_patterns=allow_patterns,
             cache_dir=cache_dir,
-            token=os.environ.get("HF_TOKEN") or None,
+            token=hub.token(),
             local_files_only=offline,
         )
     except Exception as exc:  # network, auth, offline cache miss: name the model and the fix
+        if not offline and hub.refused(exc):
+            raise ModelError(hub.refusal_message(f"{repo_id}@{revision}", exc)) from None
         hint = "it is not in the local cache and HF_HUB_OFFLINE is set" if offline else (
-            "check network access to the hub, the repo id and revision, and HF_TOKEN for gated models"
+            "check network access to the hub, the repo id and revision (a gated model also needs a token: "
+            "HF_TOKEN or `hf auth login`)"
         )
         raise ModelError(f"cannot fetch {repo_id}@{revision}: {hint} ({type(exc).__name__}: {exc})") from None
     return Path(path)

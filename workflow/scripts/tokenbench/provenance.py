@@ -16,11 +16,32 @@ PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"  # in a check
 
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "API_KEY")
 _EXTRA_SECRETS: set[str] = set()  # env var names a config declared as holding secrets (api_key_env)
+_SECRET_VALUES: dict[str, str] = {}  # secret -> its label: secrets that came from no env var
 
 
 def register_secret(var: str, value: str | None = None) -> None:
     """Treat the env var ``var`` as a secret: scrub() replaces its value from now on."""
     _EXTRA_SECRETS.add(var)
+
+
+def register_secret_value(label: str, value: str) -> None:
+    """Treat ``value`` itself as a secret (one read from a file, not the environment, such as the
+    token `hf auth login` stored): scrub() replaces it with ``<label>`` from now on."""
+    if value and len(value) >= 4:
+        _SECRET_VALUES[value] = label
+
+
+def stored_hf_token() -> str | None:
+    """The token `hf auth login` stored (huggingface_hub's token file: HF_TOKEN_PATH, else
+    $HF_HOME/token), or None. Read by scrub() so that it is scrubbed even in a process that never
+    asked for it."""
+    try:
+        from huggingface_hub import constants
+
+        text = Path(constants.HF_TOKEN_PATH).read_text().strip()
+    except (ImportError, OSError, AttributeError):
+        return None
+    return text or None
 
 
 def git_sha(repo: str | Path | None = None) -> str | None:
@@ -100,10 +121,15 @@ def block(config_hash: str | None = None, **extra: Any) -> dict[str, Any]:
 
 
 def scrub(text: str, env: dict[str, str] | None = None) -> str:
-    """Replace the values of secret environment variables in text before it is stored."""
+    """Replace secrets in text before it is stored: the values of secret environment variables, of
+    secrets registered by value, and the Hugging Face token `hf auth login` stored."""
     env = os.environ if env is None else env
     for k in (*SECRET_ENV, *sorted(_EXTRA_SECRETS)):
         v = env.get(k)
         if v and len(v) >= 4:
             text = text.replace(v, f"<{k}>")
+    stored = stored_hf_token()
+    values = {**_SECRET_VALUES, **({stored: "HF token"} if stored and len(stored) >= 4 else {})}
+    for v in sorted(values, key=len, reverse=True):  # longest first: a secret inside another stays whole
+        text = text.replace(v, f"<{values[v]}>")
     return text

@@ -59,11 +59,16 @@ def dataset_prompts(spec: DatasetPrompts) -> tuple[list[dict[str, Any]], dict]:
 
     name, revision, limit = spec.dataset, spec.revision, spec.limit
     repo, filename = DATASETS[name]
+    from tokenbench import hub
+
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     try:
         path = hf_hub_download(repo_id=repo, filename=filename, repo_type="dataset", revision=revision,
-                               token=os.environ.get("HF_TOKEN") or None, local_files_only=offline)
+                               token=hub.token(), local_files_only=offline)
     except Exception as exc:
+        if not offline and hub.refused(exc):
+            raise PromptError(f"request.prompts.dataset '{name}': "
+                              + hub.refusal_message(f"{repo}/{filename}@{revision}", exc)) from None
         raise PromptError(
             f"request.prompts.dataset '{name}': cannot fetch {repo}/{filename}@{revision} "
             f"({'offline (HF_HUB_OFFLINE) and not cached' if offline else 'no hub access?'}: {type(exc).__name__}). "

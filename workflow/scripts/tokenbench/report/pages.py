@@ -21,7 +21,7 @@ import jinja2
 import yaml
 from markupsafe import Markup
 
-from tokenbench import provenance
+from tokenbench import config_reference, provenance
 from tokenbench.analysis import definitions
 from tokenbench.analysis.registry import (CELL_METRICS, CONVENTIONS, ESTIMATED, METRICS, PHASE_FIELDS, Column,
                                           fmt)
@@ -40,7 +40,8 @@ TEMPLATES, ASSETS = (Path(__file__).parent / folder for folder in PACKAGE_DATA)
 PAGES = (("index", "Summary"), ("comparison", "Comparison"), ("results", "Results per load"),
          ("efficiency", "Efficiency and cost"), ("runs", "Runs"), ("health", "Run health"),
          ("published", "Published references"), ("history", "History"), ("methodology", "Methodology"),
-         ("provenance", "Provenance"))
+         ("config", "Config reference"), ("provenance", "Provenance"))
+CONFIG_SCHEMA = "data/config/tokenbench.schema.json"  # the config's JSON Schema, beside the Config reference page
 
 EST = Markup('<span class="tb-est" title="estimated: see Methodology">†</span>')
 
@@ -596,6 +597,8 @@ def page_contexts(res: Results, study: StudySpec, config_hash: str, history: dic
                         "statistics": statistics_methods(), "loads": load_tables(res.runs),
                         "peak_note": hw.get("peak_note"), "commands": server_commands(res.runs), "charts": []},
         "history": {"history": history, "charts": []},
+        "config": {"intro": Markup(config_reference.INTRO), "reference": Markup(config_reference.reference_markdown()),
+                   "schema": CONFIG_SCHEMA, "charts": []},
         "provenance": {"config_hash": config_hash, "command": rerun_command(res.runs, rerun),
                        "runs": [{"title": run_title(r["cell"]),
                                  "yaml": yaml.safe_dump(r["provenance"], sort_keys=False)} for r in res.runs],
@@ -650,6 +653,8 @@ def render_pages(study: StudySpec, config_hash: str, metric_paths: list[str], ru
             (data_dir / "charts").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, data_dir / "charts" / f"{name}.{ext}")
             ch.href[ext] = f"data/charts/{name}.{ext}"
+    (docs_dir / CONFIG_SCHEMA).parent.mkdir(parents=True, exist_ok=True)
+    (docs_dir / CONFIG_SCHEMA).write_text(config_reference.schema_text())
     for key, src in res.requests.items():
         (data_dir / "runs").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, data_dir / "runs" / f"{key}.requests.parquet")
