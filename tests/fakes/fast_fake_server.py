@@ -32,15 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import platform
 import selectors
 import socket
-import struct
-import sys
 import threading
-import time
 from dataclasses import dataclass
 from time import monotonic_ns as now_ns
+
+from tokenbench.load.http_stream import SO_TIMESTAMPNS, kernel_receive_ns  # the client's own stamp decoding
 
 from .fake_server import Behaviour, server_args
 
@@ -119,7 +117,6 @@ class _Stream:
                 s += ',"rx_ns":%d,"parsed_ns":%d' % (self.t_recv, self.t_parsed)
                 if not self.kernel:
                     s += ',"rx_kernel":false'
-
         return b"data: " + s.encode() + b"}\n\n"
 
     def tail(self, t: int) -> bytes:
@@ -196,13 +193,6 @@ class _ServerConn(asyncio.Protocol):
             self._next_request()
 
 
-# SO_TIMESTAMPNS(_OLD) = 35 on Linux's asm-generic architectures (Python's socket module lacks it)
-_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", None) or (
-    35 if sys.platform.startswith("linux")
-    and platform.machine() in {"x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "s390x"} else None)
-_TS = struct.Struct("@qq")
-
-
 class _StampedServerTransport:
     """An accepted socket read with ``recvmsg``, handing each read's kernel receive timestamp
     (CLOCK_REALTIME converted to CLOCK_MONOTONIC) to ``protocol.data_received(data, t)``; the write
@@ -226,12 +216,7 @@ class _StampedServerTransport:
                 return self._lost(exc)
             if not data:
                 return self._lost(None)
-            t = None
-            for level, kind, payload in anc:
-                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= _TS.size:
-                    sec, nsec = _TS.unpack_from(payload)
-                    t = sec * 1_000_000_000 + nsec - (time.time_ns() - now_ns())
-            self._protocol.data_received(data, t)
+            self._protocol.data_received(data, kernel_receive_ns(anc))
 
     def write(self, data: bytes) -> None:
         if self._closing:
@@ -294,7 +279,7 @@ class _StampedListener:
         self._loop, self._sock, self._factory = loop, sock, factory
         self.sockets = [sock]
         sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         loop.add_reader(sock.fileno(), self._accept)
 
     def _accept(self) -> None:
@@ -307,7 +292,7 @@ class _StampedListener:
                 return
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            conn.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             _StampedServerTransport(self._loop, conn, self._factory())
 
     def close(self) -> None:
@@ -440,7 +425,7 @@ class FastFakeServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None):
         self.loop = asyncio.get_running_loop()
-        if self.b.stamp and _SO_TIMESTAMPNS is not None:  # kernel receive stamps: our own accept loop
+        if self.b.stamp and SO_TIMESTAMPNS is not None:  # kernel receive stamps: our own accept loop
             if sock is None:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -44,16 +44,17 @@ def check_version(path: str | Path, doc: dict[str, Any], reads: frozenset[int] =
     """The file's schema version if it is one of ``reads``, else a SchemaError naming the file, the
     version found, the versions read and what to do."""
     found = doc.get("schema_version")
-    if isinstance(found, int) and not isinstance(found, bool) and found in reads:
-        return found
+    version = found if isinstance(found, int) and not isinstance(found, bool) else None
+    if version in reads:
+        return version
     lo, hi = min(reads), max(reads)
     span = f"version {lo}" if lo == hi else f"versions {lo} to {hi}"
     writer = ((doc.get("provenance") or {}).get("tool_version")
               if isinstance(doc.get("provenance"), dict) else None)
     by = f" (written by tokenbench {writer})" if writer else ""
-    if isinstance(found, int) and not isinstance(found, bool) and found > hi:
+    if version is not None and version > hi:
         todo = f"it is newer than this tokenbench ({__version__}); upgrade tokenbench to read it"
-    elif isinstance(found, int) and not isinstance(found, bool) and found >= OLDEST_READABLE:
+    elif version is not None and version >= OLDEST_READABLE:
         todo = "rerun the stage that wrote it"
     else:
         todo = "it is not a tokenbench results layout"

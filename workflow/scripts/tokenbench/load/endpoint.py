@@ -27,7 +27,7 @@ from tokenbench.load.progress import Progress, interval_from_env, shown
 from tokenbench.load.prompts import load_prompts, prompt_set_hash
 from tokenbench.load import journal as request_journal
 from tokenbench.load.run import api_key_headers, cancellable, client_summary
-from tokenbench.load.shards import ClientSpec, check_shardable, load_test
+from tokenbench.load.shards import ClientSpec, load_test
 from tokenbench.telemetry import hardware
 from tokenbench.telemetry.merge import merge_telemetry
 
@@ -70,10 +70,6 @@ def run_endpoint(endpoint: str, model: str, phases: list[LoadPhase], request: Re
     display goes (tokenbench.load.progress: a bar on a terminal, else a line every
     ``progress_every_s``, default ``$TOKENBENCH_PROGRESS_S`` or 5 s); None: none."""
     check_loopback(endpoint, allow_remote)
-    try:
-        check_shardable(phases, processes)
-    except ValueError as exc:
-        raise ConfigError(f"--processes {processes}: {exc}; use 1") from None
     headers = api_key_headers(api_key_env, "--api-key-env") or None
     prompts, _ = load_prompts(request.prompts, None, request.seed)
     out = Path(out_dir)

@@ -404,10 +404,21 @@ class _Conn(asyncio.Protocol):
 # Python's socket module does not export the constant: SO_TIMESTAMPNS(_OLD) is 35 on Linux's
 # asm-generic architectures (and SCM_TIMESTAMPNS is the same number).
 _GENERIC_LINUX = {"x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "s390x"}
-_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", None) or (
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", None) or (
     35 if sys.platform.startswith("linux") and platform.machine() in _GENERIC_LINUX else None)
-_SCM_TIMESTAMPNS = _SO_TIMESTAMPNS
+_SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 _TS = struct.Struct("@qq")  # struct timespec on 64-bit Linux
+
+
+def kernel_receive_ns(ancdata) -> int | None:
+    """The kernel receive timestamp (SCM_TIMESTAMPNS) in a ``recvmsg``'s ancillary data, as
+    CLOCK_MONOTONIC ns; None if it carries none."""
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == _SCM_TIMESTAMPNS and len(payload) >= _TS.size:
+            sec, nsec = _TS.unpack_from(payload)
+            # realtime -> monotonic, with the offset read now (immune to clock steps between reads)
+            return sec * 1_000_000_000 + nsec - (time.time_ns() - _now())
+    return None
 
 
 class _StampedTransport:
@@ -435,14 +446,7 @@ class _StampedTransport:
             if not data:
                 self._lost(None)
                 return
-            t = None
-            for level, kind, payload in anc:
-                if level == socket.SOL_SOCKET and kind == _SCM_TIMESTAMPNS and len(payload) >= _TS.size:
-                    sec, nsec = _TS.unpack_from(payload)
-                    # realtime -> monotonic, with the offset read now (immune to clock steps between reads)
-                    t = sec * 1_000_000_000 + nsec - (time.time_ns() - _now())
-                    break
-            proto.data_received(data, t)
+            proto.data_received(data, kernel_receive_ns(anc))
 
     def _writable(self) -> None:
         try:
@@ -515,7 +519,7 @@ async def _open_stamped(loop, host: str, port: int, protocol: _Conn) -> _Stamped
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         await loop.sock_connect(sock, addr)
     except BaseException:
         sock.close()
@@ -541,7 +545,7 @@ class StreamPool:
                  kernel_timestamps: bool = True):
         self.host, self.port = host, port
         # SO_TIMESTAMPNS where the OS has it (Linux); else each read is stamped when it is read
-        self.kernel_timestamps = kernel_timestamps and _SO_TIMESTAMPNS is not None
+        self.kernel_timestamps = kernel_timestamps and SO_TIMESTAMPNS is not None
         self.limit = limit
         self._idle: collections.deque[_Conn] = collections.deque()
         self._all: set[_Conn] = set()

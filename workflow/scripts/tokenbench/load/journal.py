@@ -123,11 +123,6 @@ class _Sealed:
         return pa.RecordBatch.from_arrays(self.arrays, schema=SCHEMA)
 
 
-def _batch(cols: dict[str, list], values: array, lengths: list[int]) -> pa.RecordBatch:
-    """Column buffers (and the chunk arrivals end to end, with each record's count) as a record batch."""
-    return _Sealed(cols, values, lengths).batch()
-
-
 _WARM = False
 
 
@@ -140,7 +135,7 @@ def _warm_conversion() -> None:
         sample = {str: "x", int: 1}
         cols = {f.name: [sample[str] if f.type.startswith("str") else sample[int]] for f in fields(RequestRecord)
                 if f.name != "chunk_ns"}
-        _batch(cols, array("q", [1, 2]), [2])
+        _Sealed(cols, array("q", [1, 2]), [2]).batch()
         _WARM = True
 
 

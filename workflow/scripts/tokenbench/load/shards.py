@@ -106,7 +106,7 @@ def _worker(conn, k: int, n: int, client: ClientSpec, prompts: list[dict[str, An
         error = f"{type(exc).__name__}: {exc}"
     try:
         conn.send(("done", {"marks": [asdict(m) for m in test.marks], "loop_lag": test.loop_lag,
-                            "sent": test.requests_sent, "status": dict(test.status_counts),
+                            "status": dict(test.status_counts),
                             "connections": dict(test.connection_counts), "resent": test.resent,
                             "error": error}))
     except (BrokenPipeError, OSError):
@@ -136,21 +136,10 @@ class ShardedLoadTest:
         i = _LIVE.index(name)
         return sum(self._live[k * len(_LIVE) + i] for k in range(self.processes))
 
-    @property
-    def requests_sent(self) -> int:
-        return self._count("requests_sent")
-
-    @property
-    def n_done(self) -> int:
-        return self._count("n_done")
-
-    @property
-    def n_ok(self) -> int:
-        return self._count("n_ok")
-
-    @property
-    def n_chunks(self) -> int:
-        return self._count("n_chunks")
+    requests_sent = property(lambda self: self._count("requests_sent"))
+    n_done = property(lambda self: self._count("n_done"))
+    n_ok = property(lambda self: self._count("n_ok"))
+    n_chunks = property(lambda self: self._count("n_chunks"))
 
     async def run(self, phases: list[LoadPhase]) -> None:
         check_shardable(phases, self.processes)
@@ -215,9 +204,8 @@ class ShardedLoadTest:
 
     def _merge(self, reports: list[dict[str, Any]]) -> None:
         """The workers' figures as one load test's: each phase's mark spans all its shares."""
-        live = {name: self._count(name) for name in _LIVE}  # a worker that never reported: its last published
-        live["requests_sent"] = sum(r["sent"] for r in reports) if len(reports) == self.processes else live["requests_sent"]
-        self._final = live
+        # each worker publishes its counters once more as it ends (one killed outright: its last ones)
+        self._final = {name: self._count(name) for name in _LIVE}
         for r in reports:
             self.loop_lag += [tuple(x) for x in r["loop_lag"]]
             self.status_counts.update(r["status"])
