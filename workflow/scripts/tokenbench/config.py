@@ -564,6 +564,13 @@ class Config(Strict):
                     raise ValueError(f"{where}.endpoint: engine '{name}' ({e.kind}) does not serve '{req.endpoint}'")
         if not cells(self):
             raise ValueError("no (engine, model, load) cell to run: check engines.<name>.models")
+        from tokenbench.model_formats import ConversionError
+
+        for e, m in pairs(self):
+            try:
+                model_conversion(self, e, m)
+            except ConversionError as exc:
+                raise ValueError(f"engines.{e} ({self.engines[e].kind}) cannot load models.{m}: {exc}") from None
         if self.sweep:
             unknown = [l for l in self.sweep.loads if l not in self.loads]
             if unknown:
@@ -757,6 +764,42 @@ def pairs(cfg: Config) -> list[tuple[str, str]]:
     for e, m, _ in cells(cfg):
         seen[(e, m)] = None
     return list(seen)
+
+
+def model_conversion(cfg: Config, engine: str, model: str) -> str | None:
+    """The format ``engine`` needs ``model`` converted to; None: it loads the model's own format.
+    Raises model_formats.ConversionError when no conversion gets there."""
+    from tokenbench.engines.catalog import engine as catalog_engine
+    from tokenbench.model_formats import ConversionError, needs_conversion
+
+    accepted = catalog_engine(cfg.engines[engine].kind).model_formats
+    spec = cfg.models[model]
+    native = spec.planned_format()
+    if not accepted:
+        return None
+    try:
+        return needs_conversion(native, accepted)
+    except ConversionError:
+        if spec.format or native == "gguf":
+            raise
+        return None  # a folder the plan cannot see into (an MLC build, say): the engine loads it as given
+
+
+def conversions(cfg: Config) -> dict[tuple[str, str], str]:
+    """{(model, format): engine} for every conversion the study needs, each made once, in the
+    environment of the first engine (config order) that needs it."""
+    out: dict[tuple[str, str], str] = {}
+    for e, m in pairs(cfg):
+        fmt = model_conversion(cfg, e, m)
+        if fmt:
+            out.setdefault((m, fmt), e)
+    return out
+
+
+def model_manifest_path(cfg: Config, engine: str, model: str) -> str:
+    """The manifest of the weights ``engine`` loads: the model's own, or its conversion's."""
+    fmt = model_conversion(cfg, engine, model)
+    return f"data/models/{model}/{fmt}/manifest.json" if fmt else f"data/models/{model}/manifest.json"
 
 
 def engine_env_file(kind: str) -> str:

@@ -79,6 +79,8 @@ class Engine:
     # console script), and the module that `python -m` runs when ``binary`` is an interpreter.
     package: str | None = None
     module: str | None = None
+    # the model formats it loads, preferred first (tokenbench.model_formats; () : no model files)
+    model_formats: tuple[str, ...] = ("hf",)
 
     def build_command(self, spec: dict[str, Any], model_path: str, port: int) -> list[str]:
         """The argv alone (kept for callers that only need the command)."""
@@ -400,6 +402,7 @@ _CHAT = frozenset({"chat", "completions", "stream_usage"})
 CATALOG: dict[str, Engine] = {
     "llama.cpp": Engine(
         kind="llama.cpp", default_binary="llama-server", build=_llamacpp,
+        model_formats=("gguf",),
         version_command=lambda b: [b, "--version"],
         supports=frozenset({"max_context", "max_batch", "threads"}),
         unsupported_why={"dtype": "the GGUF file fixes the weight types",
@@ -469,6 +472,7 @@ CATALOG: dict[str, Engine] = {
     ),
     "mlc-llm": Engine(
         kind="mlc-llm", default_binary="mlc_llm", build=_mlc, version_command=None, package="mlc_llm",
+        model_formats=("mlc",),
         supports=frozenset({"max_context", "max_batch", "kv_cache_fraction", "tensor_parallel"}),
         unsupported_why={"dtype": "mlc-llm fixes dtype when the model is compiled (e.g. q4f16_1); pick an MLC-format model",
                          "quantization": "mlc-llm fixes quantization at convert/compile time; pick an MLC-format model"},
@@ -505,6 +509,7 @@ CATALOG: dict[str, Engine] = {
     ),
     "external": Engine(
         kind="external", default_binary=None, build=None, version_command=None,
+        model_formats=(),
         supports=frozenset(), health_path="/v1/models", health_expect="HTTP 200 with the model list",
         route_prefix="/v1", metrics_paths=(), capabilities=_CHAT,
         sources=("any OpenAI-compatible server run by someone else",),
@@ -540,7 +545,7 @@ def resolve_binary(binary: str) -> str:
     if os.sep in binary:
         p = Path(binary).expanduser()
         if p.is_file() and os.access(p, os.X_OK):
-            return str(p.resolve())
+            return os.path.abspath(p)  # not resolved: a venv's python is a symlink to the base interpreter
         raise EngineError(f"engine binary {binary} does not exist or is not executable")
     found = shutil.which(binary)
     if not found:
