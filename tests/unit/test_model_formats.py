@@ -65,3 +65,17 @@ def test_a_failed_conversion_says_what_to_install_and_leaves_no_folder(tmp_path)
     assert not out.exists() and not (tmp_path / "hf.partial").exists() or not any((tmp_path / "hf.partial").iterdir())
     with pytest.raises(mf.ConversionError, match="does not exist"):
         mf.gguf_to_hf(gguf, out, str(tmp_path / "no-python"))
+
+
+def test_the_report_labels_each_configuration_with_the_weights_it_ran():
+    from tokenbench.report import pages
+
+    gguf = {"name": "m", "format": "gguf", "path": "/x/m.gguf", "sha256": "a" * 64, "figures": {"quantization": "Q4_1"}}
+    conv = {"name": "m", "format": "hf", "path": "/w", "sha256": "b" * 64, "precision": "bfloat16",
+            "figures": {"quantization": None}, "same_weights_as": {"format": "gguf", "quantization": "Q4_1"}}
+    assert mf.weights_info(gguf)["label"] == "GGUF Q4_1"
+    assert mf.weights_info(conv)["label"] == "HF bfloat16 from GGUF Q4_1"
+    runs = [{"cell": {"engine": "l", "model": "m"}, "weights": mf.weights_info(gguf)},
+            {"cell": {"engine": "v", "model": "m"}, "weights": mf.weights_info(conv)}]
+    assert pages.weights_label(runs, "v", "m") == "HF bfloat16 from GGUF Q4_1"
+    assert pages.weights_label([{"cell": {"engine": "v", "model": "m"}}], "v", "m") is None  # older runs

@@ -141,3 +141,17 @@ def convert_model(source: dict[str, Any], fmt: str, weights_dir: Path, python: s
     converted = resolve_model(source["name"], ModelSpec(source="local", path=str(weights_dir),
                                                         served_name=source.get("served_name"), format=fmt))
     return converted_manifest(source, converted, fmt, dtype, {**tool, "python": python})
+
+
+def weights_info(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What an engine ran: format, precision and a label for the report ("GGUF Q4_1", "HF
+    bfloat16 from GGUF Q4_1"), and the weights they are the same as where converted."""
+    fmt = manifest.get("format") or format_of_path(manifest["path"])
+    figures = manifest.get("figures") or {}
+    precision = manifest.get("precision") or figures.get("quantization") or figures.get("dtype")
+    label = " ".join(str(x) for x in (fmt.upper(), precision) if x)
+    same = manifest.get("same_weights_as")
+    if same:
+        label += f" from {str(same.get('format') or '').upper()} {same.get('quantization') or ''}".rstrip()
+    return {"format": fmt, "precision": precision, "label": label, "sha256": manifest.get("sha256"),
+            "same_weights_as": same}
