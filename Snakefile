@@ -3,6 +3,8 @@
 #
 # Data path scheme (all relative to the working directory):
 #   data/models/{model}/manifest.json                 resolve_model: files, sha256, MFU figures
+#   data/models/{model}/{format}/manifest.json        convert_model: the weights in another format
+#                                                     (weights/ beside it), for engines that need it
 #   data/engines/{engine}/probe.json                  probe_engine: binary, version, sha256
 #   ({rep} = r1, r2, ...: a cell's replicate runs, each on a fresh server launch)
 #   data/runs/{engine}/{model}/{load}/{rep}/requests.parquet   run_load_test: one row per request sent
@@ -80,6 +82,7 @@ wildcard_constraints:
     model="[^/.]+",
     load="[^/.]+",
     rep="r[0-9]+",
+    format="gguf|hf|mlc",
 
 
 include: "workflow/rules/common.smk"

@@ -57,7 +57,7 @@ def test_test_only_dependencies_stay_out_of_the_runtime_list():
 
 ENGINE_PACKAGE = {  # engine kind -> the distribution its env installs (None: the engine comes from elsewhere)
     "vllm": "vllm", "sglang": "sglang", "lmdeploy": "lmdeploy", "trtllm": "tensorrt-llm",
-    "mlc-llm": "mlc-llm-nightly-cu123", "bentoml-vllm": "bentoml",
+    "mlc-llm": "mlc-llm-nightly-cu123", "bentoml-vllm": "bentoml", "transformers": "transformers",
     "llama.cpp": None,  # built from source by `make setup` (python -m tokenbench.engines.build)
     "external": None,  # someone else's server
     "tgi": None,  # not pip-installable: engines.<name>.container names its image

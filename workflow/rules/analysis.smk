@@ -5,7 +5,7 @@ rule compute_metrics:
         timeline="data/merged/{engine}/{model}/{load}/{rep}/timeline.parquet",
         run="data/runs/{engine}/{model}/{load}/{rep}/run.json",
         engine_metrics="data/runs/{engine}/{model}/{load}/{rep}/engine_metrics.parquet",
-        model="data/models/{model}/manifest.json",
+        model=get_model_manifest,  # the weights this engine ran (their precision sets bytes per parameter)
         code=imports_of("compute_metrics"),
     output:
         metrics="data/metrics/{engine}/{model}/{load}/{rep}/metrics.json",

@@ -4,6 +4,8 @@
 from tokenbench.config import (
     cell_settings,
     canonical_hash,
+    conversions,
+    model_manifest_path,
     engine_env_file,
     hypothesis_phase,
     sweep_phase,
@@ -110,3 +112,18 @@ def get_engine_conda_env(wc):
 def get_engine_container(wc):
     """engines.<name>.container, used with `--sdm apptainer` (None: run on the host)."""
     return CFG.engines[wc.engine].container
+
+
+def get_model_manifest(wc):
+    """The manifest of the weights this engine loads: the model's own, or its conversion's."""
+    return model_manifest_path(CFG, wc.engine, wc.model)
+
+
+def get_converting_engine(wc):
+    """The engine whose environment converts this model to this format (its spec, as plain data)."""
+    return CFG.engines[conversions(CFG)[(wc.model, wc.format)]].model_dump(mode="json")
+
+
+def get_converting_conda_env(wc):
+    kind = CFG.engines[conversions(CFG)[(wc.model, wc.format)]].kind
+    return os.path.join(workflow.basedir, engine_env_file(kind))

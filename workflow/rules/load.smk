@@ -1,7 +1,7 @@
 rule run_load_test:
     """One cell: launch the server, sample telemetry, run the load's phases, tear down."""
     input:
-        model="data/models/{model}/manifest.json",
+        model=get_model_manifest,
         engine="data/engines/{engine}/probe.json",
         load_files=get_load_files,
         code=imports_of("run_load_test"),

