@@ -89,6 +89,13 @@ def stability(tokens, ok: pd.DataFrame, mark: dict[str, Any]) -> dict[str, Any]:
 def validity(m: dict[str, Any], bounds: ValiditySpec, loop_lag: dict[str, Any] | None) -> dict[str, Any]:
     """Every check of one phase; each failure names the check and the numbers."""
     fails = []
+    if m.get("stopped_reason"):
+        fails.append(f"stopped early: {m['stopped_reason']}"
+                     + (f"; {m['not_sent_breaker_open']} scheduled arrivals not sent" if m.get("not_sent_breaker_open") else ""))
+    over = m.get("over_max_tokens")
+    if over:
+        fails.append(f"server ignored max_tokens: up to {over['max_returned']} tokens returned for {over['asked']} "
+                     f"asked in {over['requests']} request{'s' if over['requests'] != 1 else ''}")
     # a phase stops issuing on the event loop's next tick after its deadline, or a hair before it:
     # DURATION_SLACK_S keeps a 10 s phase that ran 9.9996 s from failing a 10 s minimum
     if m["duration_s"] < bounds.min_duration_s - DURATION_SLACK_S:
@@ -105,7 +112,7 @@ def validity(m: dict[str, Any], bounds: ValiditySpec, loop_lag: dict[str, Any] |
     if ll is not None and ll > bounds.max_loop_lag_p99_ms:
         fails.append(f"client event-loop lag p99 {ll:.2f} ms > {bounds.max_loop_lag_p99_ms:g} ms (client is a bottleneck)")
     delivered = m.get("delivered_ratio")
-    if delivered is not None and delivered < bounds.min_rate_ratio:
+    if delivered is not None and delivered < bounds.min_rate_ratio and not m.get("stopped_reason"):
         fails.append(f"the client sent {delivered:.1%} of its scheduled arrivals inside the window "
                      f"(< min_rate_ratio {bounds.min_rate_ratio:.0%}): it fell behind its schedule")
     foreign = m.get("foreign_cpu_pct")
