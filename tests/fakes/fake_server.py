@@ -41,7 +41,7 @@ class Behaviour:
     # faults (tests/unit/load/test_faults.py): each hits every `fault_every`-th request (1: all of them)
     fault_every: int = 1
     retry_after: str | None = None  # with status 429/503: its Retry-After header
-    reset: bool = False  # close the connection, unanswered, once the request has been read
+    reset: bool = False  # reset the connection after the response's first bytes
     malformed_sse: bool = False  # a data: line that is not JSON, mid-stream
     stall_after: int | None = None  # stop sending (connection kept open) after this many content chunks
     ignore_max_tokens: bool = False  # stream `tokens` whatever max_tokens asks for
@@ -117,9 +117,6 @@ def make_app(b: Behaviour) -> web.Application:
         if b.status != 200 and fault:
             headers = {"Retry-After": b.retry_after} if b.retry_after is not None else None
             return web.json_response({"error": {"message": "injected failure"}}, status=b.status, headers=headers)
-        if b.reset and fault:
-            req.transport.abort() if hasattr(req.transport, "abort") else req.transport.close()
-            raise asyncio.CancelledError
         chat = req.path.endswith("/chat/completions")
         n = b.tokens if b.ignore_max_tokens else min(b.tokens, int(body.get("max_tokens") or b.tokens))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -128,6 +125,10 @@ def make_app(b: Behaviour) -> web.Application:
                 "model": body.get("model", "fake")}
         if chat and b.role_chunk:
             await resp.write(_chunk({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}))
+        if b.reset and fault:  # a connection reset mid-response (after its first bytes: no client resend)
+            await asyncio.sleep(0.01)
+            req.transport.abort()
+            return resp
         if b.ttft_ms:
             await asyncio.sleep(b.ttft_ms / 1000)
         usage = {"prompt_tokens": 8, "completion_tokens": n + b.reasoning_tokens, "total_tokens": 8 + n + b.reasoning_tokens}
@@ -147,7 +148,9 @@ def make_app(b: Behaviour) -> web.Application:
                 req.transport.close()  # abrupt disconnect, as when a server dies
                 return resp
             if fault and b.stall_after is not None and i >= b.stall_after:
-                await asyncio.sleep(3600)  # a stalled stream: the connection stays open, nothing comes
+                while req.transport is not None and not req.transport.is_closing():  # a stalled stream:
+                    await asyncio.sleep(0.05)  # the connection stays open, nothing comes, until the client gives up
+                return resp
             if fault and b.malformed_sse and i == 1:
                 await resp.write(b"data: {\"choices\": [{\"delta\": {\"content\": \"t\"\n\n")
             last = i == n - 1

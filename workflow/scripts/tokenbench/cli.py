@@ -41,6 +41,9 @@ def main(argv=None) -> int:
     r.add_argument("--temperature", type=float)
     r.add_argument("--ignore-eos", action="store_true", help="send ignore_eos (only if the server accepts it)")
     r.add_argument("--no-stream-usage", action="store_true", help="the server rejects stream_options")
+    r.add_argument("--honour-retry-after", action="store_true",
+                   help="closed loop: a user whose request got a 429/503 with Retry-After waits that long (off by "
+                        "default, so that engines that shed load and engines that queue get the same offered load)")
     r.add_argument("--system-prompt")
     r.add_argument("--seed", type=int)
     r.add_argument("--api-key-env", help="name of the environment variable holding the API key")
@@ -175,7 +178,7 @@ def _run(args) -> int:
                  "system_prompt": args.system_prompt, "seed": args.seed}
         given = {k: v for k, v in given.items() if v is not None}
         try:
-            request = RequestSpec(ignore_eos=args.ignore_eos, **given)
+            request = RequestSpec(ignore_eos=args.ignore_eos, honour_retry_after=args.honour_retry_after, **given)
         except ValidationError as exc:  # name the option the user gave, not the schema's field
             e = exc.errors()[0]
             field = str(e["loc"][0]) if e.get("loc") else ""

@@ -125,10 +125,11 @@ def probe_ready(url: str, timeout_s: float, headers: dict[str, str] | None = Non
                 last = "connection refused"
             else:
                 last = f"{type(reason).__name__}: {reason}"
-        if time.monotonic() - t0 + poll_s > timeout_s:
+        elapsed = time.monotonic() - t0
+        if elapsed >= timeout_s:
             raise NotReady(f"readiness probe GET {url}: no 2xx answer within {timeout_s:g} s (--ready-timeout); "
                            f"last: {last}")
-        time.sleep(poll_s)
+        time.sleep(min(poll_s, timeout_s - elapsed))
 
 
 def run_endpoint(endpoint: str, model: str, phases: list[LoadPhase], request: RequestSpec, out_dir: str, *,

@@ -237,15 +237,24 @@ class StreamEvents:
         return self.done or self.rec.finish_reason is not None
 
     def on_event(self, t: int, data: bytes) -> None:
-        rec = self.rec
         if data == b"[DONE]":
             self.done = True
             return
-        obj = _loads(data)
+        try:
+            obj = _loads(data)
+        except ValueError as exc:
+            raise ValueError(f"an event that is not JSON ({exc}): {data[:100]!r}") from None
         if not isinstance(obj, dict):
             raise ValueError(f"an event that is not a JSON object: {data[:100]!r}")
         if "error" in obj:
             raise ValueError(f"error event: {json.dumps(obj['error'])[:300]}")
+        try:
+            self._chunk(t, obj)
+        except (AttributeError, TypeError, KeyError) as exc:  # a field of the wrong shape
+            raise ValueError(f"an event that is not an OpenAI stream chunk ({exc}): {data[:100]!r}") from None
+
+    def _chunk(self, t: int, obj: dict) -> None:
+        rec = self.rec
         usage = obj.get("usage")
         if usage:  # in a `choices: []` chunk or on the finish chunk
             rec.prompt_tokens = _count(usage.get("prompt_tokens"))
@@ -350,8 +359,9 @@ class PhaseWindow:
         return t
 
     async def sleep_until_end(self) -> None:
-        """Until the window's end, or until the breaker stops it."""
-        await self.wait_stopped(self.end_ns)
+        """Until the window's end (none: at once), or until the breaker stops it."""
+        if self.end_ns is not None:
+            await self.wait_stopped(self.end_ns)
 
     async def wait_stopped(self, until_ns: int | None = None, also: asyncio.Event | None = None) -> None:
         """Until ``until_ns`` (None: no time bound), ``also`` is set, or the breaker trips."""
