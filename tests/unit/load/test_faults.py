@@ -220,3 +220,16 @@ def test_cli_option_errors_name_the_option_and_exit_2(tmp_path, capsys):
     assert "--max-tokens 0" in err and "greater than or equal to 1" in err and "Traceback" not in err
     assert cli(url, tmp_path, *CLOSED_50, "--validity", "max_error_rate=2")[0] == 2
     assert "--validity max_error_rate=2" in capsys.readouterr().err
+
+
+def test_a_stall_under_the_auto_timeout_ends_at_10_x_the_runs_p99_not_120_s(fake_server, tmp_path, capsys):
+    # no timeout_s: the first 20 requests set the auto timeout (10 x p99 E2E, at least 10 s); then
+    # the 41st request stalls and is given up after 10 s, not the flat 120 s of before
+    srv = fake_server(tokens=4, stall_after=1, fault_every=41)
+    rc, wall = cli(srv.url, tmp_path, "--profile", "closed:users=1,requests=41", "--validity", LAX)
+    req, run, metrics = accounted(tmp_path)
+    assert rc == 3 and (req.status == "timeout").sum() == 1 and 10 <= wall < 20
+    ph = metrics["phases"][0]
+    assert ph["timeout_auto"] is True and ph["timeout_s"] == 10
+    assert "1 timeout (timeout_s 10)" in failed_checks(metrics)
+    assert req[req.status == "timeout"].error.iloc[0] == "no complete response within 10 s (timeout_s)"

@@ -435,7 +435,8 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], fig
     m.update(contention(tl, name))
     m["open_loop"] = bool(mark["open_loop"])
     m["stopped_reason"] = mark.get("stopped_reason")  # the phase stopped early: the breaker, an interrupt
-    m["timeout_s"] = mark.get("timeout_s")  # the per-request timeout it ran with
+    m["timeout_s"] = mark.get("timeout_s")  # the per-request timeout it ran with (auto: its last request's)
+    m["timeout_auto"] = bool(mark.get("timeout_auto"))
     gpus = peak.get("gpu_count")
     if mark["mode"] == "idle":
         m["requests_sent"] = int(len(pr))

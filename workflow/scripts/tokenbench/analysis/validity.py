@@ -104,7 +104,10 @@ def validity(m: dict[str, Any], bounds: ValiditySpec, loop_lag: dict[str, Any] |
         fails.append(f"sent {m['requests_sent']} requests < min_requests {bounds.min_requests}")
     err = 1 - m["success_rate"] if m.get("success_rate") is not None else None
     if err is not None and err > bounds.max_error_rate:
-        fails.append(f"error rate {err:.1%} > max_error_rate {bounds.max_error_rate:.1%}")
+        bad = {k: v for k, v in (m.get("status_counts") or {}).items() if k != "ok" and v}
+        what = ", ".join(f"{v} {k}" + (f" (timeout_s {m['timeout_s']:g})" if k == "timeout" and m.get("timeout_s")
+                                       else "") for k, v in sorted(bad.items(), key=lambda kv: -kv[1]))
+        fails.append(f"error rate {err:.1%} > max_error_rate {bounds.max_error_rate:.1%}" + (f": {what}" if what else ""))
     lag = (m.get("send_lag_ms") or {}).get("p99")
     if lag is not None and lag > bounds.max_send_lag_p99_ms:
         fails.append(f"send lag p99 {lag:.2f} ms > {bounds.max_send_lag_p99_ms:g} ms (client or concurrency cap behind schedule)")

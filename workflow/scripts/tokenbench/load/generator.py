@@ -16,6 +16,7 @@ keeps what it measured.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import json
 from collections import Counter
@@ -54,7 +55,38 @@ class PhaseMark:
     # why it stopped before its end (the breaker: a dead server; "interrupted"), None: it ran its course
     stopped_reason: str | None = None
     not_sent_breaker_open: int = 0  # open loop: scheduled arrivals in the window not sent once it stopped
-    timeout_s: float | None = None  # the per-request timeout it ran with
+    timeout_s: float | None = None  # the per-request timeout it ran with (auto: the one its last request got)
+    timeout_auto: bool = False  # the phase set none: AutoTimeout's, from the run's E2E
+
+
+class AutoTimeout:
+    """A phase's per-request timeout when it sets none (``timeout_s: null``, the default): ``factor``
+    x the p99 end-to-end time of the run's last ``window`` ok requests, at least ``floor_s``, at most
+    ``cap_s``; ``cap_s`` until ``min_seen`` requests have finished ok. A flat 120 s let one stalled
+    stream hold a run of 2 s requests for two minutes; 10 x p99 stays clear of a loaded server's
+    own tail (and of a later, heavier phase's: the estimate follows the run)."""
+
+    def __init__(self, factor: float = 10.0, floor_s: float = 10.0, cap_s: float = 120.0, min_seen: int = 20,
+                 window: int = 512):
+        self.factor, self.floor_s, self.cap_s, self.min_seen = factor, floor_s, cap_s, min_seen
+        self._e2e: collections.deque[int] = collections.deque(maxlen=window)
+        self.seen = 0
+        self._value_s, self._at = cap_s, 0
+
+    def record(self, rec: RequestRecord) -> None:
+        if rec.status == "ok" and rec.end_ns and rec.sent_ns:
+            self._e2e.append(rec.end_ns - rec.sent_ns)
+            self.seen += 1
+
+    @property
+    def value_s(self) -> float:
+        """The timeout now: recomputed once enough requests are in, then every 16 more (a sort of at
+        most ``window`` ints)."""
+        if self.seen >= self.min_seen and (self._at < self.min_seen or self.seen - self._at >= 16):
+            e2e = sorted(self._e2e)
+            p99_s = e2e[int(0.99 * (len(e2e) - 1))] / 1e9
+            self._value_s, self._at = min(max(self.factor * p99_s, self.floor_s), self.cap_s), self.seen
+        return self._value_s
 
 
 class Breaker:
@@ -329,6 +361,7 @@ class PhaseWindow:
         self.sent = 0
         self.ok = 0  # requests that finished ok before the window stopped sending
         self.not_sent = 0  # open loop: arrivals its schedule had in the window, not sent because it stopped
+        self.timeout_last_s = 0.0  # the per-request timeout it gave its last request
         self.tasks: set[asyncio.Task] = set()
         self.breaker = test.breaker
         self.honour_retry_after = test.honour_retry_after
@@ -351,7 +384,9 @@ class PhaseWindow:
         test = self._test
         rec, text = test._new(self._name, user, scheduled_ns, item)
         self.sent += 1
-        t = asyncio.create_task(test._one(rec, text, self._timeout_s, self))
+        timeout_s = self._timeout_s or test.auto_timeout.value_s
+        self.timeout_last_s = timeout_s
+        t = asyncio.create_task(test._one(rec, text, timeout_s, self))
         self.tasks.add(t)  # only while in flight: a finished task (~1 KiB) must not stay for the run
         t.add_done_callback(self.tasks.discard)
         test._inflight.add(t)
@@ -425,6 +460,7 @@ class LoadTest:
         self.ok_in_window: dict[str, int] = {}  # per phase: ok requests finished before it stopped sending
         self.on_finished: list[Callable[[RequestRecord], None]] = []  # called with each record as it ends
         self.breaker = Breaker(alive=alive)  # stops the run when the server is gone (see Breaker)
+        self.auto_timeout = AutoTimeout()  # per-request timeout of the phases that set none
         self.honour_retry_after = honour_retry_after  # closed-loop users wait out a 429's Retry-After
 
     @property
@@ -456,6 +492,7 @@ class LoadTest:
         self.connection_counts[rec.connection or "none"] += 1
         self.resent += rec.attempts > 1
         self.breaker.record(rec)
+        self.auto_timeout.record(rec)
         if ok and (window.stopped_ns is None or (rec.end_ns or 0) < window.stopped_ns):
             window.ok += 1
         for hook in self.on_finished:
@@ -529,7 +566,8 @@ class LoadTest:
 
         def mark(stopped: int, reason: str | None) -> PhaseMark:
             m = PhaseMark(phase.name, phase.mode, phase.warmup, window.start_ns, stopped, now_ns(), target,
-                          phase.label, phase.open_loop, warmed, reason, window.not_sent, phase.timeout_s)
+                          phase.label, phase.open_loop, warmed, reason, window.not_sent,
+                          phase.timeout_s or window.timeout_last_s or None, phase.timeout_s is None)
             self.marks.append(m)
             return m
 

@@ -61,7 +61,10 @@ class LoadPhase(Strict):
     open_loop: ClassVar[bool] = False  # True only on OpenLoopPhase: the one place the open-loop set is defined
     name: Name
     warmup: bool = False  # excluded from steady-state figures
-    timeout_s: float = Field(120, gt=0)  # per request
+    # per request; None (auto): AutoTimeout's, from the run's own E2E so far (10 x p99, 10-120 s)
+    timeout_s: float | None = Field(
+        None, gt=0, description="Seconds a request may take, connect included; null: 10 x the p99 end-to-end time "
+                                "of the run's requests so far, 10-120 s (120 s until 20 have finished).")
     drain_timeout_s: float = Field(120, ge=0)  # wait for in-flight requests after the phase ends
     # open the connections the phase will use before it starts (none open mid-window, and a
     # request's connect time stays out of its latency): None is on for closed loops (one per user)

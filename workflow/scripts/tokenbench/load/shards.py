@@ -270,7 +270,9 @@ class ShardedLoadTest:
                                            "warm_connections": sum(m["warm_connections"] for m in ms),
                                            "stopped_reason": next((m["stopped_reason"] for m in ms
                                                                    if m["stopped_reason"]), None),
-                                           "not_sent_breaker_open": sum(m["not_sent_breaker_open"] for m in ms)}))
+                                           "not_sent_breaker_open": sum(m["not_sent_breaker_open"] for m in ms),
+                                           "timeout_s": max((m["timeout_s"] for m in ms if m["timeout_s"]),
+                                                            default=None)}))
         self.stopped_reason = next((r["stopped_reason"] for r in reports if r.get("stopped_reason")), None)
         self.marks.sort(key=lambda m: m.start_ns)
 
