@@ -233,3 +233,15 @@ def test_a_stall_under_the_auto_timeout_ends_at_10_x_the_runs_p99_not_120_s(fake
     assert ph["timeout_auto"] is True and ph["timeout_s"] == 10
     assert "1 timeout (timeout_s 10)" in failed_checks(metrics)
     assert req[req.status == "timeout"].error.iloc[0] == "no complete response within 10 s (timeout_s)"
+
+
+def test_the_scrubber_takes_credential_shapes_and_leaves_names_alone():
+    from tokenbench.provenance import scrub, scrub_shapes
+
+    hf = "hf_" + "aB3" * 12
+    text = (f"bad key sk-proj-{'x1' * 12} and {hf}; header was Authorization: Bearer abc.def-123 "
+            "for model sk-llama-7b at /models/hf_cache/x")
+    out = scrub_shapes(text, ("abc.def-123",))
+    assert "sk-proj-x1" not in out and hf not in out and "abc.def-123" not in out
+    assert out.count("<secret>") == 3 and "sk-llama-7b" in out and "hf_cache" in out
+    assert scrub(f"echoed {hf}") == "echoed <secret>"

@@ -121,9 +121,11 @@ def block(config_hash: str | None = None, **extra: Any) -> dict[str, Any]:
     }
 
 
-# the shapes of common credentials, scrubbed whoever's they are: OpenAI-style keys (sk-..., sk-proj-...),
-# Hugging Face tokens (hf_...), and whatever follows "Bearer " (a server echoing the Authorization header)
-TOKEN_SHAPES = re.compile(r"\b(?:sk-[A-Za-z0-9_\-]{8,}|hf_[A-Za-z0-9]{8,})|(?<=Bearer )[^\s\"',;<>]{4,}")
+# the shapes of common credentials, scrubbed whoever's they are: OpenAI-style keys (sk- and 20 or more
+# characters: sk-proj-..., sk-ant-...), Hugging Face tokens (hf_ and 30 or more letters and digits; real
+# ones have 34), and whatever follows "Bearer " (a server echoing the Authorization header). Long
+# enough not to take a model called sk-llama-7b or a path hf_cache for a secret.
+TOKEN_SHAPES = re.compile(r"\b(?:sk-[A-Za-z0-9_\-]{20,}|hf_[A-Za-z0-9]{30,})|(?<=Bearer )[^\s\"',;<>]{4,}")
 
 
 def scrub_shapes(text: str, secrets: tuple[str, ...] = ()) -> str:
