@@ -53,10 +53,23 @@ class FakeServer:
 
         return self.app[STATE]["requests"]
 
+    def die(self):
+        """The server dies: its port closes and its connections drop (later connects are refused)."""
+        async def _die():
+            for site in list(self.runner.sites):
+                await site.stop()
+            server = self.runner.server
+            for proto in list(getattr(server, "connections", []) if server else []):
+                if proto.transport is not None:
+                    proto.transport.abort()
+
+        asyncio.run_coroutine_threadsafe(_die(), self.loop).result(10)
+
     def close(self):
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        if self.thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
 
 
 def _started(make):

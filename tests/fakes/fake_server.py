@@ -3,7 +3,9 @@
 It streams ``tokens`` content chunks per request with an injected time-to-first-token and
 inter-token latency (zero by default), then a usage chunk and ``[DONE]``. Failure modes let
 tests prove that the client records every request: ``fail_after`` drops the connection mid-stream,
-``status`` answers an HTTP error, ``no_usage`` omits the usage chunk.
+``status`` answers an HTTP error, ``no_usage`` omits the usage chunk; the faults of
+tests/unit/load/test_faults.py (``reset``, ``malformed_sse``, ``stall_after``, ``ignore_max_tokens``,
+``echo_key``, 429 with ``retry_after``) hit every ``fault_every``-th request.
 
     python -m tests.fakes.fake_server --port 8000 --tokens 64 --ttft-ms 20 --itl-ms 5
 """
@@ -36,6 +38,15 @@ class Behaviour:
     capacity: int | None = None  # at most this many requests generate at once; the rest queue (saturation)
     api_key: str | None = None  # require "Authorization: Bearer <api_key>" on the API routes
     metrics: bool = True  # serve Prometheus text at /metrics, shaped like llama-server's
+    # faults (tests/unit/load/test_faults.py): each hits every `fault_every`-th request (1: all of them)
+    fault_every: int = 1
+    retry_after: str | None = None  # with status 429/503: its Retry-After header
+    reset: bool = False  # reset the connection after the response's first bytes
+    malformed_sse: bool = False  # a data: line that is not JSON, mid-stream
+    stall_after: int | None = None  # stop sending (connection kept open) after this many content chunks
+    ignore_max_tokens: bool = False  # stream `tokens` whatever max_tokens asks for
+    echo_key: bool = False  # a 401 that echoes the Authorization header it got (as OpenAI's does, part-masked)
+    models_status: int = 200  # /v1/models answers this (a readiness probe's view)
 
 
 def _chunk(obj) -> bytes:
@@ -50,6 +61,8 @@ def make_app(b: Behaviour) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def models(req: web.Request):
+        if b.models_status != 200:
+            return web.json_response({"error": {"message": "model is loading"}}, status=b.models_status)
         if b.api_key and req.headers.get("Authorization") != f"Bearer {b.api_key}":
             state["auth_failures"] += 1
             return web.json_response({"error": {"message": "invalid api key"}}, status=401)
@@ -80,6 +93,13 @@ def make_app(b: Behaviour) -> web.Application:
         if b.api_key and req.headers.get("Authorization") != f"Bearer {b.api_key}":
             state["auth_failures"] += 1
             return web.json_response({"error": {"message": "invalid api key"}}, status=401)
+        if b.echo_key:
+            state["requests"] += 1
+            key = req.headers.get("Authorization", "").removeprefix("Bearer ")
+            return web.json_response({"error": {"message": f"Incorrect API key provided: {key}. You can find your "
+                                                           "API key at https://platform.openai.com/account/api-keys.",
+                                                "type": "invalid_request_error", "code": "invalid_api_key"}},
+                                     status=401)
         state["requests"] += 1
         state["authorization"] = req.headers.get("Authorization")
         state["in_flight"] += 1
@@ -93,16 +113,22 @@ def make_app(b: Behaviour) -> web.Application:
 
     async def _completions(req: web.Request):
         body = await req.json()
-        if b.status != 200:
-            return web.json_response({"error": {"message": "injected failure"}}, status=b.status)
+        fault = state["requests"] % b.fault_every == 0
+        if b.status != 200 and fault:
+            headers = {"Retry-After": b.retry_after} if b.retry_after is not None else None
+            return web.json_response({"error": {"message": "injected failure"}}, status=b.status, headers=headers)
         chat = req.path.endswith("/chat/completions")
-        n = min(b.tokens, int(body.get("max_tokens") or b.tokens))
+        n = b.tokens if b.ignore_max_tokens else min(b.tokens, int(body.get("max_tokens") or b.tokens))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(req)
         base = {"id": f"fake-{state['requests']}", "object": "chat.completion.chunk" if chat else "text_completion",
                 "model": body.get("model", "fake")}
         if chat and b.role_chunk:
             await resp.write(_chunk({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}))
+        if b.reset and fault:  # a connection reset mid-response (after its first bytes: no client resend)
+            await asyncio.sleep(0.01)
+            req.transport.abort()
+            return resp
         if b.ttft_ms:
             await asyncio.sleep(b.ttft_ms / 1000)
         usage = {"prompt_tokens": 8, "completion_tokens": n + b.reasoning_tokens, "total_tokens": 8 + n + b.reasoning_tokens}
@@ -121,6 +147,12 @@ def make_app(b: Behaviour) -> web.Application:
             if b.fail_after is not None and i >= b.fail_after:
                 req.transport.close()  # abrupt disconnect, as when a server dies
                 return resp
+            if fault and b.stall_after is not None and i >= b.stall_after:
+                while req.transport is not None and not req.transport.is_closing():  # a stalled stream:
+                    await asyncio.sleep(0.05)  # the connection stays open, nothing comes, until the client gives up
+                return resp
+            if fault and b.malformed_sse and i == 1:
+                await resp.write(b"data: {\"choices\": [{\"delta\": {\"content\": \"t\"\n\n")
             last = i == n - 1
             choice = {"index": 0, "finish_reason": "length" if last else None}
             if chat:

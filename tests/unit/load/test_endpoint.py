@@ -60,13 +60,30 @@ def test_run_endpoint_writes_records_and_metrics(fake_server, tmp_path, monkeypa
     assert [(p["label"], p["open_loop"]) for p in run_doc["phases"]] == [("constant 40 req/s", True), ("3 users", False)]
 
 
+# validity bounds a few-second test run on a shared 2-core host can meet: only the error rate stays
+LAX = ("min_duration_s=0,min_requests=1,max_halves_change=100,max_loop_lag_p99_ms=10000,"
+       "max_send_lag_p99_ms=10000,min_rate_ratio=0.01")
+
+
 def test_cli_run_prints_a_summary(fake_server, tmp_path, capsys):
     srv = fake_server(tokens=4)
     rc = main(["run", "--endpoint", srv.url, "--model", "fake", "--out", str(tmp_path), "--quiet",
-               "--profile", "closed:users=2,requests=4"])
+               "--profile", "closed:users=2,requests=4", "--validity", LAX])
     out = capsys.readouterr().out
-    assert rc == 0 and "closed0" in out and "valid" in out
+    assert rc == 0 and "closed0" in out and "valid" in out and "verdict: valid" in out
     assert main(["run", "--endpoint", srv.url, "--model", "f", "--out", str(tmp_path)]) == 2
+
+
+def test_cli_run_applies_the_pipelines_validity_defaults(fake_server, tmp_path, capsys):
+    # one policy: a 4-request run is below ValiditySpec's min_requests and min_duration_s, so it is
+    # not valid, and the exit code says so
+    srv = fake_server(tokens=4)
+    rc = main(["run", "--endpoint", srv.url, "--model", "fake", "--out", str(tmp_path), "--quiet",
+               "--profile", "closed:users=2,requests=4"])
+    captured = capsys.readouterr()
+    assert rc == 3, captured
+    assert "sent 4 requests < min_requests 20" in captured.out and "verdict: NOT valid" in captured.err
+    assert read_json(tmp_path / "metrics.json")["validity_bounds"]["max_error_rate"] == 0.01
 
 
 def test_cli_run_without_its_api_key_in_the_environment_is_a_config_error(fake_server, tmp_path, monkeypatch, capsys):
@@ -81,7 +98,8 @@ def test_cli_run_without_its_api_key_in_the_environment_is_a_config_error(fake_s
 def test_cli_run_on_two_client_processes_records_every_request_once(fake_server, tmp_path, capsys):
     srv = fake_server(tokens=4, ttft_ms=2)
     rc = main(["run", "--endpoint", srv.url, "--model", "fake", "--out", str(tmp_path), "--processes", "2",
-               "--profile", "closed:users=3,requests=9", "--profile", "poisson:rate_rps=60,duration_s=0.4"])
+               "--profile", "closed:users=3,requests=9", "--profile", "poisson:rate_rps=60,duration_s=0.4",
+               "--validity", LAX])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     req = read_table(tmp_path / "requests.parquet")

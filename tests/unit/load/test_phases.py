@@ -11,6 +11,8 @@ from pydantic import TypeAdapter, ValidationError
 from tokenbench.config import CellEngine, ConfigError, EngineSpec, is_loopback
 from tokenbench.load import endpoint, run
 from tokenbench.load.clock import now_ns
+from tokenbench.load.generator import Breaker, PhaseWindow
+from tokenbench.load.journal import RequestRecord
 from tokenbench.load.phases import (PHASE_CLASSES, ClosedPhase, ConstantPhase, GammaPhase, IdlePhase, LoadPhase,
                                     OpenLoopPhase, Phase, PoissonPhase, SweepPhase, TracePhase, trace_schedule)
 
@@ -160,25 +162,34 @@ def test_sweep_builds_typed_steps():
 
 
 class FakeWindow:
-    """A PhaseWindow without a server: records what a phase sends and when."""
+    """A PhaseWindow without a server: records what a phase sends and when (the waits and the
+    breaker are PhaseWindow's own). ``trip_after``: the breaker trips once that many are sent."""
 
-    def __init__(self, duration_s=None, budget=None, seed=0):
+    def __init__(self, duration_s=None, budget=None, seed=0, trip_after=None):
         self.seed, self.budget, self.sent = seed, budget, 0
         self.start_ns = now_ns()
         self.end_ns = self.start_ns + int(duration_s * 1e9) if duration_s else None
         self.sends: list[tuple[int, int, dict | None]] = []
+        self.breaker, self.honour_retry_after, self.not_sent = Breaker(), False, 0
+        self.trip_after = trip_after
 
-    def more(self, t_ns):
-        return (self.end_ns is None or t_ns < self.end_ns) and (self.budget is None or self.sent < self.budget)
+    stopped_reason = PhaseWindow.stopped_reason
+    allows = PhaseWindow.allows
+    more = PhaseWindow.more
+    wait_stopped = PhaseWindow.wait_stopped
+    sleep_until_end = PhaseWindow.sleep_until_end
+    sleep = PhaseWindow.sleep
 
     def send(self, user, scheduled_ns, item=None):
         self.sent += 1
         self.sends.append((user, scheduled_ns, item))
-        return asyncio.ensure_future(asyncio.sleep(0))
+        if self.sent == self.trip_after:
+            self.breaker.trip("the server is gone")
 
-    async def sleep_until_end(self):
-        if self.end_ns is not None:
-            await asyncio.sleep(max(0, self.end_ns - now_ns()) / 1e9)
+        async def answer():
+            await asyncio.sleep(0)
+            return RequestRecord(self.sent, "p", user, "x", scheduled_ns, status="ok")
+        return asyncio.ensure_future(answer())
 
 
 def test_open_loop_phase_sends_on_its_schedule_until_its_budget():
@@ -198,6 +209,24 @@ def test_closed_phase_stops_at_its_budget_with_one_request_per_user_at_a_time():
     window = FakeWindow(budget=7)
     asyncio.run(ClosedPhase(name="c", users=3, requests=7).send_requests(window))
     assert len(window.sends) == 7 and {u for u, _, _ in window.sends} == {0, 1, 2}
+
+
+def test_an_open_loop_stopped_by_the_breaker_counts_the_arrivals_it_did_not_send():
+    window = FakeWindow(budget=20, trip_after=5)
+    asyncio.run(ConstantPhase(name="o", rate_rps=1000, requests=20).send_requests(window))
+    assert window.sent == 5 and window.not_sent == 15  # the budget's other 15: counted, not sent
+    window = FakeWindow(duration_s=0.3, trip_after=10)
+    t0 = now_ns()
+    asyncio.run(ConstantPhase(name="o", rate_rps=100, duration_s=0.3).send_requests(window))
+    assert window.sent == 10 and window.not_sent == 19  # 29 arrivals at 10 ms steps below 300 ms, 10 sent
+    assert now_ns() - t0 < 0.25e9  # it stopped at the trip, not at the window's end
+
+
+def test_a_closed_loop_stopped_by_the_breaker_ends_at_once():
+    window = FakeWindow(duration_s=5, trip_after=6)
+    t0 = now_ns()
+    asyncio.run(ClosedPhase(name="c", users=3, duration_s=5).send_requests(window))
+    assert window.sent == 6 and now_ns() - t0 < 1e9
 
 
 def test_idle_phase_sends_nothing_for_its_duration():

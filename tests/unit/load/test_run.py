@@ -191,28 +191,54 @@ def test_remote_external_endpoint_is_refused_even_with_handmade_settings(tmp_pat
         run_load_test(settings, man, probe, **paths)
 
 
-def test_server_crash_mid_run_keeps_every_request_and_marks_the_run_invalid(tmp_path):
-    from tokenbench.load.run import run_load_test
+def test_server_crash_mid_run_stops_the_load_keeps_every_request_and_fails_the_job(tmp_path):
+    """The engine dies 6 requests into a 30 s phase: the breaker (its process gone, its port refused)
+    stops the load within about a second instead of sending into the dead port until the phase
+    ends; the records are written beside the journal (Snakemake removes a failed job's outputs) and
+    the job fails, saying why."""
+    from tokenbench.load.run import LoadStopped, run_load_test
     from tokenbench.analysis.metrics import compute_metrics
     from tokenbench.telemetry.merge import merge_telemetry
 
     eng = {"kind": "llama.cpp", "binary": str(wrapper(tmp_path, "--crash-after-requests", "6", "--itl-ms", "20",
                                                      "--tokens", "8")),
            "max_batch": 2, "max_context": 256, "stop_grace_s": 3}
-    settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 2, "duration_s": 2}],
+    settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 2, "duration_s": 30},
+                                                       {"name": "t", "mode": "poisson", "rate_rps": 50,
+                                                        "duration_s": 30}],
                                        request={"max_tokens": 8})
-    doc = run_load_test(settings, man, probe, **paths)
-    req = records.read_table(paths["out_requests"])
+    t0 = time.monotonic()
+    with pytest.raises(LoadStopped, match="stopped early: .*(exited|unreachable)"):
+        run_load_test(settings, man, probe, **paths)
+    assert time.monotonic() - t0 < 20  # not the phases' 60 s
+    out = Path(paths["journal"]).with_name("journal.stopped")
+    assert not Path(paths["out_requests"]).exists()
+    req = records.read_table(out / "requests.parquet")
     journal = frame(paths["journal"])
-    assert doc["complete"] and doc["server_exited_during_run"]
-    assert sorted(journal["request_id"]) == sorted(req["request_id"])
+    assert sorted(journal["request_id"]) == sorted(req["request_id"]) and req["request_id"].is_unique
     assert (req["status"] == "ok").sum() >= 4 and (req["status"] == "disconnect").sum() >= 1
-    assert set(req["status"]) <= {"ok", "disconnect"}
-    run = records.read_json(paths["out_run"])
-    tl = merge_telemetry(req, records.read_table(paths["out_telemetry"]), run)
+    assert set(req["status"]) <= {"ok", "disconnect"} and len(req) < 200  # no hot loop
+    assert set(req["phase"]) == {"s"}  # the later phase is not run against a dead server
+    run = records.read_json(out / "run.json")
+    assert run["complete"] is False and run["server_exited_during_run"] and run["stopped_reason"]
+    assert [p["name"] for p in run["phases"]] == ["s"] and run["phases"][0]["stopped_reason"] == run["stopped_reason"]
+    tl = merge_telemetry(req, records.read_table(out / "telemetry.parquet"), run)
     m, _ = compute_metrics(req, tl, run, {"name": "m", "figures": {}}, None, None, ValiditySpec(max_error_rate=0.01))
-    assert m["valid"] is False and m["server_exited_during_run"]
-    assert any("error rate" in f for f in m["phases"][0]["validity"]["failed_checks"])
+    assert m["valid"] is False and m["server_exited_during_run"] and m["stopped_reason"] == run["stopped_reason"]
+    assert any(f.startswith("stopped early: ") for f in m["phases"][0]["validity"]["failed_checks"])
+
+
+def test_the_engine_process_liveness_callback(tmp_path):
+    from tokenbench.load.shards import ProcessAlive
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    alive = ProcessAlive(proc.pid)
+    assert alive() is None
+    proc.kill()
+    time.sleep(0.2)  # a zombie until reaped: gone all the same
+    assert "has exited" in alive()
+    proc.wait()
+    assert "has exited" in alive()
 
 
 def test_sampler_dies_with_a_sigkilled_load_test(tmp_path):

@@ -280,6 +280,13 @@ class RequestSpec(Strict):
         description="Seed of the request list (prompt order and sampling of arrivals): the same seed sends the same "
                     "requests."
     )
+    honour_retry_after: bool = Field(
+        False,
+        description="Closed loop: a user whose request got a 429 (or 503) with Retry-After waits that long before its "
+                    "next request. Off by default: an engine that sheds load with 429s would then be offered less load "
+                    "than one that queues, and the two runs would no longer be comparable; every Retry-After is "
+                    "recorded (retry_after_s) either way."
+    )
 
 
 class LoadSpec(Strict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import time
 from importlib.metadata import PackageNotFoundError, requires, version
@@ -120,9 +121,31 @@ def block(config_hash: str | None = None, **extra: Any) -> dict[str, Any]:
     }
 
 
+# the shapes of common credentials, scrubbed whoever's they are: OpenAI-style keys (sk- and 20 or more
+# characters: sk-proj-..., sk-ant-...), Hugging Face tokens (hf_ and 30 or more letters and digits; real
+# ones have 34), and whatever follows "Bearer " (a server echoing the Authorization header). Long
+# enough not to take a model called sk-llama-7b or a path hf_cache for a secret.
+TOKEN_SHAPES = re.compile(r"\b(?:sk-[A-Za-z0-9_\-]{20,}|hf_[A-Za-z0-9]{30,})|(?<=Bearer )[^\s\"',;<>]{4,}")
+
+
+def scrub_shapes(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``secrets`` (known values, e.g. the API key a client sends) and every credential-shaped
+    string (TOKEN_SHAPES) replaced by ``<secret>``: cheap enough for every error a client records."""
+    for v in secrets:
+        if v and len(v) >= 4:
+            text = text.replace(v, "<secret>")
+    return TOKEN_SHAPES.sub("<secret>", text)
+
+
 def scrub(text: str, env: dict[str, str] | None = None) -> str:
     """Replace secrets in text before it is stored: the values of secret environment variables, of
-    secrets registered by value, and the Hugging Face token `hf auth login` stored."""
+    secrets registered by value, the Hugging Face token `hf auth login` stored, and strings shaped
+    like credentials (TOKEN_SHAPES)."""
+    text = _scrub_known(text, env)
+    return TOKEN_SHAPES.sub("<secret>", text)
+
+
+def _scrub_known(text: str, env: dict[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     for k in (*SECRET_ENV, *sorted(_EXTRA_SECRETS)):
         v = env.get(k)

@@ -32,7 +32,7 @@ from tokenbench.telemetry.merge import baseline_window
 REQUEST_COLUMNS_USED = ["phase", "status", "scheduled_ns", "sent_ns", "written_ns", "first_byte_ns", "first_event_ns",
                         "first_token_ns",
                         "first_output_token_ns", "end_ns", "output_tokens", "reasoning_tokens", "reasoning_chunks",
-                        "prompt_tokens", "output_tokens_source", "client_output_tokens", "chunk_ns"]
+                        "prompt_tokens", "output_tokens_source", "client_output_tokens", "max_tokens", "chunk_ns"]
 
 
 def dist(values, overwrite_input: bool = False) -> dict[str, Any]:
@@ -385,6 +385,20 @@ def goodput(ok: pd.DataFrame, mark: dict[str, Any], slo: SloSpec, sent: int | No
     }
 
 
+def max_tokens_check(ok: pd.DataFrame) -> dict[str, Any]:
+    """Ok requests that returned more output tokens than they asked for (max_tokens): a server that
+    ignores the cap makes every length-bound figure (throughput, E2E, goodput) incomparable."""
+    if "max_tokens" not in ok or not len(ok):
+        return {"over_max_tokens": None}
+    out_tok = ok["output_tokens"].astype("Float64")
+    asked = ok["max_tokens"].astype("Float64")
+    over = (out_tok > asked).fillna(False)
+    if not over.any():
+        return {"over_max_tokens": None}
+    return {"over_max_tokens": {"requests": int(over.sum()), "max_returned": int(out_tok[over].max()),
+                                "asked": int(asked[over].max())}}
+
+
 def input_throughput(ok: pd.DataFrame, mark: dict[str, Any], output_tok_s: float | None) -> dict[str, Any]:
     """input_tok_s and total_tok_s (registry.py): prompt tokens of the ok requests whose first token
     arrived inside the issuing window, per second, and that plus output_tok_s."""
@@ -420,6 +434,9 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], fig
     m.update(telemetry_summary(tl, name))
     m.update(contention(tl, name))
     m["open_loop"] = bool(mark["open_loop"])
+    m["stopped_reason"] = mark.get("stopped_reason")  # the phase stopped early: the breaker, an interrupt
+    m["timeout_s"] = mark.get("timeout_s")  # the per-request timeout it ran with (auto: its last request's)
+    m["timeout_auto"] = bool(mark.get("timeout_auto"))
     gpus = peak.get("gpu_count")
     if mark["mode"] == "idle":
         m["requests_sent"] = int(len(pr))
@@ -441,6 +458,7 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], fig
     m["output_tokens_total"] = int(ok["output_tokens"].sum()) if len(ok) else 0
     m["output_tokens_source"] = sorted(ok["output_tokens_source"].dropna().unique().tolist())
     m.update(token_count_check(ok))
+    m.update(max_tokens_check(ok))
     m["prompt_tokens_mean"] = float(ok["prompt_tokens"].astype("Float64").mean()) if ok["prompt_tokens"].notna().any() else None
     for col in ("ttft_ms", "first_byte_ms", "e2e_ms", "tpot_ms", "connect_ms"):
         m[col] = dist(ok[col])
@@ -456,7 +474,9 @@ def phase_metrics(req: pd.DataFrame, tl: pd.DataFrame, mark: dict[str, Any], fig
         sched = pr["scheduled_ns"].to_numpy(dtype=np.int64)
         sent = pr["sent_ns"].to_numpy(dtype=np.int64)
         in_sched = (sched >= mark["start_ns"]) & (sched < mark["end_ns"])
-        n_sched = int(in_sched.sum())
+        # arrivals of the schedule the breaker kept back (the server was gone) count as not delivered
+        m["not_sent_breaker_open"] = int(mark.get("not_sent_breaker_open") or 0)
+        n_sched = int(in_sched.sum()) + m["not_sent_breaker_open"]
         m["schedule_rps"] = n_sched / dur if dur > 0 else None
         m["delivered_ratio"] = float((in_sched & (sent < mark["end_ns"])).sum() / n_sched) if n_sched else None
         if mark["target"].get("rate_rps"):
@@ -529,7 +549,9 @@ def compute_metrics(req: pd.DataFrame, tl: pd.DataFrame, run: dict[str, Any], ma
         "definitions": registry.definitions(),
         "server_ready_s": run.get("server_ready_s"),
         "valid": all(p["validity"]["valid"] for p in steady) and run["complete"]
-                 and not run.get("server_exited_during_run"),
+                 and not run.get("server_exited_during_run") and not run.get("stopped_reason"),
+        "stopped_reason": run.get("stopped_reason"),
+        "validity_bounds": bounds.model_dump(mode="json"),
         "server_exited_during_run": bool(run.get("server_exited_during_run")),
         "client": run.get("client"),
         "phases": phases,

@@ -414,6 +414,15 @@ PHASE_FIELDS = {
                     "AIPerf and inference-perf define them, each aggregated as its tool does, beside tokenbench's "
                     "own, with the difference and a note wherever the records lack what a definition needs "
                     "(analysis/definitions.py; Methodology, \"Other tools' definitions\")",
+    "stopped_reason": "why the phase stopped before its end: the breaker (requests kept failing to connect, or "
+                      "the engine's process was gone) or an interrupt; null: it ran its course",
+    "not_sent_breaker_open": "open loop: arrivals of the schedule inside the window not sent because the breaker "
+                             "had stopped the phase (they count as not delivered)",
+    "timeout_s": "the per-request timeout the phase ran with (auto: the one its last request got)",
+    "timeout_auto": "true when the phase set no timeout_s: 10 x the p99 E2E of the run's ok requests so far, "
+                    "10-120 s",
+    "over_max_tokens": "ok requests that returned more output tokens than their max_tokens asked for (how many, "
+                       "the most returned, the cap), or null: none did",
 }
 
 # summary.parquet column -> (metric key, statistic or None for the value)

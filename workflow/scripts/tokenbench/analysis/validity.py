@@ -89,6 +89,13 @@ def stability(tokens, ok: pd.DataFrame, mark: dict[str, Any]) -> dict[str, Any]:
 def validity(m: dict[str, Any], bounds: ValiditySpec, loop_lag: dict[str, Any] | None) -> dict[str, Any]:
     """Every check of one phase; each failure names the check and the numbers."""
     fails = []
+    if m.get("stopped_reason"):
+        fails.append(f"stopped early: {m['stopped_reason']}"
+                     + (f"; {m['not_sent_breaker_open']} scheduled arrivals not sent" if m.get("not_sent_breaker_open") else ""))
+    over = m.get("over_max_tokens")
+    if over:
+        fails.append(f"server ignored max_tokens: up to {over['max_returned']} tokens returned for {over['asked']} "
+                     f"asked in {over['requests']} request{'s' if over['requests'] != 1 else ''}")
     # a phase stops issuing on the event loop's next tick after its deadline, or a hair before it:
     # DURATION_SLACK_S keeps a 10 s phase that ran 9.9996 s from failing a 10 s minimum
     if m["duration_s"] < bounds.min_duration_s - DURATION_SLACK_S:
@@ -97,7 +104,10 @@ def validity(m: dict[str, Any], bounds: ValiditySpec, loop_lag: dict[str, Any] |
         fails.append(f"sent {m['requests_sent']} requests < min_requests {bounds.min_requests}")
     err = 1 - m["success_rate"] if m.get("success_rate") is not None else None
     if err is not None and err > bounds.max_error_rate:
-        fails.append(f"error rate {err:.1%} > max_error_rate {bounds.max_error_rate:.1%}")
+        bad = {k: v for k, v in (m.get("status_counts") or {}).items() if k != "ok" and v}
+        what = ", ".join(f"{v} {k}" + (f" (timeout_s {m['timeout_s']:g})" if k == "timeout" and m.get("timeout_s")
+                                       else "") for k, v in sorted(bad.items(), key=lambda kv: -kv[1]))
+        fails.append(f"error rate {err:.1%} > max_error_rate {bounds.max_error_rate:.1%}" + (f": {what}" if what else ""))
     lag = (m.get("send_lag_ms") or {}).get("p99")
     if lag is not None and lag > bounds.max_send_lag_p99_ms:
         fails.append(f"send lag p99 {lag:.2f} ms > {bounds.max_send_lag_p99_ms:g} ms (client or concurrency cap behind schedule)")
@@ -105,7 +115,7 @@ def validity(m: dict[str, Any], bounds: ValiditySpec, loop_lag: dict[str, Any] |
     if ll is not None and ll > bounds.max_loop_lag_p99_ms:
         fails.append(f"client event-loop lag p99 {ll:.2f} ms > {bounds.max_loop_lag_p99_ms:g} ms (client is a bottleneck)")
     delivered = m.get("delivered_ratio")
-    if delivered is not None and delivered < bounds.min_rate_ratio:
+    if delivered is not None and delivered < bounds.min_rate_ratio and not m.get("stopped_reason"):
         fails.append(f"the client sent {delivered:.1%} of its scheduled arrivals inside the window "
                      f"(< min_rate_ratio {bounds.min_rate_ratio:.0%}): it fell behind its schedule")
     foreign = m.get("foreign_cpu_pct")

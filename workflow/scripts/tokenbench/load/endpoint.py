@@ -22,7 +22,7 @@ from tokenbench.analysis.registry import Column
 from tokenbench.config import (ConfigError, HardwareSpec, Phase, RequestSpec, SloSpec, ValiditySpec, canonical_hash,
                                is_loopback)
 from tokenbench.load.generator import run_async
-from tokenbench.load.phases import LoadPhase
+from tokenbench.load.phases import PHASE_CLASSES, LoadPhase
 from tokenbench.load.progress import Progress, interval_from_env, shown
 from tokenbench.load.prompts import load_prompts, prompt_set_hash
 from tokenbench.load import journal as request_journal
@@ -43,10 +43,15 @@ def parse_profile(spec: str, index: int) -> LoadPhase:
         if not eq:
             raise ConfigError(f"--profile {spec!r}: '{kv}' is not key=value")
         fields[key.strip()] = value.strip()
+    modes = [c.model_fields["mode"].default for c in PHASE_CLASSES]
+    if fields["mode"] not in modes:
+        raise ConfigError(f"--profile {spec!r}: unknown mode {fields['mode']!r}; the modes are {', '.join(modes)} "
+                          "(MODE:key=value,...)")
     try:
         return _PHASE.validate_python(fields)
     except ValidationError as exc:
-        errs = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        errs = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or '.'.join(map(str, e['loc'])) or 'phase'}: {e['msg']}"
+                         for e in exc.errors())
         raise ConfigError(f"--profile {spec!r}: {errs}") from None
 
 
@@ -61,16 +66,91 @@ def check_loopback(url: str, allow_remote: bool) -> urllib.parse.ParseResult:
     return u
 
 
+class NotReady(Exception):
+    """The endpoint did not answer its readiness probe: nothing was sent."""
+
+
+# exit codes of ``tokenbench run`` (its --help and the README list them)
+EXIT_VALID, EXIT_INTERRUPTED, EXIT_BAD_INPUT, EXIT_INVALID, EXIT_NOT_READY = 0, 1, 2, 3, 4
+EXIT_CODES = {EXIT_VALID: "the run completed and every steady phase passed its validity checks",
+              EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM) or failed inside the client; what ran is written",
+              EXIT_BAD_INPUT: "bad input: an option, profile, config or environment variable; nothing was sent",
+              EXIT_INVALID: "the run ended but is not valid: a phase failed a validity check (error rate, "
+                            "minimum requests or duration, ...), or the load stopped early because the server "
+                            "stopped answering (the breaker)",
+              EXIT_NOT_READY: "the endpoint did not answer the readiness probe; nothing was sent"}
+
+
+def probe_ready(url: str, timeout_s: float, headers: dict[str, str] | None = None, poll_s: float = 0.25,
+                refused_grace_s: float = 1.0) -> float:
+    """GET ``url`` until it answers 2xx; returns the seconds it took. Raises NotReady, saying why:
+    nothing listening (connection refused for ``refused_grace_s``: fails fast, a closed port does not
+    open by waiting), an answer that cannot improve (401, 403, 404: its status and the start of its
+    body), or no 2xx within ``timeout_s`` (the last status and body: a 503 while the model loads)."""
+    import urllib.error
+    import urllib.request
+
+    from tokenbench.provenance import scrub, scrub_shapes
+
+    secrets = tuple(v.split(" ", 1)[-1] for k, v in (headers or {}).items() if k.lower() == "authorization")
+
+    def shown(body: bytes) -> str:
+        text = body[:200].decode("utf-8", "replace").strip()
+        return scrub(scrub_shapes(text, secrets)) or "(empty body)"
+
+    t0 = time.monotonic()
+    refused_since = None
+    last = "no answer"
+    while True:
+        left = timeout_s - (time.monotonic() - t0)
+        req = urllib.request.Request(url, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=max(min(5.0, left), 0.1)) as resp:
+                if 200 <= resp.status < 300:
+                    return time.monotonic() - t0
+                last = f"HTTP {resp.status}: {shown(resp.read(200))}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}: {shown(exc.read(200) if exc.fp else b'')}"
+            if exc.code in (401, 403, 404, 405):  # waiting will not change these
+                raise NotReady(f"readiness probe GET {url} answered {last}"
+                               + ("; check --api-key-env" if exc.code in (401, 403) else
+                                  "; check --route-prefix or --ready-path")) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ConnectionRefusedError):
+                refused_since = refused_since or time.monotonic()
+                if time.monotonic() - refused_since >= min(refused_grace_s, timeout_s):
+                    raise NotReady(f"nothing is listening at {url} (connection refused); is the server "
+                                   "running, and on that port?") from None
+                last = "connection refused"
+            else:
+                last = f"{type(reason).__name__}: {reason}"
+        elapsed = time.monotonic() - t0
+        if elapsed >= timeout_s:
+            raise NotReady(f"readiness probe GET {url}: no 2xx answer within {timeout_s:g} s (--ready-timeout); "
+                           f"last: {last}")
+        time.sleep(min(poll_s, timeout_s - elapsed))
+
+
 def run_endpoint(endpoint: str, model: str, phases: list[LoadPhase], request: RequestSpec, out_dir: str, *,
                  route_prefix: str, capabilities: set[str], api_key_env: str | None = None,
                  allow_remote: bool = False, slo: SloSpec | None = None, validity: ValiditySpec | None = None,
-                 progress=sys.stderr, processes: int = 1, progress_every_s: float | None = None) -> dict[str, Any]:
+                 progress=sys.stderr, processes: int = 1, progress_every_s: float | None = None,
+                 ready_path: str | None = None, ready_timeout_s: float = 10.0) -> dict[str, Any]:
     """Run the phases against the endpoint on ``processes`` client processes (tokenbench.load.shards);
     write requests.parquet, run.json and metrics.json to out_dir. ``progress``: where the progress
     display goes (tokenbench.load.progress: a bar on a terminal, else a line every
-    ``progress_every_s``, default ``$TOKENBENCH_PROGRESS_S`` or 5 s); None: none."""
+    ``progress_every_s``, default ``$TOKENBENCH_PROGRESS_S`` or 5 s); None: none.
+
+    First a readiness probe: GET ``ready_path`` (default: the models route, ``<route_prefix>/models``)
+    until a 2xx, for at most ``ready_timeout_s`` (0: no probe); NotReady if it never comes.
+    ``validity``: the bounds every phase is checked against; None: ValiditySpec's defaults, the
+    pipeline's (one policy for both)."""
     check_loopback(endpoint, allow_remote)
     headers = api_key_headers(api_key_env, "--api-key-env") or None
+    validity = validity or ValiditySpec()
+    ready_url = endpoint.rstrip("/") + (ready_path if ready_path is not None else route_prefix + "/models")
+    ready_s = probe_ready(ready_url, ready_timeout_s, headers) if ready_timeout_s > 0 else None
     prompts, _ = load_prompts(request.prompts, None, request.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +161,8 @@ def run_endpoint(endpoint: str, model: str, phases: list[LoadPhase], request: Re
                            "server_command": [f"(external endpoint {endpoint})"], "complete": False,
                            "clock": {"timestamps": "CLOCK_MONOTONIC ns", "anchor": {"wall_ns": time.time_ns(),
                                                                                     "monotonic_ns": time.monotonic_ns()}},
-                           "hardware": hardware.describe("auto")}
+                           "hardware": hardware.describe("auto"), "server_ready_s": ready_s,
+                           "validity": validity.model_dump(mode="json")}
     journal = out / "requests.arrows"
     test = load_test(processes, ClientSpec(endpoint, route_prefix, model, request, frozenset(capabilities), headers),
                      prompts, "cli", request.seed, journal)
@@ -96,9 +177,11 @@ def run_endpoint(endpoint: str, model: str, phases: list[LoadPhase], request: Re
 
     try:
         run_async(cancellable(shown(test.run(phases), shown_on)))
-        doc["complete"] = True
+        doc["complete"] = test.stopped_reason is None  # the breaker stopped it: not every phase ran its course
     except (KeyboardInterrupt, asyncio.CancelledError):
         doc["interrupted"] = True
+    if test.stopped_reason is not None:
+        doc["stopped_reason"] = test.stopped_reason
     prov = provenance.block(config_hash=canonical_hash(settings), prompt_set_sha256=prompt_set_hash(prompts))
     doc["phases"] = [m.__dict__ for m in test.marks]
     doc["client"] = client_summary(test)
@@ -130,5 +213,25 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
                      "yes" if v.get("valid") else "no: " + "; ".join(v.get("failed_checks", []))))
     name_w = max(len(name) for name, _, _ in rows)
     widths = [max(len(cells[i]) for _, cells, _ in rows if i < len(cells)) for i in range(len(columns))]
-    return [" ".join([name.ljust(name_w), *(cell.rjust(w) for cell, w in zip(cells, widths))])
-            + (f"  {valid}" if valid else "") for name, cells, valid in rows]
+    lines = [" ".join([name.ljust(name_w), *(cell.rjust(w) for cell, w in zip(cells, widths))])
+             + (f"  {valid}" if valid else "") for name, cells, valid in rows]
+    if not metrics["phases"]:
+        lines.append("(no phase ran)")
+    return lines
+
+
+def verdict(metrics: dict[str, Any], run: dict[str, Any]) -> tuple[int, str]:
+    """``tokenbench run``'s exit code (EXIT_CODES) and its verdict line."""
+    if run.get("interrupted"):
+        return EXIT_INTERRUPTED, "verdict: interrupted; the phases that ran are above and in metrics.json"
+    if metrics.get("valid"):
+        return EXIT_VALID, "verdict: valid"
+    why = []
+    if run.get("stopped_reason"):
+        why.append(f"stopped early: {run['stopped_reason']}")
+    bad = [p["phase"] for p in metrics["phases"] if p["mode"] != "idle" and not p["warmup"]
+           and not (p.get("validity") or {}).get("valid")]
+    if bad:
+        why.append(f"invalid phase{'s' if len(bad) > 1 else ''}: {', '.join(bad)} (reasons above; bounds: "
+                   "--validity key=value, or the --config's validity block)")
+    return EXIT_INVALID, "verdict: NOT valid: " + ("; ".join(why) or "see metrics.json")

@@ -82,11 +82,13 @@ class RequestRecord:
     max_tokens: int | None = None  # per-request output cap (trace / dataset rows); None: the load's
     output_text: str = ""  # the streamed content, joined
     client_output_tokens: int | None = None  # output_text re-tokenized by the model's tokenizer
+    retry_after_s: float | None = None  # a 429 / 503's Retry-After, in seconds (delay or HTTP date), if given
 
 
 _ARROW = {"int": pa.int64(), "int | None": pa.int64(), "str": pa.string(), "str | None": pa.string(),
-          "array": pa.large_list(pa.int64())}
-_PANDAS = {"int": "int64", "int | None": "Int64", "str": "string", "str | None": "string", "array": "object"}
+          "float | None": pa.float64(), "array": pa.large_list(pa.int64())}
+_PANDAS = {"int": "int64", "int | None": "Int64", "str": "string", "str | None": "string", "float | None": "Float64",
+           "array": "object"}
 FIELDS = [f.name for f in fields(RequestRecord)]
 SCHEMA = pa.schema([pa.field(f.name, _ARROW[f.type], nullable=f.type.endswith("None") or f.type == "array")
                     for f in fields(RequestRecord)])

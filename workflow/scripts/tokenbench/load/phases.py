@@ -42,6 +42,11 @@ from tokenbench.schema import Name, Strict
 if TYPE_CHECKING:
     from tokenbench.load.generator import LoadTest, PhaseWindow
 
+
+def is_connect_failure(rec) -> bool:
+    """The request never reached a server: its connection could not be opened (refused, unreachable)."""
+    return rec.status == "disconnect" and (rec.error or "").startswith("disconnect: connect:")
+
 Arrival = tuple[int, dict[str, Any] | None]  # (offset from the phase start in ns, a prompt item or None)
 
 
@@ -56,7 +61,10 @@ class LoadPhase(Strict):
     open_loop: ClassVar[bool] = False  # True only on OpenLoopPhase: the one place the open-loop set is defined
     name: Name
     warmup: bool = False  # excluded from steady-state figures
-    timeout_s: float = Field(120, gt=0)  # per request
+    # per request; None (auto): AutoTimeout's, from the run's own E2E so far (10 x p99, 10-120 s)
+    timeout_s: float | None = Field(
+        None, gt=0, description="Seconds a request may take, connect included; null: 10 x the p99 end-to-end time "
+                                "of the run's requests so far, 10-120 s (120 s until 20 have finished).")
     drain_timeout_s: float = Field(120, ge=0)  # wait for in-flight requests after the phase ends
     # open the connections the phase will use before it starts (none open mid-window, and a
     # request's connect time stays out of its latency): None is on for closed loops (one per user)
@@ -172,18 +180,19 @@ class ClosedPhase(BoundedPhase):
         async def user(u: int) -> None:
             await sleep_until(window.start_ns + int(ramp_ns * u / users))
             while window.more(now_ns()):
-                await asyncio.shield(window.send(u, now_ns()))
-                if think:
-                    await asyncio.sleep(think)
+                rec = await asyncio.shield(window.send(u, now_ns()))
+                # a user does not spin on a dead server: it backs off while the breaker gathers evidence
+                pause = window.breaker.backoff_s() if is_connect_failure(rec) else 0.0
+                if window.honour_retry_after and rec.retry_after_s:
+                    pause = max(pause, rec.retry_after_s)  # the server asked this user to wait
+                if think or pause:
+                    await window.sleep(max(think, pause))
             if window.budget is not None and window.sent >= window.budget:
                 budget_spent.set()
 
         workers = [asyncio.create_task(user(u)) for u in range(users) if self._mine(u)]
         try:
-            if window.end_ns is not None:
-                await sleep_until(window.end_ns)
-            else:
-                await budget_spent.wait()
+            await window.wait_stopped(window.end_ns, None if window.end_ns is not None else budget_spent)
         finally:
             for w in workers:
                 w.cancel()
@@ -226,19 +235,37 @@ class OpenLoopPhase(WindowPhase):
         cap = self._cap()
         sem = asyncio.Semaphore(cap) if cap else None
         start = window.start_ns
-        for i, (offset, item) in enumerate(self.schedule(window.seed)):
+        arrivals = enumerate(self.schedule(window.seed))
+        for i, (offset, item) in arrivals:
             if not self._mine(i):
                 continue
             t_sched = start + offset
-            if not window.more(t_sched):
+            if not window.allows(t_sched):
                 break
-            await wait_precisely(t_sched)
-            if sem is not None:
-                await sem.acquire()  # the wait is queueing: latency from the schedule shows it
+            if window.stopped_reason is None:
+                if t_sched - now_ns() > 20_000_000:  # a long gap: the breaker may stop the phase meanwhile
+                    await window.wait_stopped(t_sched - 2_000_000)
+                await wait_precisely(t_sched)
+                if sem is not None:
+                    await sem.acquire()  # the wait is queueing: latency from the schedule shows it
+            if window.stopped_reason is not None:  # the breaker: the schedule's arrivals are counted, not sent
+                window.not_sent = 1 + self._arrivals_left(arrivals, window)
+                break
             task = window.send(-1, t_sched, item)
             if sem is not None:
                 task.add_done_callback(lambda _t: sem.release())
         await window.sleep_until_end()  # the phase lasts its full duration, not until its last arrival
+
+    def _arrivals_left(self, arrivals, window: PhaseWindow) -> int:
+        """How many of this share's remaining arrivals the window's bounds would still have let go."""
+        n = 0
+        for i, (offset, _) in arrivals:
+            if not self._mine(i):
+                continue
+            if not window.allows(window.start_ns + offset, window.sent + n + 1):
+                break
+            n += 1
+        return n
 
 
 class RatePhase(BoundedPhase, OpenLoopPhase):
@@ -418,11 +445,17 @@ class SweepPhase(LoadPhase):
 
     async def run(self, test: LoadTest) -> None:
         sync = await test.run_window(self.closed_step("sync", 1))
+        if test.stopped_reason is not None:
+            return
         peak = await test.run_window(self.closed_step("max", self.max_users))
+        if test.stopped_reason is not None:
+            return
         sync_rps, max_rps = test.completion_rate(sync), test.completion_rate(peak)
         sync.target["measured_rps"], peak.target["measured_rps"] = sync_rps, max_rps
         for i, rate in enumerate(self.step_rates(sync_rps, max_rps), 1):
             mark = await test.run_window(self.rate_step(i, rate))
+            if test.stopped_reason is not None:
+                return
             achieved = test.completion_rate(mark)
             mark.target["measured_rps"] = achieved
             if achieved < self.saturation_ratio * rate:

@@ -36,6 +36,10 @@ class Interrupted(Exception):
     pass
 
 
+class LoadStopped(Exception):
+    """The load test's breaker stopped it: the server stopped answering (or its process is gone)."""
+
+
 class Telemetry:
     """The sampler subprocess (``python -m tokenbench.telemetry.sampler``)."""
 
@@ -164,10 +168,10 @@ class Outputs:
     engine_metrics: str | None
 
     @staticmethod
-    def beside(journal: Path) -> Outputs:
-        """Where an interrupted run's records go: next to the journal, since Snakemake removes a failed
-        job's outputs."""
-        partial = journal.with_name(journal.name.split(".")[0] + ".interrupted")
+    def beside(journal: Path, why: str = "interrupted") -> Outputs:
+        """Where an interrupted (or stopped) run's records go: next to the journal, since Snakemake
+        removes a failed job's outputs."""
+        partial = journal.with_name(journal.name.split(".")[0] + f".{why}")
         return Outputs(*(str(partial / n) for n in ("requests.parquet", "telemetry.parquet", "run.json",
                                                     "engine_metrics.parquet")))
 
@@ -268,6 +272,11 @@ class CellLoadTest:
                 self.outputs = Outputs.beside(self.journal)
                 raise Interrupted(f"load test interrupted; what it measured is in "
                                   f"{Path(self.outputs.run).parent}") from None
+            except LoadStopped as exc:  # the job fails, after writing what it measured where Snakemake keeps it
+                self.doc["server_exited_during_run"] = bool(self.server and self.server.proc.poll() is not None)
+                self.outputs = Outputs.beside(self.journal, "stopped")
+                raise LoadStopped(f"load test stopped early: {exc}; what it measured is in "
+                                  f"{Path(self.outputs.run).parent}") from None
             finally:
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut teardown short
                 self.teardown()
@@ -285,6 +294,9 @@ class CellLoadTest:
         self.load_prompts()
         self.start_scraper()
         self.run_load()
+        if self.test.stopped_reason is not None:
+            self.doc["stopped_reason"] = self.test.stopped_reason
+            raise LoadStopped(self.test.stopped_reason)
         self.count_tokens()
         self.doc["server_exited_during_run"] = bool(self.server and self.server.proc.poll() is not None)
         self.doc["complete"] = True
@@ -350,8 +362,9 @@ class CellLoadTest:
 
     def run_load(self) -> None:
         ep, request, load = self.endpoint, self.settings.request, self.settings.load
+        # the engine's process, where this job launched it: the load stops if it is gone (the breaker)
         client = ClientSpec(ep.base_url, ep.route_prefix, ep.request_model, request, frozenset(ep.capabilities),
-                            ep.headers or None)
+                            ep.headers or None, server_pid=self.server.proc.pid if self.server else None)
         self.test = load_test(load.processes, client, self.prompts, load.name, request.seed, self.journal)
         run_async(cancellable(shown(self.test.run(load.phases), self.progress()), self.caught))
         signal.signal(signal.SIGTERM, _raise_interrupted)  # the event loop's handlers are gone with it

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +49,40 @@ class ClientSpec:
     request: RequestSpec
     capabilities: frozenset[str]
     headers: dict[str, str] | None = None
+    server_pid: int | None = None  # the engine's process: the run stops if it is gone (ProcessAlive)
+
+
+class ProcessAlive:
+    """A liveness callback for the load test's breaker (picklable, so each client process checks
+    for itself): why the process ``pid`` is gone (exited, or a zombie not yet reaped), else None."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def __call__(self) -> str | None:
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as fh:
+                state = fh.read().rsplit(b")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return f"the server process (pid {self.pid}) has exited"
+        except (OSError, IndexError):  # no /proc: ask the kernel whether the pid exists
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return f"the server process (pid {self.pid}) has exited"
+            except PermissionError:
+                pass
+            return None
+        return f"the server process (pid {self.pid}) has exited" if state in (b"Z", b"X") else None
+
+
+def _test_for(client: ClientSpec, prompts, salt: str, seed: int, journal, shard: tuple[int, int]) -> LoadTest:
+    """One process's LoadTest over its own connection pool (the shard salts its prompt order)."""
+    factory = session_factory(client.base_url, client.route_prefix, client.served_model, client.request,
+                              set(client.capabilities), client.headers)
+    return LoadTest(factory, PromptStream(prompts, seed, salt), Journal(journal), seed=seed, shard=shard,
+                    alive=ProcessAlive(client.server_pid) if client.server_pid else None,
+                    honour_retry_after=client.request.honour_retry_after)
 
 
 def shard_paths(journal: Path, n: int) -> list[Path]:
@@ -77,15 +112,16 @@ def _worker(conn, k: int, n: int, client: ClientSpec, prompts: list[dict[str, An
     """A worker process: its share of each phase, in step with the others through ``conn``."""
     from tokenbench.load.run import cancellable  # the same SIGTERM handling as a single-process run
 
-    factory = session_factory(client.base_url, client.route_prefix, client.served_model, client.request,
-                              set(client.capabilities), client.headers)
-    test = LoadTest(factory, PromptStream(prompts, seed, f"{salt}:shard{k}/{n}"), Journal(journal), seed=seed,
-                    shard=(k, n))
+    test = _test_for(client, prompts, f"{salt}:shard{k}/{n}", seed, journal, (k, n))
 
     async def gate(phase) -> int:
         _publish(test, live, k)  # the counters as the previous phase left them (drained)
         conn.send(("ready", phase.name))
-        return await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        start = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        if isinstance(start, str):  # another process stopped the run: this one stops too (its phase sends nothing)
+            test.breaker.trip(start)
+            return now_ns()
+        return start
 
     test.start_gate = gate
 
@@ -108,7 +144,7 @@ def _worker(conn, k: int, n: int, client: ClientSpec, prompts: list[dict[str, An
         conn.send(("done", {"marks": [asdict(m) for m in test.marks], "loop_lag": test.loop_lag,
                             "status": dict(test.status_counts),
                             "connections": dict(test.connection_counts), "resent": test.resent,
-                            "error": error}))
+                            "stopped_reason": test.stopped_reason, "error": error}))
     except (BrokenPipeError, OSError):
         pass
 
@@ -129,6 +165,7 @@ class ShardedLoadTest:
         self.phase_start: PhaseStart | None = None
         self._live = mp.get_context("spawn").RawArray("q", len(_LIVE) * processes)  # written by the workers
         self._final: dict[str, int] | None = None  # the workers' own totals, once they have reported
+        self.stopped_reason: str | None = None  # why a worker's breaker stopped the run, if one did
 
     def _count(self, name: str) -> int:
         if self._final is not None:
@@ -161,15 +198,24 @@ class ShardedLoadTest:
         done: list[dict[str, Any] | None] = [None] * self.processes
         try:
             while True:
-                msgs = await asyncio.gather(*(q.get() for q in inbox))
-                for i, (kind, body) in enumerate(msgs):
+                active = [i for i in range(self.processes) if done[i] is None]
+                if not active:
+                    break
+                msgs = dict(zip(active, await asyncio.gather(*(inbox[i].get() for i in active))))
+                for i, (kind, body) in msgs.items():
                     if kind == "done":
                         done[i] = body
-                if all(kind == "done" for kind, _ in msgs):
-                    break
-                if any(kind != "ready" for kind, _ in msgs):
-                    raise RuntimeError(f"a client process stopped early: {[b for _, b in msgs if b]}")
-                self.current = next((p for p in phases if p.name == msgs[0][1]), None)
+                ready = [i for i, (kind, _) in msgs.items() if kind == "ready"]
+                if not ready:
+                    continue
+                stopped = next((d["stopped_reason"] for d in done if d and d.get("stopped_reason")), None)
+                if stopped:  # one process's breaker stopped the run (the server is gone): so do the others
+                    for i in ready:
+                        pipes[i].send(f"{stopped} (seen by another client process)")
+                    continue
+                if len(ready) != len(msgs):
+                    raise RuntimeError(f"a client process stopped early: {[b for _, b in msgs.values() if b]}")
+                self.current = next((p for p in phases if p.name == msgs[ready[0]][1]), None)
                 start = now_ns() + START_AHEAD_NS
                 if self.current is not None:
                     self.phase_start = PhaseStart(self.current, start, *(self._count(n) for n in _LIVE))
@@ -221,7 +267,13 @@ class ShardedLoadTest:
             self.marks.append(PhaseMark(**{**first, "start_ns": min(m["start_ns"] for m in ms),
                                            "end_ns": max(m["end_ns"] for m in ms),
                                            "drained_ns": max(m["drained_ns"] for m in ms),
-                                           "warm_connections": sum(m["warm_connections"] for m in ms)}))
+                                           "warm_connections": sum(m["warm_connections"] for m in ms),
+                                           "stopped_reason": next((m["stopped_reason"] for m in ms
+                                                                   if m["stopped_reason"]), None),
+                                           "not_sent_breaker_open": sum(m["not_sent_breaker_open"] for m in ms),
+                                           "timeout_s": max((m["timeout_s"] for m in ms if m["timeout_s"]),
+                                                            default=None)}))
+        self.stopped_reason = next((r["stopped_reason"] for r in reports if r.get("stopped_reason")), None)
         self.marks.sort(key=lambda m: m.start_ns)
 
 
@@ -238,9 +290,7 @@ def load_test(processes: int, client: ClientSpec, prompts: list[dict[str, Any]],
               journal: Path) -> LoadTest | ShardedLoadTest:
     """The load test for ``processes`` client processes: this process's own event loop for 1."""
     if processes == 1:
-        return LoadTest(session_factory(client.base_url, client.route_prefix, client.served_model, client.request,
-                                        set(client.capabilities), client.headers),
-                        PromptStream(prompts, seed, salt), journal=Journal(journal), seed=seed)
+        return _test_for(client, prompts, salt, seed, journal, (0, 1))
     return ShardedLoadTest(processes, client, prompts, salt, seed, journal)
 
 
