@@ -257,3 +257,57 @@ def test_a_cell_on_two_client_processes_writes_one_requests_table(tmp_path):
     assert set(req["request_id"] % 2) == {0, 1} and req["request_id"].is_unique
     assert (req["status"] == "ok").all() and req["client_output_tokens"].notna().all()  # counted from both journals
     assert [p["warm_connections"] for p in doc["phases"]] == [3]
+
+
+def _alive(pids) -> list:
+    import psutil
+
+    out = []
+    for p in pids:
+        try:
+            if psutil.Process(p).status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("engine_flags, processes", [((), 2), (("--ignore-sigterm",), 1)],
+                         ids=["two-client-processes", "engine-ignores-sigterm"])
+def test_a_sigkilled_load_test_leaves_no_process_behind(tmp_path, engine_flags, processes):
+    """SIGKILL of the load-test job mid-load: its sampler, the engine, the engine's own child and
+    the client worker processes all go within seconds (their parent-death signal; the sampler reaps
+    the engine's process group, with SIGKILL after the engine's grace when it ignores SIGTERM), and
+    the sampler writes nothing into the run's folder."""
+    import psutil
+
+    eng = {"kind": "llama.cpp", "binary": str(wrapper(tmp_path, "--spawn-child", "--itl-ms", "50", *engine_flags)),
+           "max_batch": 2, "max_context": 256, "stop_grace_s": 1}
+    settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 2, "duration_s": 120}],
+                                       processes=processes)
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"settings": settings.model_dump(mode="json"), "man": man, "probe": probe,
+                                "paths": paths}))
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER.format(scripts=str(ROOT / "workflow" / "scripts"),
+                                                                   args=str(args))],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log, journal = Path(paths["server_log"]), Path(paths["journal"])
+    journals = [journal] if processes == 1 else [journal.with_name(f"journal.shard{k}.arrows") for k in range(2)]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not ("child pid" in (log.read_text() if log.exists() else "")
+                                               and all(j.exists() and next(batches(j), None) for j in journals)):
+        time.sleep(0.1)  # the engine has its child and requests are flowing: kill mid-load
+    tree = psutil.Process(runner.pid).children(recursive=True)
+    engine_child = int(log.read_text().split("child pid ")[1].split()[0])
+    sampler = [p.pid for p in tree if "tokenbench.telemetry.sampler" in " ".join(p.cmdline())]
+    workers = [p.pid for p in tree if "multiprocessing" in " ".join(p.cmdline())]
+    assert sampler and engine_child and len(workers) >= (processes if processes > 1 else 0)
+    pids = {p.pid for p in tree} | {engine_child}
+    runner.kill()
+    runner.wait()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10 and _alive(pids):  # the engine's grace (1 s), then SIGKILL
+        time.sleep(0.05)
+    left = _alive(pids)
+    assert not left, [" ".join(psutil.Process(p).cmdline()) for p in left]
+    assert not list(Path(paths["out_telemetry"]).parent.glob("telemetry.raw*"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -38,17 +39,19 @@ class Interrupted(Exception):
 class Telemetry:
     """The sampler subprocess (``python -m tokenbench.telemetry.sampler``)."""
 
-    def __init__(self, out: Path, interval_s: float, pid: int | None = None, devices: list[int] | None = None):
+    def __init__(self, out: Path, interval_s: float, pid: int | None = None, devices: list[int] | None = None,
+                 server_grace_s: float = 10.0):
         self.out = out
         pkg_parent = str(Path(__file__).resolve().parents[2])  # so the child imports this tokenbench
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")]))}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tokenbench.telemetry.sampler", "--out", str(out), "--interval", str(interval_s),
-             "--pid-stdin"]
+             "--pid-stdin", "--orphan-grace", str(server_grace_s)]
             + (["--pid", str(pid)] if pid else [])
             + (["--devices", ",".join(map(str, devices))] if devices is not None else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-            preexec_fn=die_with_parent,  # a SIGKILLed load test must not leave a sampler running
+            # a SIGKILLed load test must not leave a sampler running, nor (the sampler reaps it) an engine
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
         )
         line = self.proc.stdout.readline().strip()  # blocks until the first sample is taken
         if line != "ready":
@@ -314,7 +317,8 @@ class CellLoadTest:
         """The sampler, on the engine's GPUs only (an 8-GPU host running a 2-GPU engine samples 2)."""
         gpus = self.doc["hardware"].get("gpu_indices")
         self.telemetry = Telemetry(self.raw_telemetry, self.settings.telemetry.interval_s,
-                                   devices=gpus if self.doc["hardware"].get("gpus") else None)
+                                   devices=gpus if self.doc["hardware"].get("gpus") else None,
+                                   server_grace_s=self.engine.stop_grace_s)
 
     def baseline(self) -> None:
         """telemetry.baseline_s of the host with no engine, before the launch: what net energy subtracts.

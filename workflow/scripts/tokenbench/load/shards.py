@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -73,9 +74,12 @@ async def _live(test: LoadTest, live, k: int) -> None:
 
 
 def _worker(conn, k: int, n: int, client: ClientSpec, prompts: list[dict[str, Any]], salt: str, seed: int,
-            journal: str, phases: list[LoadPhase], live) -> None:
+            journal: str, phases: list[LoadPhase], live, parent: int | None = None) -> None:
     """A worker process: its share of each phase, in step with the others through ``conn``."""
+    from tokenbench.engines.server import die_with_parent
     from tokenbench.load.run import cancellable  # the same SIGTERM handling as a single-process run
+
+    die_with_parent(parent)  # SIGTERM (cancel, record, close the journal) when the load test dies
 
     factory = session_factory(client.base_url, client.route_prefix, client.served_model, client.request,
                               set(client.capabilities), client.headers)
@@ -149,7 +153,7 @@ class ShardedLoadTest:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker, name=f"tokenbench-client-{k}", daemon=True,
                                args=(child, k, self.processes, self.client, self.prompts, self.salt, self.seed,
-                                     str(path), phases, self._live))
+                                     str(path), phases, self._live, os.getpid()))
             proc.start()
             child.close()
             pipes.append(parent)

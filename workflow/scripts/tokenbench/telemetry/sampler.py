@@ -15,7 +15,8 @@ Run as ``python -m tokenbench.telemetry.sampler --out F --interval S [--pid P] [
 [--pid-stdin]`` (``--pid-stdin``: the server's pid arrives on stdin once it is launched, so the
 sampler can start first and record the baseline and the start-up);
 it prints ``ready`` after its first sample and writes Parquet ``F`` and the sidecar ``F.json`` when
-it receives SIGTERM or SIGINT (or after ``--max-duration``).
+it receives SIGTERM or SIGINT (or after ``--max-duration``). Should its parent (the load test) die,
+it writes nothing, reaps the server's process group and exits (``run_sampler``'s ``parent``).
 
 Raw columns, one row per device per sample (``source`` is "nvml" or "cpu"):
 
@@ -81,6 +82,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tokenbench.engines.server import parent_gone
 from tokenbench.telemetry import hardware
 from tokenbench.telemetry.energy import sampling
 
@@ -386,6 +388,7 @@ class CpuSampler:
 
         self.psutil = psutil
         self.proc = psutil.Process(pid) if pid else None
+        self.server_pid = pid  # the server followed last (its process group is reaped if the parent dies)
         self.me = psutil.Process()
         self.client = psutil.Process(client_pid) if client_pid else None
         self.rapl = Rapl(rapl_pattern)
@@ -399,6 +402,7 @@ class CpuSampler:
 
     def follow(self, pid: int) -> None:
         """From now on, the server process tree is the one under ``pid`` (a gone pid: none)."""
+        self.server_pid = pid
         try:
             self.proc = self.psutil.Process(pid)
         except self.psutil.Error:
@@ -493,12 +497,19 @@ def sidecar_path(out: str | Path) -> Path:
 
 def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
                 max_duration_s: float | None = None, announce=None, client_pid: int | None = None,
-                devices: list[int] | None = None, rapl_pattern: str = RAPL_GLOB, pid_lines=None) -> int:
+                devices: list[int] | None = None, rapl_pattern: str = RAPL_GLOB, pid_lines=None,
+                parent: int | None = None, orphan_grace_s: float = 10.0) -> int:
     """Sample until SIGTERM/SIGINT (or max_duration_s); write Parquet and its JSON sidecar; return
     the sample count. client_pid: the load generator's process (default: none; the CLI passes its
     parent). devices: NVML indices of the GPUs to sample (default: all). pid_lines: a text stream
     (the CLI's stdin with --pid-stdin) whose lines name the server process to follow from then on:
-    the sampler starts before the server, to record the baseline and the start-up."""
+    the sampler starts before the server, to record the baseline and the start-up.
+
+    parent: the pid of the load test that started this sampler (the CLI's parent). Should it die
+    (SIGKILLed: its death signal, or, as a fallback, this process found re-parented at a sample),
+    the sampler stops at once, writes nothing (no job will read it) and reaps the server it was
+    following: SIGTERM to its process group, SIGKILL after ``orphan_grace_s``, so that an engine's
+    own children, which no death signal reaches, go too. Returns the sample count."""
     import pandas as pd
 
     nv = load_nvml(nvml)
@@ -526,6 +537,8 @@ def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
     k = 0
     try:
         while not stop:
+            if parent_gone(parent):
+                break
             t = time.monotonic_ns()
             for s in samplers:
                 rows.extend(s.sample(t))
@@ -542,6 +555,9 @@ def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        if parent_gone(parent):
+            reap_group(cpu.server_pid, orphan_grace_s)
+            return k
         df = pd.DataFrame(rows, columns=None if rows else ["t_ns", "device"])
         df["source"] = df["device"].map(lambda d: "nvml" if d.startswith("gpu") else "cpu")
         df["t_ns"] = df["t_ns"].astype("int64")
@@ -551,6 +567,22 @@ def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
                 "gpus": gpu.meta() if gpu is not None else [], "cpu": cpu.meta()}
         sidecar_path(out).write_text(json.dumps(meta, indent=1) + "\n")
     return k
+
+
+def reap_group(pid: int | None, grace_s: float) -> None:
+    """SIGTERM the process group led by ``pid`` (a server started in its own session), then SIGKILL
+    what is left of it after ``grace_s``. Nothing for a pid that leads no group."""
+    from tokenbench.engines.server import _signal_group, _wait_group_gone
+
+    try:
+        if pid is None or os.getpgid(pid) != pid:
+            return
+    except OSError:  # gone already
+        return
+    _signal_group(pid, signal.SIGTERM)
+    if not _wait_group_gone(pid, grace_s):
+        _signal_group(pid, signal.SIGKILL)
+        _wait_group_gone(pid, 5.0)
 
 
 def follow_pids(cpu: CpuSampler, lines) -> None:
@@ -585,13 +617,16 @@ def main(argv=None) -> int:
     ap.add_argument("--devices", type=parse_devices, default=None,
                     help="NVML indices of the GPUs to sample, e.g. 0,2 (tokenbench.telemetry.devices maps "
                          "CUDA_VISIBLE_DEVICES to these); default all")
+    ap.add_argument("--orphan-grace", type=float, default=10.0,
+                    help="seconds the server's group gets after SIGTERM, should the parent die, before SIGKILL")
     args = ap.parse_args(argv)
 
     def announce():
         print("ready", flush=True)
 
     run_sampler(args.out, args.interval, args.pid, max_duration_s=args.max_duration, announce=announce,
-                client_pid=os.getppid(), devices=args.devices, pid_lines=sys.stdin if args.pid_stdin else None)
+                client_pid=os.getppid(), devices=args.devices, pid_lines=sys.stdin if args.pid_stdin else None,
+                parent=os.getppid(), orphan_grace_s=args.orphan_grace)
     return 0
 
 
