@@ -2,6 +2,7 @@
 engine metrics scraped into Parquet, no orphan server after SIGTERM/SIGINT, API keys never stored."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 
 from tokenbench import records
-from tokenbench.load.journal import batches, frame
+from tokenbench.load.journal import batches, frame, read_records
 from tokenbench.config import CellSettings, ConfigError, ValiditySpec, cell_settings, validate
 from tokenbench.engines.server import group_alive
 
@@ -297,17 +298,99 @@ def test_a_sigkilled_load_test_leaves_no_process_behind(tmp_path, engine_flags, 
     while time.monotonic() < deadline and not ("child pid" in (log.read_text() if log.exists() else "")
                                                and all(j.exists() and next(batches(j), None) for j in journals)):
         time.sleep(0.1)  # the engine has its child and requests are flowing: kill mid-load
+    assert runner.poll() is None, "the load test ended before it could be killed"
     tree = psutil.Process(runner.pid).children(recursive=True)
     engine_child = int(log.read_text().split("child pid ")[1].split()[0])
-    sampler = [p.pid for p in tree if "tokenbench.telemetry.sampler" in " ".join(p.cmdline())]
-    workers = [p.pid for p in tree if "multiprocessing" in " ".join(p.cmdline())]
+
+    def cmdline(p) -> str:
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:
+            return ""
+
+    sampler = [p.pid for p in tree if "tokenbench.telemetry.sampler" in cmdline(p)]
+    workers = [p.pid for p in tree if "multiprocessing" in cmdline(p)]
     assert sampler and engine_child and len(workers) >= (processes if processes > 1 else 0)
     pids = {p.pid for p in tree} | {engine_child}
     runner.kill()
     runner.wait()
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 10 and _alive(pids):  # the engine's grace (1 s), then SIGKILL
+    while time.monotonic() - t0 < 15 and _alive(pids):  # the engine's grace (1 s), then SIGKILL
         time.sleep(0.05)
     left = _alive(pids)
-    assert not left, [" ".join(psutil.Process(p).cmdline()) for p in left]
+    assert not left, [cmdline(psutil.Process(p)) for p in left]
     assert not list(Path(paths["out_telemetry"]).parent.glob("telemetry.raw*"))
+
+
+class _FailingWriter:
+    """Stands for the journal's IPC writer: the first ``ok`` batches are written, then the disk is full."""
+
+    def __init__(self, real, ok: int):
+        self.real, self.ok = real, ok
+
+    def write_batch(self, batch):
+        import errno
+
+        if self.ok <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.ok -= 1
+        self.real.write_batch(batch)
+
+    def close(self):
+        self.real.close()
+
+
+@pytest.mark.parametrize("how", ["injected", "tmpfs"])
+def test_a_full_disk_under_the_journal_stops_the_load_test_at_once(tmp_path, monkeypatch, how):
+    """ENOSPC while the journal is written: the load test stops its 60 s phase within seconds and
+    fails with the journal's path and the free space; the server is torn down; the records written
+    go beside the journal, saying complete: false and why they stop; the journal holds whole batches."""
+    import subprocess
+
+    from tokenbench.load import journal as jmod
+    from tokenbench.load.run import run_load_test
+
+    eng = {"kind": "llama.cpp", "binary": str(wrapper(tmp_path, "--itl-ms", "1")), "max_batch": 4,
+           "max_context": 256, "stop_grace_s": 2}
+    settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 4, "duration_s": 60}])
+    mnt = None
+    if how == "tmpfs":
+        mnt = tmp_path / "tiny"
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mnt)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN): {r.stderr.strip()}")
+        paths["journal"] = str(mnt / "journal.arrows")
+    else:
+        real_init = jmod.Journal.__init__
+
+        def init(self, *a, **k):
+            real_init(self, *a, **k)
+            self._writer = _FailingWriter(self._writer, ok=3)
+
+        monkeypatch.setattr(jmod.Journal, "__init__", init)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as info:  # JournalWriteError; on the full tmpfs, the records' write failure after it
+            run_load_test(settings, man, probe, **paths)
+        took = time.monotonic() - t0
+        err = str(info.value)
+        assert took < 20, f"the run went on for {took:.0f} s after the disk filled"
+        assert f"request journal {paths['journal']}: write failed" in err and "No space left on device" in err
+        assert re.search(r"\(\d+(\.\d)? (B|KiB|MiB|GiB) free on /", err)
+        written, lost = map(int, re.search(r"stops after its first (\d+) records, (\d+) finished", err).groups())
+        assert written > 0 and lost > 0 and len(read_records(paths["journal"])) == written
+        failed = Path(paths["journal"]).with_name("journal.failed")
+        doc = json.loads((failed / "run.json").read_text()) if how == "injected" else None
+        if doc is None:  # on the full tmpfs the records could not be written either: the error says so, and where
+            assert f"could not write the load test's records to {failed}" in err and "0 B free on" in err
+        else:
+            assert doc["complete"] is False and doc["stopped_reason"].startswith("JournalWriteError: request journal")
+            assert doc["server_stop"]["group_gone"]
+            meta = records.read_meta(failed / "requests.parquet")
+            assert meta["complete"] is False and "No space left" in meta["stopped_reason"]
+            assert len(records.read_table(failed / "requests.parquet")) == written
+        assert not Path(paths["out_run"]).exists()
+    finally:
+        if mnt is not None:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)  # lazy: a file a failed write left open

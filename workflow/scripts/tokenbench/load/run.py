@@ -166,10 +166,10 @@ class Outputs:
     engine_metrics: str | None
 
     @staticmethod
-    def beside(journal: Path) -> Outputs:
-        """Where an interrupted run's records go: next to the journal, since Snakemake removes a failed
-        job's outputs."""
-        partial = journal.with_name(journal.name.split(".")[0] + ".interrupted")
+    def beside(journal: Path, why: str = "interrupted") -> Outputs:
+        """Where an interrupted (or failed: ``why``) run's records go: next to the journal, since
+        Snakemake removes a failed job's outputs."""
+        partial = journal.with_name(journal.name.split(".")[0] + "." + why)
         return Outputs(*(str(partial / n) for n in ("requests.parquet", "telemetry.parquet", "run.json",
                                                     "engine_metrics.parquet")))
 
@@ -266,13 +266,19 @@ class CellLoadTest:
                 self.measure()
             except (KeyboardInterrupt, Interrupted, asyncio.CancelledError) as exc:
                 self.doc["interrupted"] = self.caught.get("signal") or type(exc).__name__
+                self.doc["stopped_reason"] = f"interrupted ({self.doc['interrupted']})"
                 self.outputs = Outputs.beside(self.journal)
                 raise Interrupted(f"load test interrupted; what it measured is in "
                                   f"{Path(self.outputs.run).parent}") from None
+            except Exception as exc:
+                self.doc["stopped_reason"] = f"{type(exc).__name__}: {provenance.scrub(str(exc))}"[:2000]
+                if self.test is not None:  # the load had started: keep what it measured where Snakemake leaves it
+                    self.outputs = Outputs.beside(self.journal, "failed")
+                raise
             finally:
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut teardown short
                 self.teardown()
-                self.write_outputs()
+                self.write_outputs_or_say_why()
         finally:
             signal.signal(signal.SIGTERM, old_term)
         return self.doc
@@ -355,7 +361,8 @@ class CellLoadTest:
         client = ClientSpec(ep.base_url, ep.route_prefix, ep.request_model, request, frozenset(ep.capabilities),
                             ep.headers or None)
         self.test = load_test(load.processes, client, self.prompts, load.name, request.seed, self.journal)
-        run_async(cancellable(shown(self.test.run(load.phases), self.progress()), self.caught))
+        journals = [self.test.journal] if isinstance(self.test, LoadTest) else []  # a sharded test's workers watch their own
+        run_async(cancellable(shown(self.test.run(load.phases), self.progress()), self.caught, journals))
         signal.signal(signal.SIGTERM, _raise_interrupted)  # the event loop's handlers are gone with it
 
     def progress(self) -> Progress | None:
@@ -396,11 +403,25 @@ class CellLoadTest:
             self.telemetry.stop()
             self.doc["telemetry"] = self.telemetry.info()
 
+    def write_outputs_or_say_why(self) -> None:
+        """write_outputs; a write that fails (a full disk) is raised naming the folder, its free space
+        and where the request journal stops, the failure that stopped the run, if one did, before it."""
+        try:
+            self.write_outputs()
+        except OSError as exc:
+            folder = Path(self.outputs.run).parent
+            journals = ", ".join(str(p) for p in self.test.journal_paths) if self.test else "none"
+            why = f"; the run had stopped: {self.doc['stopped_reason']}" if "stopped_reason" in self.doc else ""
+            raise OSError(exc.errno, f"could not write the load test's records to {folder}: {exc} "
+                                     f"({request_journal.free_space(folder)}); its request journal ({journals}) "
+                                     f"holds every record written before the failure{why}") from exc
+
     def write_outputs(self) -> None:
         prov = self.provenance()
         self.doc["phases"] = [asdict(m) for m in self.test.marks] if self.test else []
         self.doc["client"] = client_summary(self.test)
-        extra = {"complete": self.doc["complete"], "cell": self.doc["cell"]}
+        extra = {"complete": self.doc["complete"], "cell": self.doc["cell"],
+                 **({"stopped_reason": self.doc["stopped_reason"]} if "stopped_reason" in self.doc else {})}
         out = self.outputs
         counts = iter(self.client_counts) if self.client_counts else None
         # no load ran: no journals, an empty table (not a journal left by an earlier attempt)
@@ -449,11 +470,21 @@ def client_summary(test: LoadTest | ShardedLoadTest | None) -> dict[str, Any]:
     }
 
 
-async def cancellable(coro, caught: dict | None = None):
+async def cancellable(coro, caught: dict | None = None, journals=()):
     """Run coro; SIGTERM or SIGINT cancels it, so every in-flight request records 'cancelled'.
-    The signal's name goes into caught['signal']."""
+    The signal's name goes into caught['signal']. A write failure of one of ``journals`` (a full
+    disk) cancels it too, at once: the load test then closes its journal, which raises the failure
+    (tokenbench.load.journal.JournalWriteError) in place of the cancellation."""
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(coro)
+
+    def on_journal_error(exc):
+        if caught is not None:
+            caught["journal_error"] = str(exc)
+        task.cancel()
+
+    for j in journals:
+        j.on_error = lambda exc: loop.call_soon_threadsafe(on_journal_error, exc)
 
     def on_signal(sig):
         if caught is not None:

@@ -103,7 +103,7 @@ def _worker(conn, k: int, n: int, client: ClientSpec, prompts: list[dict[str, An
 
     error = None
     try:
-        run_async(cancellable(main()))
+        run_async(cancellable(main(), None, [test.journal]))  # a journal write failure stops this worker at once
     except (asyncio.CancelledError, KeyboardInterrupt):
         error = "interrupted"
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
@@ -165,10 +165,7 @@ class ShardedLoadTest:
         done: list[dict[str, Any] | None] = [None] * self.processes
         try:
             while True:
-                msgs = await asyncio.gather(*(q.get() for q in inbox))
-                for i, (kind, body) in enumerate(msgs):
-                    if kind == "done":
-                        done[i] = body
+                msgs = await _next_from_each(inbox, done)
                 if all(kind == "done" for kind, _ in msgs):
                     break
                 if any(kind != "ready" for kind, _ in msgs):
@@ -227,6 +224,31 @@ class ShardedLoadTest:
                                            "drained_ns": max(m["drained_ns"] for m in ms),
                                            "warm_connections": sum(m["warm_connections"] for m in ms)}))
         self.marks.sort(key=lambda m: m.start_ns)
+
+
+async def _next_from_each(inbox: list[asyncio.Queue], done: list) -> list[tuple[str, Any]]:
+    """The next message of every worker (a "done" one's report goes into ``done``). A worker that
+    fails or goes away raises at once, without waiting for the others' next message: their phase
+    may have minutes to run, and the load test must stop now (the caller terminates them)."""
+    gets = [asyncio.ensure_future(q.get()) for q in inbox]
+    try:
+        pending = set(gets)
+        while pending:
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            failed = []
+            for t in finished:
+                i = gets.index(t)
+                kind, body = t.result()
+                if kind == "done":
+                    done[i] = body
+                if kind == "eof" or (kind == "done" and body.get("error")):
+                    failed.append(f"client process {i}: {body['error'] if body else 'exited without a report'}")
+            if failed:
+                raise RuntimeError(f"client process failed: {'; '.join(failed)}")
+        return [t.result() for t in gets]
+    finally:
+        for t in gets:
+            t.cancel()
 
 
 def _receive(conn, inbox: asyncio.Queue) -> None:
