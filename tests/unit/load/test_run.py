@@ -361,6 +361,7 @@ def test_a_full_disk_under_the_journal_stops_the_load_test_at_once(tmp_path, mon
         if r.returncode != 0:
             pytest.skip(f"cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN): {r.stderr.strip()}")
         paths["journal"] = str(mnt / "journal.arrows")
+        monkeypatch.setenv("TOKENBENCH_DISK_CHECK", "0")  # the disk is full from the start: let the run find it
     else:
         real_init = jmod.Journal.__init__
 
@@ -394,3 +395,27 @@ def test_a_full_disk_under_the_journal_stops_the_load_test_at_once(tmp_path, mon
     finally:
         if mnt is not None:
             subprocess.run(["umount", "-l", str(mnt)], check=False)  # lazy: a file a failed write left open
+
+
+def test_a_load_whose_records_cannot_fit_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from tokenbench.load import run as run_mod
+    from tokenbench.load.run import expected_requests, run_load_test
+
+    eng = {"kind": "llama.cpp", "binary": str(wrapper(tmp_path)), "max_batch": 4, "max_context": 256}
+    phases = [{"name": "warm", "mode": "poisson", "rate_rps": 2, "duration_s": 10, "warmup": True},
+              {"name": "pause", "mode": "idle", "duration_s": 5},
+              {"name": "steady", "mode": "closed", "users": 8, "duration_s": 100},
+              {"name": "fixed", "mode": "closed", "users": 2, "requests": 50}]
+    settings, man, probe, paths = cell(tmp_path, eng, phases, request={"max_tokens": 100})
+    # 2 x 10 + 8 users x 100 s at one request per 0.1 s (100 tokens at 1000 tok/s) + 50
+    assert expected_requests(settings.load.phases, 100) == 20 + 8000 + 50 + 1
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(run_mod.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 5 << 20, 5 << 20))
+    with pytest.raises(ConfigError, match=r"not enough disk space for loads\.l: 5\.0 MiB free on /.*need up to "
+                                          r"\d+\.\d MiB \(about 8071 requests"):
+        run_load_test(settings, man, probe, **paths)
+    assert not Path(paths["server_log"]).exists() and not Path(paths["out_run"]).exists()  # nothing started
+    monkeypatch.setenv("TOKENBENCH_DISK_CHECK", "0")
+    assert run_mod.check_disk_space(settings, Path(paths["journal"]), tmp_path)["checked"] is False

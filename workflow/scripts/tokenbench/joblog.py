@@ -8,11 +8,52 @@ import sys
 from pathlib import Path
 
 
+class LogStream:
+    """The job's log file as its stdout/stderr. A write the file refuses (a full disk) goes to the
+    stream it replaced (Snakemake's terminal) instead, after one line saying why, so that an error
+    is never lost with the log (Python's "lost sys.stderr", exit 120, and an empty log)."""
+
+    def __init__(self, fh, fallback):
+        self.fh, self.fallback, self.failed = fh, fallback, None
+
+    def write(self, text: str) -> int:
+        if self.failed is None:
+            try:
+                return self.fh.write(text)
+            except OSError as exc:
+                self.failed = exc
+                self._fallback(f"tokenbench: cannot write the job log {self.fh.name} ({exc}); "
+                               f"what follows would have gone there\n")
+        return self._fallback(text)
+
+    def _fallback(self, text: str) -> int:
+        try:
+            return self.fallback.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        for stream in (self.fh, self.fallback):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+
+    def isatty(self) -> bool:
+        return self.fh.isatty()
+
+    def fileno(self) -> int:
+        return self.fh.fileno()
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+
 def to_log(path: str) -> logging.Logger:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "a", buffering=1)
-    sys.stdout = sys.stderr = fh
-    logging.basicConfig(stream=fh, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    stream = LogStream(open(path, "a", buffering=1), sys.__stderr__)
+    sys.stdout = sys.stderr = stream
+    logging.basicConfig(stream=stream, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
     return logging.getLogger("tokenbench")
 
 

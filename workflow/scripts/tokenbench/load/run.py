@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -260,6 +261,8 @@ class CellLoadTest:
         return desc
 
     def run(self) -> dict[str, Any]:
+        # before anything starts: a disk too full for the load's records (a full disk mid-run loses them)
+        self.doc["preflight_disk"] = check_disk_space(self.settings, self.journal, Path(self.outputs.run).parent)
         old_term = signal.signal(signal.SIGTERM, _raise_interrupted)
         try:
             try:
@@ -450,6 +453,67 @@ class CellLoadTest:
         tel = pd.read_parquet(self.raw_telemetry)
         self.raw_telemetry.unlink()
         return tel
+
+
+STREAM_TOKENS_PER_S = 1000  # the fastest one request's tokens are taken to arrive: bounds a closed-loop user's rate
+RECORD_BYTES = 512  # a request record's fixed columns, uncompressed (ids, stamps, status, prompt id...)
+TOKEN_BYTES = 16  # per output token: its 8-byte chunk stamp and ~4 characters of text, with room to spare
+DISK_RESERVE_BYTES = 8 << 20  # the logs, run.json and telemetry besides
+
+
+def expected_requests(phases, max_tokens: int) -> int:
+    """An upper estimate of the requests a load sends: a bounded phase's `requests`, an open loop's
+    rate x duration, a closed loop's users x duration at one request per max(10 ms, max_tokens at
+    STREAM_TOKENS_PER_S); a trace's rows; a sweep's steps as closed loops of up to max_users."""
+    per_user_rps = 1 / max(0.01, max_tokens / STREAM_TOKENS_PER_S)
+    n = 0.0
+    for p in phases:
+        requests, duration = getattr(p, "requests", None), getattr(p, "duration_s", None)
+        if p.mode == "idle":
+            continue
+        if requests is not None:
+            n += requests
+        elif p.mode == "trace":
+            with open(p.path, "rb") as fh:
+                n += sum(1 for line in fh if line.strip())
+        elif p.mode == "sweep":
+            n += p.step_duration_s * per_user_rps * (1 + p.max_users * (1 + p.rates))
+        elif p.mode == "closed":
+            n += p.users * duration * per_user_rps
+        else:
+            n += p.rate_rps * duration
+    return int(n) + 1
+
+
+def check_disk_space(settings: CellSettings, journal: Path, out_dir: Path) -> dict[str, Any]:
+    """Refuse (ConfigError) a load whose records cannot fit: the journal and the requests table
+    (each about expected_requests x (RECORD_BYTES + TOKEN_BYTES x max_tokens)) plus DISK_RESERVE_BYTES
+    on each filesystem they go to. TOKENBENCH_DISK_CHECK=0 skips it (the estimate is an upper one)."""
+    max_tokens = settings.request.max_tokens
+    n = expected_requests(settings.load.phases, max_tokens)
+    per_copy = n * (RECORD_BYTES + TOKEN_BYTES * max_tokens)
+    if os.environ.get("TOKENBENCH_DISK_CHECK", "1") == "0":
+        return {"checked": False, "reason": "TOKENBENCH_DISK_CHECK=0", "expected_requests": n}
+    need: dict[str, list] = {}  # filesystem's folder -> [bytes, free, what]
+    for path, what in ((journal.parent, f"request journal {journal}"), (out_dir, f"records in {out_dir}")):
+        p = path.absolute()
+        while not p.is_dir() and p != p.parent:
+            p = p.parent
+        dev = str(os.stat(p).st_dev)
+        entry = need.setdefault(dev, [DISK_RESERVE_BYTES, shutil.disk_usage(p).free, [], p])
+        entry[0] += per_copy
+        entry[2].append(what)
+    for bytes_, free, what, p in need.values():
+        if bytes_ > free:
+            hb = request_journal.human_bytes
+            raise ConfigError(
+                f"not enough disk space for loads.{settings.load.name}: {hb(free)} free on {p}, and its "
+                f"{' and '.join(what)} need up to {hb(bytes_)} (about {n} requests x "
+                f"({RECORD_BYTES} + {TOKEN_BYTES} x {max_tokens} max_tokens) bytes each, plus "
+                f"{hb(DISK_RESERVE_BYTES)}); free some space, or move data/ and logs/ to a larger disk "
+                f"(TOKENBENCH_DISK_CHECK=0 skips this upper estimate)")
+    return {"checked": True, "expected_requests": n, "bytes_per_copy": per_copy,
+            "free_bytes": {str(p): free for _, free, _, p in need.values()}}
 
 
 def client_summary(test: LoadTest | ShardedLoadTest | None) -> dict[str, Any]:
