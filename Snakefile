@@ -30,6 +30,7 @@
 import os
 import sys
 
+from snakemake.logging import logger
 from snakemake.utils import min_version
 
 min_version("9.0")  # as pyproject.toml: snakemake>=9,<10
@@ -41,6 +42,9 @@ sys.path.insert(0, SCRIPTS)
 
 from tokenbench.config import (
     ConfigError,
+    check_references,
+    config_warnings,
+    read_config_file,
     validate,
     cells as config_cells,
     compared_pairs,
@@ -51,15 +55,25 @@ from tokenbench.config import (
 
 # The default config, unless --configfile names others: those *replace* it rather than being
 # merged into it (a merged config would silently keep the default's loads and models).
+# (Snakemake reads a --configfile itself, before this file: a YAML error there gets its generic
+# message; `tokenbench validate FILE` names the file, line and column.)
 if not workflow.overwrite_configfiles:
+    try:
+        read_config_file("config/config.yaml")  # a YAML error named with its file and line
+    except ConfigError as exc:
+        raise WorkflowError(str(exc))
 
     configfile: "config/config.yaml"
 
 
+CONFIG_SOURCE = ", ".join(map(str, workflow.overwrite_configfiles)) or "config/config.yaml"
 try:
-    CFG = validate(config, "config")
+    CFG = validate(config, CONFIG_SOURCE)
+    check_references(CFG)  # local model paths, prompt and trace files, api_key_env: at plan time, not in a job
 except ConfigError as exc:
     raise WorkflowError(str(exc))
+for _warning in config_warnings(CFG):
+    logger.warning(f"config warning: {_warning}")
 
 ENGINES = list(CFG.engines)
 MODELS = list(CFG.models)
