@@ -40,6 +40,7 @@ SCRIPTS = os.path.join(workflow.basedir, "workflow", "scripts")
 # job (Snakemake puts a script's own directory, workflow/scripts, on its sys.path).
 sys.path.insert(0, SCRIPTS)
 
+from tokenbench.joblog import forward_stop_signals
 from tokenbench.config import (
     ConfigError,
     check_references,
@@ -111,6 +112,11 @@ rule all:
     default_target: True
     input:
         "site/public/index.html",
+
+
+onstart:
+    # SIGTERM/SIGINT to Snakemake alone: Snakemake waits for running jobs; a load test is told to stop
+    forward_stop_signals("run_load_test")
 
 
 onsuccess:

@@ -66,3 +66,48 @@ def threads() -> int:
     except (KeyError, ValueError):
         pass
     return max(1, n)
+
+
+def forward_stop_signals(script: str = "run_load_test", sig: int | None = None) -> None:
+    """In Snakemake's own process (the Snakefile's ``onstart``): SIGTERM or SIGINT sent to Snakemake
+    alone is passed on, as SIGTERM, to its running jobs of ``script`` (the Python processes whose
+    command line names it), then handled as Snakemake would.
+
+    Snakemake 9 runs a local ``script:`` job as a child process in its own process group and
+    forwards nothing: on SIGTERM it waits for running jobs to finish ("graceful"), on SIGINT
+    (KeyboardInterrupt) it stops scheduling and also waits for them, so a load test ran its phases
+    to the end. Ctrl-C in the terminal reaches the job anyway (the whole foreground group gets it),
+    and a second, SIGTERM, is ignored during its teardown (tokenbench.load.run)."""
+    import signal
+
+    forwarded = sig or signal.SIGTERM
+
+    def forward() -> None:
+        try:
+            import psutil
+
+            children = psutil.Process().children(recursive=True)
+        except Exception:  # noqa: BLE001 - a signal handler must not fail
+            return
+        for child in children:
+            try:
+                argv = child.cmdline()
+                if argv and "python" in os.path.basename(argv[0]) and any(script in a for a in argv[1:]):
+                    child.send_signal(forwarded)
+            except Exception:  # noqa: BLE001 - gone meanwhile
+                continue
+
+    def chain(previous):
+        def handler(signum, frame):
+            forward()
+            if callable(previous):
+                previous(signum, frame)
+            elif signum == signal.SIGINT and previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
+            elif previous == signal.SIG_DFL:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+        return handler
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, chain(signal.getsignal(s)))

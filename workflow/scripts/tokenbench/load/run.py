@@ -77,6 +77,11 @@ class Telemetry:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
+            try:  # an orderly stop, told apart from the death signal this process's death would send
+                self.proc.stdin.write("stop\n")
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                pass
             self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=30)

@@ -13,7 +13,8 @@ Backends:
 
 Run as ``python -m tokenbench.telemetry.sampler --out F --interval S [--pid P] [--devices 0,2]
 [--pid-stdin]`` (``--pid-stdin``: the server's pid arrives on stdin once it is launched, so the
-sampler can start first and record the baseline and the start-up);
+sampler can start first and record the baseline and the start-up; a "stop" line there comes before
+an orderly SIGTERM);
 it prints ``ready`` after its first sample and writes Parquet ``F`` and the sidecar ``F.json`` when
 it receives SIGTERM or SIGINT (or after ``--max-duration``). Should its parent (the load test) die,
 it writes nothing, reaps the server's process group and exits (``run_sampler``'s ``parent``).
@@ -388,7 +389,7 @@ class CpuSampler:
 
         self.psutil = psutil
         self.proc = psutil.Process(pid) if pid else None
-        self.server_pid = pid  # the server followed last (its process group is reaped if the parent dies)
+        self.server_group = _group_led_by(pid)  # the followed server's process group: reaped if the parent dies
         self.me = psutil.Process()
         self.client = psutil.Process(client_pid) if client_pid else None
         self.rapl = Rapl(rapl_pattern)
@@ -402,7 +403,7 @@ class CpuSampler:
 
     def follow(self, pid: int) -> None:
         """From now on, the server process tree is the one under ``pid`` (a gone pid: none)."""
-        self.server_pid = pid
+        self.server_group = _group_led_by(pid)
         try:
             self.proc = self.psutil.Process(pid)
         except self.psutil.Error:
@@ -524,8 +525,10 @@ def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
     rows: list[dict[str, Any]] = []
     times: list[int] = []
     stop = False
+    told_to_stop = threading.Event()  # the parent's own "stop" line: an orderly end, not its death
     if pid_lines is not None:
-        threading.Thread(target=follow_pids, args=(cpu, pid_lines), daemon=True, name="pid-stdin").start()
+        threading.Thread(target=follow_pids, args=(cpu, pid_lines, told_to_stop), daemon=True,
+                         name="pid-stdin").start()
 
     def _stop(*_):
         nonlocal stop
@@ -553,44 +556,64 @@ def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
             if delay > 0:
                 time.sleep(delay / 1e9)
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        if parent_gone(parent):
-            reap_group(cpu.server_pid, orphan_grace_s)
-            return k
-        df = pd.DataFrame(rows, columns=None if rows else ["t_ns", "device"])
-        df["source"] = df["device"].map(lambda d: "nvml" if d.startswith("gpu") else "cpu")
-        df["t_ns"] = df["t_ns"].astype("int64")
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        df.to_parquet(out, index=False)
-        meta = {"interval_s": interval_s, **sampling(times), "nvml": nv is not None,
-                "gpus": gpu.meta() if gpu is not None else [], "cpu": cpu.meta()}
-        sidecar_path(out).write_text(json.dumps(meta, indent=1) + "\n")
+        # stopping already: a further SIGTERM (a dying parent's death signal comes once per thread of it
+        # that the sampler is handed to on its way out) must not cut the reaping or the writing short
+        for sig in old:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            if stop and pid_lines is not None and not told_to_stop.is_set():
+                # SIGTERM with no "stop" line first: the death signal of a parent whose forking thread
+                # died before its other threads, which keep its pid a moment longer: wait for it to go
+                deadline = time.monotonic() + 2.0
+                while not parent_gone(parent) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            if parent_gone(parent):
+                reap_group(cpu.server_group, orphan_grace_s)
+                return k
+            df = pd.DataFrame(rows, columns=None if rows else ["t_ns", "device"])
+            df["source"] = df["device"].map(lambda d: "nvml" if d.startswith("gpu") else "cpu")
+            df["t_ns"] = df["t_ns"].astype("int64")
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            df.to_parquet(out, index=False)
+            meta = {"interval_s": interval_s, **sampling(times), "nvml": nv is not None,
+                    "gpus": gpu.meta() if gpu is not None else [], "cpu": cpu.meta()}
+            sidecar_path(out).write_text(json.dumps(meta, indent=1) + "\n")
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
     return k
 
 
-def reap_group(pid: int | None, grace_s: float) -> None:
-    """SIGTERM the process group led by ``pid`` (a server started in its own session), then SIGKILL
-    what is left of it after ``grace_s``. Nothing for a pid that leads no group."""
+def _group_led_by(pid: int | None) -> int | None:
+    """``pid``'s process group if ``pid`` leads it (a server started in its own session), else None."""
+    try:
+        return pid if pid and os.getpgid(pid) == pid else None
+    except OSError:
+        return None
+
+
+def reap_group(pgid: int | None, grace_s: float) -> None:
+    """SIGTERM the process group ``pgid``, then SIGKILL what is left of it after ``grace_s``; its
+    leader may be gone already (an engine that obeyed its death signal) while its children are not."""
     from tokenbench.engines.server import _signal_group, _wait_group_gone
 
-    try:
-        if pid is None or os.getpgid(pid) != pid:
-            return
-    except OSError:  # gone already
+    if pgid is None:
         return
-    _signal_group(pid, signal.SIGTERM)
-    if not _wait_group_gone(pid, grace_s):
-        _signal_group(pid, signal.SIGKILL)
-        _wait_group_gone(pid, 5.0)
+    _signal_group(pgid, signal.SIGTERM)
+    if not _wait_group_gone(pgid, grace_s):
+        _signal_group(pgid, signal.SIGKILL)
+        _wait_group_gone(pgid, 5.0)
 
 
-def follow_pids(cpu: CpuSampler, lines) -> None:
-    """Point ``cpu`` at each server pid read from ``lines`` (one per line) as it arrives."""
+def follow_pids(cpu: CpuSampler, lines, told_to_stop: threading.Event | None = None) -> None:
+    """Point ``cpu`` at each server pid read from ``lines`` (one per line) as it arrives; a "stop"
+    line (the parent's, just before its SIGTERM) sets ``told_to_stop``."""
     for line in lines:
         line = line.strip()
         if line.isdigit():
             cpu.follow(int(line))
+        elif line == "stop" and told_to_stop is not None:
+            told_to_stop.set()
 
 
 def parse_devices(text: str | None) -> list[int] | None:
