@@ -60,17 +60,20 @@ from tokenbench.config import (
 # message; `tokenbench validate FILE` names the file, line and column.)
 if not workflow.overwrite_configfiles:
     try:
-        read_config_file("config/config.yaml")  # a YAML error named with its file and line
+        # a YAML error named with its file and line
+        read_config_file("config/config.yaml")
     except ConfigError as exc:
         raise WorkflowError(str(exc))
 
     configfile: "config/config.yaml"
 
 
-CONFIG_SOURCE = ", ".join(map(str, workflow.overwrite_configfiles)) or "config/config.yaml"
+CONFIG_FILES = ", ".join(map(str, workflow.overwrite_configfiles))
+CONFIG_SOURCE = CONFIG_FILES or "config/config.yaml"
 try:
     CFG = validate(config, CONFIG_SOURCE)
-    check_references(CFG)  # local model paths, prompt and trace files, api_key_env: at plan time, not in a job
+    # local model paths, prompt and trace files, api_key_env: at plan time, not in a job
+    check_references(CFG)
 except ConfigError as exc:
     raise WorkflowError(str(exc))
 for _warning in config_warnings(CFG):

@@ -1,7 +1,11 @@
 import dataclasses
+import os
+import signal
 import subprocess
 import sys
+import time
 
+import pytest
 import yaml
 
 from tests.snakemake_util import ROOT, SNAKEMAKE, env, job_counts, snakemake
@@ -199,3 +203,59 @@ def test_dry_run_of_the_default_config_names_a_yaml_error_with_its_line(tmp_path
     assert out.returncode != 0
     assert ("config/config.yaml:4:7: not valid YAML: while parsing a flow sequence (opened at line 3, column 8); "
             "expected ',' or ']', but got ':'") in out.stdout + out.stderr, out.stdout[-2000:]
+
+
+MINI_SNAKEFILE = """
+import sys
+sys.path.insert(0, {scripts!r})
+from tokenbench.joblog import forward_stop_signals
+
+
+onstart:
+    forward_stop_signals("run_load_test")
+
+
+rule all:
+    output:
+        "done.txt",
+    script:
+        "run_load_test.py"
+"""
+MINI_JOB = """
+import signal, sys, time
+from pathlib import Path
+
+def stop(*_):
+    Path("stopped.txt").write_text("SIGTERM")
+    sys.exit(3)
+
+signal.signal(signal.SIGTERM, stop)
+Path("started.txt").write_text("")
+time.sleep(120)
+Path("done.txt").write_text("")
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_snakemake_alone_reaches_the_running_load_test(tmp_path, sig):
+    """Real Snakemake 9: a script job named run_load_test gets SIGTERM, through the Snakefile's
+    onstart hook, when Snakemake alone is sent SIGTERM or SIGINT, and Snakemake exits within
+    seconds instead of waiting out the job (120 s here)."""
+    (tmp_path / "Snakefile").write_text(MINI_SNAKEFILE.format(scripts=str(ROOT / "workflow" / "scripts")))
+    (tmp_path / "run_load_test.py").write_text(MINI_JOB)
+    p = subprocess.Popen(SNAKEMAKE + ["--cores", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env=env(), start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (tmp_path / "started.txt").exists():
+        time.sleep(0.1)
+    assert (tmp_path / "started.txt").exists()
+    t0 = time.monotonic()
+    os.kill(p.pid, sig)  # Snakemake alone, not its process group
+    try:
+        out, _ = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert time.monotonic() - t0 < 30
+    assert (tmp_path / "stopped.txt").read_text() == "SIGTERM", out[-2000:]
+    assert p.returncode != 0 and not (tmp_path / "done.txt").exists()
