@@ -72,12 +72,15 @@ CONFIG_FILES = ", ".join(map(str, workflow.overwrite_configfiles))
 CONFIG_SOURCE = CONFIG_FILES or "config/config.yaml"
 try:
     CFG = validate(config, CONFIG_SOURCE)
-    # local model paths, prompt and trace files, api_key_env: at plan time, not in a job
-    check_references(CFG)
+    # local model paths, prompt and trace files, api_key_env: where the run is planned (also
+    # snakemake -n), not in a job, nor again in each job's own Snakemake (a cluster node)
+    if workflow.is_main_process:
+        check_references(CFG)
 except ConfigError as exc:
     raise WorkflowError(str(exc))
-for _warning in config_warnings(CFG):
-    logger.warning(f"config warning: {_warning}")
+if workflow.is_main_process:
+    for _warning in config_warnings(CFG):
+        logger.warning(f"config warning: {_warning}")
 
 ENGINES = list(CFG.engines)
 MODELS = list(CFG.models)
