@@ -419,3 +419,34 @@ def test_a_load_whose_records_cannot_fit_is_refused_before_anything_starts(tmp_p
     assert not Path(paths["server_log"]).exists() and not Path(paths["out_run"]).exists()  # nothing started
     monkeypatch.setenv("TOKENBENCH_DISK_CHECK", "0")
     assert run_mod.check_disk_space(settings, Path(paths["journal"]), tmp_path)["checked"] is False
+
+
+def test_a_full_disk_under_a_client_processs_journal_stops_every_client_process(tmp_path, monkeypatch):
+    """On two client processes: the worker whose journal write fails stops at once, and the load
+    test stops the other one without waiting out its 60 s phase, then fails with the worker's error."""
+    import subprocess
+
+    from tokenbench.load.run import run_load_test
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN): {r.stderr.strip()}")
+    monkeypatch.setenv("TOKENBENCH_DISK_CHECK", "0")
+    try:
+        eng = {"kind": "llama.cpp", "binary": str(wrapper(tmp_path, "--itl-ms", "1")), "max_batch": 4,
+               "max_context": 256, "stop_grace_s": 2}
+        settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 4, "duration_s": 60}],
+                                           processes=2)
+        paths["journal"] = str(mnt / "journal.arrows")
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as info:  # the records could not be written either: that error, the run's after it
+            run_load_test(settings, man, probe, **paths)
+        took = time.monotonic() - t0
+        err = str(info.value)
+        assert took < 30, f"the run went on for {took:.0f} s after the disk filled"
+        assert "client process failed: client process" in err and "JournalWriteError: request journal" in err
+        assert "No space left on device" in err and " free on " in err
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
