@@ -556,7 +556,7 @@ class Config(Strict):
                 if req.endpoint not in caps:
                     raise ValueError(f"{where}.endpoint: engine '{name}' ({e.kind}) does not serve '{req.endpoint}'")
         if not cells(self):
-            raise ValueError("no (engine, model, load) cell to run: check engines.<name>.models")
+            raise ValueError("engines: no (engine, model, load) cell to run: check engines.<name>.models")
         if self.sweep:
             unknown = [l for l in self.sweep.loads if l not in self.loads]
             if unknown:
@@ -566,13 +566,16 @@ class Config(Strict):
                 if self.sweep.phase:
                     match = [p for p in phases if p.name == self.sweep.phase]
                     if not match:
-                        raise ValueError(f"sweep.phase '{self.sweep.phase}' is not a phase of load '{lname}'")
+                        raise ValueError(f"sweep.phase: '{self.sweep.phase}' is not a phase of load '{lname}'; "
+                                         f"allowed: {[p.name for p in phases]}")
                     ph = match[0]
                 else:
                     ph = sweep_phase(self.loads[lname])
                 if not isinstance(ph, ClosedPhase):
                     raise ValueError(
-                        f"load '{lname}' in the users sweep needs a closed-loop steady phase to read"
+                        f"sweep.loads: load '{lname}' in the users sweep needs a closed-loop steady phase to read; "
+                        f"its last steady phase is {ph.name!r} ({ph.mode})" if ph is not None else
+                        f"sweep.loads: load '{lname}' in the users sweep needs a closed-loop steady phase to read"
                     )
         self._check_comparisons()
         return self
