@@ -245,10 +245,13 @@ def test_max_batch_below_the_users_is_a_stated_warning_not_an_error(raw, capsys,
 
     cfg = validate(raw)  # the default config's serial baseline: max_batch 1 against up to 8 users
     warnings = config_warnings(cfg)
-    assert ("engines.llamacpp-serial.max_batch is 1, below loads.users-8.phases[steady].users = 8: 7 of its requests "
-            "at a time queue inside the engine") in "\n".join(warnings)
-    assert not [w for w in warnings if w.startswith("engines.llamacpp-batched.")]  # 8 slots, at most 8 users
+    assert len(warnings) == 1  # one line per engine
+    assert warnings[0].startswith("engines.llamacpp-serial.max_batch is 1, below the users of: loads.three_phase."
+                                  "phases[ramp].users = 8, phases[stress].users = 8; loads.users-2.phases[ramp].users = 2")
+    assert "loads.users-8.phases[ramp].users = 8, phases[steady].users = 8. Requests beyond 1 at a time queue inside " \
+           "the engine and their latency includes the wait" in warnings[0]
+    assert "loads.users-1" not in warnings[0]  # 1 user: nothing queues
     f = tmp_path / "c.yaml"
     f.write_text(yaml.safe_dump(raw))
     assert main(["validate", str(f)]) == 0
-    assert "warning: engines.llamacpp-serial.max_batch is 1, below" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("warning: engines.llamacpp-serial.max_batch is 1, below the users of")

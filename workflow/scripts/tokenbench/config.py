@@ -779,8 +779,8 @@ def config_warnings(cfg: Config) -> list[str]:
     runs is a warning, not an error: the surplus requests queue inside the engine, so their latency
     includes that queueing, which is what a serial baseline (the default config's max_batch: 1
     against 8 users) sets out to measure."""
-    out = []
-    for e, m, l in cells(cfg):
+    over: dict[str, dict[str, list[str]]] = {}  # engine -> load -> "phases[name].key = n"
+    for e, _, l in cells(cfg):
         eng = cfg.engines[e]
         if eng.max_batch is None:
             continue
@@ -788,10 +788,16 @@ def config_warnings(cfg: Config) -> list[str]:
             key = {"closed": "users", "sweep": "max_users"}.get(ph.mode, "max_concurrency")
             users = getattr(ph, key, None)  # the most requests the phase has in flight, where it says
             if users is not None and users > eng.max_batch:
-                out.append(f"engines.{e}.max_batch is {eng.max_batch}, below loads.{l}.phases[{ph.name}].{key} "
-                           f"= {users}: {users - eng.max_batch} of its requests at a time queue inside the engine, "
-                           f"and their latency includes that wait (meant for a serial baseline; otherwise raise "
-                           f"max_batch to {users})")
+                found = over.setdefault(e, {}).setdefault(l, [])
+                if f"phases[{ph.name}].{key} = {users}" not in found:
+                    found.append(f"phases[{ph.name}].{key} = {users}")
+    out = []
+    for e, loads in over.items():
+        n = cfg.engines[e].max_batch
+        where = "; ".join(f"loads.{l}.{', '.join(found)}" for l, found in loads.items())
+        out.append(f"engines.{e}.max_batch is {n}, below the users of: {where}. Requests beyond {n} at a time queue "
+                   f"inside the engine and their latency includes the wait: meant for a serial baseline; "
+                   f"otherwise raise max_batch")
     return out
 
 
