@@ -32,6 +32,7 @@
 import os
 import sys
 
+from snakemake.logging import logger
 from snakemake.utils import min_version
 
 min_version("9.0")  # as pyproject.toml: snakemake>=9,<10
@@ -41,8 +42,12 @@ SCRIPTS = os.path.join(workflow.basedir, "workflow", "scripts")
 # job (Snakemake puts a script's own directory, workflow/scripts, on its sys.path).
 sys.path.insert(0, SCRIPTS)
 
+from tokenbench.joblog import forward_stop_signals
 from tokenbench.config import (
     ConfigError,
+    check_references,
+    config_warnings,
+    read_config_file,
     validate,
     cells as config_cells,
     compared_pairs,
@@ -53,15 +58,31 @@ from tokenbench.config import (
 
 # The default config, unless --configfile names others: those *replace* it rather than being
 # merged into it (a merged config would silently keep the default's loads and models).
+# (Snakemake reads a --configfile itself, before this file: a YAML error there gets its generic
+# message; `tokenbench validate FILE` names the file, line and column.)
 if not workflow.overwrite_configfiles:
+    try:
+        # a YAML error named with its file and line
+        read_config_file("config/config.yaml")
+    except ConfigError as exc:
+        raise WorkflowError(str(exc))
 
     configfile: "config/config.yaml"
 
 
+CONFIG_FILES = ", ".join(map(str, workflow.overwrite_configfiles))
+CONFIG_SOURCE = CONFIG_FILES or "config/config.yaml"
 try:
-    CFG = validate(config, "config")
+    CFG = validate(config, CONFIG_SOURCE)
+    # local model paths, prompt and trace files, api_key_env: where the run is planned (also
+    # snakemake -n), not in a job, nor again in each job's own Snakemake (a cluster node)
+    if workflow.is_main_process:
+        check_references(CFG)
 except ConfigError as exc:
     raise WorkflowError(str(exc))
+if workflow.is_main_process:
+    for _warning in config_warnings(CFG):
+        logger.warning(f"config warning: {_warning}")
 
 ENGINES = list(CFG.engines)
 MODELS = list(CFG.models)
@@ -100,6 +121,11 @@ rule all:
     default_target: True
     input:
         "site/public/index.html",
+
+
+onstart:
+    # SIGTERM/SIGINT to Snakemake alone: Snakemake waits for running jobs; a load test is told to stop
+    forward_stop_signals("run_load_test")
 
 
 onsuccess:

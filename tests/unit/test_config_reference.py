@@ -24,9 +24,6 @@ def test_every_config_key_outside_the_phases_has_a_description():
     assert len([1 for sec, _ in _rows() if not _is_phase(sec)]) > 100  # the walk reached every block
 
 
-@pytest.mark.xfail(strict=True, reason="phase keys are declared in tokenbench/load/phases.py, which issue 12's "
-                   "conventions brief leaves untouched (the load generator); their Field descriptions are a follow-up "
-                   "(strict: this fails as a pass once they are written, so the mark is removed then)")
 def test_every_phase_key_has_a_description():
     missing = [r["key"] for sec, r in _rows() if _is_phase(sec) and not r["description"] and not r["key"].endswith(".mode")]
     assert not missing

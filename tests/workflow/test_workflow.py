@@ -1,10 +1,14 @@
 import dataclasses
+import os
+import signal
 import subprocess
 import sys
+import time
 
+import pytest
 import yaml
 
-from tests.snakemake_util import ROOT, job_counts, snakemake
+from tests.snakemake_util import ROOT, SNAKEMAKE, env, job_counts, snakemake
 
 
 def test_snakemake_lint_is_clean():
@@ -100,7 +104,7 @@ def test_bad_config_fails_before_running_with_the_key_named(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
     out = snakemake(tmp_path, "-n", configfile=tmp_path / "bad.yaml")
     assert out.returncode != 0
-    assert "loads.users-4.phases.0.closed.users" in out.stdout + out.stderr
+    assert "loads.users-4.phases[ramp].users: Input should be greater than or equal to 1; given -1" in out.stdout + out.stderr
 
 
 def test_request_record_schema_matches_the_parquet_columns():
@@ -169,3 +173,89 @@ def test_local_profile_dry_runs_with_one_load_test_at_a_time(tmp_path):
         p = yaml.safe_load((ROOT / "workflow" / "profiles" / name / "config.yaml").read_text())
         assert p["executor"] == name and p["set-resources"]["run_load_test"]["gpu"] == 1
         assert plugin_key in p["set-resources"]["run_load_test"]
+
+
+def test_dry_run_checks_the_files_and_variables_the_config_refers_to(tmp_path):
+    """A missing local model, prompt file or trace, and an unset api_key_env, stop `snakemake -n`
+    (not a job an hour later), each named with its key."""
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    cfg["models"]["gone"] = {"source": "local", "path": "models/gone.gguf"}
+    cfg["request"]["prompts"] = {"file": "prompts/missing.jsonl"}
+    cfg["engines"]["remote"] = {"kind": "external", "url": "http://127.0.0.1:9", "api_key_env": "TB_UNSET_KEY_XYZ",
+                                "capabilities": ["chat", "ignore_eos", "stream_usage"], "models": ["gone"]}
+    cfg["loads"]["replay"] = {"phases": [{"name": "replay", "mode": "trace", "path": "traces/none.jsonl"}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake(tmp_path, "-n", configfile=tmp_path / "c.yaml")
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    for line in ("models.gone.path: 'models/gone.gguf' does not exist",
+                 "engines.remote.api_key_env: the environment variable TB_UNSET_KEY_XYZ is not set",
+                 "request.prompts.file: 'prompts/missing.jsonl' is not a file",
+                 "loads.replay.phases[replay].path: trace 'traces/none.jsonl' is not a file"):
+        assert line in text, text[-3000:]
+
+
+def test_dry_run_of_the_default_config_names_a_yaml_error_with_its_line(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text("study:\n  title: x\nloads: [1, 2\nmodels: {}\n")
+    out = subprocess.run(SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "-n", "--cores", "1"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env())
+    assert out.returncode != 0
+    assert ("config/config.yaml:4:7: not valid YAML: while parsing a flow sequence (opened at line 3, column 8); "
+            "expected ',' or ']', but got ':'") in out.stdout + out.stderr, out.stdout[-2000:]
+
+
+MINI_SNAKEFILE = """
+import sys
+sys.path.insert(0, {scripts!r})
+from tokenbench.joblog import forward_stop_signals
+
+
+onstart:
+    forward_stop_signals("run_load_test")
+
+
+rule all:
+    output:
+        "done.txt",
+    script:
+        "run_load_test.py"
+"""
+MINI_JOB = """
+import signal, sys, time
+from pathlib import Path
+
+def stop(*_):
+    Path("stopped.txt").write_text("SIGTERM")
+    sys.exit(3)
+
+signal.signal(signal.SIGTERM, stop)
+Path("started.txt").write_text("")
+time.sleep(120)
+Path("done.txt").write_text("")
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_snakemake_alone_reaches_the_running_load_test(tmp_path, sig):
+    """Real Snakemake 9: a script job named run_load_test gets SIGTERM, through the Snakefile's
+    onstart hook, when Snakemake alone is sent SIGTERM or SIGINT, and Snakemake exits within
+    seconds instead of waiting out the job (120 s here)."""
+    (tmp_path / "Snakefile").write_text(MINI_SNAKEFILE.format(scripts=str(ROOT / "workflow" / "scripts")))
+    (tmp_path / "run_load_test.py").write_text(MINI_JOB)
+    p = subprocess.Popen(SNAKEMAKE + ["--cores", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env=env(), start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (tmp_path / "started.txt").exists():
+        time.sleep(0.1)
+    assert (tmp_path / "started.txt").exists()
+    t0 = time.monotonic()
+    os.kill(p.pid, sig)  # Snakemake alone, not its process group
+    try:
+        out, _ = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert time.monotonic() - t0 < 30
+    assert (tmp_path / "stopped.txt").read_text() == "SIGTERM", out[-2000:]
+    assert p.returncode != 0 and not (tmp_path / "done.txt").exists()

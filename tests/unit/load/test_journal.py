@@ -114,5 +114,75 @@ def test_a_write_failure_is_raised_not_swallowed(tmp_path):
     j = Journal(tmp_path / "j.arrows", batch_rows=1)
     j._sink.close()  # the disk went away under the writer
     j.add(rec(0))
-    with pytest.raises(RuntimeError, match="request journal"):
+    from tokenbench.load.journal import JournalWriteError
+
+    with pytest.raises(JournalWriteError, match="request journal .*j.arrows: write failed: .* free on "):
         j.close()
+
+
+def test_a_full_disk_stops_the_journal_says_where_and_tells_at_once(tmp_path, monkeypatch):
+    """ENOSPC from the writer: on_error fires from the writer thread with the path and the free
+    space; add and seal keep going without raising (they run in request tasks); close raises a
+    JournalWriteError that says how many records the journal holds, and it holds exactly those."""
+    import errno
+    import threading
+
+    from tokenbench.load.journal import JournalWriteError
+
+    j = Journal(tmp_path / "j.arrows", batch_rows=2)
+    seen, fired = [], threading.Event()
+    j.on_error = lambda exc: (seen.append(exc), fired.set())
+    real, calls = j._writer.write_batch, []
+
+    def full_disk(batch):
+        calls.append(batch.num_rows)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(batch)
+
+    monkeypatch.setattr(j, "_writer", type("W", (), {"write_batch": staticmethod(full_disk),
+                                                     "close": real.__self__.close})())
+    for i in range(6):
+        j.add(rec(i))
+    assert fired.wait(5), "the failure was not reported"
+    err = seen[0]
+    assert isinstance(err, JournalWriteError) and err.errno == errno.ENOSPC
+    assert str(tmp_path / "j.arrows") in str(err) and "free on" in str(err) and "first 4 records" in str(err)
+    for i in range(6, 9):  # requests still finishing: no exception in their tasks
+        j.add(rec(i))
+    j.seal()
+    j.convert()
+    with pytest.raises(JournalWriteError, match=r"stops after its first 4 records, 5 finished records") as info:
+        j.close()
+    assert info.value.written == 4 and info.value.lost == 5 and j.rows == 9
+    assert [r.request_id for r in read_records(tmp_path / "j.arrows")] == [0, 1, 2, 3]
+
+
+def _tiny_tmpfs(tmp_path, size: str = "64k"):
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN): {r.stderr.strip()}")
+    return mnt
+
+
+def test_a_real_full_disk_fills_the_journal_to_its_last_whole_batch(tmp_path):
+    import subprocess
+
+    from tokenbench.load.journal import JournalWriteError
+
+    mnt = _tiny_tmpfs(tmp_path)
+    try:
+        j = Journal(mnt / "j.arrows", batch_rows=8)
+        for i in range(400):  # ~200 KiB of chunk stamps: more than the 64 KiB disk
+            j.add(rec(i, chunks=64))
+        with pytest.raises(JournalWriteError, match=r"No space left on device.*free on .*tiny") as info:
+            j.close()
+        e = info.value
+        assert 0 < e.written < 400 and e.written + e.lost == 400 and e.written % 8 == 0
+        assert len(read_records(mnt / "j.arrows")) == e.written
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)  # lazy: a file a failed write left open

@@ -2,6 +2,7 @@
 engine metrics scraped into Parquet, no orphan server after SIGTERM/SIGINT, API keys never stored."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 
 from tokenbench import records
-from tokenbench.load.journal import batches, frame
+from tokenbench.load.journal import batches, frame, read_records
 from tokenbench.config import CellSettings, ConfigError, ValiditySpec, cell_settings, validate
 from tokenbench.engines.server import group_alive
 
@@ -283,3 +284,195 @@ def test_a_cell_on_two_client_processes_writes_one_requests_table(tmp_path):
     assert set(req["request_id"] % 2) == {0, 1} and req["request_id"].is_unique
     assert (req["status"] == "ok").all() and req["client_output_tokens"].notna().all()  # counted from both journals
     assert [p["warm_connections"] for p in doc["phases"]] == [3]
+
+
+def _alive(pids) -> list:
+    import psutil
+
+    out = []
+    for p in pids:
+        try:
+            if psutil.Process(p).status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("engine_flags, processes", [((), 2), (("--ignore-sigterm",), 1)],
+                         ids=["two-client-processes", "engine-ignores-sigterm"])
+def test_a_sigkilled_load_test_leaves_no_process_behind(tmp_path, engine_flags, processes):
+    """SIGKILL of the load-test job mid-load: its sampler, the engine, the engine's own child and
+    the client worker processes all go within seconds (their parent-death signal; the sampler reaps
+    the engine's process group, with SIGKILL after the engine's grace when it ignores SIGTERM), and
+    the sampler writes nothing into the run's folder."""
+    import psutil
+
+    eng = {"kind": "llama.cpp", "binary": str(wrapper(tmp_path, "--spawn-child", "--itl-ms", "50", *engine_flags)),
+           "max_batch": 2, "max_context": 256, "stop_grace_s": 1}
+    settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 2, "duration_s": 120}],
+                                       processes=processes)
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"settings": settings.model_dump(mode="json"), "man": man, "probe": probe,
+                                "paths": paths}))
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER.format(scripts=str(ROOT / "workflow" / "scripts"),
+                                                                   args=str(args))],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log, journal = Path(paths["server_log"]), Path(paths["journal"])
+    journals = [journal] if processes == 1 else [journal.with_name(f"journal.shard{k}.arrows") for k in range(2)]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not ("child pid" in (log.read_text() if log.exists() else "")
+                                               and all(j.exists() and next(batches(j), None) for j in journals)):
+        time.sleep(0.1)  # the engine has its child and requests are flowing: kill mid-load
+    assert runner.poll() is None, "the load test ended before it could be killed"
+    tree = psutil.Process(runner.pid).children(recursive=True)
+    engine_child = int(log.read_text().split("child pid ")[1].split()[0])
+
+    def cmdline(p) -> str:
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:
+            return ""
+
+    sampler = [p.pid for p in tree if "tokenbench.telemetry.sampler" in cmdline(p)]
+    workers = [p.pid for p in tree if "multiprocessing" in cmdline(p)]
+    assert sampler and engine_child and len(workers) >= (processes if processes > 1 else 0)
+    pids = {p.pid for p in tree} | {engine_child}
+    runner.kill()
+    runner.wait()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 15 and _alive(pids):  # the engine's grace (1 s), then SIGKILL
+        time.sleep(0.05)
+    left = _alive(pids)
+    assert not left, [cmdline(psutil.Process(p)) for p in left]
+    assert not list(Path(paths["out_telemetry"]).parent.glob("telemetry.raw*"))
+
+
+class _FailingWriter:
+    """Stands for the journal's IPC writer: the first ``ok`` batches are written, then the disk is full."""
+
+    def __init__(self, real, ok: int):
+        self.real, self.ok = real, ok
+
+    def write_batch(self, batch):
+        import errno
+
+        if self.ok <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.ok -= 1
+        self.real.write_batch(batch)
+
+    def close(self):
+        self.real.close()
+
+
+@pytest.mark.parametrize("how", ["injected", "tmpfs"])
+def test_a_full_disk_under_the_journal_stops_the_load_test_at_once(tmp_path, monkeypatch, how):
+    """ENOSPC while the journal is written: the load test stops its 60 s phase within seconds and
+    fails with the journal's path and the free space; the server is torn down; the records written
+    go beside the journal, saying complete: false and why they stop; the journal holds whole batches."""
+    import subprocess
+
+    from tokenbench.load import journal as jmod
+    from tokenbench.load.run import run_load_test
+
+    eng = {"kind": "llama.cpp", "binary": str(wrapper(tmp_path, "--itl-ms", "1")), "max_batch": 4,
+           "max_context": 256, "stop_grace_s": 2}
+    settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 4, "duration_s": 60}])
+    mnt = None
+    if how == "tmpfs":
+        mnt = tmp_path / "tiny"
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mnt)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN): {r.stderr.strip()}")
+        paths["journal"] = str(mnt / "journal.arrows")
+        monkeypatch.setenv("TOKENBENCH_DISK_CHECK", "0")  # the disk is full from the start: let the run find it
+    else:
+        real_init = jmod.Journal.__init__
+
+        def init(self, *a, **k):
+            real_init(self, *a, **k)
+            self._writer = _FailingWriter(self._writer, ok=3)
+
+        monkeypatch.setattr(jmod.Journal, "__init__", init)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as info:  # JournalWriteError; on the full tmpfs, the records' write failure after it
+            run_load_test(settings, man, probe, **paths)
+        took = time.monotonic() - t0
+        err = str(info.value)
+        assert took < 20, f"the run went on for {took:.0f} s after the disk filled"
+        assert f"request journal {paths['journal']}: write failed" in err and "No space left on device" in err
+        assert re.search(r"\(\d+(\.\d)? (B|KiB|MiB|GiB) free on /", err)
+        written, lost = map(int, re.search(r"stops after its first (\d+) records, (\d+) finished", err).groups())
+        assert written > 0 and lost > 0 and len(read_records(paths["journal"])) == written
+        failed = Path(paths["journal"]).with_name("journal.failed")
+        doc = json.loads((failed / "run.json").read_text()) if how == "injected" else None
+        if doc is None:  # on the full tmpfs the records could not be written either: the error says so, and where
+            assert f"could not write the load test's records to {failed}" in err and "0 B free on" in err
+        else:
+            assert doc["complete"] is False and doc["stopped_reason"].startswith("JournalWriteError: request journal")
+            assert doc["server_stop"]["group_gone"]
+            meta = records.read_meta(failed / "requests.parquet")
+            assert meta["complete"] is False and "No space left" in meta["stopped_reason"]
+            assert len(records.read_table(failed / "requests.parquet")) == written
+        assert not Path(paths["out_run"]).exists()
+    finally:
+        if mnt is not None:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)  # lazy: a file a failed write left open
+
+
+def test_a_load_whose_records_cannot_fit_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from tokenbench.load import run as run_mod
+    from tokenbench.load.run import expected_requests, run_load_test
+
+    eng = {"kind": "llama.cpp", "binary": str(wrapper(tmp_path)), "max_batch": 4, "max_context": 256}
+    phases = [{"name": "warm", "mode": "poisson", "rate_rps": 2, "duration_s": 10, "warmup": True},
+              {"name": "pause", "mode": "idle", "duration_s": 5},
+              {"name": "steady", "mode": "closed", "users": 8, "duration_s": 100},
+              {"name": "fixed", "mode": "closed", "users": 2, "requests": 50}]
+    settings, man, probe, paths = cell(tmp_path, eng, phases, request={"max_tokens": 100})
+    # 2 x 10 + 8 users x 100 s at one request per 0.1 s (100 tokens at 1000 tok/s) + 50
+    assert expected_requests(settings.load.phases, 100) == 20 + 8000 + 50 + 1
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(run_mod.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 5 << 20, 5 << 20))
+    with pytest.raises(ConfigError, match=r"not enough disk space for loads\.l: 5\.0 MiB free on /.*need up to "
+                                          r"\d+\.\d MiB \(about 8071 requests"):
+        run_load_test(settings, man, probe, **paths)
+    assert not Path(paths["server_log"]).exists() and not Path(paths["out_run"]).exists()  # nothing started
+    monkeypatch.setenv("TOKENBENCH_DISK_CHECK", "0")
+    assert run_mod.check_disk_space(settings, Path(paths["journal"]), tmp_path)["checked"] is False
+
+
+def test_a_full_disk_under_a_client_processs_journal_stops_every_client_process(tmp_path, monkeypatch):
+    """On two client processes: the worker whose journal write fails stops at once, and the load
+    test stops the other one without waiting out its 60 s phase, then fails with the worker's error."""
+    import subprocess
+
+    from tokenbench.load.run import run_load_test
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN): {r.stderr.strip()}")
+    monkeypatch.setenv("TOKENBENCH_DISK_CHECK", "0")
+    try:
+        eng = {"kind": "llama.cpp", "binary": str(wrapper(tmp_path, "--itl-ms", "1")), "max_batch": 4,
+               "max_context": 256, "stop_grace_s": 2}
+        settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 4, "duration_s": 60}],
+                                           processes=2)
+        paths["journal"] = str(mnt / "journal.arrows")
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as info:  # the records could not be written either: that error, the run's after it
+            run_load_test(settings, man, probe, **paths)
+        took = time.monotonic() - t0
+        err = str(info.value)
+        assert took < 30, f"the run went on for {took:.0f} s after the disk filled"
+        assert "client process failed: client process" in err and "JournalWriteError: request journal" in err
+        assert "No space left on device" in err and " free on " in err
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

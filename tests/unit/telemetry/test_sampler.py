@@ -323,3 +323,36 @@ def test_run_sampler_with_fake_nvml_writes_the_sidecar(tmp_path):
     assert side["gpus"][1]["power_usage_semantics"] == "instantaneous"
     assert side["gpus"][0]["uuid"].startswith("GPU-")
     assert {"cpu_count", "cpus", "rapl", "pss_every"} <= set(side["cpu"])
+
+
+def test_a_sampler_without_a_death_signal_still_stops_when_its_parent_dies(tmp_path):
+    """The fallback to PR_SET_PDEATHSIG: a sampler started plainly (no preexec_fn, as off Linux or by
+    hand) notices at its next sample that it was re-parented, reaps the server group it followed
+    (here a sleeping process in its own session, started by the same parent) and exits without writing."""
+    import psutil
+
+    out = tmp_path / "tel.parquet"
+    code = textwrap.dedent(f"""
+        import subprocess, sys, time
+        server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+        p = subprocess.Popen([sys.executable, "-m", "tokenbench.telemetry.sampler", "--out", {str(out)!r},
+                              "--interval", "0.05", "--pid", str(server.pid), "--orphan-grace", "1"],
+                             stdout=subprocess.PIPE, text=True)
+        p.stdout.readline()
+        print(p.pid, server.pid, flush=True)
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    pids = [int(x) for x in parent.stdout.readline().split()]
+    parent.kill()
+    parent.wait()
+
+    def alive():
+        return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 5 and alive():
+        time.sleep(0.05)
+    assert not alive()  # the sampler, and the server it followed
+    assert not out.exists() and not out.with_suffix(".json").exists()

@@ -75,13 +75,15 @@ def main(argv=None) -> int:
     if args.cmd == "run":
         return _run(args)
     if args.cmd == "validate":
-        from tokenbench.config import ConfigError, cells, load_config
+        from tokenbench.config import ConfigError, cells, config_warnings, load_config
 
         try:
             cfg = load_config(args.config)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 2
+        for w in config_warnings(cfg):
+            print(f"warning: {w}", file=sys.stderr)
         for e, m, l in cells(cfg):
             print(f"{e}\t{m}\t{l}")
         return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -570,7 +571,7 @@ class Config(Strict):
                 if req.endpoint not in caps:
                     raise ValueError(f"{where}.endpoint: engine '{name}' ({e.kind}) does not serve '{req.endpoint}'")
         if not cells(self):
-            raise ValueError("no (engine, model, load) cell to run: check engines.<name>.models")
+            raise ValueError("engines: no (engine, model, load) cell to run: check engines.<name>.models")
         from tokenbench.model_formats import ConversionError
 
         for e, m in pairs(self):
@@ -587,13 +588,16 @@ class Config(Strict):
                 if self.sweep.phase:
                     match = [p for p in phases if p.name == self.sweep.phase]
                     if not match:
-                        raise ValueError(f"sweep.phase '{self.sweep.phase}' is not a phase of load '{lname}'")
+                        raise ValueError(f"sweep.phase: '{self.sweep.phase}' is not a phase of load '{lname}'; "
+                                         f"allowed: {[p.name for p in phases]}")
                     ph = match[0]
                 else:
                     ph = sweep_phase(self.loads[lname])
                 if not isinstance(ph, ClosedPhase):
                     raise ValueError(
-                        f"load '{lname}' in the users sweep needs a closed-loop steady phase to read"
+                        f"sweep.loads: load '{lname}' in the users sweep needs a closed-loop steady phase to read; "
+                        f"its last steady phase is {ph.name!r} ({ph.mode})" if ph is not None else
+                        f"sweep.loads: load '{lname}' in the users sweep needs a closed-loop steady phase to read"
                     )
         self._check_comparisons()
         return self
@@ -605,8 +609,8 @@ class Config(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"hypotheses: names must be unique: {dupes}")
-        for i, h in enumerate(self.hypotheses):
-            where = f"hypotheses.{i}"
+        for h in self.hypotheses:
+            where = f"hypotheses[{h.name}]"
             for key in ("a", "b"):
                 if getattr(h, key) not in self.engines:
                     raise ValueError(f"{where}.{key}: '{getattr(h, key)}' is not an engine; known: {sorted(self.engines)}")
@@ -635,37 +639,196 @@ def sweep_phase(load: LoadSpec):
     return None
 
 
-def _fmt_loc(loc) -> str:
-    return ".".join(str(x) for x in loc)
+def _fmt_loc(loc, raw: Any = None) -> str:
+    """A key path as the config reads: ``loads.sweep.phases[steady].users``. An item of a list is
+    named by its ``name`` where it has one (a phase, a hypothesis), else by its index; the mode a
+    phase's schema was chosen by (pydantic's union tag) is left out."""
+    out, node = "", raw
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            item = node[part] if isinstance(node, list) and -len(node) <= part < len(node) else None
+            name = item.get("name") if isinstance(item, dict) else None
+            out += f"[{name}]" if isinstance(name, str) and name else f"[{part}]"
+            node = item
+        elif (i > 0 and isinstance(loc[i - 1], int) and isinstance(node, dict)
+              and node.get("mode") == part and part not in node):
+            continue  # the discriminated union's tag (phase modes): not a key of the config
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out
+
+
+def _allowed_keys(loc) -> list[str] | None:
+    """The keys the block at ``loc`` (pydantic's error location, less its last part) may hold."""
+    import typing
+
+    from pydantic import BaseModel
+
+    def models_in(tp) -> list[type]:  # the model classes a field's type may hold, unwrapped
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            return [tp]
+        return [m for a in typing.get_args(tp) for m in models_in(a)]
+
+    node: Any = Config
+    for part in loc[:-1]:
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:
+                return None
+            node = field.annotation
+            continue
+        origin = typing.get_origin(node)
+        if origin is dict:
+            node = typing.get_args(node)[1]
+        elif origin is list:
+            node = typing.get_args(node)[0]
+        else:  # a union: the member whose phase mode (tag) or class is this part
+            found = [m for m in models_in(node) if getattr(m.model_fields.get("mode"), "default", None) == part]
+            if not found:
+                return None
+            node = found[0]
+        if typing.get_origin(node) is typing.Annotated:
+            node = typing.get_args(node)[0]
+    models = models_in(node) if not (isinstance(node, type) and issubclass(node, BaseModel)) else [node]
+    return sorted(models[0].model_fields) if len(models) == 1 else None
+
+
+def _fmt_value(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _error_line(err: dict[str, Any], raw: Any) -> str:
+    """One error: the key path, the rule it breaks, and the value it was given."""
+    loc = _fmt_loc(err["loc"], raw)
+    msg = err["msg"].removeprefix("Value error, ")
+    kind, value = err.get("type"), err.get("input")
+    if not loc and re.match(r"^[\w.\[\]-]+: ", msg):  # a cross-key check that names its own key
+        return f"  - {msg}"
+    if kind == "missing":
+        return f"  - {loc}: required, not given"
+    if kind == "extra_forbidden":
+        try:
+            allowed = _allowed_keys(err["loc"])
+        except Exception:  # noqa: BLE001 - the error is still reported, without the list
+            allowed = None
+        return (f"  - {loc}: unknown key (given {_fmt_value(value)}); allowed here: "
+                + (", ".join(allowed) if allowed else "see docs/config-reference.md"))
+    if isinstance(value, (dict, list)) or kind is None:  # a check of a whole block: its message names the values
+        return f"  - {loc or '(top level)'}: {msg}"
+    return f"  - {loc or '(top level)'}: {msg}; given {_fmt_value(value)}"
 
 
 def validate(raw: dict[str, Any], source: str = "config") -> Config:
-    """Validate a raw config dict; raise ConfigError naming each key to fix."""
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{source}: empty or not a mapping")
+    """Validate a raw config dict; raise ConfigError naming each key to fix, the rule it breaks
+    and the value it was given."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of keys (study:, models:, engines:, loads:, ...); "
+                          f"it is {type(raw).__name__} {_fmt_value(raw, 40)}")
+    if not raw:
+        raise ConfigError(f"{source}: the config is empty; it needs at least study:, models:, engines: and loads:")
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = _fmt_loc(err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            if not loc and re.match(r"^[\w.-]+: ", msg):  # a cross-key check that names its own key
-                lines.append(f"  - {msg}")
-            else:
-                lines.append(f"  - {loc or '(top level)'}: {msg}")
+        lines = [_error_line(err, raw) for err in exc.errors()]
         raise ConfigError(f"{source} is invalid; fix these keys:\n" + "\n".join(lines)) from None
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:  # a check that tripped over odd input
+        raise ConfigError(f"{source} is invalid: {type(exc).__name__}: {exc}") from None
 
 
-def load_config(path: str | Path) -> Config:
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file's YAML as a dict; a ConfigError naming the file, and the line and column of a
+    syntax error, for a file that is missing, unreadable, empty, not YAML or not a mapping."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        context, opened = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and opened is not None and opened is not mark:
+            context += f" (opened at line {opened.line + 1}, column {opened.column + 1})"
+        what = "; ".join(str(x) for x in (context, getattr(exc, "problem", None)) if x) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML: {what}") from None
+    except (ValueError, TypeError, RecursionError) as exc:  # YAML that parses to what Python refuses
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return validate(raw, str(path))
+    if raw is None:
+        raise ConfigError(f"{path}: the config file is empty (or holds only comments); it needs at least "
+                          f"study:, models:, engines: and loads:")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of keys (study:, models:, ...); the file holds "
+                          f"a {type(raw).__name__} at the top level")
+    return raw
+
+
+def check_references(cfg: Config, environ: dict[str, str] | None = None) -> None:
+    """What the config refers to outside itself, checked where a run is planned (``tokenbench
+    validate``, ``snakemake -n``) rather than in a job: local model paths, prompt files, trace files
+    (relative to the working directory) and the environment variables named by api_key_env. A hub
+    model is fetched by a job (and its token asked for there), so it is not checked here."""
+    env = os.environ if environ is None else environ
+    problems = []
+    for name, m in cfg.models.items():
+        if m.source == "local" and not Path(m.path).exists():
+            problems.append(f"models.{name}.path: {m.path!r} does not exist (relative to {Path.cwd()})")
+    for name, e in cfg.engines.items():
+        if e.api_key_env and not env.get(e.api_key_env):
+            problems.append(f"engines.{name}.api_key_env: the environment variable {e.api_key_env} is not set "
+                            f"(export it before running)")
+    requests = [("request", cfg.request)] + [(f"loads.{l}.request", ld.request) for l, ld in cfg.loads.items()
+                                             if ld.request is not None]
+    for where, req in requests:
+        if isinstance(req.prompts, FilePrompts) and not Path(req.prompts.file).is_file():
+            problems.append(f"{where}.prompts.file: {req.prompts.file!r} is not a file (relative to {Path.cwd()})")
+    for l, ld in cfg.loads.items():
+        for ph in ld.phases:
+            if getattr(ph, "mode", None) == "trace" and not Path(ph.path).is_file():
+                problems.append(f"loads.{l}.phases[{ph.name}].path: trace {ph.path!r} is not a file "
+                                f"(relative to {Path.cwd()})")
+    if problems:
+        raise ConfigError("the config refers to what is not there:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """What is allowed but probably not meant. An engine's max_batch below the users of a load it
+    runs is a warning, not an error: the surplus requests queue inside the engine, so their latency
+    includes that queueing, which is what a serial baseline (the default config's max_batch: 1
+    against 8 users) sets out to measure."""
+    over: dict[str, dict[str, list[str]]] = {}  # engine -> load -> "phases[name].key = n"
+    for e, _, l in cells(cfg):
+        eng = cfg.engines[e]
+        if eng.max_batch is None:
+            continue
+        for ph in cfg.loads[l].phases:
+            key = {"closed": "users", "sweep": "max_users"}.get(ph.mode, "max_concurrency")
+            users = getattr(ph, key, None)  # the most requests the phase has in flight, where it says
+            if users is not None and users > eng.max_batch:
+                found = over.setdefault(e, {}).setdefault(l, [])
+                if f"phases[{ph.name}].{key} = {users}" not in found:
+                    found.append(f"phases[{ph.name}].{key} = {users}")
+    out = []
+    for e, loads in over.items():
+        n = cfg.engines[e].max_batch
+        where = "; ".join(f"loads.{l}.{', '.join(found)}" for l, found in loads.items())
+        out.append(f"engines.{e}.max_batch is {n}, below the users of: {where}. Requests beyond {n} at a time queue "
+                   f"inside the engine and their latency includes the wait: meant for a serial baseline; "
+                   f"otherwise raise max_batch")
+    return out
+
+
+def load_config(path: str | Path, check_files: bool = True) -> Config:
+    """The config file, validated; with check_files, what it refers to too (check_references)."""
+    cfg = validate(read_config_file(path), str(path))
+    if check_files:
+        check_references(cfg)
+    return cfg
 
 
 def canonical_hash(obj: Any) -> str:

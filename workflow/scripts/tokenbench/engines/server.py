@@ -9,6 +9,7 @@ on a GPU, that device memory went back to what it was before the launch.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -125,21 +126,32 @@ def wait_gpu_memory_returned(baseline: list[int] | None, nvml=None, tolerance_mi
         time.sleep(poll_s)
 
 
-def die_with_parent() -> None:
-    """In a child, before exec (``preexec_fn``): get SIGKILL when the parent dies (Linux), so even
-    a SIGKILLed load test leaves no engine or sampler behind. A parent already gone by then (the
-    child was re-parented to init) ends the child at once. Best effort elsewhere; the orderly
-    teardown is the main path."""
+def die_with_parent(parent: int | None = None, sig: int = signal.SIGTERM) -> None:
+    """Make this process get ``sig`` when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``), so a
+    SIGKILLed load test leaves no engine, sampler or client worker behind. Called in the child: as
+    ``preexec_fn=functools.partial(die_with_parent, os.getpid())`` (``parent``: the pid of the
+    process that forks, read before the fork) or first thing in a worker process. A parent already
+    gone by then (this process was re-parented to init or a subreaper) ends this one at once.
+
+    SIGTERM rather than SIGKILL: an engine tears its own workers down on SIGTERM (they are its
+    children, whom this signal does not reach), and the sampler, on SIGTERM with its parent gone,
+    reaps the engine's whole process group (SIGKILL after a grace). Best effort off Linux; the
+    orderly teardown is the main path."""
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig))
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:
+    if os.getppid() == 1 if parent is None else parent_gone(parent):
         os._exit(1)
+
+
+def parent_gone(parent: int | None) -> bool:
+    """Whether the process that started this one (its pid ``parent``) has died: it was re-parented."""
+    return parent is not None and os.getppid() != parent
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -245,7 +257,7 @@ class Server:
         # start_new_session: the server and all its children form one process group we can kill
         self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True, env=self.env,
-                                     preexec_fn=die_with_parent)
+                                     preexec_fn=functools.partial(die_with_parent, os.getpid()))
         return self
 
     def _health(self, timeout: float) -> bool:

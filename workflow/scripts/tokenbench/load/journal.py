@@ -13,6 +13,13 @@ The journal is readable at any moment up to its last complete batch, so a run ki
 every record that finished more than ~0.2 s before; ``to_parquet`` turns it into
 ``requests.parquet`` a batch at a time.
 
+A write that fails (a full disk: ENOSPC) stops the journal at its last complete batch: the writer
+keeps nothing after it, drops what is handed to it later (counted as lost), calls ``on_error`` at
+once from its thread (the load test stops its phase on it: tokenbench.load.run.cancellable), and
+``close`` raises a :class:`JournalWriteError` naming the path, the free space left and where the
+journal stops. Neither ``add`` nor ``seal`` raises: they run inside request tasks and the event
+loop's monitor, which must not die of it.
+
 The columns are declared once, by :class:`RequestRecord`'s annotations: ``int`` is int64, ``int |
 None`` a nullable int64, ``str`` / ``str | None`` a string, ``array`` (chunk_ns) a list of int64.
 """
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import queue
+import shutil
 import threading
 import time
 from array import array
@@ -96,6 +104,41 @@ PANDAS_DTYPES = {f.name: _PANDAS[f.type] for f in fields(RequestRecord)}
 _SCALARS = [n for n in FIELDS if n != "chunk_ns"]
 
 
+def free_space(path: str | Path) -> str:
+    """The free space on the filesystem holding ``path`` (its nearest existing folder), in words."""
+    p = Path(path).absolute()
+    while not p.is_dir() and p != p.parent:
+        p = p.parent
+    try:
+        free = shutil.disk_usage(p).free
+    except OSError as exc:
+        return f"free space on {p} unknown ({exc.strerror or exc})"
+    return f"{human_bytes(free)} free on {p}"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+class JournalWriteError(OSError):
+    """The journal could not be written: its message names the path, the free space and where the
+    journal stops (its first ``written`` records are complete on disk; ``lost`` finished records are not)."""
+
+    def __init__(self, path: Path, cause: BaseException, written: int, lost: int):
+        self.path, self.cause, self.written, self.lost = path, cause, written, lost
+        errno = getattr(cause, "errno", None)
+        super().__init__(errno, f"request journal {path}: write failed: {cause} ({free_space(path)}); the journal "
+                                f"stops after its first {written} records, {lost} finished records after them were not "
+                                f"written")
+
+    def __str__(self) -> str:
+        return self.args[1]
+
+
 class _Sealed:
     """Buffered records taken out of the journal's buffers, being converted to Arrow a few columns
     at a time (``step``) so that no single call holds the event loop for long."""
@@ -146,38 +189,61 @@ class Journal:
 
     MAX_SEALED = 4  # sealed buffers awaiting conversion before ``seal`` converts them all at once
 
-    def __init__(self, path: str | Path, batch_rows: int = 2048):
+    def __init__(self, path: str | Path, batch_rows: int = 2048,
+                 on_error: Callable[[JournalWriteError], None] | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.batch_rows = batch_rows
         self.rows = 0  # records written or buffered
+        self.written = 0  # records on disk, in complete batches
+        self._lost = [0, 0]  # finished records not written after a write failed: dropped by the loop, by the writer
+        self.on_error = on_error  # called once, from the writer thread, when a write fails
         self._cols: dict[str, list] = {n: [] for n in _SCALARS}
         self._values = array("q")  # the buffered records' chunk_ns, end to end
         self._lengths: list[int] = []
         self._sealed: collections.deque[_Sealed] = collections.deque()  # taken out of the buffers, being converted
         self._queue: queue.Queue = queue.Queue(maxsize=8)  # batches for the writer; bounded: memory stays flat
-        self._error: BaseException | None = None
-        self._sink = pa.OSFile(str(self.path), "wb")  # unbuffered: a batch is on disk once written
-        self._writer = ipc.new_stream(self._sink, SCHEMA, options=ipc.IpcWriteOptions(compression="zstd"))
+        self._error: JournalWriteError | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._sink = pa.OSFile(str(self.path), "wb")  # unbuffered: a batch is on disk once written
+            self._writer = ipc.new_stream(self._sink, SCHEMA, options=ipc.IpcWriteOptions(compression="zstd"))
+        except (OSError, pa.ArrowException) as exc:
+            raise JournalWriteError(self.path, exc, 0, 0) from exc
         self._thread = threading.Thread(target=self._write_batches, name="journal-writer", daemon=True)
         self._thread.start()
         _warm_conversion()
 
+    @property
+    def lost(self) -> int:
+        """Finished records that were not written, once a write failed."""
+        return sum(self._lost)
+
+    @property
+    def error(self) -> JournalWriteError | None:
+        """The write failure that stopped the journal, if one did."""
+        return self._error
+
     def add(self, rec: RequestRecord) -> None:
+        self.rows += 1
+        if self._error is not None:  # the journal has stopped: nothing more reaches the disk
+            self._lost[0] += 1
+            return
         cols = self._cols
         for name in _SCALARS:
             cols[name].append(getattr(rec, name))
         self._values.extend(rec.chunk_ns)
         self._lengths.append(len(rec.chunk_ns))
-        self.rows += 1
         if len(self._lengths) >= self.batch_rows:
             self.flush()
 
     def seal(self) -> None:
         """Take the buffered records out of the buffers, for ``convert`` to turn into a batch a few
         columns at a time (the event loop's way: see LoadTest's lag monitor)."""
-        if self._error is not None:
-            raise RuntimeError(f"request journal {self.path}: {self._error}") from self._error
+        if self._error is not None:  # stopped: drop what is buffered or sealed (lost, and counted)
+            self._lost[0] += len(self._lengths) + sum(len(x.lengths) for x in self._sealed)
+            self._cols, self._values, self._lengths = {n: [] for n in _SCALARS}, array("q"), []
+            self._sealed.clear()
+            return
         if self._lengths:
             self._sealed.append(_Sealed(self._cols, self._values, self._lengths))
             self._cols, self._values, self._lengths = {n: [] for n in _SCALARS}, array("q"), []
@@ -210,11 +276,24 @@ class Journal:
             batch = self._queue.get()
             if batch is None:
                 return
+            if self._error is not None:
+                self._lost[1] += batch.num_rows
+                continue
             try:
-                if self._error is None:
-                    self._writer.write_batch(batch)
-            except BaseException as exc:  # noqa: BLE001 - reported by the next flush / close
-                self._error = exc
+                self._writer.write_batch(batch)
+                self.written += batch.num_rows
+            except BaseException as exc:  # noqa: BLE001 - reported through on_error and by close
+                self._fail(exc, batch.num_rows)
+
+    def _fail(self, exc: BaseException, lost: int) -> None:
+        self._lost[1] += lost
+        self._error = JournalWriteError(self.path, exc, self.written, self.lost)
+        self._error.__cause__ = exc
+        if self.on_error is not None:
+            try:
+                self.on_error(self._error)
+            except Exception:  # noqa: BLE001 - the failure is still raised by close
+                pass
 
     def close(self) -> None:
         """Write what is buffered and close the file (idempotent)."""
@@ -224,13 +303,14 @@ class Journal:
             finally:
                 self._queue.put(None)
                 self._thread.join()
-                try:
-                    self._writer.close()
-                    self._sink.close()
-                except (OSError, pa.ArrowException) as exc:
-                    self._error = self._error or exc
-        if self._error is not None:
-            raise RuntimeError(f"request journal {self.path}: {self._error}") from self._error
+                for done in (self._writer.close, self._sink.close):  # the file is closed, whatever
+                    try:
+                        done()
+                    except (OSError, pa.ArrowException) as exc:
+                        if self._error is None:
+                            self._fail(exc, 0)
+        if self._error is not None:  # with the final counts (later records dropped since the failure)
+            raise JournalWriteError(self.path, self._error.cause, self.written, self.lost) from self._error.cause
 
 
 def batches(*paths: str | Path) -> Iterator[pa.RecordBatch]:

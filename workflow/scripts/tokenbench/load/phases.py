@@ -59,17 +59,18 @@ class LoadPhase(Strict):
     """What every phase has, and the interface the load test runs it through."""
 
     open_loop: ClassVar[bool] = False  # True only on OpenLoopPhase: the one place the open-loop set is defined
-    name: Name
-    warmup: bool = False  # excluded from steady-state figures
+    name: Name = Field(description="The phase's name, unique within its load: it labels the phase's records, marks and figures.")
+    warmup: bool = Field(False, description="A warm-up phase: its requests are recorded but kept out of steady-state figures.")
     # per request; None (auto): AutoTimeout's, from the run's own E2E so far (10 x p99, 10-120 s)
     timeout_s: float | None = Field(
-        None, gt=0, description="Seconds a request may take, connect included; null: 10 x the p99 end-to-end time "
-                                "of the run's requests so far, 10-120 s (120 s until 20 have finished).")
-    drain_timeout_s: float = Field(120, ge=0)  # wait for in-flight requests after the phase ends
+        None, gt=0, description="Seconds one request may take, connect included; a request still going then is "
+                                "recorded as `timeout`. null: 10 x the p99 end-to-end time of the run's requests so "
+                                "far, 10-120 s (120 s until 20 have finished).")
+    drain_timeout_s: float = Field(120, ge=0, description="Seconds to wait, once the phase stops sending, for its requests still in flight; those still going then are cancelled (recorded as `cancelled`). 0: wait without limit.")
     # open the connections the phase will use before it starts (none open mid-window, and a
     # request's connect time stays out of its latency): None is on for closed loops (one per user)
     # and off for open loops, where True needs max_concurrency (how many to open)
-    warm_connections: bool | None = None
+    warm_connections: bool | None = Field(None, description="Open the connections the phase will use before it starts, so none is opened mid-window. null: on for closed loops (one per user), off for open loops; true on an open loop needs `max_concurrency` (how many to open).")
     _shard: tuple[int, int] = PrivateAttr((0, 1))  # (k, n): this process sends the k-th of n shares
 
     def warm_count(self) -> int:
@@ -130,8 +131,8 @@ class WindowPhase(LoadPhase):
 class BoundedPhase(WindowPhase):
     """A phase that sends requests: it runs for duration_s, or until it has sent `requests`."""
 
-    duration_s: float | None = Field(None, gt=0)
-    requests: int | None = Field(None, ge=1)
+    duration_s: float | None = Field(None, gt=0, description="Seconds the phase sends for; give this or `requests`, not both.")
+    requests: int | None = Field(None, ge=1, description="Requests the phase sends before it stops; give this or `duration_s`, not both.")
 
     @model_validator(mode="after")
     def _one_bound(self):
@@ -148,9 +149,9 @@ class BoundedPhase(WindowPhase):
 
 class ClosedPhase(BoundedPhase):
     mode: Literal["closed"] = "closed"
-    users: int = Field(ge=1)
-    ramp_s: float = Field(0.0, ge=0)  # users start spread evenly over this many seconds
-    think_s: float = Field(0.0, ge=0)  # a user's pause between its requests
+    users: int = Field(ge=1, description="Closed-loop users (concurrent requests): each sends its next request when its last one ends.")
+    ramp_s: float = Field(0.0, ge=0, description="Seconds over which the users start, spread evenly; shorter than `duration_s`.")
+    think_s: float = Field(0.0, ge=0, description="Seconds a user pauses between the end of a request and its next.")
 
     @model_validator(mode="after")
     def _ramp_inside(self):
@@ -206,7 +207,7 @@ class OpenLoopPhase(WindowPhase):
     scheduled time is kept, so latency measured from the schedule shows the queueing."""
 
     open_loop: ClassVar[bool] = True
-    max_concurrency: int | None = Field(None, ge=1)
+    max_concurrency: int | None = Field(None, ge=1, description="Most requests in flight at once; a request due while this many are in flight waits for one to end (its scheduled time is kept, so the queueing shows). null: no cap.")
 
     @model_validator(mode="after")
     def _warm_needs_cap(self):
@@ -271,7 +272,7 @@ class OpenLoopPhase(WindowPhase):
 class RatePhase(BoundedPhase, OpenLoopPhase):
     """Open-loop arrivals at a mean rate; each mode draws the gaps its own way."""
 
-    rate_rps: float = Field(gt=0)
+    rate_rps: float = Field(gt=0, description="Arrivals per second, on average.")
 
     @abstractmethod
     def arrival_offsets(self, rng: random.Random) -> Iterator[Arrival]:
@@ -306,7 +307,7 @@ class PoissonPhase(RatePhase):
 
 class GammaPhase(RatePhase):
     mode: Literal["gamma"] = "gamma"
-    burstiness: float = Field(1.0, gt=0)  # gamma shape: 1 = Poisson, < 1 burstier, > 1 smoother
+    burstiness: float = Field(1.0, gt=0, description="Shape of the gamma distribution of the gaps between arrivals: 1 is Poisson, below 1 burstier, above 1 smoother.")
 
     @property
     def label(self) -> str:
@@ -338,7 +339,7 @@ class ConstantPhase(RatePhase):
 
 class IdlePhase(WindowPhase):
     mode: Literal["idle"] = "idle"
-    duration_s: float = Field(gt=0)
+    duration_s: float = Field(gt=0, description="Seconds of nothing sent.")
 
     @property
     def label(self) -> str:
@@ -356,9 +357,9 @@ class IdlePhase(WindowPhase):
 
 class TracePhase(OpenLoopPhase):
     mode: Literal["trace"] = "trace"
-    path: str  # JSONL rows: {"timestamp": s, "prompt": str[, "output_tokens": n]}
-    time_scale: float = Field(1.0, gt=0)  # 2 replays twice as fast
-    requests: int | None = Field(None, ge=1)  # replay only the first N rows
+    path: str = Field(description="The trace: a JSONL file of rows `{\"timestamp\": s, \"prompt\": str[, \"output_tokens\": n][, \"id\": str]}`, relative to the working directory; checked to exist at validation.")
+    time_scale: float = Field(1.0, gt=0, description="Replay speed: the trace's gaps are divided by this (2 replays twice as fast).")
+    requests: int | None = Field(None, ge=1, description="Replay only the trace's first N rows; null: every row.")
 
     @property
     def label(self) -> str:
@@ -414,11 +415,11 @@ class SweepPhase(LoadPhase):
 
     mode: Literal["sweep"] = "sweep"
     shardable: ClassVar[bool] = False  # each step's rates come from the steps before: one process decides
-    step_duration_s: float = Field(gt=0)
-    max_users: int = Field(64, ge=2)  # concurrency of the throughput step
-    rates: int = Field(5, ge=1)
-    arrivals: Literal["poisson", "constant"] = "poisson"
-    saturation_ratio: float = Field(0.95, gt=0, le=1)  # stop once achieved < ratio x target
+    step_duration_s: float = Field(gt=0, description="Seconds each sweep step runs (the synchronous, the throughput and each rate step).")
+    max_users: int = Field(64, ge=2, description="Closed-loop users of the throughput step (the sweep's top concurrency).")
+    rates: int = Field(5, ge=1, description="How many open-loop rates, spread between the synchronous and the throughput steps' completion rates, are run after them.")
+    arrivals: Literal["poisson", "constant"] = Field("poisson", description="Arrivals of the rate steps: Poisson or evenly spaced.")
+    saturation_ratio: float = Field(0.95, gt=0, le=1, description="The sweep stops once a rate step achieves less than this fraction of its target rate (over-saturated).")
 
     @property
     def label(self) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,17 +45,19 @@ class LoadStopped(Exception):
 class Telemetry:
     """The sampler subprocess (``python -m tokenbench.telemetry.sampler``)."""
 
-    def __init__(self, out: Path, interval_s: float, pid: int | None = None, devices: list[int] | None = None):
+    def __init__(self, out: Path, interval_s: float, pid: int | None = None, devices: list[int] | None = None,
+                 server_grace_s: float = 10.0):
         self.out = out
         pkg_parent = str(Path(__file__).resolve().parents[2])  # so the child imports this tokenbench
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")]))}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tokenbench.telemetry.sampler", "--out", str(out), "--interval", str(interval_s),
-             "--pid-stdin"]
+             "--pid-stdin", "--orphan-grace", str(server_grace_s)]
             + (["--pid", str(pid)] if pid else [])
             + (["--devices", ",".join(map(str, devices))] if devices is not None else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-            preexec_fn=die_with_parent,  # a SIGKILLed load test must not leave a sampler running
+            # a SIGKILLed load test must not leave a sampler running, nor (the sampler reaps it) an engine
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
         )
         line = self.proc.stdout.readline().strip()  # blocks until the first sample is taken
         if line != "ready":
@@ -78,6 +82,11 @@ class Telemetry:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
+            try:  # an orderly stop, told apart from the death signal this process's death would send
+                self.proc.stdin.write("stop\n")
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                pass
             self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=30)
@@ -169,9 +178,9 @@ class Outputs:
 
     @staticmethod
     def beside(journal: Path, why: str = "interrupted") -> Outputs:
-        """Where an interrupted (or stopped) run's records go: next to the journal, since Snakemake
-        removes a failed job's outputs."""
-        partial = journal.with_name(journal.name.split(".")[0] + f".{why}")
+        """Where an interrupted (or stopped, or failed: ``why``) run's records go: next to the journal,
+        since Snakemake removes a failed job's outputs."""
+        partial = journal.with_name(journal.name.split(".")[0] + "." + why)
         return Outputs(*(str(partial / n) for n in ("requests.parquet", "telemetry.parquet", "run.json",
                                                     "engine_metrics.parquet")))
 
@@ -263,12 +272,15 @@ class CellLoadTest:
         return desc
 
     def run(self) -> dict[str, Any]:
+        # before anything starts: a disk too full for the load's records (a full disk mid-run loses them)
+        self.doc["preflight_disk"] = check_disk_space(self.settings, self.journal, Path(self.outputs.run).parent)
         old_term = signal.signal(signal.SIGTERM, _raise_interrupted)
         try:
             try:
                 self.measure()
             except (KeyboardInterrupt, Interrupted, asyncio.CancelledError) as exc:
                 self.doc["interrupted"] = self.caught.get("signal") or type(exc).__name__
+                self.doc["stopped_reason"] = f"interrupted ({self.doc['interrupted']})"
                 self.outputs = Outputs.beside(self.journal)
                 raise Interrupted(f"load test interrupted; what it measured is in "
                                   f"{Path(self.outputs.run).parent}") from None
@@ -277,10 +289,15 @@ class CellLoadTest:
                 self.outputs = Outputs.beside(self.journal, "stopped")
                 raise LoadStopped(f"load test stopped early: {exc}; what it measured is in "
                                   f"{Path(self.outputs.run).parent}") from None
+            except Exception as exc:
+                self.doc["stopped_reason"] = f"{type(exc).__name__}: {provenance.scrub(str(exc))}"[:2000]
+                if self.test is not None:  # the load had started: keep what it measured where Snakemake leaves it
+                    self.outputs = Outputs.beside(self.journal, "failed")
+                raise
             finally:
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut teardown short
                 self.teardown()
-                self.write_outputs()
+                self.write_outputs_or_say_why()
         finally:
             signal.signal(signal.SIGTERM, old_term)
         return self.doc
@@ -328,7 +345,8 @@ class CellLoadTest:
         """The sampler, on the engine's GPUs only (an 8-GPU host running a 2-GPU engine samples 2)."""
         gpus = self.doc["hardware"].get("gpu_indices")
         self.telemetry = Telemetry(self.raw_telemetry, self.settings.telemetry.interval_s,
-                                   devices=gpus if self.doc["hardware"].get("gpus") else None)
+                                   devices=gpus if self.doc["hardware"].get("gpus") else None,
+                                   server_grace_s=self.engine.stop_grace_s)
 
     def baseline(self) -> None:
         """telemetry.baseline_s of the host with no engine, before the launch: what net energy subtracts.
@@ -366,7 +384,8 @@ class CellLoadTest:
         client = ClientSpec(ep.base_url, ep.route_prefix, ep.request_model, request, frozenset(ep.capabilities),
                             ep.headers or None, server_pid=self.server.proc.pid if self.server else None)
         self.test = load_test(load.processes, client, self.prompts, load.name, request.seed, self.journal)
-        run_async(cancellable(shown(self.test.run(load.phases), self.progress()), self.caught))
+        journals = [self.test.journal] if isinstance(self.test, LoadTest) else []  # a sharded test's workers watch their own
+        run_async(cancellable(shown(self.test.run(load.phases), self.progress()), self.caught, journals))
         signal.signal(signal.SIGTERM, _raise_interrupted)  # the event loop's handlers are gone with it
 
     def progress(self) -> Progress | None:
@@ -407,11 +426,25 @@ class CellLoadTest:
             self.telemetry.stop()
             self.doc["telemetry"] = self.telemetry.info()
 
+    def write_outputs_or_say_why(self) -> None:
+        """write_outputs; a write that fails (a full disk) is raised naming the folder, its free space
+        and where the request journal stops, the failure that stopped the run, if one did, before it."""
+        try:
+            self.write_outputs()
+        except OSError as exc:
+            folder = Path(self.outputs.run).parent
+            journals = ", ".join(str(p) for p in self.test.journal_paths) if self.test else "none"
+            why = f"; the run had stopped: {self.doc['stopped_reason']}" if "stopped_reason" in self.doc else ""
+            raise OSError(exc.errno, f"could not write the load test's records to {folder}: {exc} "
+                                     f"({request_journal.free_space(folder)}); its request journal ({journals}) "
+                                     f"holds every record written before the failure{why}") from exc
+
     def write_outputs(self) -> None:
         prov = self.provenance()
         self.doc["phases"] = [asdict(m) for m in self.test.marks] if self.test else []
         self.doc["client"] = client_summary(self.test)
-        extra = {"complete": self.doc["complete"], "cell": self.doc["cell"]}
+        extra = {"complete": self.doc["complete"], "cell": self.doc["cell"],
+                 **({"stopped_reason": self.doc["stopped_reason"]} if "stopped_reason" in self.doc else {})}
         out = self.outputs
         counts = iter(self.client_counts) if self.client_counts else None
         # no load ran: no journals, an empty table (not a journal left by an earlier attempt)
@@ -443,6 +476,67 @@ class CellLoadTest:
         return tel
 
 
+STREAM_TOKENS_PER_S = 1000  # the fastest one request's tokens are taken to arrive: bounds a closed-loop user's rate
+RECORD_BYTES = 512  # a request record's fixed columns, uncompressed (ids, stamps, status, prompt id...)
+TOKEN_BYTES = 16  # per output token: its 8-byte chunk stamp and ~4 characters of text, with room to spare
+DISK_RESERVE_BYTES = 8 << 20  # the logs, run.json and telemetry besides
+
+
+def expected_requests(phases, max_tokens: int) -> int:
+    """An upper estimate of the requests a load sends: a bounded phase's `requests`, an open loop's
+    rate x duration, a closed loop's users x duration at one request per max(10 ms, max_tokens at
+    STREAM_TOKENS_PER_S); a trace's rows; a sweep's steps as closed loops of up to max_users."""
+    per_user_rps = 1 / max(0.01, max_tokens / STREAM_TOKENS_PER_S)
+    n = 0.0
+    for p in phases:
+        requests, duration = getattr(p, "requests", None), getattr(p, "duration_s", None)
+        if p.mode == "idle":
+            continue
+        if requests is not None:
+            n += requests
+        elif p.mode == "trace":
+            with open(p.path, "rb") as fh:
+                n += sum(1 for line in fh if line.strip())
+        elif p.mode == "sweep":
+            n += p.step_duration_s * per_user_rps * (1 + p.max_users * (1 + p.rates))
+        elif p.mode == "closed":
+            n += p.users * duration * per_user_rps
+        else:
+            n += p.rate_rps * duration
+    return int(n) + 1
+
+
+def check_disk_space(settings: CellSettings, journal: Path, out_dir: Path) -> dict[str, Any]:
+    """Refuse (ConfigError) a load whose records cannot fit: the journal and the requests table
+    (each about expected_requests x (RECORD_BYTES + TOKEN_BYTES x max_tokens)) plus DISK_RESERVE_BYTES
+    on each filesystem they go to. TOKENBENCH_DISK_CHECK=0 skips it (the estimate is an upper one)."""
+    max_tokens = settings.request.max_tokens
+    n = expected_requests(settings.load.phases, max_tokens)
+    per_copy = n * (RECORD_BYTES + TOKEN_BYTES * max_tokens)
+    if os.environ.get("TOKENBENCH_DISK_CHECK", "1") == "0":
+        return {"checked": False, "reason": "TOKENBENCH_DISK_CHECK=0", "expected_requests": n}
+    need: dict[str, list] = {}  # filesystem's folder -> [bytes, free, what]
+    for path, what in ((journal.parent, f"request journal {journal}"), (out_dir, f"records in {out_dir}")):
+        p = path.absolute()
+        while not p.is_dir() and p != p.parent:
+            p = p.parent
+        dev = str(os.stat(p).st_dev)
+        entry = need.setdefault(dev, [DISK_RESERVE_BYTES, shutil.disk_usage(p).free, [], p])
+        entry[0] += per_copy
+        entry[2].append(what)
+    for bytes_, free, what, p in need.values():
+        if bytes_ > free:
+            hb = request_journal.human_bytes
+            raise ConfigError(
+                f"not enough disk space for loads.{settings.load.name}: {hb(free)} free on {p}, and its "
+                f"{' and '.join(what)} need up to {hb(bytes_)} (about {n} requests x "
+                f"({RECORD_BYTES} + {TOKEN_BYTES} x {max_tokens} max_tokens) bytes each, plus "
+                f"{hb(DISK_RESERVE_BYTES)}); free some space, or move data/ and logs/ to a larger disk "
+                f"(TOKENBENCH_DISK_CHECK=0 skips this upper estimate)")
+    return {"checked": True, "expected_requests": n, "bytes_per_copy": per_copy,
+            "free_bytes": {str(p): free for _, free, _, p in need.values()}}
+
+
 def client_summary(test: LoadTest | ShardedLoadTest | None) -> dict[str, Any]:
     """How the client itself did: event-loop lag (is the client the bottleneck?), what it sent, and
     how it got its connections."""
@@ -461,11 +555,21 @@ def client_summary(test: LoadTest | ShardedLoadTest | None) -> dict[str, Any]:
     }
 
 
-async def cancellable(coro, caught: dict | None = None):
+async def cancellable(coro, caught: dict | None = None, journals=()):
     """Run coro; SIGTERM or SIGINT cancels it, so every in-flight request records 'cancelled'.
-    The signal's name goes into caught['signal']."""
+    The signal's name goes into caught['signal']. A write failure of one of ``journals`` (a full
+    disk) cancels it too, at once: the load test then closes its journal, which raises the failure
+    (tokenbench.load.journal.JournalWriteError) in place of the cancellation."""
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(coro)
+
+    def on_journal_error(exc):
+        if caught is not None:
+            caught["journal_error"] = str(exc)
+        task.cancel()
+
+    for j in journals:
+        j.on_error = lambda exc: loop.call_soon_threadsafe(on_journal_error, exc)
 
     def on_signal(sig):
         if caught is not None:

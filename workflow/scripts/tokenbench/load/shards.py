@@ -108,10 +108,12 @@ async def _live(test: LoadTest, live, k: int) -> None:
 
 
 def _worker(conn, k: int, n: int, client: ClientSpec, prompts: list[dict[str, Any]], salt: str, seed: int,
-            journal: str, phases: list[LoadPhase], live) -> None:
+            journal: str, phases: list[LoadPhase], live, parent: int | None = None) -> None:
     """A worker process: its share of each phase, in step with the others through ``conn``."""
+    from tokenbench.engines.server import die_with_parent
     from tokenbench.load.run import cancellable  # the same SIGTERM handling as a single-process run
 
+    die_with_parent(parent)  # SIGTERM (cancel, record, close the journal) when the load test dies
     test = _test_for(client, prompts, f"{salt}:shard{k}/{n}", seed, journal, (k, n))
 
     async def gate(phase) -> int:
@@ -135,7 +137,7 @@ def _worker(conn, k: int, n: int, client: ClientSpec, prompts: list[dict[str, An
 
     error = None
     try:
-        run_async(cancellable(main()))
+        run_async(cancellable(main(), None, [test.journal]))  # a journal write failure stops this worker at once
     except (asyncio.CancelledError, KeyboardInterrupt):
         error = "interrupted"
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
@@ -186,7 +188,7 @@ class ShardedLoadTest:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker, name=f"tokenbench-client-{k}", daemon=True,
                                args=(child, k, self.processes, self.client, self.prompts, self.salt, self.seed,
-                                     str(path), phases, self._live))
+                                     str(path), phases, self._live, os.getpid()))
             proc.start()
             child.close()
             pipes.append(parent)
@@ -201,10 +203,7 @@ class ShardedLoadTest:
                 active = [i for i in range(self.processes) if done[i] is None]
                 if not active:
                     break
-                msgs = dict(zip(active, await asyncio.gather(*(inbox[i].get() for i in active))))
-                for i, (kind, body) in msgs.items():
-                    if kind == "done":
-                        done[i] = body
+                msgs = await _next_from_each(inbox, done, active)  # raises at once when a process failed
                 ready = [i for i, (kind, _) in msgs.items() if kind == "ready"]
                 if not ready:
                     continue
@@ -275,6 +274,34 @@ class ShardedLoadTest:
                                                             default=None)}))
         self.stopped_reason = next((r["stopped_reason"] for r in reports if r.get("stopped_reason")), None)
         self.marks.sort(key=lambda m: m.start_ns)
+
+
+async def _next_from_each(inbox: list[asyncio.Queue], done: list, active: list[int]) -> dict[int, tuple[str, Any]]:
+    """The next message of every active worker (a "done" one's report goes into ``done``). A worker
+    that fails or goes away raises at once, without waiting for the others' next message: their
+    phase may have minutes to run, and the load test must stop now (the caller terminates them).
+    A worker done without an error (its breaker stopped it) is not a failure: the others are told
+    at their next gate."""
+    gets = {i: asyncio.ensure_future(inbox[i].get()) for i in active}
+    try:
+        pending = set(gets.values())
+        while pending:
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            failed = []
+            for i, t in gets.items():
+                if t not in finished:
+                    continue
+                kind, body = t.result()
+                if kind == "done":
+                    done[i] = body
+                if kind == "eof" or (kind == "done" and body.get("error")):
+                    failed.append(f"client process {i}: {body['error'] if body else 'exited without a report'}")
+            if failed:
+                raise RuntimeError(f"client process failed: {'; '.join(failed)}")
+        return {i: t.result() for i, t in gets.items()}
+    finally:
+        for t in gets.values():
+            t.cancel()
 
 
 def _receive(conn, inbox: asyncio.Queue) -> None:

@@ -13,9 +13,11 @@ Backends:
 
 Run as ``python -m tokenbench.telemetry.sampler --out F --interval S [--pid P] [--devices 0,2]
 [--pid-stdin]`` (``--pid-stdin``: the server's pid arrives on stdin once it is launched, so the
-sampler can start first and record the baseline and the start-up);
+sampler can start first and record the baseline and the start-up; a "stop" line there comes before
+an orderly SIGTERM);
 it prints ``ready`` after its first sample and writes Parquet ``F`` and the sidecar ``F.json`` when
-it receives SIGTERM or SIGINT (or after ``--max-duration``).
+it receives SIGTERM or SIGINT (or after ``--max-duration``). Should its parent (the load test) die,
+it writes nothing, reaps the server's process group and exits (``run_sampler``'s ``parent``).
 
 Raw columns, one row per device per sample (``source`` is "nvml" or "cpu"):
 
@@ -81,6 +83,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tokenbench.engines.server import parent_gone
 from tokenbench.telemetry import hardware
 from tokenbench.telemetry.energy import sampling
 
@@ -386,6 +389,7 @@ class CpuSampler:
 
         self.psutil = psutil
         self.proc = psutil.Process(pid) if pid else None
+        self.server_group = _group_led_by(pid)  # the followed server's process group: reaped if the parent dies
         self.me = psutil.Process()
         self.client = psutil.Process(client_pid) if client_pid else None
         self.rapl = Rapl(rapl_pattern)
@@ -399,6 +403,7 @@ class CpuSampler:
 
     def follow(self, pid: int) -> None:
         """From now on, the server process tree is the one under ``pid`` (a gone pid: none)."""
+        self.server_group = _group_led_by(pid)
         try:
             self.proc = self.psutil.Process(pid)
         except self.psutil.Error:
@@ -493,12 +498,19 @@ def sidecar_path(out: str | Path) -> Path:
 
 def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
                 max_duration_s: float | None = None, announce=None, client_pid: int | None = None,
-                devices: list[int] | None = None, rapl_pattern: str = RAPL_GLOB, pid_lines=None) -> int:
+                devices: list[int] | None = None, rapl_pattern: str = RAPL_GLOB, pid_lines=None,
+                parent: int | None = None, orphan_grace_s: float = 10.0) -> int:
     """Sample until SIGTERM/SIGINT (or max_duration_s); write Parquet and its JSON sidecar; return
     the sample count. client_pid: the load generator's process (default: none; the CLI passes its
     parent). devices: NVML indices of the GPUs to sample (default: all). pid_lines: a text stream
     (the CLI's stdin with --pid-stdin) whose lines name the server process to follow from then on:
-    the sampler starts before the server, to record the baseline and the start-up."""
+    the sampler starts before the server, to record the baseline and the start-up.
+
+    parent: the pid of the load test that started this sampler (the CLI's parent). Should it die
+    (SIGKILLed: its death signal, or, as a fallback, this process found re-parented at a sample),
+    the sampler stops at once, writes nothing (no job will read it) and reaps the server it was
+    following: SIGTERM to its process group, SIGKILL after ``orphan_grace_s``, so that an engine's
+    own children, which no death signal reaches, go too. Returns the sample count."""
     import pandas as pd
 
     nv = load_nvml(nvml)
@@ -513,8 +525,10 @@ def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
     rows: list[dict[str, Any]] = []
     times: list[int] = []
     stop = False
+    told_to_stop = threading.Event()  # the parent's own "stop" line: an orderly end, not its death
     if pid_lines is not None:
-        threading.Thread(target=follow_pids, args=(cpu, pid_lines), daemon=True, name="pid-stdin").start()
+        threading.Thread(target=follow_pids, args=(cpu, pid_lines, told_to_stop), daemon=True,
+                         name="pid-stdin").start()
 
     def _stop(*_):
         nonlocal stop
@@ -526,6 +540,8 @@ def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
     k = 0
     try:
         while not stop:
+            if parent_gone(parent):
+                break
             t = time.monotonic_ns()
             for s in samplers:
                 rows.extend(s.sample(t))
@@ -540,25 +556,64 @@ def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
             if delay > 0:
                 time.sleep(delay / 1e9)
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        df = pd.DataFrame(rows, columns=None if rows else ["t_ns", "device"])
-        df["source"] = df["device"].map(lambda d: "nvml" if d.startswith("gpu") else "cpu")
-        df["t_ns"] = df["t_ns"].astype("int64")
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        df.to_parquet(out, index=False)
-        meta = {"interval_s": interval_s, **sampling(times), "nvml": nv is not None,
-                "gpus": gpu.meta() if gpu is not None else [], "cpu": cpu.meta()}
-        sidecar_path(out).write_text(json.dumps(meta, indent=1) + "\n")
+        # stopping already: a further SIGTERM (a dying parent's death signal comes once per thread of it
+        # that the sampler is handed to on its way out) must not cut the reaping or the writing short
+        for sig in old:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            if stop and pid_lines is not None and not told_to_stop.is_set():
+                # SIGTERM with no "stop" line first: the death signal of a parent whose forking thread
+                # died before its other threads, which keep its pid a moment longer: wait for it to go
+                deadline = time.monotonic() + 2.0
+                while not parent_gone(parent) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            if parent_gone(parent):
+                reap_group(cpu.server_group, orphan_grace_s)
+                return k
+            df = pd.DataFrame(rows, columns=None if rows else ["t_ns", "device"])
+            df["source"] = df["device"].map(lambda d: "nvml" if d.startswith("gpu") else "cpu")
+            df["t_ns"] = df["t_ns"].astype("int64")
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            df.to_parquet(out, index=False)
+            meta = {"interval_s": interval_s, **sampling(times), "nvml": nv is not None,
+                    "gpus": gpu.meta() if gpu is not None else [], "cpu": cpu.meta()}
+            sidecar_path(out).write_text(json.dumps(meta, indent=1) + "\n")
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
     return k
 
 
-def follow_pids(cpu: CpuSampler, lines) -> None:
-    """Point ``cpu`` at each server pid read from ``lines`` (one per line) as it arrives."""
+def _group_led_by(pid: int | None) -> int | None:
+    """``pid``'s process group if ``pid`` leads it (a server started in its own session), else None."""
+    try:
+        return pid if pid and os.getpgid(pid) == pid else None
+    except OSError:
+        return None
+
+
+def reap_group(pgid: int | None, grace_s: float) -> None:
+    """SIGTERM the process group ``pgid``, then SIGKILL what is left of it after ``grace_s``; its
+    leader may be gone already (an engine that obeyed its death signal) while its children are not."""
+    from tokenbench.engines.server import _signal_group, _wait_group_gone
+
+    if pgid is None:
+        return
+    _signal_group(pgid, signal.SIGTERM)
+    if not _wait_group_gone(pgid, grace_s):
+        _signal_group(pgid, signal.SIGKILL)
+        _wait_group_gone(pgid, 5.0)
+
+
+def follow_pids(cpu: CpuSampler, lines, told_to_stop: threading.Event | None = None) -> None:
+    """Point ``cpu`` at each server pid read from ``lines`` (one per line) as it arrives; a "stop"
+    line (the parent's, just before its SIGTERM) sets ``told_to_stop``."""
     for line in lines:
         line = line.strip()
         if line.isdigit():
             cpu.follow(int(line))
+        elif line == "stop" and told_to_stop is not None:
+            told_to_stop.set()
 
 
 def parse_devices(text: str | None) -> list[int] | None:
@@ -585,13 +640,16 @@ def main(argv=None) -> int:
     ap.add_argument("--devices", type=parse_devices, default=None,
                     help="NVML indices of the GPUs to sample, e.g. 0,2 (tokenbench.telemetry.devices maps "
                          "CUDA_VISIBLE_DEVICES to these); default all")
+    ap.add_argument("--orphan-grace", type=float, default=10.0,
+                    help="seconds the server's group gets after SIGTERM, should the parent die, before SIGKILL")
     args = ap.parse_args(argv)
 
     def announce():
         print("ready", flush=True)
 
     run_sampler(args.out, args.interval, args.pid, max_duration_s=args.max_duration, announce=announce,
-                client_pid=os.getppid(), devices=args.devices, pid_lines=sys.stdin if args.pid_stdin else None)
+                client_pid=os.getppid(), devices=args.devices, pid_lines=sys.stdin if args.pid_stdin else None,
+                parent=os.getppid(), orphan_grace_s=args.orphan_grace)
     return 0
 
 
