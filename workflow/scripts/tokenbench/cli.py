@@ -157,7 +157,7 @@ def _run(args) -> int:
     validity = ValiditySpec()
     try:
         if args.config:
-            cfg = load_config(args.config)
+            cfg = load_config(args.config, check_files=False)  # only its load and validity are used here
             if args.load not in cfg.loads:
                 raise ConfigError(f"--load {args.load!r} is not a load of {args.config}; it has {sorted(cfg.loads)}")
             phases = list(cfg.loads[args.load].phases)
