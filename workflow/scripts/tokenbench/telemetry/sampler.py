@@ -540,8 +540,9 @@ def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
             if delay > 0:
                 time.sleep(delay / 1e9)
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        # The handlers stay until the files are written: a job killed as a whole (scancel, a cgroup,
+        # a process group) sends this process SIGTERM and then its load test's stop() sends another,
+        # which with the default handler back would cut the Parquet write short (no footer).
         df = pd.DataFrame(rows, columns=None if rows else ["t_ns", "device"])
         df["source"] = df["device"].map(lambda d: "nvml" if d.startswith("gpu") else "cpu")
         df["t_ns"] = df["t_ns"].astype("int64")
@@ -550,6 +551,8 @@ def run_sampler(out: str, interval_s: float, pid: int | None = None, nvml=None,
         meta = {"interval_s": interval_s, **sampling(times), "nvml": nv is not None,
                 "gpus": gpu.meta() if gpu is not None else [], "cpu": cpu.meta()}
         sidecar_path(out).write_text(json.dumps(meta, indent=1) + "\n")
+        for s, h in old.items():
+            signal.signal(s, h)
     return k
 
 
