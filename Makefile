@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tokenbench-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-fast lint clean engines cpu-engines test-engines
+.PHONY: setup run test test-fast test-cluster lint clean engines cpu-engines test-engines
 
 setup: $(STAMP) $(BIN)/llama-server
 
@@ -58,6 +58,13 @@ test-engines: setup engines
 
 test: setup
 	$(BIN)/python -m pytest -ra tests
+
+# The SLURM end-to-end test alone (tests/e2e/test_slurm.py): as root it brings up a one-node cluster
+# (tests/cluster/slurm-up.sh installs Debian's slurm-wlm, slurmdbd, munge, mariadb-server if missing),
+# runs the smoke study through workflow/profiles/slurm, and stops the cluster; elsewhere it is skipped
+# with the reason. `make test` runs it too.
+test-cluster: setup
+	$(BIN)/python -m pytest -ra tests/e2e/test_slurm.py
 
 test-fast: setup
 	$(BIN)/python -m pytest -ra tests/unit tests/workflow

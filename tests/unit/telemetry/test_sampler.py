@@ -306,6 +306,27 @@ def test_sampler_subprocess_rate_and_sigterm(tmp_path):
     assert side["cpu"]["cpu_count"] == len(os.sched_getaffinity(0))
 
 
+def test_a_second_sigterm_while_writing_does_not_cut_the_file_short(tmp_path):
+    # a job killed as a whole (scancel, a cgroup, a terminal's Ctrl-C to the process group) signals the
+    # sampler, and then its load test's stop() signals it again, as it writes: the file must still end whole
+    out = tmp_path / "tel.parquet"
+    code = textwrap.dedent(f"""
+        import os, signal
+        import pandas as pd
+        from tokenbench.telemetry.sampler import run_sampler
+        write = pd.DataFrame.to_parquet
+        def signalled_write(df, *a, **k):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return write(df, *a, **k)
+        pd.DataFrame.to_parquet = signalled_write
+        run_sampler({str(out)!r}, 0.02, max_duration_s=0.2)
+    """)
+    p = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert len(pd.read_parquet(out)) > 0 and json.loads(out.with_suffix(".json").read_text())["samples"] > 0
+
+
 def test_run_sampler_with_fake_nvml_writes_the_sidecar(tmp_path):
     out = tmp_path / "telemetry.raw.parquet"
     n = telemetry.run_sampler(str(out), 0.02, nvml=FakeHost([h100(), a100()], clock="monotonic").module(),
