@@ -181,6 +181,33 @@ def test_external_endpoint_without_its_key_in_the_environment(tmp_path, fake_ser
     assert srv.requests == 0
 
 
+def test_external_endpoint_on_a_closed_port_fails_fast_saying_so(tmp_path):
+    from tokenbench.engines.server import ServerError, free_port
+    from tokenbench.load.run import run_load_test
+
+    eng = {"kind": "external", "url": f"http://127.0.0.1:{free_port()}", "ready_timeout_s": 120,
+           "capabilities": ["chat", "ignore_eos"]}
+    settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 1, "duration_s": 1}])
+    t0 = time.monotonic()
+    with pytest.raises(ServerError, match=r"engines\.e: external endpoint not ready: nothing is listening at "
+                                          r"http://127\.0\.0\.1:\d+/v1/models \(connection refused\)"):
+        run_load_test(settings, man, probe, **paths)
+    assert time.monotonic() - t0 < 10  # not the 120 s ready_timeout_s
+
+
+def test_external_endpoint_answering_an_error_says_what_came_back(tmp_path, fake_server):
+    from tokenbench.engines.server import ServerError
+    from tokenbench.load.run import run_load_test
+
+    srv = fake_server(models_status=500)
+    eng = {"kind": "external", "url": srv.url, "ready_timeout_s": 1, "capabilities": ["chat", "ignore_eos"]}
+    settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 1, "duration_s": 1}])
+    with pytest.raises(ServerError, match=r"no 2xx answer within 1 s \(engines\.<name>\.ready_timeout_s\); "
+                                          r"last: HTTP 500"):
+        run_load_test(settings, man, probe, **paths)
+    assert srv.requests == 0
+
+
 def test_remote_external_endpoint_is_refused_even_with_handmade_settings(tmp_path, fake_server):
     from tokenbench.load.run import run_load_test
 

@@ -211,16 +211,63 @@ def health_ok(url: str, timeout: float, headers: dict[str, str] | None = None) -
         return False
 
 
-def wait_endpoint_ready(url: str, timeout_s: float, headers: dict[str, str] | None = None,
-                        poll_s: float = 0.25) -> float:
-    """Readiness of a server someone else runs: poll until ready or fail after timeout_s."""
+class NotReady(Exception):
+    """An endpoint did not answer its readiness probe: nothing was sent."""
+
+
+# what to check when an external endpoint of the pipeline is not ready, in the config's words
+CONFIG_HINTS = {"auth": "check engines.<name>.api_key_env", "path": "check engines.<name>.url, route_prefix "
+                "and health_path", "timeout": "engines.<name>.ready_timeout_s"}
+
+
+def probe_ready(url: str, timeout_s: float, headers: dict[str, str] | None = None, poll_s: float = 0.25,
+                refused_grace_s: float = 1.0, hints: dict[str, str] | None = None) -> float:
+    """GET ``url`` until it answers 2xx; returns the seconds it took. Raises NotReady, saying why:
+    nothing listening (connection refused for ``refused_grace_s``: fails fast, a closed port does not
+    open by waiting), an answer that cannot improve (401, 403, 404: its status and the start of its
+    body), or no 2xx within ``timeout_s`` (the last status and body: a 503 while the model loads).
+    ``hints``: what to check, in the caller's words (keys auth, path, timeout)."""
+    from tokenbench.provenance import scrub, scrub_shapes
+
+    hints = {**CONFIG_HINTS, **(hints or {})}
+
+    secrets = tuple(v.split(" ", 1)[-1] for k, v in (headers or {}).items() if k.lower() == "authorization")
+
+    def shown(body: bytes) -> str:
+        text = body[:200].decode("utf-8", "replace").strip()
+        return scrub(scrub_shapes(text, secrets)) or "(empty body)"
+
     t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if health_ok(url, min(5.0, timeout_s), headers):
-            return time.monotonic() - t0
-        time.sleep(poll_s)
-    raise ServerError(f"external endpoint not ready after {timeout_s:.0f} s at {url} (needs HTTP 200); "
-                      f"check engines.<name>.url, health_path and api_key_env")
+    refused_since = None
+    last = "no answer"
+    while True:
+        left = timeout_s - (time.monotonic() - t0)
+        req = urllib.request.Request(url, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=max(min(5.0, left), 0.1)) as resp:
+                if 200 <= resp.status < 300:
+                    return time.monotonic() - t0
+                last = f"HTTP {resp.status}: {shown(resp.read(200))}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}: {shown(exc.read(200) if exc.fp else b'')}"
+            if exc.code in (401, 403, 404, 405):  # waiting will not change these
+                raise NotReady(f"readiness probe GET {url} answered {last}"
+                               + "; " + (hints["auth"] if exc.code in (401, 403) else hints["path"])) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ConnectionRefusedError):
+                refused_since = refused_since or time.monotonic()
+                if time.monotonic() - refused_since >= min(refused_grace_s, timeout_s):
+                    raise NotReady(f"nothing is listening at {url} (connection refused); is the server "
+                                   "running, and on that port?") from None
+                last = "connection refused"
+            else:
+                last = f"{type(reason).__name__}: {reason}"
+        elapsed = time.monotonic() - t0
+        if elapsed >= timeout_s:
+            raise NotReady(f"readiness probe GET {url}: no 2xx answer within {timeout_s:g} s ({hints['timeout']}); "
+                           f"last: {last}")
+        time.sleep(min(poll_s, timeout_s - elapsed))
 
 
 class Server:

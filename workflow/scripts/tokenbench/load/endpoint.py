@@ -28,6 +28,7 @@ from tokenbench.load.prompts import load_prompts, prompt_set_hash
 from tokenbench.load import journal as request_journal
 from tokenbench.load.run import api_key_headers, cancellable, client_summary
 from tokenbench.load.shards import ClientSpec, load_test
+from tokenbench.engines.server import NotReady, probe_ready
 from tokenbench.telemetry import hardware
 from tokenbench.telemetry.merge import merge_telemetry
 
@@ -66,9 +67,9 @@ def check_loopback(url: str, allow_remote: bool) -> urllib.parse.ParseResult:
     return u
 
 
-class NotReady(Exception):
-    """The endpoint did not answer its readiness probe: nothing was sent."""
-
+# what to check when the readiness probe fails, in the CLI's words
+CLI_HINTS = {"auth": "check --api-key-env", "path": "check --route-prefix or --ready-path",
+             "timeout": "--ready-timeout"}
 
 # exit codes of ``tokenbench run`` (its --help and the README list them)
 EXIT_VALID, EXIT_INTERRUPTED, EXIT_BAD_INPUT, EXIT_INVALID, EXIT_NOT_READY = 0, 1, 2, 3, 4
@@ -79,57 +80,6 @@ EXIT_CODES = {EXIT_VALID: "the run completed and every steady phase passed its v
                             "minimum requests or duration, ...), or the load stopped early because the server "
                             "stopped answering (the breaker)",
               EXIT_NOT_READY: "the endpoint did not answer the readiness probe; nothing was sent"}
-
-
-def probe_ready(url: str, timeout_s: float, headers: dict[str, str] | None = None, poll_s: float = 0.25,
-                refused_grace_s: float = 1.0) -> float:
-    """GET ``url`` until it answers 2xx; returns the seconds it took. Raises NotReady, saying why:
-    nothing listening (connection refused for ``refused_grace_s``: fails fast, a closed port does not
-    open by waiting), an answer that cannot improve (401, 403, 404: its status and the start of its
-    body), or no 2xx within ``timeout_s`` (the last status and body: a 503 while the model loads)."""
-    import urllib.error
-    import urllib.request
-
-    from tokenbench.provenance import scrub, scrub_shapes
-
-    secrets = tuple(v.split(" ", 1)[-1] for k, v in (headers or {}).items() if k.lower() == "authorization")
-
-    def shown(body: bytes) -> str:
-        text = body[:200].decode("utf-8", "replace").strip()
-        return scrub(scrub_shapes(text, secrets)) or "(empty body)"
-
-    t0 = time.monotonic()
-    refused_since = None
-    last = "no answer"
-    while True:
-        left = timeout_s - (time.monotonic() - t0)
-        req = urllib.request.Request(url, headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=max(min(5.0, left), 0.1)) as resp:
-                if 200 <= resp.status < 300:
-                    return time.monotonic() - t0
-                last = f"HTTP {resp.status}: {shown(resp.read(200))}"
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}: {shown(exc.read(200) if exc.fp else b'')}"
-            if exc.code in (401, 403, 404, 405):  # waiting will not change these
-                raise NotReady(f"readiness probe GET {url} answered {last}"
-                               + ("; check --api-key-env" if exc.code in (401, 403) else
-                                  "; check --route-prefix or --ready-path")) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            if isinstance(reason, ConnectionRefusedError):
-                refused_since = refused_since or time.monotonic()
-                if time.monotonic() - refused_since >= min(refused_grace_s, timeout_s):
-                    raise NotReady(f"nothing is listening at {url} (connection refused); is the server "
-                                   "running, and on that port?") from None
-                last = "connection refused"
-            else:
-                last = f"{type(reason).__name__}: {reason}"
-        elapsed = time.monotonic() - t0
-        if elapsed >= timeout_s:
-            raise NotReady(f"readiness probe GET {url}: no 2xx answer within {timeout_s:g} s (--ready-timeout); "
-                           f"last: {last}")
-        time.sleep(min(poll_s, timeout_s - elapsed))
 
 
 def run_endpoint(endpoint: str, model: str, phases: list[LoadPhase], request: RequestSpec, out_dir: str, *,
@@ -150,7 +100,7 @@ def run_endpoint(endpoint: str, model: str, phases: list[LoadPhase], request: Re
     headers = api_key_headers(api_key_env, "--api-key-env") or None
     validity = validity or ValiditySpec()
     ready_url = endpoint.rstrip("/") + (ready_path if ready_path is not None else route_prefix + "/models")
-    ready_s = probe_ready(ready_url, ready_timeout_s, headers) if ready_timeout_s > 0 else None
+    ready_s = probe_ready(ready_url, ready_timeout_s, headers, hints=CLI_HINTS) if ready_timeout_s > 0 else None
     prompts, _ = load_prompts(request.prompts, None, request.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

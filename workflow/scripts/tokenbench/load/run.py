@@ -23,8 +23,8 @@ from tokenbench import provenance, records
 from tokenbench.config import CellEngine, CellSettings, ConfigError, canonical_hash, is_loopback, rep_name
 from tokenbench.engines import catalog as engines
 from tokenbench.engines import promscrape
-from tokenbench.engines.server import (Server, die_with_parent, free_port, gpu_idle_check, grep_log, pick_port,
-                                       wait_endpoint_ready)
+from tokenbench.engines.server import (NotReady, Server, ServerError, die_with_parent, free_port, gpu_idle_check,
+                                       grep_log, pick_port, probe_ready)
 from tokenbench.load import journal as request_journal
 from tokenbench.load.generator import LoadTest, event_loop_name, loop_lag_by_phase, run_async
 from tokenbench.load.shards import ClientSpec, ShardedLoadTest, load_test
@@ -364,7 +364,10 @@ class CellLoadTest:
         if self.server:
             self.doc["server_ready_s"] = self.server.wait_ready(timeout_s)
         else:
-            self.doc["server_ready_s"] = wait_endpoint_ready(ep.base_url + ep.health_path, timeout_s, ep.headers)
+            try:  # fails fast on a closed port, and says what the endpoint answered
+                self.doc["server_ready_s"] = probe_ready(ep.base_url + ep.health_path, timeout_s, ep.headers)
+            except NotReady as exc:
+                raise ServerError(f"engines.{self.engine.name}: external endpoint not ready: {exc}") from None
         self.doc["server_ready_ns"] = time.monotonic_ns()
 
     def load_prompts(self) -> None:
