@@ -119,6 +119,7 @@ def test_editing_any_package_file_reruns_exactly_its_importers_and_their_downstr
         else:  # package data: the rules importing a module that names the file or declares its folder
             importers = {rule for rule, fs in imports.items()
                          if any(names_data(pkg / m, f) for m in fs if m.endswith(".py"))}
+        importers &= graph.keys()  # a rule this config does not use (convert_model here) plans no job
         expected = downstream(graph, importers) if importers else set()
         text, stat = f.read_bytes(), f.stat()
         f.write_bytes(text + (b"\n# edited by the test\n" if f.suffix in (".py", ".yaml") else b"\n"))
