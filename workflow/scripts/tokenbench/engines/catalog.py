@@ -384,9 +384,10 @@ def fixed_length_knob(capabilities) -> str | None:
     return next((k for k in FIXED_LENGTH_KNOBS if k in capabilities), None)
 
 
-def fixed_length_fields(capabilities, max_tokens: int) -> dict[str, Any]:
-    """The request fields that make an engine decode exactly ``max_tokens`` tokens."""
-    knob = fixed_length_knob(capabilities)
+def fixed_length_fields(capabilities, max_tokens: int, knob: str | None = None) -> dict[str, Any]:
+    """The request fields that make an engine decode exactly ``max_tokens`` tokens (``knob``: its
+    fixed_length_knob, when the caller has it already)."""
+    knob = knob or fixed_length_knob(capabilities)
     if knob == "ignore_eos":
         return {"ignore_eos": True}
     if knob == "min_tokens":

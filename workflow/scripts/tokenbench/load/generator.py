@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from tokenbench.config import RequestSpec
-from tokenbench.engines.catalog import fixed_length_fields
+from tokenbench.engines.catalog import fixed_length_fields, fixed_length_knob
 from tokenbench.provenance import scrub_shapes
 from tokenbench.load.clock import now_ns, sleep_until
 from tokenbench.load.http_stream import StreamPool
@@ -169,6 +169,7 @@ class Client:
         self.model = served_model
         self.request = request
         self.caps = capabilities
+        self.fixed_length = fixed_length_knob(capabilities)  # chosen once, not per request
         self.secrets: tuple[str, ...] = ()  # values scrubbed from every error recorded (the API key)
         if self.endpoint not in self.caps:
             raise ValueError(f"engine does not serve the '{self.endpoint}' endpoint")
@@ -189,7 +190,7 @@ class Client:
         if "stream_usage" in self.caps:
             body["stream_options"] = {"include_usage": True}
         if r.ignore_eos:  # fixed lengths through the knob the engine has (none: the config refused it)
-            body.update(fixed_length_fields(self.caps, body["max_tokens"]))
+            body.update(fixed_length_fields(self.caps, body["max_tokens"], self.fixed_length))
         return body
 
     async def send(self, rec: RequestRecord, prompt: str, timeout_s: float) -> RequestRecord:
