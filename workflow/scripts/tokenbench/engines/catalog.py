@@ -106,7 +106,7 @@ def _dtype(spec) -> str | None:
 
 def python_of(binary: str) -> str:
     """The Python interpreter behind a console script (its shebang), or the binary if it is one."""
-    if Path(binary).name.startswith("python"):
+    if is_python(binary):
         return binary
     try:
         with open(binary, "rb") as fh:
