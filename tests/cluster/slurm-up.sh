@@ -48,6 +48,12 @@ if [ -f "$CONF/slurm.conf" ] && ! grep -qF "$MARK" "$CONF/slurm.conf"; then
     cannot "$CONF/slurm.conf exists and is not ours: this machine has its own SLURM set-up"
 fi
 
+# detached CMD...: start a daemon with stdin/stdout/stderr detached from this script's. A caller that
+# captures this script's output (the SLURM test does) waits for EOF on the pipe, which never comes
+# while a daemon still holds it. What a daemon prints before it opens its own log goes to STARTLOG.
+STARTLOG=$LOGDIR/daemons-start.log
+detached() { "$@" </dev/null >>"$STARTLOG" 2>&1; }
+
 mkdir -p "$CONF" "$LOGDIR" "$STATE/slurmctld" "$STATE/slurmd" /run/slurm /run/munge /run/mysqld
 chown munge:munge /run/munge
 chown mysql:mysql /run/mysqld
@@ -59,10 +65,10 @@ if [ ! -s /etc/munge/munge.key ]; then
     chmod 400 /etc/munge/munge.key
 fi
 if ! munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then
-    runuser -u munge -- /usr/sbin/munged
+    detached runuser -u munge -- /usr/sbin/munged
     for _ in $(seq 50); do munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
 fi
-munge -n </dev/null | unmunge >/dev/null || { say "munged does not answer"; exit 1; }
+munge -n </dev/null | unmunge >/dev/null || { say "munged does not answer"; tail -n 20 "$STARTLOG" >&2; exit 1; }
 
 # put FILE MODE < text: write FILE from stdin; CHANGED=1 when it differs from what was there
 # (the daemons then restart to read it)
@@ -78,11 +84,11 @@ put() {
 if ! mysqladmin ping >/dev/null 2>&1; then
     [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
     # started directly, not through an init system; its pid file is /run/mysqld/mysqld.pid
-    (cd / && setsid mariadbd-safe --user=mysql --skip-networking=0 --bind-address=127.0.0.1 \
-        >/dev/null 2>&1 &)
+    (cd / && exec setsid mariadbd-safe --user=mysql --skip-networking=0 --bind-address=127.0.0.1) \
+        </dev/null >>"$STARTLOG" 2>&1 &
     for _ in $(seq 100); do mysqladmin ping >/dev/null 2>&1 && break; sleep 0.2; done
 fi
-mysqladmin ping >/dev/null 2>&1 || { say "MariaDB did not start"; exit 1; }
+mysqladmin ping >/dev/null 2>&1 || { say "MariaDB did not start"; tail -n 20 "$STARTLOG" >&2; exit 1; }
 mysql -uroot <<'SQL'
 CREATE DATABASE IF NOT EXISTS slurm_acct_db;
 CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'tokenbench';
@@ -177,15 +183,15 @@ if [ "$CHANGED" = 1 ]; then
 fi
 
 if ! running /run/slurm/slurmdbd.pid; then
-    slurmdbd
+    detached slurmdbd
     for _ in $(seq 50); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.2; done
 fi
 sacctmgr -i add cluster "$CLUSTER" >/dev/null 2>&1 || true
 sacctmgr -i add account "$CLUSTER" Description="tokenbench tests" Organization=tokenbench >/dev/null 2>&1 || true
 sacctmgr -i add user root DefaultAccount="$CLUSTER" Account="$CLUSTER" >/dev/null 2>&1 || true
 
-if ! running /run/slurm/slurmctld.pid; then slurmctld; fi
-if ! running /run/slurm/slurmd.pid; then slurmd; fi
+if ! running /run/slurm/slurmctld.pid; then detached slurmctld; fi
+if ! running /run/slurm/slurmd.pid; then detached slurmd; fi
 
 for _ in $(seq 100); do
     state=$(sinfo -h -N -n "$NODE" -o '%t' 2>/dev/null | head -1)
@@ -204,7 +210,7 @@ case "$state" in
     *)
         say "node $NODE is '${state:-unknown}', not idle"
         sinfo -N -l >&2 || true
-        tail -n 20 "$LOGDIR/slurmctld.log" "$LOGDIR/slurmd.log" >&2 || true
+        tail -n 20 "$LOGDIR/slurmctld.log" "$LOGDIR/slurmd.log" "$STARTLOG" >&2 || true
         exit 1 ;;
 esac
 say "up: cluster $CLUSTER, node $NODE ($CPUS CPUs, gres gpu:a100:1), partitions cpu (default) and gpu"

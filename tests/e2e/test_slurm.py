@@ -40,8 +40,22 @@ def _cluster_answers() -> bool:
         ["sinfo", "-h"], capture_output=True, timeout=30).returncode == 0
 
 
+def _processes_holding(path: Path) -> list[str]:
+    """'pid (command)' of every process with an open file descriptor on path."""
+    target, found = str(path.resolve()), []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) == target for fd in (proc / "fd").iterdir()):
+                found.append(f"{proc.name} ({(proc / 'comm').read_text().strip()})")
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
 @pytest.fixture(scope="module")
-def slurm_cluster():
+def slurm_cluster(tmp_path_factory):
     """A single-node SLURM cluster on this machine (brought up by slurm-up.sh), or a skip saying why not."""
     if sys.platform != "linux":
         pytest.skip("the SLURM test needs Linux (Debian's slurm-wlm)")
@@ -54,10 +68,22 @@ def slurm_cluster():
     if not (shutil.which("llama-server") or (Path(sys.executable).parent / "llama-server").exists()):
         pytest.skip("llama-server is not built: run `make setup`")
     was_up = _cluster_answers()
-    up = subprocess.run(["bash", str(UP)], capture_output=True, text=True, timeout=1200)
+    # The script's output goes to a file, not a pipe: a daemon that kept a pipe open would make
+    # subprocess.run wait for EOF until its timeout (CI lost 20 minutes so once). That no process is
+    # left holding the script's output is asserted below instead.
+    out_path = tmp_path_factory.mktemp("slurm-up") / "slurm-up.out"
+    with open(out_path, "w") as out:
+        up = subprocess.run(["bash", str(UP)], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                            timeout=1200)
+    text = out_path.read_text()
     if up.returncode == 3:
-        pytest.skip(up.stderr.strip().splitlines()[-1])
-    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        pytest.skip(text.strip().splitlines()[-1])
+    assert up.returncode == 0, text[-6000:]
+    holders = _processes_holding(out_path)
+    if holders and not was_up:
+        subprocess.run(["bash", str(DOWN)], capture_output=True, timeout=300)
+    assert not holders, (f"slurm-up.sh left processes holding its stdout/stderr {holders}: a caller piping its "
+                         "output (| tee, subprocess capture) would wait for EOF forever")
     yield
     if not was_up:
         subprocess.run(["bash", str(DOWN)], capture_output=True, timeout=300)
