@@ -256,3 +256,26 @@ def test_latency_breakdown_splits_each_request_in_order_with_p50_and_p99():
     assert p99["scheduled-send lag"] == pytest.approx(9.9) and (data["n"] == 101).all()
     color = next(d["color"] for d in walk(chart.to_dict()) if isinstance(d.get("color"), dict))
     assert color["scale"]["domain"] == ["scheduled-send lag", "first byte", "first token", "decode"]
+
+
+def test_latency_chart_with_no_valid_replicate_says_why_instead_of_drawing_an_empty_frame(tmp_path):
+    from tokenbench.report.pages import environment
+    from tokenbench.report.results import Chart
+
+    summary = pd.DataFrame({"engine": "e", "model": "m", "load": ["users-1", "users-2"], "rep": "r1", "users": [1, 2],
+                            "valid": [False, False], "ttft_p50_ms": [10.0, 20.0], "e2e_p50_ms": [100.0, 200.0]})
+    chart, data = charts.plot_latency(summary)
+    assert data.empty
+    charts.save(chart, data, tmp_path / "latency.vl.json")
+    stem = tmp_path / "latency"
+    drawn = Chart("latency", chart.to_dict(), {"csv": f"{stem}.csv", "json": f"{stem}.json"})
+    assert "validity checks" in drawn.empty
+    macro = environment().from_string('{% from "macros.j2" import chart %}{{ chart(c) }}')
+    html = macro.render(c=drawn, root="")
+    assert "nothing to draw" in html and "Run health" in html and "tb-chart" not in html.replace("tb-chart-empty", "")
+    # with one valid replicate the chart is drawn as before
+    summary.loc[0, "valid"] = True
+    chart, data = charts.plot_latency(summary)
+    charts.save(chart, data, tmp_path / "latency.vl.json")
+    drawn = Chart("latency", chart.to_dict(), {"csv": f"{stem}.csv", "json": f"{stem}.json"})
+    assert drawn.empty is None and 'data-spec="latency"' in macro.render(c=drawn, root="")

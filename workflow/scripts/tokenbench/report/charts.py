@@ -498,5 +498,8 @@ def plot_latency(summary: pd.DataFrame) -> tuple[alt.FacetChart, pd.DataFrame]:
         tooltip=["engine", "model", "load", "users", "stat", alt.Tooltip("mean(ms):Q", format=".1f"),
                  alt.Tooltip("count(ms):Q", title="replicates")],
     ).properties(width=260, height=220).facet(column=alt.Column("metric:N", title=None)).resolve_scale(
-        y="independent").properties(title="Latency percentiles vs users (valid replicates)")
+        y="independent").properties(
+        title="Latency percentiles vs users (valid replicates)",
+        usermeta={"empty": "No replicate at any load passed the validity checks, and only valid replicates "
+                           "are drawn here. The Run health page says why each failed."})
     return chart, d

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from markupsafe import Markup
@@ -23,6 +24,23 @@ class Chart:
     def title(self) -> str:
         t = self.spec.get("title")
         return (t.get("text") if isinstance(t, dict) else t) or self.name
+
+    @property
+    def empty(self) -> str | None:
+        """Why there is nothing to draw, when the chart's data has no rows; None when it has some.
+
+        The reason is the spec's ``usermeta.empty`` (the plot function knows why its data can be
+        empty), else a plain one. A chart without a data file is taken as drawable."""
+        path = self.data.get("json")
+        if not path:
+            return None
+        try:
+            rows = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            return None
+        if rows:
+            return None
+        return (self.spec.get("usermeta") or {}).get("empty") or "its data has no rows"
 
     def inline(self) -> Markup:
         """The spec as a script body (``</`` escaped so a title cannot end the script)."""
