@@ -177,6 +177,22 @@ def test_a_run_against_a_port_that_closes_before_it_starts_is_stopped_by_the_bre
     assert "server unreachable" in run["stopped_reason"]
 
 
+def test_a_gateway_answering_502_for_a_dead_server_trips_the_breaker_but_503_does_not(fake_server, tmp_path, capsys):
+    # a proxy in front of a dead engine answers 502 Bad Gateway at once: that is "no server" too
+    srv = fake_server(tokens=4, status=502)
+    rc, wall = cli(srv.url, tmp_path / "502", "--profile", "closed:users=4,duration_s=20", "--ready-timeout", "0")
+    req, run, metrics = accounted(tmp_path / "502")
+    assert rc == 3 and wall < 8, capsys.readouterr().err
+    assert (req.http_status == 502).all() and len(req) < 200  # users back off as on a refused port
+    assert "behind a gateway" in run["stopped_reason"] and "HTTP 502" in run["stopped_reason"]
+    # 503 is what an overloaded (but present) server answers: the phase runs its course
+    srv = fake_server(tokens=4, status=503)
+    rc, wall = cli(srv.url, tmp_path / "503", "--profile", "closed:users=2,duration_s=2", "--ready-timeout", "0")
+    req, run, metrics = accounted(tmp_path / "503")
+    assert rc == 3 and wall >= 2 and not run.get("stopped_reason")
+    assert (req.http_status == 503).all()
+
+
 def test_a_server_echoing_the_key_does_not_get_it_recorded(fake_server, tmp_path, capsys, monkeypatch):
     srv = fake_server(tokens=4, echo_key=True)
     monkeypatch.setenv("TB_FAULT_KEY", KEY)

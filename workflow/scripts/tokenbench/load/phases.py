@@ -47,6 +47,17 @@ def is_connect_failure(rec) -> bool:
     """The request never reached a server: its connection could not be opened (refused, unreachable)."""
     return rec.status == "disconnect" and (rec.error or "").startswith("disconnect: connect:")
 
+
+def is_bad_gateway(rec) -> bool:
+    """A gateway or proxy answered for a server behind it that it could not reach (HTTP 502)."""
+    return rec.status == "http_error" and rec.http_status == 502
+
+
+def is_server_gone(rec) -> bool:
+    """The request found no server to serve it: a failed connect, or a 502 from a gateway in front of it.
+    (503 and 504 are not: an overloaded server answers them too.)"""
+    return is_connect_failure(rec) or is_bad_gateway(rec)
+
 Arrival = tuple[int, dict[str, Any] | None]  # (offset from the phase start in ns, a prompt item or None)
 
 
@@ -183,7 +194,7 @@ class ClosedPhase(BoundedPhase):
             while window.more(now_ns()):
                 rec = await asyncio.shield(window.send(u, now_ns()))
                 # a user does not spin on a dead server: it backs off while the breaker gathers evidence
-                pause = window.breaker.backoff_s() if is_connect_failure(rec) else 0.0
+                pause = window.breaker.backoff_s() if is_server_gone(rec) else 0.0
                 if window.honour_retry_after and rec.retry_after_s:
                     pause = max(pause, rec.retry_after_s)  # the server asked this user to wait
                 if think or pause:
