@@ -155,6 +155,25 @@ def test_a_terminal_gets_a_bar_and_a_pipe_gets_lines():
     assert Progress.for_stream(test, "cell", [phase], None) is None
 
 
+def test_a_stop_before_the_end_is_said_once_at_once_on_lines_and_on_a_terminal():
+    phase = ClosedPhase(name="steady", users=2, duration_s=20)
+    for tty in (False, True):
+        test, out = FakeTest(), (FakeTTY() if tty else io.StringIO())
+        test.stopped_reason = None
+        p = Progress.for_stream(test, "cell", [phase], out, every_s=5)
+        p.clock = Clock(100.0)
+        test.start(phase, 100.0)
+        p.tick()
+        assert "stopped early" not in out.getvalue()
+        test.stopped_reason = "server unreachable: 5 requests in a row failed to connect over 1.0 s (refused)"
+        p.clock.t = 101.0  # no regular line is due yet (every 5 s): the stop is said all the same
+        p.tick()
+        p.tick(final=True)
+        p.close()
+        said = out.getvalue()
+        assert said.count("[cell] stopped early: server unreachable: 5 requests in a row") == 1, (tty, said)
+
+
 LINE = re.compile(r"^\[(?P<label>[^\]]+)\] phase (?P<phase>\S+) \d/\d .*?(?P<done>\d+)(/~?\d+)? requests done "
                   r"\((?P<ok>\d+) ok, (?P<err>\d+) errors?\)")
 

@@ -12,7 +12,9 @@ generator. It shows
 - elsewhere (a Snakemake job log, a pipe): one plain line every ``every_s`` seconds (default 5 s;
   ``TOKENBENCH_PROGRESS_S`` sets it for the pipeline, ``tokenbench run --progress-every`` for a run;
   0 shows none), plus one when a phase starts, one when it has ended and a last one when the load
-  ends.
+  ends;
+- in both, one line as soon as the load test stops before its end (the breaker: the server is gone),
+  with the reason.
 
 Expected requests come from the phase: its ``requests`` budget; for an open loop bounded by time,
 rate × duration (an estimate: the arrivals are random, shown with ``~``); for a trace, its rows;
@@ -174,6 +176,7 @@ class Progress:
         self._seen: deque[tuple[float, int, int]] = deque(maxlen=max(2, math.ceil(RATE_WINDOW_S / max(self.poll_s, 1e-3)) + 1))
         self._last_line = -math.inf
         self._bar = None
+        self._stop_said = False
 
     @classmethod
     def for_stream(cls, test: Any, label: str, phases: list[Any], stream: TextIO | None,
@@ -209,6 +212,7 @@ class Progress:
     def tick(self, final: bool = False) -> str | None:
         """Read the counters once; write a line when one is due (or ``final``), redraw the bar.
         Returns the line written, if one was."""
+        self._say_stop()
         before, plan_before = self._start, self._plan
         st = self.state()
         if st is None:
@@ -228,6 +232,19 @@ class Progress:
         self.lines_to.write(line + "\n")
         self.lines_to.flush()
         return line
+
+    def _say_stop(self) -> None:
+        """One line, at once, when the load test stopped before its end (the breaker: a dead server)."""
+        reason = getattr(self.test, "stopped_reason", None)
+        if not reason or self._stop_said:
+            return
+        self._stop_said = True
+        line = f"[{self.label}] stopped early: {reason}"
+        if self._bar is not None:
+            self._bar.write(line, file=self.bar_to)
+        for out in {id(o): o for o in (self.lines_to, self.bar_to if self._bar is None else None) if o}.values():
+            out.write(line + "\n")
+            out.flush()
 
     def _draw(self, st: State, new_phase: bool) -> None:
         from tqdm import tqdm
