@@ -285,3 +285,30 @@ def test_config_reference_page_lists_every_key_and_offers_the_schema(site):
     assert f'class="tb-download" href="{pages.CONFIG_SCHEMA}"' in text
     assert json.loads(schema.read_text()) == config_reference.json_schema()
     assert {"Config reference": "config.md"} in pages.mkdocs_config(StudySpec(title="T"))["nav"]
+
+
+def test_a_compared_pair_names_the_weights_each_side_ran():
+    def run(engine, label):
+        return {"cell": {"engine": engine, "model": "m"}, **({"weights": {"label": label}} if label else {})}
+
+    runs = [run("vllm", "HF bfloat16 from GGUF Q4_1"), run("llamacpp", "GGUF Q4_1")]
+    assert pages.pair_title(runs, "m", "vllm", "llamacpp") == (
+        "vllm (a, HF bfloat16 from GGUF Q4_1) against llamacpp (b, GGUF Q4_1), m")
+    same = [run("a", "GGUF Q4_1"), run("b", "GGUF Q4_1")]
+    assert pages.pair_title(same, "m", "a", "b") == "a (a) against b (b), m (GGUF Q4_1)"
+    assert pages.pair_title([run("a", None), run("b", None)], "m", "a", "b") == "a (a) against b (b), m"
+    assert "weights not recorded" in pages.pair_title([run("a", "GGUF Q4_1"), run("b", None)], "m", "a", "b")
+
+
+def test_verdict_names_the_winners_weights_only_when_configurations_ran_different_ones(site):
+    res = site["res"]
+    runs = json.loads(json.dumps(res.runs))
+    for r in runs:
+        r["weights"] = {"label": "GGUF Q4_1" if r["cell"]["engine"] == "slow" else "HF bfloat16 from GGUF Q4_1"}
+    mixed = Results(docs=res.docs, runs=runs, cells=res.cells, comparisons=res.comparisons)
+    assert {g.title: g for g in verdict.verdict(mixed)}["Highest output throughput"].winner == (
+        "fast (HF bfloat16 from GGUF Q4_1)")
+    for r in runs:
+        r["weights"] = {"label": "GGUF Q4_1"}
+    same = Results(docs=res.docs, runs=runs, cells=res.cells, comparisons=res.comparisons)
+    assert {g.title: g for g in verdict.verdict(same)}["Highest output throughput"].winner == "fast"

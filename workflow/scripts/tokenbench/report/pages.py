@@ -28,7 +28,7 @@ from tokenbench.analysis.registry import (CELL_METRICS, CONVENTIONS, ESTIMATED, 
 from tokenbench.config import StudySpec
 from tokenbench.report import history as history_mod
 from tokenbench.report.results import (Chart, Results, cell_figure, col_format, col_header, mean_concurrency,
-                                       measured, phases_of, run_key, run_title)
+                                       measured, phases_of, run_key, run_title, weights_label)
 from tokenbench.report.tables import Row, Table, write_downloads
 from tokenbench.report.verdict import (SLO_SHARE, candidates, findings, hypothesis_table, p_text, slo_text, verdict,
                                        with_unit)
@@ -69,9 +69,19 @@ def comparison_tables(res: Results) -> list[dict[str, Any]]:
             levels.append({"title": f"{load} · {phase}", "excluded": None, "won": won,
                            "table": Table(f"compare-{a}-vs-{b}-{model}-{load}-{phase}", rows, notes=notes)})
         won = sum(1 for c in pair if c.get("winner"))
-        out.append({"title": f"{a} (a) against {b} (b), {model}", "a": a, "b": b, "won": won, "total": len(pair),
+        out.append({"title": pair_title(res.runs, model, a, b), "a": a, "b": b, "won": won, "total": len(pair),
                     "levels": levels})
     return out
+
+
+def pair_title(runs: list[dict[str, Any]], model: str, a: str, b: str) -> str:
+    """"vllm (a, HF bfloat16 from GGUF Q4_1) against llamacpp (b, GGUF Q4_1), smollm2-135m": each
+    side's weights where they differ (a quantized GGUF against a bf16 conversion), once where not."""
+    wa, wb = weights_label(runs, a, model), weights_label(runs, b, model)
+    if wa == wb:
+        return f"{a} (a) against {b} (b), {model}" + (f" ({wa})" if wa else "")
+    side = lambda e, tag, w: f"{e} ({tag}, {w})" if w else f"{e} ({tag}, weights not recorded)"  # noqa: E731
+    return f"{side(a, 'a', wa)} against {side(b, 'b', wb)}, {model}"
 
 
 def comparison_row(c: dict[str, Any], notes: list[str]) -> Row:
@@ -155,12 +165,6 @@ def per_user_tok_s(res: Results, cell: dict[str, Any], phase: str, reps: list[st
     vals = [(p.get("decode_tok_s_per_request") or {}).get("p50") for p in phases_of(res, cell, phase, reps)]
     vals = [v for v in vals if v is not None]
     return sum(vals) / len(vals) if vals else None
-
-
-def weights_label(runs: list[dict[str, Any]], engine: str, model: str) -> str | None:
-    """The format and precision a configuration ran its model at ("HF bfloat16 from GGUF Q4_1")."""
-    return next(((r.get("weights") or {}).get("label") for r in runs
-                 if (r["cell"]["engine"], r["cell"]["model"]) == (engine, model) and r.get("weights")), None)
 
 
 def results_tables(res: Results) -> list[dict[str, Any]]:

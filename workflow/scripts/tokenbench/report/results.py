@@ -114,3 +114,12 @@ def phases_of(res: Results, cell: dict[str, Any], phase: str, reps: list[str]) -
             and d["cell"].get("rep", "r1") in reps for p in d["phases"] if p["phase"] == phase]
 
 
+def weights_label(runs: list[dict[str, Any]], engine: str, model: str) -> str | None:
+    """The format and precision a configuration ran its model at ("HF bfloat16 from GGUF Q4_1")."""
+    return next(((r.get("weights") or {}).get("label") for r in runs
+                 if (r["cell"]["engine"], r["cell"]["model"]) == (engine, model) and r.get("weights")), None)
+
+
+def weights_differ(runs: list[dict[str, Any]]) -> bool:
+    """The study ran its configurations on weights of more than one format or precision."""
+    return len({(r.get("weights") or {}).get("label") for r in runs}) > 1

@@ -12,7 +12,7 @@ from markupsafe import Markup
 
 from tokenbench.analysis.registry import METRICS, SUMMARY_COLUMNS, fmt
 from tokenbench.report.results import (Results, cell_figure, col_format, col_header, col_label, mean_concurrency,
-                                       measured, phases_of)
+                                       measured, phases_of, weights_differ, weights_label)
 from tokenbench.report.tables import Row, Table, interval_text, no_interval
 
 
@@ -68,6 +68,8 @@ def _goal(res: Results, title: str, col: str, lower: bool, pool: list[tuple[dict
     value, c, ph = (min if lower else max)(scored, key=lambda t: t[0])
     reps = ph.get("valid_replicates") or []
     goal.winner = c["cell"]["engine"]
+    if weights_differ(res.runs):  # which weights won matters when not all ran the same ones
+        goal.winner += f" ({weights_label(res.runs, c['cell']['engine'], c['cell']['model']) or 'weights not recorded'})"
     iv = cell_figure(ph, col)
     digits, pct = col_format(col)
     unit = "" if pct else METRICS[SUMMARY_COLUMNS[col][0]].unit
