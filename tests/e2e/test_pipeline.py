@@ -117,11 +117,17 @@ def test_metrics_are_finite_and_labelled(run_dir):
         for ph in doc["phases"]:
             if ph["mode"] == "idle":
                 continue
-            for key in ("output_tok_s", "request_rps", "success_rate", "mfu_pct", "usd_per_mtok"):
+            for key in ("output_tok_s", "request_rps", "success_rate", "mfu_pct"):
                 assert finite(ph[key]), (load, ph["phase"], key, ph[key])
             for key in ("ttft_ms", "e2e_ms", "tpot_ms", "itl_ms"):
                 assert finite(ph[key]["p50"]) and ph[key]["p50"] <= ph[key]["p99"]
-            assert ph["output_tok_s"] > 0 and ph["success_rate"] == 1.0
+            # a cost per token needs tokens: on a badly contended host (an invalid phase) a short
+            # window can close before any token of its requests arrived, and then it has none
+            if ph["output_tok_s"] > 0:
+                assert finite(ph["usd_per_mtok"]), (load, ph["phase"], ph["usd_per_mtok"])
+            else:
+                assert ph["usd_per_mtok"] is None and not ph["validity"]["valid"], (load, ph["phase"])
+            assert ph["success_rate"] == 1.0
             # llama.cpp can tokenize: every ok response was re-counted with the model's tokenizer
             assert ph["token_count_checked"] == ph["status_counts"]["ok"]
             assert 0 <= ph["token_count_mismatch_rate"] <= 1
