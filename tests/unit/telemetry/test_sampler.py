@@ -377,3 +377,30 @@ def test_a_sampler_without_a_death_signal_still_stops_when_its_parent_dies(tmp_p
         time.sleep(0.05)
     assert not alive()  # the sampler, and the server it followed
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+SHORT_LIVED = textwrap.dedent("""
+    import subprocess, sys, time
+    print("ready", flush=True)
+    sys.stdin.readline()
+    # a helper that burns ~0.6 s of CPU and ends (a JIT's compiler run): reaped by this process
+    subprocess.run([sys.executable, "-c", "import time\\nt=time.process_time()\\nwhile time.process_time()-t<0.6: pass"])
+    print("done", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_server_cpu_keeps_the_time_of_children_that_ended():
+    p = subprocess.Popen([sys.executable, "-c", SHORT_LIVED], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        s = telemetry.CpuSampler(p.pid, "/nonexistent/*")
+        before = s.sample(0)[0]["server_cpu_s"]
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "done"
+        after = s.sample(1)[0]["server_cpu_s"]
+        # the helper is gone: its 0.6 s are in the server's counter all the same (not another job's)
+        assert after - before >= 0.55, (before, after)
+    finally:
+        p.kill()

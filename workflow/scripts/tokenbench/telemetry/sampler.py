@@ -421,7 +421,12 @@ class CpuSampler:
 
     def _tree(self, pss: bool):
         """CPU seconds, RSS and (when pss) PSS summed over the server's process tree; PSS is None
-        when any process's could not be read (a partial sum would read as a drop)."""
+        when any process's could not be read (a partial sum would read as a drop).
+
+        A process's CPU seconds include those of its children that ended and were reaped: a
+        short-lived helper (a compiler run by a JIT, a worker pool's process) leaves the tree with
+        the CPU it used, and without them the server's counter would drop by that much and the
+        time would read as another job's (foreign CPU)."""
         if self.proc is None:
             return None, None, None
         cpu, rss, pss_sum = 0.0, 0, 0 if pss else None
@@ -432,7 +437,7 @@ class CpuSampler:
         for p in procs:
             try:
                 t = p.cpu_times()
-                cpu += t.user + t.system
+                cpu += t.user + t.system + t.children_user + t.children_system
                 m = None
                 if pss_sum is not None:
                     try:
