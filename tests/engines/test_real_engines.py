@@ -62,7 +62,8 @@ def test_one_model_in_two_formats_from_the_same_weights(run_dir):
     hf = read_json(run_dir / "data" / "models" / "smollm2-135m" / "hf" / "manifest.json")
     assert gguf["format"] == "gguf" and hf["format"] == "hf"
     assert hf["same_weights_as"]["sha256"] == gguf["sha256"] and hf["same_weights_as"]["quantization"] == "Q4_1"
-    assert hf["precision"] == "bfloat16" and Path(hf["path"], "config.json").is_file()  # an absolute path
+    dtype = yaml.safe_load((ROOT / "config" / "cpu-engines.yaml").read_text())["engines"]["vllm"]["dtype"]
+    assert hf["precision"] == dtype and Path(hf["path"], "config.json").is_file()  # an absolute path
     assert hf["figures"]["parameters"] == pytest.approx(gguf["figures"]["parameters"], rel=0.01)
     for engine, sha in (("llamacpp", gguf["sha256"]), ("vllm", hf["sha256"]), ("transformers", hf["sha256"])):
         run = read_json(cell(run_dir, engine) / "run.json")
