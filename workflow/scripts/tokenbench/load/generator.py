@@ -96,8 +96,9 @@ class Breaker:
     It trips when ``min_failures`` requests in a row found no server, over at least ``window_s``,
     with nothing else in between: a failed connect, or HTTP 502 from a gateway or proxy in front of
     a server it cannot reach. Any other response (even an HTTP error: 503 and 504 come from
-    overloaded servers too) means a server is there and resets it. Without it a time-bounded phase keeps sending into a refused port until its end
-    (37,266 records in 7 s in the run that motivated it). ``alive``: an optional liveness callback
+    overloaded servers too) means a server is there and resets it. Without it a time-bounded phase
+    keeps sending into a refused port until its end (37,266 records in 7 s in the run that
+    motivated it). ``alive``: an optional liveness callback
     (the pipeline's engine process) returning why the server is gone, or None; it is polled every
     0.1 s and trips the breaker too."""
 

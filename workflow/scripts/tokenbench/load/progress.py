@@ -240,11 +240,13 @@ class Progress:
             return
         self._stop_said = True
         line = f"[{self.label}] stopped early: {reason}"
-        if self._bar is not None:
+        if self._bar is not None:  # above the bar, which redraws below it
             self._bar.write(line, file=self.bar_to)
-        for out in {id(o): o for o in (self.lines_to, self.bar_to if self._bar is None else None) if o}.values():
-            out.write(line + "\n")
-            out.flush()
+        elif self.bar_to is not None and self.bar_to is not self.lines_to:
+            self.bar_to.write(line + "\n")
+        if self.lines_to is not None:
+            self.lines_to.write(line + "\n")
+            self.lines_to.flush()
 
     def _draw(self, st: State, new_phase: bool) -> None:
         from tqdm import tqdm

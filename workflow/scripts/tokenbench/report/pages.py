@@ -80,8 +80,8 @@ def pair_title(runs: list[dict[str, Any]], model: str, a: str, b: str) -> str:
     wa, wb = weights_label(runs, a, model), weights_label(runs, b, model)
     if wa == wb:
         return f"{a} (a) against {b} (b), {model}" + (f" ({wa})" if wa else "")
-    side = lambda e, tag, w: f"{e} ({tag}, {w})" if w else f"{e} ({tag}, weights not recorded)"  # noqa: E731
-    return f"{side(a, 'a', wa)} against {side(b, 'b', wb)}, {model}"
+    wa, wb = wa or "weights not recorded", wb or "weights not recorded"
+    return f"{a} (a, {wa}) against {b} (b, {wb}), {model}"
 
 
 def comparison_row(c: dict[str, Any], notes: list[str]) -> Row:

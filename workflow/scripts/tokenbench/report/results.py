@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ class Chart:
         t = self.spec.get("title")
         return (t.get("text") if isinstance(t, dict) else t) or self.name
 
-    @property
+    @cached_property
     def empty(self) -> str | None:
         """Why there is nothing to draw, when the chart's data has no rows; None when it has some.
 
