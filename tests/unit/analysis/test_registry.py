@@ -108,7 +108,7 @@ def test_metrics_json_carries_every_definition(every_kind_of_phase):
 
 ADDED_SINCE = ["failure_rate", "decode_rate_cv", "decode_rate_range", "ttft_jitter_ms", "foreign_cpu_pct",
                "input_tok_s", "total_tok_s", "j_per_output_token", "net_j_per_output_token", "mbu_pct",
-               "prefill_compute_pct", "output_tok_s_per_gpu"]
+               "prefill_compute_pct", "output_tok_s_per_gpu", "steal_cpu_pct"]
 
 
 def test_summary_columns_keep_their_names_and_add_replicates_and_new_figures(every_kind_of_phase):

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tokenbench.analysis.validity import contention, stability, validity
+from tokenbench.analysis.validity import contention, foreign_top, stability, validity
 from tokenbench.config import ValiditySpec
 from tokenbench.telemetry.merge import merge_telemetry
 
@@ -23,6 +24,24 @@ def base_phase(**kw):
 def test_quiet_phase_passes_every_check():
     assert validity(base_phase(foreign_cpu_pct=2.0, stability={"tok_s_change": 0.03, "tok_s_halves": [10, 10.3]}),
                     ValiditySpec(), None) == {"valid": True, "failed_checks": [], "event_loop_lag_p99_ms": None}
+
+
+def test_contention_names_the_heaviest_foreign_processes_and_steal():
+    walks = pd.Series([json.dumps([["make", 40, 30.0], ["kswapd0", 7, 2.0]]),
+                       json.dumps([["make", 40, 10.0], ["gcc", 41, 0.5]]),
+                       json.dumps([])])
+    top = foreign_top(walks)
+    # mean share over every walk of the window, a walk without the process counting as 0
+    assert top == [{"name": "make", "pid": 40, "cpu_pct": pytest.approx(40 / 3)}]  # kswapd0 0.67 %, gcc 0.17 %: < 1 %
+    v = validity(base_phase(foreign_cpu_pct=16.0, foreign_cpu_top=top, steal_cpu_pct=2.4),
+                 ValiditySpec(max_foreign_cpu_pct=10), None)
+    assert v["failed_checks"][0].endswith(": make (pid 40) 13 %, hypervisor steal 2 %"), v
+    nobody = validity(base_phase(foreign_cpu_pct=16.0, foreign_cpu_top=[], steal_cpu_pct=0.0),
+                      ValiditySpec(max_foreign_cpu_pct=10), None)
+    assert "no one process stood out" in nobody["failed_checks"][0]
+    old_run = validity(base_phase(foreign_cpu_pct=16.0), ValiditySpec(max_foreign_cpu_pct=10), None)
+    assert old_run["failed_checks"][0].endswith("(> max_foreign_cpu_pct 10 %)")  # recorded before the walks: nothing named
+    assert foreign_top(pd.Series([], dtype=object)) is None
 
 
 def test_contended_cpu_fails_naming_the_share_and_the_bound():
@@ -82,24 +101,30 @@ def _sample(tmp_path, server_pid, seconds=2.0):
            "provenance": {"host": {"cpu_cores": len(os.sched_getaffinity(0))}}}
     no_requests = pd.DataFrame({"status": pd.Series([], dtype=str), "sent_ns": pd.Series([], dtype="int64"),
                                 "end_ns": pd.Series([], dtype="Int64"), "chunk_ns": [], "output_tokens": []})
-    return contention(merge_telemetry(no_requests, raw, run), "steady")["foreign_cpu_pct"]
+    return contention(merge_telemetry(no_requests, raw, run), "steady")
 
 
-def test_a_cpu_hog_beside_the_benchmark_makes_the_phase_invalid(tmp_path):
-    """A busy process that is neither the server nor the client is foreign CPU; the same process
-    as the server is not."""
+def test_a_cpu_hog_beside_the_benchmark_makes_the_phase_invalid_and_is_named(tmp_path):
+    """A busy process that is neither the server nor the client is foreign CPU, and the failed
+    check names it with its pid; the same process as the server is not foreign."""
     cores = len(os.sched_getaffinity(0))
     one_core = 100 / cores
     idle_server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        contended = _sample(tmp_path, idle_server.pid)
-        as_server = _sample(tmp_path, hog.pid)
+        contended = _sample(tmp_path, idle_server.pid, seconds=3.0)
+        as_server = _sample(tmp_path, hog.pid)["foreign_cpu_pct"]
     finally:
         hog.kill()
         idle_server.kill()
-    assert contended >= 0.4 * one_core  # the hog gets less than a core when other work shares the host
-    assert as_server <= contended - 0.3 * one_core
+    assert contended["foreign_cpu_pct"] >= 0.4 * one_core  # the hog gets less than a core when other work shares the host
+    assert as_server <= contended["foreign_cpu_pct"] - 0.3 * one_core
+    top = contended["foreign_cpu_top"]
+    assert top and top[0]["pid"] == hog.pid and top[0]["name"].startswith("python"), top
+    assert top[0]["cpu_pct"] >= 0.4 * one_core
+    assert contended["steal_cpu_pct"] is not None
     bounds = ValiditySpec(max_foreign_cpu_pct=0.3 * one_core)
-    assert not validity(base_phase(foreign_cpu_pct=contended), bounds, None)["valid"]
+    v = validity(base_phase(**contended), bounds, None)
+    assert not v["valid"]
+    assert f"(pid {hog.pid})" in " ".join(v["failed_checks"]), v["failed_checks"]
     # (whether as_server passes depends on what else runs on the host: other jobs are foreign too)

@@ -298,8 +298,17 @@ def test_sampler_dies_with_a_sigkilled_load_test(tmp_path):
     assert not (tmp_path / "tel.parquet").exists()  # killed, not left to write after its job died
 
 
-def test_a_cell_on_two_client_processes_writes_one_requests_table(tmp_path):
-    from tokenbench.load.run import run_load_test
+def test_a_cell_on_two_client_processes_writes_one_requests_table(tmp_path, monkeypatch):
+    from tokenbench.load.run import Telemetry, run_load_test
+
+    workers = []
+    add_client = Telemetry.add_client
+
+    def told(self, pid):
+        workers.append(pid)
+        add_client(self, pid)
+
+    monkeypatch.setattr(Telemetry, "add_client", told)
 
     eng = {"kind": "llama.cpp", "binary": str(wrapper(tmp_path, "--itl-ms", "5")), "max_batch": 4, "max_context": 256}
     settings, man, probe, paths = cell(tmp_path, eng, [{"name": "s", "mode": "closed", "users": 3, "duration_s": 1}],
@@ -311,6 +320,11 @@ def test_a_cell_on_two_client_processes_writes_one_requests_table(tmp_path):
     assert set(req["request_id"] % 2) == {0, 1} and req["request_id"].is_unique
     assert (req["status"] == "ok").all() and req["client_output_tokens"].notna().all()  # counted from both journals
     assert [p["warm_connections"] for p in doc["phases"]] == [3]
+    # the sampler was told the workers' pids: their CPU is the client's, never named as foreign
+    assert len(workers) == 2
+    tel = records.read_table(paths["out_telemetry"])
+    named = {pid for js in tel["foreign_top"].dropna() for _, pid, _ in json.loads(js)}
+    assert not named & set(workers), (named, workers)
 
 
 def _alive(pids) -> list:

@@ -404,3 +404,35 @@ def test_server_cpu_keeps_the_time_of_children_that_ended():
         assert after - before >= 0.55, (before, after)
     finally:
         p.kill()
+
+
+def test_the_process_walk_names_a_foreign_hog_and_not_the_server_or_a_client_worker():
+    """Every FOREIGN_EVERY samples the sampler walks every process: a busy process outside the
+    benchmark is named with its CPU seconds since the last walk; the server's tree and a shard
+    worker added with ``client PID`` are the benchmark's own, and the worker's CPU is the client's."""
+    spin = [sys.executable, "-c", "while True: pass"]
+    server, worker, hog = (subprocess.Popen(spin) for _ in range(3))
+    try:
+        s = telemetry.CpuSampler(server.pid, "/nonexistent/*")
+        telemetry.follow_pids(s, [f"client {worker.pid}"])
+        rows = [s.sample(0)[0]]
+        assert json.loads(rows[0]["foreign_top"]) == []  # the first walk takes the baseline
+        for k in range(1, telemetry.FOREIGN_EVERY + 1):
+            time.sleep(0.6 / telemetry.FOREIGN_EVERY)
+            rows.append(s.sample(k)[0])
+        assert all(r["foreign_top"] is None for r in rows[1:-1])  # between walks
+        top = json.loads(rows[-1]["foreign_top"])
+        pids = [pid for _, pid, _ in top]
+        assert hog.pid in pids and server.pid not in pids and worker.pid not in pids, top
+        name, _, cpu_s = top[pids.index(hog.pid)]
+        assert name.startswith("python") and 0.1 < cpu_s < 1.5, top
+        # the worker spun for ~0.6 s: in the client's counter (with this process's and the sampler's)
+        assert rows[-1]["client_cpu_s"] - rows[0]["client_cpu_s"] > 0.1
+        assert rows[-1]["cpu_steal_s"] >= rows[0]["cpu_steal_s"] >= 0
+        worker.kill()
+        worker.wait()
+        after = s.sample(99)[0]["client_cpu_s"]
+        assert after >= rows[-1]["client_cpu_s"]  # an ended worker keeps its reading: the counter never drops
+    finally:
+        for p in (server, worker, hog):
+            p.kill()

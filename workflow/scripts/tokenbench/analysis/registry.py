@@ -383,6 +383,10 @@ _DECLARED = [
            "Mean NVML SM clock over the phase's telemetry samples, all GPUs pooled.", digits=0),
     Metric("telemetry_samples", "telemetry samples", "samples",
            "Telemetry samples (all devices) in the phase's telemetry window.", replicates=Replicates.SUM, digits=0),
+    Metric("steal_cpu_pct", "hypervisor steal", "% of all cores",
+           "Mean over the phase's telemetry window of the steal time of the CPUs sampled (/proc/stat: time the "
+           "hypervisor ran another guest on this one's virtual CPUs) ÷ (time × CPUs). Part of foreign_cpu_pct.",
+           summary={"steal_cpu_pct": None}),
 ]
 
 METRICS: dict[str, Metric] = {m.key: m for m in _DECLARED}
@@ -414,6 +418,9 @@ PHASE_FIELDS = {
                     "AIPerf and inference-perf define them, each aggregated as its tool does, beside tokenbench's "
                     "own, with the difference and a note wherever the records lack what a definition needs "
                     "(analysis/definitions.py; Methodology, \"Other tools' definitions\")",
+    "foreign_cpu_top": "who took the foreign CPU: the processes outside the benchmark (kernel threads included) "
+                       "with the largest mean share of all cores over the phase's window, from a walk of every "
+                       "process about once a second, heaviest first, those of at least 1 %",
     "stopped_reason": "why the phase stopped before its end: the breaker (requests kept failing to connect, or "
                       "the engine's process was gone) or an interrupt; null: it ran its course",
     "not_sent_breaker_open": "open loop: arrivals of the schedule inside the window not sent because the breaker "

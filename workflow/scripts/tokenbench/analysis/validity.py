@@ -10,7 +10,9 @@ The bounds (``validity:`` in the config) and why they sit where they do:
   over the phase's telemetry window. A quiet host leaves 1-3 % of all cores to the kernel and
   the workflow manager; a competing job shows up as tens of percent. llama.cpp on a 2-core host
   loses most of its throughput to one busy competitor, so 10 % (a fifth of a core on 2 cores)
-  is already a visible share of the machine.
+  is already a visible share of the machine. A failure names who took it: the heaviest processes
+  outside the benchmark (the sampler walks every process about once a second, kernel threads
+  included) and the hypervisor's steal, where they reach 1 % each.
 - **Contention, GPU** (``max_gpu_contended_share``, default 5 % of samples): samples where a
   process that is not the server's held the device, or NVML reported thermal, hardware-slowdown
   or power-brake clock events. The power cap is normal operation under load and is not counted.
@@ -23,6 +25,8 @@ The bounds (``validity:`` in the config) and why they sit where they do:
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -30,6 +34,8 @@ import pandas as pd
 
 from tokenbench.config import ValiditySpec
 
+FOREIGN_NAMED = 3  # processes named in a contention failure
+FOREIGN_NAMED_MIN_PCT = 1.0  # % of all cores a process (or steal) must have taken to be named
 MIN_PER_HALF = 5  # requests per half for a TPOT comparison
 DURATION_SLACK_S = 0.05
 
@@ -38,10 +44,14 @@ def contention(tl: pd.DataFrame, phase: str) -> dict[str, Any]:
     """Foreign CPU (mean % of all cores) and the share of GPU samples with a foreign process or
     clock throttling, over a phase's telemetry window; None where not recorded."""
     t = tl[tl["phase"] == phase] if len(tl) else tl
-    out: dict[str, Any] = {"foreign_cpu_pct": None, "gpu_contended_share": None}
-    if "foreign_cpu_pct" in t:
-        s = t["foreign_cpu_pct"].dropna()
-        out["foreign_cpu_pct"] = float(s.mean()) if len(s) else None
+    out: dict[str, Any] = {"foreign_cpu_pct": None, "steal_cpu_pct": None, "foreign_cpu_top": None,
+                           "gpu_contended_share": None}
+    for col in ("foreign_cpu_pct", "steal_cpu_pct"):
+        if col in t:
+            s = t[col].dropna()
+            out[col] = float(s.mean()) if len(s) else None
+    if "foreign_top_pct" in t:
+        out["foreign_cpu_top"] = foreign_top(t["foreign_top_pct"].dropna())
     if "device" in t and len(t):
         gpu = t[t["device"].astype(str).str.startswith("gpu")]
         flags = []
@@ -57,6 +67,31 @@ def contention(tl: pd.DataFrame, phase: str) -> dict[str, Any]:
                 any_flag = any_flag | f.fillna(False)
             out["gpu_contended_share"] = float(any_flag.astype(bool).mean())
     return out
+
+
+def foreign_top(walks: pd.Series, n: int = FOREIGN_NAMED) -> list[dict[str, Any]] | None:
+    """The processes that took the most foreign CPU over a window: each one's mean share of all
+    cores over the window's process walks (JSON ``[[name, pid, pct], ...]`` each, merge's
+    ``foreign_top_pct``), heaviest first, those of at least FOREIGN_NAMED_MIN_PCT; None with no walk."""
+    if not len(walks):
+        return None
+    total: Counter = Counter()
+    for js in walks:
+        for name, pid, pct in json.loads(js):
+            total[(name, int(pid))] += pct
+    return [{"name": name, "pid": pid, "cpu_pct": v / len(walks)} for (name, pid), v in total.most_common()
+            if v / len(walks) >= FOREIGN_NAMED_MIN_PCT][:n]
+
+
+def named_foreign(m: dict[str, Any]) -> str:
+    """Who the foreign CPU was, in words: the heaviest processes, and the hypervisor's steal."""
+    parts = [f"{p['name']} (pid {p['pid']}) {p['cpu_pct']:.0f} %" for p in m.get("foreign_cpu_top") or []]
+    steal = m.get("steal_cpu_pct")
+    if steal is not None and steal >= FOREIGN_NAMED_MIN_PCT:
+        parts.append(f"hypervisor steal {steal:.0f} %")
+    if not parts and m.get("foreign_cpu_top") is not None:
+        return "no one process stood out: short-lived processes or the kernel"
+    return ", ".join(parts)
 
 
 def stability(tokens, ok: pd.DataFrame, mark: dict[str, Any]) -> dict[str, Any]:
@@ -120,8 +155,9 @@ def validity(m: dict[str, Any], bounds: ValiditySpec, loop_lag: dict[str, Any] |
                      f"(< min_rate_ratio {bounds.min_rate_ratio:.0%}): it fell behind its schedule")
     foreign = m.get("foreign_cpu_pct")
     if foreign is not None and foreign > bounds.max_foreign_cpu_pct:
+        who = named_foreign(m)
         fails.append(f"contended: other processes used {foreign:.0f} % of all CPU cores "
-                     f"(> max_foreign_cpu_pct {bounds.max_foreign_cpu_pct:g} %)")
+                     f"(> max_foreign_cpu_pct {bounds.max_foreign_cpu_pct:g} %)" + (f": {who}" if who else ""))
     share = m.get("gpu_contended_share")
     if share is not None and share > bounds.max_gpu_contended_share:
         fails.append(f"contended: a foreign process on the GPU or thermal/slowdown clock throttling in {share:.0%} of "

@@ -71,6 +71,12 @@ class Telemetry:
             self.proc.stdin.write(f"{pid}\n")
             self.proc.stdin.flush()
 
+    def add_client(self, pid: int) -> None:
+        """Count ``pid`` (a load-generator worker process) as the client's, not as foreign CPU."""
+        if self.proc.poll() is None:
+            self.proc.stdin.write(f"client {pid}\n")
+            self.proc.stdin.flush()
+
     def info(self) -> dict[str, Any]:
         """The sampler's sidecar (devices, sensors, achieved interval), once it has stopped."""
         side = self.out.with_suffix(".json")
@@ -387,6 +393,8 @@ class CellLoadTest:
         client = ClientSpec(ep.base_url, ep.route_prefix, ep.request_model, request, frozenset(ep.capabilities),
                             ep.headers or None, server_pid=self.server.proc.pid if self.server else None)
         self.test = load_test(load.processes, client, self.prompts, load.name, request.seed, self.journal)
+        if isinstance(self.test, ShardedLoadTest) and self.telemetry is not None:
+            self.test.on_worker = self.telemetry.add_client  # the workers' CPU is the client's, not foreign
         journals = [self.test.journal] if isinstance(self.test, LoadTest) else []  # a sharded test's workers watch their own
         run_async(cancellable(shown(self.test.run(load.phases), self.progress()), self.caught, journals))
         signal.signal(signal.SIGTERM, _raise_interrupted)  # the event loop's handlers are gone with it

@@ -24,6 +24,7 @@ import asyncio
 import multiprocessing as mp
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,7 @@ class ShardedLoadTest:
         self._live = mp.get_context("spawn").RawArray("q", len(_LIVE) * processes)  # written by the workers
         self._final: dict[str, int] | None = None  # the workers' own totals, once they have reported
         self.stopped_reason: str | None = None  # why a worker's breaker stopped the run, if one did
+        self.on_worker: Callable[[int], None] | None = None  # told each worker's pid as it starts (telemetry)
 
     def _count(self, name: str) -> int:
         if self._final is not None:
@@ -190,6 +192,8 @@ class ShardedLoadTest:
                                args=(child, k, self.processes, self.client, self.prompts, self.salt, self.seed,
                                      str(path), phases, self._live, os.getpid()))
             proc.start()
+            if self.on_worker is not None:
+                self.on_worker(proc.pid)
             child.close()
             pipes.append(parent)
             procs.append(proc)

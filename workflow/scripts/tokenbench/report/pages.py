@@ -448,6 +448,7 @@ def health_tables(res: Results) -> dict[str, Table]:
             r.number("event-loop lag p99 (ms)", "event_loop_lag_p99_ms", v.get("event_loop_lag_p99_ms",
                      client.get("event_loop_lag_p99_ms")), 2)
             r.metric("foreign_cpu_pct", ph.get("foreign_cpu_pct"))
+            r.metric("steal_cpu_pct", ph.get("steal_cpu_pct"))
             r.metric("token_count_mismatch_rate", ph.get("token_count_mismatch_rate"))
             r.metric("telemetry_samples", ph.get("telemetry_samples"))
             r.text("valid", "yes" if v.get("valid", True) else "no")

@@ -7,6 +7,8 @@ client saw at that instant: requests in flight and output tokens per second.
 
 from __future__ import annotations
 
+import json
+
 from typing import Any
 
 import numpy as np
@@ -90,6 +92,22 @@ def cpus_sampled(run: dict[str, Any]) -> int:
     return int(sampled or host.get("logical_cpus") or host["cpu_cores"])
 
 
+def foreign_shares(df: pd.DataFrame, cores: int) -> pd.Series:
+    """Each process walk's foreign processes (the sampler's ``foreign_top``: CPU seconds since the
+    previous walk) as % of all cores over the time since that walk, JSON ``[[name, pid, pct], ...]``
+    on the walk's row; None elsewhere and on the first walk, which only took the baseline."""
+    out = pd.Series(None, index=df.index, dtype=object)
+    walks = df.index[df["foreign_top"].notna()]
+    prev_t = None
+    for i in walks:
+        t = int(df.at[i, "t_ns"])
+        if prev_t is not None and t > prev_t:
+            span = (t - prev_t) / 1e9 * cores
+            out.at[i] = json.dumps([[name, pid, cpu_s / span * 100.0] for name, pid, cpu_s in json.loads(df.at[i, "foreign_top"])])
+        prev_t = t
+    return out
+
+
 def merge_telemetry(requests: pd.DataFrame, telemetry: pd.DataFrame, run: dict[str, Any],
                     window_s: float = 1.0) -> pd.DataFrame:
     marks = run.get("phases") or []
@@ -107,6 +125,10 @@ def merge_telemetry(requests: pd.DataFrame, telemetry: pd.DataFrame, run: dict[s
                 # CPU time nobody in the benchmark used: another job competing for the cores
                 df["foreign_cpu_pct"] = (df["cpu_util_pct"] - df.get("server_cpu_util_pct", 0.0)
                                          - df["client_cpu_util_pct"]).clip(lower=0)
+            if "cpu_steal_s" in df and df["cpu_steal_s"].notna().any():
+                df["steal_cpu_pct"] = rate_from_counter(df, "cpu_steal_s", 100.0 / cores)
+            if "foreign_top" in df and df["foreign_top"].notna().any():
+                df["foreign_top_pct"] = foreign_shares(df, cores)
             if "energy_j" in df and df["energy_j"].notna().any():
                 df["power_w"] = rate_from_counter(df, "energy_j")
         else:

@@ -33,8 +33,13 @@ loaded, recorded exactly as read: a driver reload resets it, merge drops the neg
 ``power_w``: merge derives the power it reports from these.
 
 CPU row (``device`` = "cpu"): ``cpu_busy_s`` (s, busy time summed over the CPUs this process may
-run on, ``os.sched_getaffinity``, not the whole host: the merge divides by that CPU count);
-``server_cpu_s``, ``client_cpu_s`` (s, cumulative); ``server_rss_bytes`` (RSS summed over the
+run on, ``os.sched_getaffinity``, not the whole host: the merge divides by that CPU count; steal
+included); ``cpu_steal_s`` (s, the part of it the hypervisor gave another guest);
+``server_cpu_s``, ``client_cpu_s`` (s, cumulative; the client is the load test's process, its
+shard workers (``client PID`` lines on stdin) and this sampler); ``foreign_top`` (JSON ``[[name, pid, cpu_s], ...]``, every
+``FOREIGN_EVERY`` samples (less often where a walk costs more than ``FOREIGN_BUDGET`` of the time),
+None between: the processes outside the benchmark, kernel threads
+included, that used the most CPU since the previous walk); ``server_rss_bytes`` (RSS summed over the
 server's process tree: an upper bound, shared pages count once per process); ``server_pss_bytes``
 (PSS summed over the tree: shared pages divided among the processes that map them, read from
 ``/proc/PID/smaps_rollup`` every ``PSS_EVERY`` samples, None between, because that walk costs
@@ -362,6 +367,11 @@ class Rapl:
 
 
 PSS_EVERY = 10  # samples between PSS reads (smaps_rollup walks the tree's page tables: ~2 Hz at 20 Hz)
+FOREIGN_EVERY = 20  # samples between walks of every process on the host, naming who took foreign CPU (~1 Hz)
+FOREIGN_TOP = 5  # the heaviest foreign processes recorded per walk
+FOREIGN_MIN_S = 0.005  # CPU seconds a process must have used since the last walk to be named
+FOREIGN_BUDGET = 0.02  # the walks' share of the sampler's time at most: on a host with thousands of processes
+                       # (a walk of ~70 takes 5 ms here) the walks space out rather than cost the samples
 
 
 def affinity_cpus() -> list[int]:
@@ -400,6 +410,11 @@ class CpuSampler:
         pos = {c: i for i, c in enumerate(online)} if online else {c: c for c in self.cpus}
         self.positions = [pos[c] for c in self.cpus if c in pos]  # indices into cpu_times(percpu=True)
         self.k = 0
+        self.client_procs: list[Any] = []  # the load generator's shard workers (add_client)
+        self.client_seen: dict[int, float] = {}  # their last CPU seconds
+        self.foreign_seen: dict[int, tuple[float, float]] | None = None  # pid -> (create time, CPU seconds)
+        self.foreign_walk_t = 0.0
+        self.walk_after = 0.0  # time.monotonic() before which no walk starts (FOREIGN_BUDGET)
 
     def follow(self, pid: int) -> None:
         """From now on, the server process tree is the one under ``pid`` (a gone pid: none)."""
@@ -409,15 +424,18 @@ class CpuSampler:
         except self.psutil.Error:
             self.proc = None
 
-    def _busy(self) -> float:
+    def _busy(self) -> tuple[float, float]:
+        """Busy and steal seconds summed over the sampled CPUs. Steal (time the hypervisor ran
+        another guest on this one's virtual CPU) counts as busy: it is CPU this run could not have."""
         per = self.psutil.cpu_times(percpu=True)
-        busy = 0.0
+        busy = steal = 0.0
         for i in self.positions:
             if i < len(per):
                 ct = per[i]
-                busy += (ct.user + ct.nice + ct.system + getattr(ct, "irq", 0) + getattr(ct, "softirq", 0)
-                         + getattr(ct, "steal", 0))
-        return busy
+                st = getattr(ct, "steal", 0)
+                busy += ct.user + ct.nice + ct.system + getattr(ct, "irq", 0) + getattr(ct, "softirq", 0) + st
+                steal += st
+        return busy, steal
 
     def _tree(self, pss: bool):
         """CPU seconds, RSS and (when pss) PSS summed over the server's process tree; PSS is None
@@ -460,9 +478,17 @@ class CpuSampler:
                 pass
         return out
 
+    def add_client(self, pid: int) -> None:
+        """From now on, ``pid`` (a load-generator shard worker) is part of the client."""
+        try:
+            self.client_procs.append(self.psutil.Process(pid))
+        except self.psutil.Error:
+            pass
+
     def _client_cpu(self):
-        """CPU seconds of the client (its own threads, not its children: the server is one) and
-        of this sampler."""
+        """CPU seconds of the client (the load test's process, its own threads, not its children:
+        the server is one; and its shard workers, ``add_client``) and of this sampler. A worker that
+        ended keeps its last reading, so the counter never drops."""
         total = 0.0
         for p in (self.me, self.client):
             if p is None:
@@ -472,7 +498,50 @@ class CpuSampler:
                 total += t.user + t.system
             except self.psutil.Error:
                 return None
-        return total
+        for p in list(self.client_procs):
+            try:
+                t = p.cpu_times()
+                self.client_seen[p.pid] = t.user + t.system
+            except self.psutil.Error:
+                continue
+        return total + sum(self.client_seen.values())
+
+    def _walk(self) -> str | None:
+        start, cpu = time.monotonic(), time.thread_time()  # the walk's CPU, not the time a busy host kept it waiting
+        top = _opt(lambda: self._foreign_top(self.pids() | {p.pid for p in self.client_procs}))
+        self.walk_after = start + (time.thread_time() - cpu) / FOREIGN_BUDGET
+        return top
+
+    def _foreign_top(self, own: set[int]) -> str:
+        """The processes outside the benchmark (kernel threads included) that used the most CPU
+        since the last walk, as JSON ``[[name, pid, cpu_s], ...]``, heaviest first: who the foreign
+        CPU was. A process born since the last walk counts all its CPU time; one that was born and
+        ended between two walks is not seen. The first walk only takes the baseline ("[]")."""
+        now = time.time()
+        seen: dict[int, tuple[float, float]] = {}
+        used = []
+        for p in self.psutil.process_iter(["name", "cpu_times", "create_time"]):
+            info = p.info
+            ct = info.get("cpu_times")
+            if ct is None or p.pid in own:
+                continue
+            cpu_s = ct.user + ct.system
+            born = info.get("create_time") or 0.0
+            seen[p.pid] = (born, cpu_s)
+            if self.foreign_seen is None:
+                continue
+            prev = self.foreign_seen.get(p.pid)
+            if prev is not None and prev[0] == born:
+                d = cpu_s - prev[1]
+            elif born >= self.foreign_walk_t - 1.0:  # born since the last walk (create_time has jiffy resolution)
+                d = cpu_s
+            else:
+                d = 0.0
+            if d >= FOREIGN_MIN_S:
+                used.append((info.get("name") or "?", p.pid, round(d, 3)))
+        self.foreign_seen, self.foreign_walk_t = seen, now
+        used.sort(key=lambda u: -u[2])
+        return json.dumps(used[:FOREIGN_TOP])
 
     def _rapl_j(self):
         return self.rapl.read_j()
@@ -483,12 +552,16 @@ class CpuSampler:
     def sample(self, t_ns: int) -> list[dict[str, Any]]:
         vm = self.psutil.virtual_memory()
         server_cpu, server_rss, server_pss = self._tree(pss=self.k % PSS_EVERY == 0)
+        walk = self.k % FOREIGN_EVERY == 0 and time.monotonic() >= self.walk_after
         self.k += 1
+        busy, steal = self._busy()
         return [{
             "t_ns": t_ns, "device": "cpu",
-            "cpu_busy_s": self._busy(),
+            "cpu_busy_s": busy,
+            "cpu_steal_s": steal,
             "server_cpu_s": server_cpu,
             "client_cpu_s": self._client_cpu(),
+            "foreign_top": self._walk() if walk else None,
             "server_rss_bytes": server_rss,
             "server_pss_bytes": server_pss,
             "mem_used_bytes": int(vm.total - vm.available),
@@ -611,12 +684,15 @@ def reap_group(pgid: int | None, grace_s: float) -> None:
 
 
 def follow_pids(cpu: CpuSampler, lines, told_to_stop: threading.Event | None = None) -> None:
-    """Point ``cpu`` at each server pid read from ``lines`` (one per line) as it arrives; a "stop"
-    line (the parent's, just before its SIGTERM) sets ``told_to_stop``."""
+    """Point ``cpu`` at each server pid read from ``lines`` (one per line) as it arrives; "client
+    PID" adds a load-generator worker to the client; a "stop" line (the parent's, just before its
+    SIGTERM) sets ``told_to_stop``."""
     for line in lines:
         line = line.strip()
         if line.isdigit():
             cpu.follow(int(line))
+        elif line.startswith("client ") and line[7:].isdigit():
+            cpu.add_client(int(line[7:]))
         elif line == "stop" and told_to_stop is not None:
             told_to_stop.set()
 
