@@ -162,6 +162,20 @@ def test_hub_config_dry_runs_without_any_token(tmp_path):
     assert "HF_TOKEN" not in out.stdout + out.stderr and job_counts(out.stdout)["resolve_model"] == 1
 
 
+@pytest.mark.parametrize("profile", [[], ["--workflow-profile", str(ROOT / "workflow" / "profiles" / "local")]],
+                         ids=["default", "local"])
+def test_snakemake_replans_once_a_minute_not_every_second(tmp_path, monkeypatch, profile):
+    """A plain `snakemake` run (profiles/default, found beside the Snakefile from any working
+    directory) and the local profile: Snakemake's own passes over the ready jobs must not take CPU
+    from the load test beside it (a pass a second grew to a quarter of a core in the CPU study)."""
+    from snakemake.cli import parse_args
+
+    monkeypatch.chdir(tmp_path)
+    _, args = parse_args(["--cores", "1", "-s", str(ROOT / "Snakefile"), "-n", *profile])
+    assert args.max_jobs_per_timespan.timespan >= 60 and args.max_jobs_per_timespan.max_jobs >= 1000
+    assert args.scheduler == "greedy"
+
+
 def test_local_profile_dry_runs_with_one_load_test_at_a_time(tmp_path):
     out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--workflow-profile", "workflow/profiles/local",
                           "--configfile", "config/smoke.yaml", "-d", str(tmp_path)],

@@ -436,3 +436,21 @@ def test_the_process_walk_names_a_foreign_hog_and_not_the_server_or_a_client_wor
     finally:
         for p in (server, worker, hog):
             p.kill()
+
+
+def test_a_helper_born_and_gone_between_walks_shows_under_its_parent():
+    """A foreign process runs a short-lived CPU-bound child and reaps it between two walks: the
+    child is never seen, its CPU is named under the parent (as a solver under its workflow manager)."""
+    parent = subprocess.Popen([sys.executable, "-c", SHORT_LIVED], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        s = telemetry.CpuSampler(None, "/nonexistent/*")
+        s._foreign_top(set())  # the baseline walk
+        parent.stdin.write("go\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline().strip() == "done"
+        named = {pid: cpu_s for _, pid, cpu_s in json.loads(s._foreign_top(set()))}
+        assert named.get(parent.pid, 0) >= 0.5, named  # the helper spun ~0.6 s
+    finally:
+        parent.kill()

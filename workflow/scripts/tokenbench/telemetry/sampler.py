@@ -515,8 +515,10 @@ class CpuSampler:
     def _foreign_top(self, own: set[int]) -> str:
         """The processes outside the benchmark (kernel threads included) that used the most CPU
         since the last walk, as JSON ``[[name, pid, cpu_s], ...]``, heaviest first: who the foreign
-        CPU was. A process born since the last walk counts all its CPU time; one that was born and
-        ended between two walks is not seen. The first walk only takes the baseline ("[]")."""
+        CPU was. A process's CPU includes that of the children it reaped, so a helper born and gone
+        between two walks shows under its parent (one seen by a walk before it ended may then count
+        twice, once alone and once in its parent). A process born since the last walk counts all
+        its CPU time. The first walk only takes the baseline ("[]")."""
         now = time.time()
         seen: dict[int, tuple[float, float]] = {}
         used = []
@@ -525,7 +527,9 @@ class CpuSampler:
             ct = info.get("cpu_times")
             if ct is None or p.pid in own:
                 continue
-            cpu_s = ct.user + ct.system
+            # with the children it reaped: a workflow manager's or a build's short-lived helpers (a
+            # solver, a compiler) are born and gone between two walks, and show under their parent
+            cpu_s = ct.user + ct.system + getattr(ct, "children_user", 0.0) + getattr(ct, "children_system", 0.0)
             born = info.get("create_time") or 0.0
             seen[p.pid] = (born, cpu_s)
             if self.foreign_seen is None:
