@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from tests.unit.analysis.test_metrics import frame, req
-from tokenbench.analysis.compare import compare_configurations, evaluate_hypotheses
+from tokenbench.analysis.compare import compare_configurations, evaluate_hypotheses, verdict
 from tokenbench.analysis.metrics import compute_metrics
 from tokenbench.analysis.replicates import combine_replicates
 from tokenbench.analysis.scaling import scaling_steps
@@ -139,3 +139,14 @@ def test_scaling_steps_per_added_user():
     assert steps[1]["from_tok_s"] == 18.0 and steps[1]["to_tok_s"] == 32.0  # replicates averaged
     assert steps[1]["marginal_efficiency"] == pytest.approx(7.0 / 10.0)
     assert len(scaling_steps([1, 2, 4], [10.0, 18.0, 30.0], [None, "contended", None])) == 1
+
+
+def test_a_ratio_interval_that_excludes_1_beside_a_difference_interval_that_includes_0_is_said():
+    """Two runs a side: Welch on the values (a - b) and on their logs (the ratio) can disagree; the
+    verdict stays "not resolvable" and says why, rather than leave the Δ % interval unexplained."""
+    c = {"interval_source": "replicates", "welch_p_holm": 0.3, "better": "higher",
+         "difference": {"estimate": -62.9, "lo": -157.3, "hi": 31.5}, "ratio": {"estimate": 0.22, "lo": 0.12, "hi": 0.41}}
+    v = verdict(c, "vllm", "llamacpp", ComparisonSpec())
+    assert v["winner"] is None and "ratio's, on the log scale, excludes 1" in v["verdict"]
+    agree = verdict({**c, "ratio": {"estimate": 0.5, "lo": 0.2, "hi": 1.3}}, "vllm", "llamacpp", ComparisonSpec())
+    assert agree["verdict"] == "not resolvable at this sample size: the difference's interval includes 0"

@@ -203,6 +203,10 @@ def verdict(c: dict[str, Any], a: str, b: str, cfg: ComparisonSpec) -> dict[str,
         why = (diff or {}).get("note") or c.get("note") or "no interval"
     elif not excludes:
         why = "the difference's interval includes 0"
+        ratio = c.get("ratio") or {}
+        if ratio.get("lo") is not None and (ratio["lo"] > 1 or ratio["hi"] < 1):
+            # with few runs a side, Welch on the values and on their logs can disagree: no verdict until both agree
+            why += " (the ratio's, on the log scale, excludes 1: the two disagree at this sample size)"
     else:
         why = f"{test} p (Holm) {p:.3g} ≥ {cfg.alpha:g}" if p is not None else f"no {test} p-value"
     out.update(winner=None, verdict="not resolvable at this sample size: " + why)
