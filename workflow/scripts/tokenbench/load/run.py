@@ -67,14 +67,16 @@ class Telemetry:
     def track(self, pid: int) -> None:
         """From now on, record the CPU and memory of the process tree under ``pid`` (the server, launched
         after the sampler started so that the baseline and the start-up are sampled)."""
-        if self.proc.poll() is None:
-            self.proc.stdin.write(f"{pid}\n")
-            self.proc.stdin.flush()
+        self._tell(str(pid))
 
     def add_client(self, pid: int) -> None:
         """Count ``pid`` (a load-generator worker process) as the client's, not as foreign CPU."""
+        self._tell(f"client {pid}")
+
+    def _tell(self, line: str) -> None:
+        """One line on the sampler's stdin (``follow_pids`` reads them), while it runs."""
         if self.proc.poll() is None:
-            self.proc.stdin.write(f"client {pid}\n")
+            self.proc.stdin.write(line + "\n")
             self.proc.stdin.flush()
 
     def info(self) -> dict[str, Any]:

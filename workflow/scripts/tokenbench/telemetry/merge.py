@@ -8,7 +8,6 @@ client saw at that instant: requests in flight and output tokens per second.
 from __future__ import annotations
 
 import json
-
 from typing import Any
 
 import numpy as np

@@ -36,10 +36,10 @@ CPU row (``device`` = "cpu"): ``cpu_busy_s`` (s, busy time summed over the CPUs 
 run on, ``os.sched_getaffinity``, not the whole host: the merge divides by that CPU count; steal
 included); ``cpu_steal_s`` (s, the part of it the hypervisor gave another guest);
 ``server_cpu_s``, ``client_cpu_s`` (s, cumulative; the client is the load test's process, its
-shard workers (``client PID`` lines on stdin) and this sampler); ``foreign_top`` (JSON ``[[name, pid, cpu_s], ...]``, every
-``FOREIGN_EVERY`` samples (less often where a walk costs more than ``FOREIGN_BUDGET`` of the time),
-None between: the processes outside the benchmark, kernel threads
-included, that used the most CPU since the previous walk); ``server_rss_bytes`` (RSS summed over the
+shard workers (``client PID`` lines on stdin) and this sampler); ``foreign_top`` (JSON
+``[[name, pid, cpu_s], ...]`` every ``FOREIGN_EVERY`` samples, less often where a walk would cost
+more than ``FOREIGN_BUDGET`` of the time, None between: the processes outside the benchmark,
+kernel threads included, that used the most CPU since the previous walk); ``server_rss_bytes`` (RSS summed over the
 server's process tree: an upper bound, shared pages count once per process); ``server_pss_bytes``
 (PSS summed over the tree: shared pages divided among the processes that map them, read from
 ``/proc/PID/smaps_rollup`` every ``PSS_EVERY`` samples, None between, because that walk costs
