@@ -164,6 +164,25 @@ def test_tables_download_the_rows_they_show(site, tmp_path):
             assert (md.parent / href).resolve().is_file(), (md, href)
 
 
+def test_health_downloads_keep_their_columns_when_nothing_failed(site, tmp_path):
+    """A run with no invalid phase and no excluded fit point has the same download columns as one with
+    them: the SLURM run and the local run of one config differ only in which phases were disturbed."""
+    res = site["res"]
+    docs = json.loads(json.dumps(res.docs))
+    ph = next(p for p in docs[0]["phases"] if p["phase"] == "steady")
+    ph["validity"] = {"valid": False, "failed_checks": ["contended: other processes used 16 %"]}
+    fits = [{"engine": "fast", "model": "smol", "fit": {"excluded": [{"reason": "users-4 r1: contended"}]}}]
+    clean = pages.health_tables(Results(docs=res.docs, runs=res.runs, cells=res.cells))
+    failed = pages.health_tables(Results(docs=docs, runs=res.runs, cells=res.cells, fits=fits))
+    for key in ("invalid", "excluded"):
+        assert clean[key].rows == [] and failed[key].rows
+        write_downloads(clean[key], tmp_path / "clean", key, "data")
+        write_downloads(failed[key], tmp_path / "failed", key, "data")
+        header = (tmp_path / "failed" / f"{key}.csv").read_text().splitlines()[0]
+        assert (tmp_path / "clean" / f"{key}.csv").read_text().splitlines() == [header]
+        assert "invalid_reason" in header and len(header.split(",")) >= 3
+
+
 def test_chart_library_loads_only_on_pages_with_charts_and_specs_cannot_end_their_script(site):
     docs = site["out"] / "docs"
     index = (docs / "index.md").read_text()

@@ -416,6 +416,14 @@ def runs_table(res: Results) -> Table:
     return Table("runs", rows)
 
 
+def _invalid_row(run: str, phase: str, checks: str, link: str | None = None) -> Row:
+    return Row(link=link).text("run", run, "run").text("phase", phase).text("failed checks", checks, "failed_checks")
+
+
+def _excluded_row(where: str, reason: str) -> Row:
+    return Row().text("where", where, "where").text("point", reason, "reason")
+
+
 def health_tables(res: Results) -> dict[str, Table]:
     """Every invalid phase and excluded point with its failed checks; the client's self-checks."""
     invalid = []
@@ -423,19 +431,14 @@ def health_tables(res: Results) -> dict[str, Table]:
         for ph in measured(d["phases"]):  # a warm-up's checks are recorded too, but nothing rests on it
             v = ph.get("validity")
             if v and not v["valid"]:
-                invalid.append(Row(link=f"runs/{run_key(d['cell'])}.md").text("run", run_title(d["cell"]), "run")
-                               .text("phase", ph["phase"]).text("failed checks", "; ".join(v["failed_checks"]), "failed_checks"))
+                invalid.append(_invalid_row(run_title(d["cell"]), ph["phase"], "; ".join(v["failed_checks"]),
+                                            link=f"runs/{run_key(d['cell'])}.md"))
         if not d["complete"]:
-            invalid.append(Row().text("run", run_title(d["cell"]), "run").text("phase", "(whole run)")
-                           .text("failed checks", "the run did not complete", "failed_checks"))
+            invalid.append(_invalid_row(run_title(d["cell"]), "(whole run)", "the run did not complete"))
         if d.get("server_exited_during_run"):
-            invalid.append(Row().text("run", run_title(d["cell"]), "run").text("phase", "(whole run)")
-                           .text("failed checks", "the server died during the run", "failed_checks"))
-    excluded = []
-    for f in res.fits:
-        for x in f["fit"].get("excluded") or []:
-            excluded.append(Row().text("where", f"saturation fit {f['engine']} · {f['model']}", "where")
-                            .text("point", x.get("reason", ""), "reason"))
+            invalid.append(_invalid_row(run_title(d["cell"]), "(whole run)", "the server died during the run"))
+    excluded = [_excluded_row(f"saturation fit {f['engine']} · {f['model']}", x.get("reason", ""))
+                for f in res.fits for x in f["fit"].get("excluded") or []]
     checks = []
     for d in res.docs:
         client = d.get("client") or {}
@@ -453,7 +456,8 @@ def health_tables(res: Results) -> dict[str, Table]:
             r.metric("telemetry_samples", ph.get("telemetry_samples"))
             r.text("valid", "yes" if v.get("valid", True) else "no")
             checks.append(r)
-    return {"invalid": Table("invalid", invalid), "excluded": Table("excluded-fit-points", excluded),
+    return {"invalid": Table("invalid", invalid, template=_invalid_row("", "", "")),
+            "excluded": Table("excluded-fit-points", excluded, template=_excluded_row("", "")),
             "checks": Table("client-self-checks", checks)}
 
 

@@ -84,6 +84,9 @@ class Table:
     notes: list[str] = field(default_factory=list)  # numbered notes under the table
     sticky: bool = True  # the first column stays in view while the table scrolls sideways
     href: dict[str, str] = field(default_factory=dict)  # "csv"/"json" -> path relative to the page (set on writing)
+    # A row built by the same code as the rows, never shown: its columns lead the download's, so a
+    # table that may be empty in one run (no invalid phase, no excluded point) keeps its header.
+    template: Row | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -91,7 +94,8 @@ class Table:
 
     @property
     def data_columns(self) -> list[str]:
-        return list(dict.fromkeys(k for r in self.rows for k in [*r.data, "invalid_reason"]))
+        shapes = [self.template] * (self.template is not None) + self.rows
+        return list(dict.fromkeys(k for r in shapes for k in [*r.data, "invalid_reason"]))
 
     def drop_empty_columns(self) -> list[str]:
         """Hide the columns no row has a figure in (the download keeps them); returns their headers."""
