@@ -383,3 +383,7 @@ def test_welch_difference_matches_scipy_confidence_interval_and_covers_the_ratio
     assert covered / 300 >= 0.9  # log-scale delta method: close to nominal at CV 8-10 %
     one = welch_difference([1.0], [2.0, 3.0])
     assert one["difference"].lo is None and "at least 2 replicate runs" in one["difference"].note
+    same = welch_difference([4.3, 4.3], [1.0, 1.0])  # whole-request counts: two runs alike a side
+    for iv in same.values():
+        assert iv.estimate is not None and iv.lo is None and iv.hi is None and "identical" in iv.note
+    assert same["ratio"].estimate == pytest.approx(4.3) and not same["ratio"].excludes(1.0)

@@ -619,7 +619,8 @@ def welch_difference(a_replicates, b_replicates, level: float = LEVEL) -> dict[s
     """Difference and ratio of two sides' replicate means with Welch intervals: run-to-run variation
     is the whole of the uncertainty. Difference: mean_a - mean_b +- t(dof) * sqrt(s_a^2/k_a + s_b^2/k_b)
     with Welch-Satterthwaite dof. Ratio: exp of the same for log(mean_a / mean_b), with the delta-method
-    variance of a log mean, s^2 / (k * mean^2). Fewer than 2 values a side: no interval."""
+    variance of a log mean, s^2 / (k * mean^2). Fewer than 2 values a side, or no spread on either side
+    (identical replicates, as whole-request counts give): no interval, never a zero-width one."""
     a, b = _finite(a_replicates), _finite(b_replicates)
     method = f"Welch t on replicate means ({a.size} + {b.size} runs)"
     est_d = float(a.mean() - b.mean()) if a.size and b.size else None
@@ -632,18 +633,19 @@ def welch_difference(a_replicates, b_replicates, level: float = LEVEL) -> dict[s
 
     def welch_ci(est, va_, vb_, ka, kb):
         se2 = va_ + vb_
-        if se2 == 0:
-            return est, est, "the replicates are identical on both sides"
+        if se2 == 0:  # two runs alike on each side say nothing of how far a third could fall
+            return None, None, "the replicates are identical on both sides: no spread to build an interval from"
         dof = se2 ** 2 / ((va_ ** 2 / (ka - 1) if va_ else 0) + (vb_ ** 2 / (kb - 1) if vb_ else 0))
         half = float(sps.t.ppf(0.5 + level / 2, dof)) * math.sqrt(se2)
         return est - half, est + half, None
 
     lo, hi, note = welch_ci(est_d, va, vb, a.size, b.size)
-    out = {"difference": Interval(est_d, float(lo), float(hi), level, method, n, note)}
+    out = {"difference": Interval(est_d, _num(lo), _num(hi), level, method, n, note)}
     if est_r is not None and a.mean() > 0 and b.mean() > 0:
         la, lb = va / a.mean() ** 2, vb / b.mean() ** 2
         llo, lhi, note = welch_ci(math.log(est_r), la, lb, a.size, b.size)
-        out["ratio"] = Interval(est_r, math.exp(llo), math.exp(lhi), level, method + ", log scale", n, note)
+        out["ratio"] = Interval(est_r, None if llo is None else math.exp(llo), None if lhi is None else math.exp(lhi),
+                                level, method + ", log scale", n, note)
     else:
         out["ratio"] = _no_interval(est_r, method, n, "a mean is not positive: no ratio interval", level)
     return out
