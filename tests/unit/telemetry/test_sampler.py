@@ -279,6 +279,23 @@ def test_server_pss_counts_a_shared_mapping_once():
         p.wait()
 
 
+def test_pss_reads_space_out_where_one_costs_more_than_the_budget(monkeypatch):
+    """smaps_rollup costs CPU in proportion to the tree's memory (~14 ms a GiB): an engine holding
+    tens of GiB is read less often instead of taking a core. Here the budget is set so small that
+    the first read's cost puts the next one far beyond the run."""
+    busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        monkeypatch.setattr(telemetry, "PSS_BUDGET", 1e-6)
+        s = telemetry.CpuSampler(busy.pid, "/nonexistent/*")
+        rows = [s.sample(k)[0] for k in range(2 * telemetry.PSS_EVERY + 1)]
+        assert rows[0]["server_pss_bytes"] > 0
+        assert [r["server_pss_bytes"] for r in rows[1:]] == [None] * (2 * telemetry.PSS_EVERY)
+        assert all(r["server_rss_bytes"] > 0 for r in rows)  # RSS is cheap: every sample
+        assert s.pss_after - time.monotonic() > 10 and s.meta()["pss_budget"] == 1e-6
+    finally:
+        busy.kill()
+
+
 # ----------------------------------------------------------------------------- loop and sidecar
 def test_interval_stats():
     t = np.cumsum([0, 50, 50, 50, 50, 120, 50]) * 1_000_000
@@ -406,10 +423,50 @@ def test_server_cpu_keeps_the_time_of_children_that_ended():
         p.kill()
 
 
-def test_the_process_walk_names_a_foreign_hog_and_not_the_server_or_a_client_worker():
+LATE_CHILD = textwrap.dedent("""
+    import subprocess, sys, time
+    print("ready", flush=True)
+    sys.stdin.readline()
+    # a worker started after the sampler read the tree: burns ~0.6 s of CPU, then stays alive
+    code = "import time\\nt=time.process_time()\\nwhile time.process_time()-t<0.6: pass\\nprint(1, flush=True)\\ntime.sleep(60)"
+    w = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    w.stdout.readline()
+    print("done", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_child_born_between_tree_reads_is_counted_in_full_at_the_next(monkeypatch):
+    """The tree's members are re-read every TREE_EVERY samples, not each one (psutil's children()
+    reads every process on the host); a worker started in between loses none of its CPU."""
+    p = subprocess.Popen([sys.executable, "-c", LATE_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        s = telemetry.CpuSampler(p.pid, "/nonexistent/*")
+        s.walk_after = float("inf")  # no host walk (it reads the tree's members on its own)
+        reads = []
+        children = s.proc.children
+        monkeypatch.setattr(s.proc, "children", lambda **kw: reads.append(1) or children(**kw))
+        first = s.sample(0)[0]["server_cpu_s"]
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "done"
+        between = [s.sample(k)[0]["server_cpu_s"] for k in range(1, telemetry.TREE_EVERY)]
+        assert len(reads) == 1 and max(between) - first < 0.3  # the known processes alone: the worker not yet
+        after = s.sample(telemetry.TREE_EVERY)[0]["server_cpu_s"]
+        assert len(reads) == 2 and after - first >= 0.55, (first, between, after)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_the_process_walk_names_a_foreign_hog_and_not_the_server_or_a_client_worker(monkeypatch):
     """Every FOREIGN_EVERY samples the sampler walks every process: a busy process outside the
     benchmark is named with its CPU seconds since the last walk; the server's tree and a shard
     worker added with ``client PID`` are the benchmark's own, and the worker's CPU is the client's."""
+    # the walks' budget would space them 0.3-0.6 s apart here (a first walk costs 6-12 ms of CPU): the
+    # second must come at the FOREIGN_EVERY-th sample, 0.6 s on
+    monkeypatch.setattr(telemetry, "FOREIGN_BUDGET", 1.0)
     spin = [sys.executable, "-c", "while True: pass"]
     server, worker, hog = (subprocess.Popen(spin) for _ in range(3))
     try:

@@ -35,15 +35,17 @@ loaded, recorded exactly as read: a driver reload resets it, merge drops the neg
 CPU row (``device`` = "cpu"): ``cpu_busy_s`` (s, busy time summed over the CPUs this process may
 run on, ``os.sched_getaffinity``, not the whole host: the merge divides by that CPU count; steal
 included); ``cpu_steal_s`` (s, the part of it the hypervisor gave another guest);
-``server_cpu_s``, ``client_cpu_s`` (s, cumulative; the client is the load test's process, its
+``server_cpu_s``, ``client_cpu_s`` (s, cumulative; the server's over its process tree, whose
+members are re-read every ``TREE_EVERY`` samples; the client is the load test's process, its
 shard workers (``client PID`` lines on stdin) and this sampler); ``foreign_top`` (JSON
 ``[[name, pid, cpu_s], ...]`` every ``FOREIGN_EVERY`` samples, less often where a walk would cost
 more than ``FOREIGN_BUDGET`` of the time, None between: the processes outside the benchmark,
 kernel threads included, that used the most CPU since the previous walk); ``server_rss_bytes`` (RSS summed over the
 server's process tree: an upper bound, shared pages count once per process); ``server_pss_bytes``
 (PSS summed over the tree: shared pages divided among the processes that map them, read from
-``/proc/PID/smaps_rollup`` every ``PSS_EVERY`` samples, None between, because that walk costs
-time proportional to the tree's resident memory); ``mem_used_bytes`` (host);
+``/proc/PID/smaps_rollup`` every ``PSS_EVERY`` samples, less often where a read would cost more
+than ``PSS_BUDGET`` of the time, None between, because that walk costs time proportional to the
+tree's resident memory: ~14 ms of CPU per GiB here); ``mem_used_bytes`` (host);
 ``energy_j`` (J, RAPL: the sum of the top-level package zones ``intel-rapl:N``, never their
 sub-zones (core, uncore, dram lie inside the package) nor psys (which contains the package);
 unwrapped here: each zone's ``energy_uj`` wraps at its ``max_energy_range_uj``, and when a
@@ -367,11 +369,18 @@ class Rapl:
 
 
 PSS_EVERY = 10  # samples between PSS reads (smaps_rollup walks the tree's page tables: ~2 Hz at 20 Hz)
+PSS_BUDGET = 0.02  # the PSS reads' share of the sampler's time at most: an engine holding tens of GiB
+                   # is read every few seconds rather than cost the host a core (tests/perf/bench_sampler.py)
+# samples between re-reads of which processes make up the server's tree (psutil's children() reads
+# every process's /proc/PID/stat to find parents: the sampler's largest cost at 20 Hz). Between them
+# the known processes are read alone; a child born since is counted, with all its CPU so far, at the
+# next re-read; one born and gone in between is in its parent's reaped-children time at once.
+TREE_EVERY = 10
 FOREIGN_EVERY = 20  # samples between walks of every process on the host, naming who took foreign CPU (~1 Hz)
 FOREIGN_TOP = 5  # the heaviest foreign processes recorded per walk
 FOREIGN_MIN_S = 0.005  # CPU seconds a process must have used since the last walk to be named
 FOREIGN_BUDGET = 0.02  # the walks' share of the sampler's time at most: on a host with thousands of processes
-                       # (a walk of ~70 takes 5 ms here) the walks space out rather than cost the samples
+                       # (a walk of ~220 takes ~22 ms here) the walks space out rather than cost the samples
 
 
 def affinity_cpus() -> list[int]:
@@ -410,15 +419,18 @@ class CpuSampler:
         pos = {c: i for i, c in enumerate(online)} if online else {c: c for c in self.cpus}
         self.positions = [pos[c] for c in self.cpus if c in pos]  # indices into cpu_times(percpu=True)
         self.k = 0
+        self.tree: list[Any] | None = None  # the server's processes as last read (TREE_EVERY)
         self.client_procs: list[Any] = []  # the load generator's shard workers (add_client)
         self.client_seen: dict[int, float] = {}  # their last CPU seconds
         self.foreign_seen: dict[int, tuple[float, float]] | None = None  # pid -> (create time, CPU seconds)
         self.foreign_walk_t = 0.0
         self.walk_after = 0.0  # time.monotonic() before which no walk starts (FOREIGN_BUDGET)
+        self.pss_after = 0.0  # and no PSS read (PSS_BUDGET)
 
     def follow(self, pid: int) -> None:
         """From now on, the server process tree is the one under ``pid`` (a gone pid: none)."""
         self.server_group = _group_led_by(pid)
+        self.tree = None
         try:
             self.proc = self.psutil.Process(pid)
         except self.psutil.Error:
@@ -437,9 +449,10 @@ class CpuSampler:
                 steal += st
         return busy, steal
 
-    def _tree(self, pss: bool):
+    def _tree(self, pss: bool, members: bool = True):
         """CPU seconds, RSS and (when pss) PSS summed over the server's process tree; PSS is None
-        when any process's could not be read (a partial sum would read as a drop).
+        when any process's could not be read (a partial sum would read as a drop). ``members``:
+        re-read which processes the tree has (else the ones last read, ``TREE_EVERY``).
 
         A process's CPU seconds include those of its children that ended and were reaped: a
         short-lived helper (a compiler run by a JIT, a worker pool's process) leaves the tree with
@@ -448,11 +461,13 @@ class CpuSampler:
         if self.proc is None:
             return None, None, None
         cpu, rss, pss_sum = 0.0, 0, 0 if pss else None
-        try:
-            procs = [self.proc] + self.proc.children(recursive=True)
-        except self.psutil.Error:
-            return None, None, None
-        for p in procs:
+        if members or self.tree is None:
+            try:
+                self.tree = [self.proc] + self.proc.children(recursive=True)
+            except self.psutil.Error:
+                self.tree = None
+                return None, None, None
+        for p in self.tree:
             try:
                 t = p.cpu_times()
                 cpu += t.user + t.system + t.children_user + t.children_system
@@ -464,7 +479,9 @@ class CpuSampler:
                     except (self.psutil.AccessDenied, AttributeError, OSError):
                         pss_sum = None
                 rss += (m or p.memory_info()).rss
-            except self.psutil.Error:  # gone between children() and now
+            except self.psutil.Error:  # gone since children(): its CPU is in its parent's reaped-children time
+                if p is self.proc:
+                    return None, None, None
                 continue
         return cpu, rss, pss_sum
 
@@ -551,11 +568,16 @@ class CpuSampler:
         return self.rapl.read_j()
 
     def meta(self) -> dict[str, Any]:
-        return {"cpu_count": self.cores, "cpus": self.cpus, "pss_every": PSS_EVERY, "rapl": self.rapl.meta()}
+        return {"cpu_count": self.cores, "cpus": self.cpus, "pss_every": PSS_EVERY, "pss_budget": PSS_BUDGET,
+                "tree_every": TREE_EVERY, "rapl": self.rapl.meta()}
 
     def sample(self, t_ns: int) -> list[dict[str, Any]]:
         vm = self.psutil.virtual_memory()
-        server_cpu, server_rss, server_pss = self._tree(pss=self.k % PSS_EVERY == 0)
+        pss = self.k % PSS_EVERY == 0 and time.monotonic() >= self.pss_after
+        start, cpu = time.monotonic(), time.thread_time()  # the read's CPU, not the time a busy host kept it waiting
+        server_cpu, server_rss, server_pss = self._tree(pss=pss, members=self.k % TREE_EVERY == 0)
+        if pss:
+            self.pss_after = start + (time.thread_time() - cpu) / PSS_BUDGET
         walk = self.k % FOREIGN_EVERY == 0 and time.monotonic() >= self.walk_after
         self.k += 1
         busy, steal = self._busy()
