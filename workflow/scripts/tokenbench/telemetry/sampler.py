@@ -383,6 +383,14 @@ FOREIGN_BUDGET = 0.02  # the walks' share of the sampler's time at most: on a ho
                        # (a walk of ~220 takes ~22 ms here) the walks space out rather than cost the samples
 
 
+def _within_budget(fn: Callable[[], Any], budget: float) -> tuple[Any, float]:
+    """``fn()``, and the ``time.monotonic()`` before which the next such call would take more than
+    ``budget`` of the time: its CPU (not the time a busy host kept it waiting) over ``budget``."""
+    start, cpu = time.monotonic(), time.thread_time()
+    out = fn()
+    return out, start + (time.thread_time() - cpu) / budget
+
+
 def affinity_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
@@ -524,9 +532,8 @@ class CpuSampler:
         return total + sum(self.client_seen.values())
 
     def _walk(self) -> str | None:
-        start, cpu = time.monotonic(), time.thread_time()  # the walk's CPU, not the time a busy host kept it waiting
-        top = _opt(lambda: self._foreign_top(self.pids() | {p.pid for p in self.client_procs}))
-        self.walk_after = start + (time.thread_time() - cpu) / FOREIGN_BUDGET
+        top, self.walk_after = _within_budget(
+            lambda: _opt(lambda: self._foreign_top(self.pids() | {p.pid for p in self.client_procs})), FOREIGN_BUDGET)
         return top
 
     def _foreign_top(self, own: set[int]) -> str:
@@ -573,11 +580,12 @@ class CpuSampler:
 
     def sample(self, t_ns: int) -> list[dict[str, Any]]:
         vm = self.psutil.virtual_memory()
-        pss = self.k % PSS_EVERY == 0 and time.monotonic() >= self.pss_after
-        start, cpu = time.monotonic(), time.thread_time()  # the read's CPU, not the time a busy host kept it waiting
-        server_cpu, server_rss, server_pss = self._tree(pss=pss, members=self.k % TREE_EVERY == 0)
-        if pss:
-            self.pss_after = start + (time.thread_time() - cpu) / PSS_BUDGET
+        members = self.k % TREE_EVERY == 0
+        if self.k % PSS_EVERY == 0 and time.monotonic() >= self.pss_after:
+            (server_cpu, server_rss, server_pss), self.pss_after = _within_budget(
+                lambda: self._tree(pss=True, members=members), PSS_BUDGET)
+        else:
+            server_cpu, server_rss, server_pss = self._tree(pss=False, members=members)
         walk = self.k % FOREIGN_EVERY == 0 and time.monotonic() >= self.walk_after
         self.k += 1
         busy, steal = self._busy()
